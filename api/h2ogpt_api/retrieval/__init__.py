@@ -1,0 +1,1 @@
+"""Document retrieval: embeddings, the Weaviate store, ingestion."""

