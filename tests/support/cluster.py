@@ -1,0 +1,66 @@
+"""Session fixture: a real local control plane (etcd, kube-apiserver, controller-manager,
+scheduler, kwok) of the tests' own, in a temporary folder.
+
+The tests never touch a cluster they did not create: the kubeconfig is the fixture's own
+and KUBECONFIG from the environment is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hack.localcluster import BIN, LocalCluster
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a cluster test gets: the kubeconfig, an environment for subprocesses, kubectl."""
+
+    local: LocalCluster
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.local.kubeconfig
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; with check=True a failure raises with kubectl's stderr."""
+        result = self.local.kubectl(*args, input=input, check=False, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    local = LocalCluster(directory=tmp_path_factory.mktemp("cluster"))
+    local.up()
+    try:
+        yield Cluster(local)
+    finally:
+        local.down()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting for finalizers)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
