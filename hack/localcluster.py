@@ -74,6 +74,9 @@ class LocalCluster:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     token: str = ""
+    # The Popen objects of processes started by this Python process, so they are reaped
+    # (a cluster started by an earlier `up` is stopped by pid alone).
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -160,6 +163,9 @@ class LocalCluster:
                 binaries["kwok"], f"--kubeconfig={self.kubeconfig}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                f"--config={REPO / 'hack' / 'kwok-stages.yaml'}",
+                # A test may set this annotation on a pod and write its status itself, to show
+                # the operator a crash loop or an image pull failure.
                 "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
                 "--cidr=10.244.0.0/16", "--node-ip=10.244.0.1",
                 f"--server-address=127.0.0.1:{self.ports['kwok']}",
@@ -175,6 +181,8 @@ class LocalCluster:
         """Stop the processes this cluster started (newest first) and remove its state."""
         for name, pid in reversed(list(self.pids.items())):
             _stop(pid, name)
+            if name in self._processes:
+                self._processes.pop(name).wait(timeout=10)
         self.pids = {}
         if self.directory.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -189,10 +197,11 @@ class LocalCluster:
         )
 
     def _start(self, name: str, argv: list[str]) -> None:
-        log = (self.directory / "logs" / f"{name}.log").open("ab")
-        # A session of its own: stopping the cluster never signals the caller's process group.
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        with (self.directory / "logs" / f"{name}.log").open("ab") as log:
+            # A session of its own: stopping the cluster never signals the caller's process group.
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self._processes[name] = proc
         self.pids[name] = proc.pid
         self._save()
         time.sleep(0.2)
