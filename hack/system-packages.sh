@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests drive as real components, when they are missing:
+#   chromium   the Gradio UI test runs headless Chromium through Playwright
+# Idempotent: does nothing when every command is already there.
+set -euo pipefail
+
+declare -A package_for=([chromium]=chromium)
+missing=()
+for cmd in "${!package_for[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${package_for[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "hack/system-packages.sh: missing ${missing[*]}; install them with your package manager" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "hack/system-packages.sh: missing ${missing[*]}; run 'apt-get install ${missing[*]}' as root" >&2; exit 1; }
+  sudo=sudo
+fi
+echo "Installing Debian packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
