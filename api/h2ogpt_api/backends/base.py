@@ -1,0 +1,129 @@
+"""The `Backend` protocol: what the core needs from an inference server.
+
+A backend streams `TokenDelta`s then exactly one `StreamEnd` with real token counts. It
+takes either chat messages (when it applies the model's chat template itself) or a text
+prompt the core rendered with `--prompt_type`. Failures are `BackendError`s whose `kind`
+the API maps to a status: unavailable -> 503, timeout -> 504, bad_response -> 502,
+rejected (the server refused the input, e.g. too long) -> 400.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from h2ogpt_api.prompts import ChatMessage
+
+BackendErrorKind = Literal["unavailable", "timeout", "bad_response", "rejected"]
+FinishReason = Literal["stop", "length"]
+
+
+class BackendError(Exception):
+    """The inference server failed. `message` is safe to show (no URLs with credentials, no keys)."""
+
+    def __init__(self, kind: BackendErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: BackendErrorKind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    greedy: bool = True
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendRequest:
+    """`prompt` is the rendered text for plain-generate calls; None means send `messages` as chat."""
+
+    messages: tuple[ChatMessage, ...]
+    sampling: Sampling
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+BackendEvent = TokenDelta | StreamEnd
+
+
+class Backend(Protocol):
+    """One inference server. `kind` is reported to clients; URLs and keys never are."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def supports_chat(self) -> bool:
+        """True when the backend applies the model's own chat template to `messages`."""
+        ...
+
+    def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        """Generate; closing the iterator early cancels the upstream generation."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def finish_reason_from(upstream: str | None) -> FinishReason:
+    """TGI says length/eos_token/stop_sequence, OpenAI servers length/stop: only `length` differs."""
+    return "length" if upstream == "length" else "stop"
+
+
+class StopTrimmer:
+    """Cuts a stream at the first stop sequence, which OpenAI clients expect not to see.
+
+    TGI returns the stop text as part of the answer; tokens may split it, so text that could
+    be the start of a stop sequence is held back until the next token decides.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(stop for stop in stops if stop)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The text that is safe to emit now ('' after a stop sequence)."""
+        if self.stopped:
+            return ""
+        if not self._stops:
+            return text
+        buffer = self._pending + text
+        cut = min((index for index in (buffer.find(stop) for stop in self._stops) if index >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return buffer[:cut]
+        hold = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(buffer)), hold, -1):
+                if buffer.endswith(stop[:size]):
+                    hold = size
+                    break
+        self._pending = buffer[len(buffer) - hold :]
+        return buffer[: len(buffer) - hold]
+
+    def flush(self) -> str:
+        """What was held back, once the stream ended without completing a stop sequence."""
+        pending, self._pending = ("" if self.stopped else self._pending), ""
+        return pending

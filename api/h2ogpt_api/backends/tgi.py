@@ -1,0 +1,216 @@
+"""Text Generation Inference over httpx.
+
+With a `--prompt_type` the core renders the prompt and we call `POST /generate_stream`
+(SSE events with `token`, then `generated_text` + `details`); the prompt's token count comes
+from TGI's `/tokenize`, asked concurrently so it adds nothing to time-to-first-token.
+Without one we use TGI's `POST /v1/chat/completions`, which applies the model's chat
+template and reports `usage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import httpx
+
+from h2ogpt_api.backends.base import (
+    BackendError,
+    BackendEvent,
+    BackendRequest,
+    Sampling,
+    StopTrimmer,
+    StreamEnd,
+    TokenDelta,
+    finish_reason_from,
+)
+
+
+def generate_parameters(sampling: Sampling) -> dict[str, Any]:
+    """TGI's `parameters`: it rejects temperature <= 0, top_p >= 1 and top_k == 0, so omit those."""
+    params: dict[str, Any] = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "do_sample": not sampling.greedy,
+        "details": True,
+        "return_full_text": False,
+        "seed": sampling.seed,
+    }
+    if sampling.stop:
+        params["stop"] = list(sampling.stop)
+    if sampling.repetition_penalty != 1.0:
+        params["repetition_penalty"] = sampling.repetition_penalty
+    if not sampling.greedy:
+        params["temperature"] = max(sampling.temperature, 1e-2)
+        if sampling.top_p < 1.0:
+            params["top_p"] = min(max(sampling.top_p, 0.01), 0.999)
+        if sampling.top_k > 0:
+            params["top_k"] = sampling.top_k
+    return params
+
+
+def chat_body(request: BackendRequest, model_name: str) -> dict[str, Any]:
+    sampling = request.sampling
+    body: dict[str, Any] = {
+        "model": model_name,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "max_tokens": sampling.max_new_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "seed": sampling.seed,
+        "temperature": 0.0 if sampling.greedy else sampling.temperature,
+    }
+    if not sampling.greedy and sampling.top_p < 1.0:
+        body["top_p"] = sampling.top_p
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    return body
+
+
+def _sse_payloads(line: str) -> str | None:
+    """The JSON text of an SSE `data:` line; None for comments, blank lines and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[5:].strip()
+
+
+class TgiBackend:
+    """TGI at `base_url` (http://host:port)."""
+
+    kind = "tgi"
+    supports_chat = True
+
+    def __init__(self, base_url: str, *, model_name: str, timeout: float) -> None:
+        self.model_name = model_name
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        # Hand back the route's generator itself: one generator layer less per token.
+        if request.prompt is None:
+            return self._stream_chat(request)
+        return self._stream_generate(request.prompt, request.sampling)
+
+    async def _count_prompt_tokens(self, prompt: str) -> int:
+        response = await self._client.post("/tokenize", json={"inputs": prompt})
+        if response.status_code != 200:
+            raise BackendError("bad_response", f"TGI /tokenize answered {response.status_code}")
+        tokens = response.json()
+        if not isinstance(tokens, list):
+            raise BackendError("bad_response", "TGI /tokenize did not answer a list of tokens")
+        return len(tokens)
+
+    async def _stream_generate(self, prompt: str, sampling: Sampling) -> AsyncGenerator[BackendEvent, None]:
+        body = {"inputs": prompt, "parameters": generate_parameters(sampling)}
+        prompt_tokens = asyncio.ensure_future(self._count_prompt_tokens(prompt))
+        trimmer = StopTrimmer(sampling.stop)
+        try:
+            async with (
+                _translate_errors(),
+                self._client.stream("POST", "/generate_stream", json=body) as response,
+            ):
+                await _raise_for_status(response)
+                async for line in response.aiter_lines():
+                    payload = _sse_payloads(line)
+                    if not payload:
+                        continue
+                    event = json.loads(payload)
+                    if "error" in event:
+                        raise BackendError("bad_response", f"TGI error during generation: {event['error']}")
+                    token = event.get("token") or {}
+                    if token.get("text") and not token.get("special"):
+                        text = trimmer.feed(token["text"])
+                        if text:
+                            yield TokenDelta(text)
+                    details = event.get("details")
+                    if details is not None:
+                        if rest := trimmer.flush():
+                            yield TokenDelta(rest)
+                        async with _translate_errors():
+                            counted = await prompt_tokens
+                        yield StreamEnd(
+                            prompt_tokens=counted,
+                            completion_tokens=int(details["generated_tokens"]),
+                            finish_reason=finish_reason_from(details.get("finish_reason")),
+                        )
+                        return
+            raise BackendError("bad_response", "TGI closed the stream before its final event")
+        finally:
+            if not prompt_tokens.done():
+                prompt_tokens.cancel()
+            with contextlib.suppress(BaseException):
+                await prompt_tokens
+
+    async def _stream_chat(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        body = chat_body(request, self.model_name)
+        finish: str | None = None
+        trimmer = StopTrimmer(request.sampling.stop)
+        async with (
+            _translate_errors(),
+            self._client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            await _raise_for_status(response)
+            async for line in response.aiter_lines():
+                payload = _sse_payloads(line)
+                if not payload:
+                    continue
+                if payload == "[DONE]":
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
+                for choice in chunk.get("choices") or []:
+                    text = trimmer.feed((choice.get("delta") or {}).get("content") or "")
+                    if text:
+                        yield TokenDelta(text)
+                    finish = choice.get("finish_reason") or finish
+                usage = chunk.get("usage")
+                if usage:
+                    if rest := trimmer.flush():
+                        yield TokenDelta(rest)
+                    yield StreamEnd(
+                        prompt_tokens=int(usage["prompt_tokens"]),
+                        completion_tokens=int(usage["completion_tokens"]),
+                        finish_reason=finish_reason_from(finish),
+                    )
+                    return
+        raise BackendError("bad_response", "TGI's chat stream ended without usage")
+
+
+async def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code == 200:
+        return
+    body = (await response.aread()).decode(errors="replace")[:500]
+    try:
+        detail = json.loads(body).get("error", body)
+    except (ValueError, AttributeError):
+        detail = body
+    status = response.status_code
+    if status in (429, 503):
+        raise BackendError("unavailable", f"TGI is overloaded or not ready ({status}): {detail}")
+    if 400 <= status < 500:
+        raise BackendError("rejected", f"TGI refused the request ({status}): {detail}")
+    raise BackendError("bad_response", f"TGI failed ({status}): {detail}")
+
+
+@contextlib.asynccontextmanager
+async def _translate_errors() -> AsyncIterator[None]:
+    """httpx failures as BackendErrors; messages name the failure, never the URL."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise BackendError("timeout", "TGI did not answer in time") from None
+    except httpx.ConnectError:
+        raise BackendError("unavailable", "cannot connect to TGI") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        raise BackendError("bad_response", "TGI closed the connection mid-response") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendError("bad_response", f"TGI sent a malformed event: {exc}") from None

@@ -1,0 +1,155 @@
+"""`h2ogpt-api`: one process, one event loop, the OpenAI app and the Gradio app over one core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import uvicorn
+
+from h2ogpt_api.auth import ApiKeys, parse_users
+from h2ogpt_api.backends import create_backend
+from h2ogpt_api.core import Core
+from h2ogpt_api.retrieval.base import DocumentStore
+from h2ogpt_api.settings import HELP_TEXT, Settings, SettingsError, parse_settings
+
+log = logging.getLogger("h2ogpt_api")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to us: two servers share one process and stop together."""
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        return
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
+        yield
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _bound_port(server: uvicorn.Server, configured: int) -> int:
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return configured
+
+
+async def _open_documents(settings: Settings, stack: contextlib.AsyncExitStack) -> DocumentStore | None:
+    if not settings.document_modes:
+        return None
+    try:
+        from h2ogpt_api.retrieval.store import open_document_store  # noqa: PLC0415
+    except ImportError as exc:
+        raise SystemExit(
+            f"h2ogpt-api: document collections {settings.document_modes} need the retrieval "
+            f"module, which cannot be imported ({exc}); use --langchain_modes \"['LLM']\""
+        ) from None
+    store: DocumentStore = await stack.enter_async_context(
+        open_document_store(
+            weaviate_url=settings.weaviate_url,
+            weaviate_api_key=settings.weaviate_api_key,
+            save_dir=settings.save_dir,
+            embedding_server=settings.embedding_server,
+            collections=settings.document_modes,
+        )
+    )
+    return store
+
+
+async def serve(settings: Settings) -> None:
+    """Build the core and the apps, serve until SIGINT/SIGTERM, then shut everything down."""
+    if not settings.openai_server and not settings.gradio:
+        raise SystemExit("h2ogpt-api: nothing to serve: both --openai_server and --gradio are False")
+    try:  # fail now, with one clear line, on unreadable users or keys
+        parse_users(settings.auth)
+        ApiKeys(settings.h2ogpt_api_keys)
+    except ValueError as exc:
+        raise SystemExit(f"h2ogpt-api: {exc}") from None
+    async with contextlib.AsyncExitStack() as stack:
+        backend = create_backend(settings)
+        stack.push_async_callback(backend.aclose)
+        documents = await _open_documents(settings, stack)
+        # The store's embedder also serves /v1/embeddings: one model in memory, not two.
+        core = Core(settings, backend, documents, embedder=getattr(documents, "embedder", None))
+
+        apps: list[tuple[str, str, Any, int]] = []
+        if settings.openai_server:
+            from h2ogpt_api.openai_app import create_app as create_openai_app  # noqa: PLC0415
+
+            apps.append(("OpenAI API", "/v1", create_openai_app(core, settings), settings.openai_port))
+        if settings.gradio:
+            try:
+                from h2ogpt_api.gradio_app import create_app as create_gradio_app  # noqa: PLC0415  # type: ignore[import-not-found,unused-ignore]
+            except ImportError as exc:
+                raise SystemExit(
+                    f"h2ogpt-api: the Gradio app cannot be loaded ({exc}); "
+                    "pass --gradio False to serve only the OpenAI API"
+                ) from None
+
+            apps.append(("Gradio UI", "/", create_gradio_app(core, settings), settings.gradio_port))
+
+        servers = [
+            _Server(
+                uvicorn.Config(
+                    app,
+                    host=settings.server_name,
+                    port=port,
+                    log_level=settings.log_level,
+                    access_log=False,
+                    lifespan="on",
+                    timeout_graceful_shutdown=5,
+                )
+            )
+            for _, _, app, port in apps
+        ]
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, _stop_all, servers)
+        serving = asyncio.gather(*(server.serve() for server in servers))
+        while not all(server.started for server in servers):
+            if serving.done():
+                await serving  # a server failed to start: raise its error
+                raise SystemExit("h2ogpt-api: a server stopped during start-up")
+            await asyncio.sleep(0.05)
+        host = _display_host(settings.server_name)
+        for (label, path, _, port), server in zip(apps, servers, strict=True):
+            print(f"{label}: http://{host}:{_bound_port(server, port)}{path}", flush=True)
+        print(f"h2ogpt-api ready (backend {backend.kind}, model {settings.base_model})", flush=True)
+        await serving
+
+
+def _stop_all(servers: Sequence[uvicorn.Server]) -> None:
+    for server in servers:
+        server.should_exit = True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in args):
+        print(HELP_TEXT)
+        return
+    try:
+        settings = parse_settings(args, os.environ)
+    except SettingsError as exc:
+        print(f"h2ogpt-api: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log.info("settings: %s", settings.redacted())
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

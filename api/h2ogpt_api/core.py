@@ -1,0 +1,414 @@
+"""The core both front doors call: generation, document Q&A, Summarize / Extract, model listing.
+
+`Core.stream` yields `TextDelta`s and ends with one `Completed` carrying a
+`GenerationResult` (real token counts, the exact prompt, the sources). Errors are raised as
+exceptions the apps map to statuses: `InvalidRequestError` (400), `QueueFullError` (429),
+`BackendError` (502/503/504), `EmbeddingsUnavailableError` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from h2ogpt_api import mapreduce, metrics, prompts
+from h2ogpt_api.backends.base import Backend, BackendError, BackendRequest, FinishReason, Sampling, StreamEnd
+from h2ogpt_api.params import GenerationParams
+from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Hit, Identity
+from h2ogpt_api.settings import NO_DOCUMENT_MODES, Settings
+
+TEXT_CONTEXT_SOURCE = "text_context_list"
+# Rough characters per token, to budget context text before it reaches a tokenizer.
+CHARS_PER_TOKEN = 3
+
+
+class InvalidRequestError(ValueError):
+    """The request cannot be served as asked; `param` names the parameter at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class QueueFullError(Exception):
+    """More requests are waiting for a generation slot than `--max_queue` allows."""
+
+
+class EmbeddingsUnavailableError(Exception):
+    """No embedding model could be loaded."""
+
+
+class Embedder(Protocol):
+    model_name: str
+    dimension: int
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    response: str
+    sources: list[Hit]
+    prompt: str
+    base_model: str
+    num_prompt_tokens: int
+    ntokens: int
+    t_generate: float
+    tokens_persecond: float
+    finish_reason: FinishReason
+    error: str | None = None
+
+    def to_h2ogpt_dict(
+        self, *, display_name: str | None = None, save_dir: str = "", extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """h2oGPT's output dict (the Gradio side sends `str()` of it)."""
+        sources = [hit.as_h2ogpt_source(index) for index, hit in enumerate(self.sources)]
+        return {
+            "response": self.response,
+            "sources": sources,
+            "sources_str": sources_text(self.sources),
+            "prompt_raw": self.prompt,
+            "llm_answers": [],
+            "save_dict": {
+                "prompt": self.prompt,
+                "output": self.response,
+                "base_model": self.base_model,
+                "display_name": display_name or self.base_model,
+                "save_dir": save_dir,
+                "where_from": "h2ogpt_api.core",
+                "error": self.error,
+                "extra_dict": {
+                    "num_prompt_tokens": self.num_prompt_tokens,
+                    "ntokens": self.ntokens,
+                    "tokens_persecond": self.tokens_persecond,
+                    "t_generate": self.t_generate,
+                    "finish_reason": self.finish_reason,
+                    **(extra or {}),
+                },
+            },
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Completed:
+    result: GenerationResult
+
+
+GenerationEvent = TextDelta | Completed
+
+
+def sources_text(hits: Sequence[Hit]) -> str:
+    """h2oGPT's `sources_str`: one line per source with its score."""
+    if not hits:
+        return ""
+    lines = [f"{index + 1}. {hit.source} (score {hit.score:.3f})" for index, hit in enumerate(hits)]
+    return "Sources:\n" + "\n".join(lines)
+
+
+class AdmissionGate:
+    """At most `max_concurrency` generations run; at most `max_queue` wait; others are refused."""
+
+    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._max_queue = max_queue
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self._waiting >= self._max_queue:
+            raise QueueFullError(
+                f"the server is at capacity ({self._waiting} requests already waiting); retry shortly"
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+@dataclass
+class _Usage:
+    """Token counts over every backend call one request makes (map steps included)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason = "stop"
+    last_prompt: str = ""
+    calls: int = field(default=0)
+
+
+class Core:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        documents: DocumentStore | None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.documents = documents
+        self._embedder = embedder
+        self._embedder_lock = asyncio.Lock()
+        self._gate = AdmissionGate(settings.max_concurrency, settings.max_queue)
+
+    # -- listing -----------------------------------------------------------------------------
+
+    @property
+    def prompt_type(self) -> str:
+        """The template used for plain-generate calls; '' means the backend's chat template."""
+        if self.settings.prompt_type:
+            return self.settings.prompt_type
+        return "" if self.backend.supports_chat else "chatml"
+
+    def model_names(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "base_model": self.settings.base_model,
+                "display_name": self.settings.base_model,
+                "max_seq_len": self.settings.max_seq_len,
+                "prompt_type": self.prompt_type,
+                "inference_server": self.backend.kind,
+                "llm": True,
+                "rag": bool(self.settings.document_modes) and self.documents is not None,
+            }
+        ]
+
+    # -- embeddings --------------------------------------------------------------------------
+
+    async def embedder(self) -> Embedder:
+        async with self._embedder_lock:
+            if self._embedder is None:
+                try:
+                    from h2ogpt_api.retrieval.embeddings import load_embedder  # noqa: PLC0415
+                except ImportError as exc:
+                    raise EmbeddingsUnavailableError(
+                        f"embeddings are not available on this server: {exc}"
+                    ) from None
+                self._embedder = await asyncio.to_thread(load_embedder, self.settings.embedding_server)
+            return self._embedder
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return await (await self.embedder()).embed(texts)
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def complete(self, params: GenerationParams, identity: Identity) -> GenerationResult:
+        async with contextlib.aclosing(self.stream(params, identity)) as events:
+            async for event in events:
+                if isinstance(event, Completed):
+                    return event.result
+        raise RuntimeError("generation ended without a result")  # stream() always completes or raises
+
+    async def stream(
+        self, params: GenerationParams, identity: Identity
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        mode = self._checked_mode(params)
+        async with self._gate.slot():
+            started = time.perf_counter()
+            usage = _Usage()
+            pieces: list[str] = []
+            hits: list[Hit] = []
+            if params.langchain_action == "Query":
+                hits, user_text = await self._query_text(params, identity, mode)
+                async with contextlib.aclosing(self._generate(user_text, params, usage)) as deltas:
+                    async for delta in deltas:
+                        pieces.append(delta.text)
+                        yield delta
+            elif params.langchain_action == "Summarize":
+                hits = await self._parts(params, identity, mode)
+                texts = await mapreduce.map_summaries(
+                    [hit.content for hit in hits],
+                    lambda text: prompts.summary_prompt(
+                        text, params.instruction, params.pre_prompt_summary, params.prompt_summary
+                    ),
+                    lambda text: self._generate_text(text, params, usage),
+                    self._map_parallelism(),
+                    self._context_chars(params),
+                )
+                final = prompts.summary_prompt(
+                    "\n\n".join(texts), params.instruction, params.pre_prompt_summary, params.prompt_summary
+                )
+                async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
+                    async for delta in deltas:
+                        pieces.append(delta.text)
+                        yield delta
+            else:  # Extract
+                hits = await self._parts(params, identity, mode)
+                answers = await mapreduce.extract(
+                    [hit.content for hit in hits],
+                    lambda text: prompts.extraction_prompt(
+                        text, params.instruction, params.pre_prompt_extraction, params.prompt_extraction
+                    ),
+                    lambda text: self._generate_text(text, params, usage),
+                    self._map_parallelism(),
+                )
+                pieces.append(str(answers))
+                yield TextDelta(pieces[-1])
+            elapsed = time.perf_counter() - started
+            yield Completed(
+                GenerationResult(
+                    response="".join(pieces),
+                    sources=hits,
+                    prompt=usage.last_prompt,
+                    base_model=self.settings.base_model,
+                    num_prompt_tokens=usage.prompt_tokens,
+                    ntokens=usage.completion_tokens,
+                    t_generate=elapsed,
+                    tokens_persecond=usage.completion_tokens / elapsed if elapsed > 0 else 0.0,
+                    finish_reason=usage.finish_reason,
+                )
+            )
+
+    def _checked_mode(self, params: GenerationParams) -> str:
+        mode = params.langchain_mode or self.settings.langchain_mode
+        if mode not in self.settings.langchain_modes and mode not in NO_DOCUMENT_MODES:
+            raise InvalidRequestError(
+                f"langchain_mode {mode!r} is not offered by this server; choose one of "
+                f"{self.settings.langchain_modes}",
+                param="langchain_mode",
+            )
+        if params.prompt_type:
+            try:
+                prompts.template_for(params.prompt_type)
+            except prompts.UnknownPromptTypeError as exc:
+                raise InvalidRequestError(str(exc), param="prompt_type") from None
+        return mode
+
+    def _map_parallelism(self) -> int:
+        return self.settings.num_async if self.settings.async_output else 1
+
+    def _context_chars(self, params: GenerationParams) -> int:
+        """Room for document text in one prompt: the context length less the answer, in characters."""
+        tokens = self.settings.max_seq_len - min(params.max_new_tokens, self.settings.max_seq_len // 2) - 64
+        return max(256, tokens * CHARS_PER_TOKEN)
+
+    def _store(self, mode: str) -> DocumentStore:
+        if self.documents is None:
+            raise InvalidRequestError(
+                f"langchain_mode {mode!r} needs a document store, and this server runs without one "
+                "(pass text_context_list, or use langchain_mode='LLM')",
+                param="langchain_mode",
+            )
+        return self.documents
+
+    async def _query_text(
+        self, params: GenerationParams, identity: Identity, mode: str
+    ) -> tuple[list[Hit], str]:
+        """The user message for a Query and the hits it was grounded on."""
+        if params.text_context_list:
+            hits = [
+                Hit(content=text, source=TEXT_CONTEXT_SOURCE, chunk_id=index)
+                for index, text in enumerate(params.text_context_list)
+            ]
+        elif mode in NO_DOCUMENT_MODES:
+            return [], params.instruction
+        else:
+            k = params.top_k_docs if params.top_k_docs > 0 else 100
+            try:
+                hits = await self._store(mode).search(
+                    params.instruction,
+                    collection=mode,
+                    identity=identity,
+                    k=k,
+                    document_choice=params.documents_chosen,
+                )
+            except DocumentError as exc:
+                raise InvalidRequestError(str(exc), param="langchain_mode") from None
+            if not hits:
+                return [], params.instruction
+        context = prompts.join_context([hit.content for hit in hits], self._context_chars(params))
+        text = prompts.query_prompt(params.instruction, context, params.pre_prompt_query, params.prompt_query)
+        return hits, text
+
+    async def _parts(self, params: GenerationParams, identity: Identity, mode: str) -> list[Hit]:
+        if params.text_context_list:
+            return [
+                Hit(content=text, source=TEXT_CONTEXT_SOURCE, chunk_id=index)
+                for index, text in enumerate(params.text_context_list)
+            ]
+        if mode in NO_DOCUMENT_MODES:
+            raise InvalidRequestError(
+                f"{params.langchain_action} needs documents: "
+                "give text_context_list or a document langchain_mode",
+                param="langchain_action",
+            )
+        try:
+            hits = await self._store(mode).parts(
+                collection=mode,
+                identity=identity,
+                k=params.top_k_docs,
+                document_choice=params.documents_chosen,
+                query=params.instruction or None,
+            )
+        except DocumentError as exc:
+            raise InvalidRequestError(str(exc), param="langchain_mode") from None
+        if not hits:
+            raise InvalidRequestError(
+                f"collection {mode!r} has no documents to {params.langchain_action.lower()}",
+                param="langchain_mode",
+            )
+        return hits
+
+    def _backend_request(self, user_text: str, params: GenerationParams) -> tuple[BackendRequest, str]:
+        """The backend call for one user message, and the prompt text to report as `prompt_raw`."""
+        system_prompt = self.settings.system_prompt if params.system_prompt is None else params.system_prompt
+        history = params.chat_conversation if params.add_chat_history_to_context else []
+        messages = tuple(prompts.conversation(system_prompt, history, user_text))
+        prompt_type = params.prompt_type or self.prompt_type
+        sampling = Sampling(
+            max_new_tokens=min(params.max_new_tokens, self.settings.max_seq_len),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            repetition_penalty=params.repetition_penalty,
+            seed=params.seed,
+            greedy=params.sampling_is_greedy,
+            stop=tuple(params.stop),
+        )
+        if not prompt_type:
+            # The backend applies the model's chat template; ChatML shows what was sent.
+            return BackendRequest(messages=messages, sampling=sampling), prompts.render(messages, "chatml")
+        prompt = prompts.render(messages, prompt_type)
+        template_stops = tuple(s for s in prompts.stop_sequences(prompt_type) if s not in sampling.stop)
+        sampling = dataclasses.replace(sampling, stop=sampling.stop + template_stops)
+        return BackendRequest(messages=messages, sampling=sampling, prompt=prompt), prompt
+
+    async def _generate(
+        self, user_text: str, params: GenerationParams, usage: _Usage
+    ) -> AsyncGenerator[TextDelta, None]:
+        request, prompt_raw = self._backend_request(user_text, params)
+        usage.last_prompt = prompt_raw
+        try:
+            async with contextlib.aclosing(self.backend.stream(request)) as events:
+                async for event in events:
+                    if isinstance(event, StreamEnd):
+                        usage.prompt_tokens += event.prompt_tokens
+                        usage.completion_tokens += event.completion_tokens
+                        usage.finish_reason = event.finish_reason
+                        usage.calls += 1
+                    else:
+                        yield TextDelta(event.text)
+        except BackendError as exc:
+            metrics.BACKEND_ERRORS.labels(backend=self.backend.kind, kind=exc.kind).inc()
+            raise
+
+    async def _generate_text(self, user_text: str, params: GenerationParams, usage: _Usage) -> str:
+        async with contextlib.aclosing(self._generate(user_text, params, usage)) as deltas:
+            return "".join([delta.text async for delta in deltas])

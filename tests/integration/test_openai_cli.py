@@ -1,0 +1,31 @@
+"""The `h2ogpt-api` console script: bad flags fail with one clear line; --help lists the flags."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.support.api_server import api_executable
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([api_executable(), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_unknown_flag_fails_with_one_line() -> None:
+    result = run_cli("--inference_sever", "http://x:1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "h2ogpt-api: unknown flag --inference_sever (see h2ogpt-api --help)"
+
+
+def test_bad_auth_file_fails_with_one_line() -> None:
+    result = run_cli("--auth", "/no/such/users.json", "--gradio", "False", "--langchain_modes", "['LLM']")
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("h2ogpt-api: --auth: cannot read /no/such/users.json")
+
+
+def test_help_lists_every_flag() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag in ("--inference_server", "--h2ogpt_api_keys", "--auth_access", "--num_async", "--max_queue"):
+        assert flag in result.stdout

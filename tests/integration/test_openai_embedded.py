@@ -1,0 +1,99 @@
+"""The embedded SmolLM2-135M model (llama-cpp-python) behind the OpenAI API: the `make run` defaults."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.support.api_server import ApiServer, ApiServerFactory
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(api_server_factory: ApiServerFactory) -> ApiServer:
+    return api_server_factory(["--langchain_modes", "['LLM']", "--max_seq_len", "2048"])
+
+
+@pytest.fixture
+def client(server: ApiServer) -> OpenAI:
+    return OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+
+
+def test_readme_examples_stream_and_not_agree(client: OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Who are you?"}]
+    whole = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=24,
+        messages=messages,
+        temperature=0,
+        seed=1234,
+    )
+    text = whole.choices[0].message.content or ""
+    assert text.strip()
+    assert whole.usage is not None
+    # Real counts from the model's tokenizer: the ChatML prompt is a dozen tokens, the answer at most 24.
+    assert 8 <= whole.usage.prompt_tokens <= 20
+    assert 1 <= whole.usage.completion_tokens <= 24
+    prompt_raw = (whole.usage.model_extra or {})["prompt_raw"]
+    assert prompt_raw == "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+
+    streamed = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=24,
+        messages=messages,
+        temperature=0,
+        seed=1234,
+        stream=True,
+    )
+    pieces = [
+        chunk.choices[0].delta.content
+        for chunk in streamed
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+    assert len(pieces) > 3  # token by token
+    assert "".join(pieces) == text  # greedy: the same answer either way
+
+
+def test_completions_and_length_finish(client: OpenAI) -> None:
+    result = client.completions.create(
+        model=MODEL, prompt="Count from one to twenty:", max_tokens=5, temperature=0
+    )
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage is not None
+    assert result.usage.completion_tokens == 5
+
+
+def test_abandoned_stream_frees_the_model(server: ApiServer, client: OpenAI) -> None:
+    # Counting never reaches an end of text: unstopped, this runs all 1500 tokens (~30 s here).
+    counting = ", ".join(str(n) for n in range(1, 30)) + ","
+    body = {"model": MODEL, "max_tokens": 1500, "temperature": 0, "stream": True, "prompt": counting,
+            "prompt_type": "plain"}
+    with httpx.stream("POST", f"{server.openai_url}/completions", json=body, timeout=30) as response:
+        for count, _ in enumerate(response.iter_lines()):
+            if count > 6:
+                break  # hang up after a few tokens
+    started = time.monotonic()
+    after = client.chat.completions.create(
+        model=MODEL, max_tokens=4, temperature=0, messages=[{"role": "user", "content": "Hi"}]
+    )
+    # The next request gets the model at once, not after the abandoned tokens.
+    assert time.monotonic() - started < 3
+    assert after.usage is not None
+    assert after.usage.completion_tokens >= 1
+
+
+def test_counting_runs_to_max_tokens_when_not_abandoned(client: OpenAI) -> None:
+    # The control for the test above: the same prompt really does run to its limit.
+    counting = ", ".join(str(n) for n in range(1, 30)) + ","
+    result = client.completions.create(model=MODEL, prompt=counting, max_tokens=40, temperature=0,
+                                       extra_body={"prompt_type": "plain"})
+    assert result.choices[0].finish_reason == "length"
+    assert re.search(r"\d+, \d+, \d+", result.choices[0].text)  # still counting when cut

@@ -1,0 +1,134 @@
+"""Start the real `h2ogpt-api` console script on loopback for tests, and stop it afterwards.
+
+Ports are chosen by the server itself (`--openai_port 0`); we read the URLs it prints when
+ready, so there is no race for a free port. On failure the server's log is dumped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_URL_LINE = re.compile(r"^(OpenAI API|Gradio UI): (http://\S+)$")
+START_TIMEOUT_S = 60.0
+
+
+def api_executable() -> str:
+    """The installed console script, next to the running interpreter (the project's .venv)."""
+    candidate = Path(sys.executable).parent / "h2ogpt-api"
+    if candidate.exists():
+        return str(candidate)
+    return str(REPO_ROOT / ".venv" / "bin" / "h2ogpt-api")
+
+
+@dataclass
+class ApiServer:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    openai_url: str | None  # ends in /v1
+    gradio_url: str | None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI app's root (for /health, /metrics)."""
+        assert self.openai_url is not None
+        return self.openai_url.removesuffix("/v1")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> ApiServer:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    urls: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            match = _URL_LINE.match(line.strip())
+            if match:
+                urls[match.group(1)] = match.group(2)
+        if "h2ogpt-api ready" in text:
+            server = ApiServer(process, log_path, urls.get("OpenAI API"), urls.get("Gradio UI"))
+            if (
+                server.openai_url is None
+                or httpx.get(server.base_url + "/health", timeout=5).status_code == 200
+            ):
+                return server
+        if process.poll() is not None:
+            raise RuntimeError(f"h2ogpt-api exited with {process.returncode} during start-up:\n{text}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"h2ogpt-api did not become ready in {START_TIMEOUT_S:.0f}s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def run_api_server(args: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[ApiServer]:
+    """`h2ogpt-api --server_name 127.0.0.1 --openai_port 0 --gradio False <args>` until the block ends."""
+    log_file = tempfile.NamedTemporaryFile(prefix="h2ogpt-api-", suffix=".log", delete=False)  # noqa: SIM115
+    log_path = Path(log_file.name)
+    command = [
+        api_executable(),
+        "--server_name",
+        "127.0.0.1",
+        "--openai_port",
+        "0",
+        "--gradio_port",
+        "0",
+        "--gradio",
+        "False",
+        "--save_dir",
+        tempfile.mkdtemp(prefix="h2ogpt-save-"),
+        *args,
+    ]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("H2OGPT_")}
+    full_env.update(env or {})
+    full_env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT
+    )
+    log_file.close()
+    failed = True
+    try:
+        server = _wait_ready(process, log_path)
+        yield server
+        failed = False
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if failed:
+            sys.stderr.write(
+                f"\n----- h2ogpt-api log ({log_path}) -----\n{log_path.read_text(errors='replace')}\n"
+            )
+        log_path.unlink(missing_ok=True)
+
+
+ApiServerFactory = Callable[..., ApiServer]
+
+
+@pytest.fixture(scope="module")
+def api_server_factory() -> Iterator[ApiServerFactory]:
+    """Start servers with `factory(args, env)`; all are stopped when the test module ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(args: Sequence[str], env: Mapping[str, str] | None = None) -> ApiServer:
+            return stack.enter_context(run_api_server(args, env))
+
+        yield start

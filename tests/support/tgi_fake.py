@@ -1,0 +1,535 @@
+"""A FAKE Text Generation Inference server: TGI's HTTP protocol, no model.
+
+This is the one fake the project allows (no GPU TGI runs here). It speaks TGI's routes as
+the real server does: `POST /generate`, `POST /generate_stream` (SSE events with `token`,
+then `generated_text` + `details`), `POST /` (the `text-generation` client's route),
+`POST /tokenize`, `POST /v1/chat/completions` and `POST /v1/completions` (OpenAI-style, with
+`usage`), `GET /info`, `GET /health`, `GET /metrics`.
+
+Its "model" echoes the words of the prompt, one word per token, so answers are
+deterministic and show what the prompt contained (grounding tests read them). Token counts
+are word counts, consistently across `/tokenize`, `details` and `usage`.
+
+Failure modes, set for every request (constructor / CLI) or per request by a marker in the
+prompt text: `FAKE:500` answers HTTP 500, `FAKE:HANG` never answers, `FAKE:DROP` drops the
+connection after a few tokens, `FAKE:DELAY=<seconds>` sets that request's per-token delay.
+`GET /fake/stats` counts started, completed and client-disconnected generations.
+
+Standalone, for benchmarks: `python -m tests.support.tgi_fake --port 8080 --token-delay 0.01`.
+It is a raw ASGI app (no framework) so a token costs one small `send`, even at 256 streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pytest
+import uvicorn
+
+Failure = Literal["none", "500", "hang", "drop"]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_DELAY_MARKER = re.compile(r"FAKE:DELAY=([0-9.]+)")
+DROP_AFTER_TOKENS = 3
+FAKE_MODEL_ID = "fake/tgi-echo"
+
+
+@dataclass
+class FakeStats:
+    started: int = 0
+    completed: int = 0
+    disconnected: int = 0
+    requests: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class FakePlan:
+    """What one generation will do."""
+
+    words: list[str]
+    max_new_tokens: int
+    stop: list[str]
+    delay: float
+    failure: Failure
+    seed: int
+
+    def tokens(self, repeat: bool) -> Iterator[tuple[str, str | None]]:
+        """(token text, finish reason or None) for each token; the last carries the reason."""
+        words = self.words or ["empty"]
+        text = ""
+        count = self.max_new_tokens if repeat else min(self.max_new_tokens, len(words))
+        for index in range(count):
+            piece = words[index % len(words)] if index == 0 else " " + words[index % len(words)]
+            text += piece
+            if any(stop in text[-(len(stop) + len(piece)) :] for stop in self.stop):
+                yield piece, "stop_sequence"
+                return
+            last = index == count - 1
+            reason = None
+            if last:
+                reason = "length" if count == self.max_new_tokens else "eos_token"
+            yield piece, reason
+
+
+class TgiFake:
+    """The fake server's ASGI app and settings."""
+
+    def __init__(
+        self,
+        *,
+        token_delay: float = 0.0,
+        failure: Failure = "none",
+        repeat: bool = False,
+        model_id: str = FAKE_MODEL_ID,
+    ) -> None:
+        self.token_delay = token_delay
+        self.failure: Failure = failure
+        self.repeat = repeat
+        self.model_id = model_id
+        self.stats = FakeStats()
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def plan(self, prompt: str, max_new_tokens: int, stop: list[str] | None, seed: int | None) -> FakePlan:
+        failure: Failure = self.failure
+        if "FAKE:500" in prompt:
+            failure = "500"
+        elif "FAKE:HANG" in prompt:
+            failure = "hang"
+        elif "FAKE:DROP" in prompt:
+            failure = "drop"
+        delay_match = _DELAY_MARKER.search(prompt)
+        delay = float(delay_match.group(1)) if delay_match else self.token_delay
+        return FakePlan(
+            words=prompt.split(),
+            max_new_tokens=max(1, max_new_tokens),
+            stop=list(stop or []),
+            delay=delay,
+            failure=failure,
+            seed=seed or 0,
+        )
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        method, path = scope["method"], scope["path"]
+        self.stats.requests[path] = self.stats.requests.get(path, 0) + 1
+        if method == "GET":
+            await self._get(path, send)
+            return
+        body = await _read_body(receive)
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            await _json(send, 400, {"error": "invalid JSON", "error_type": "validation"})
+            return
+        handler = {
+            "/generate": self._generate,
+            "/generate_stream": self._generate_stream,
+            "/": self._root,
+            "/tokenize": self._tokenize,
+            "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completions,
+        }.get(path)
+        if handler is None:
+            await _json(send, 404, {"error": f"no route {path}"})
+            return
+        await handler(request, receive, send)
+
+    async def _get(self, path: str, send: Send) -> None:
+        if path == "/health":
+            await _json(send, 200, {})
+        elif path == "/info":
+            await _json(
+                send,
+                200,
+                {
+                    "model_id": self.model_id,
+                    "model_dtype": "fake",
+                    "max_input_tokens": 4095,
+                    "max_total_tokens": 4096,
+                    "max_stop_sequences": 6,
+                    "version": "fake",
+                    "router": "tgi-fake",
+                },
+            )
+        elif path == "/fake/stats":
+            await _json(
+                send,
+                200,
+                {
+                    "started": self.stats.started,
+                    "completed": self.stats.completed,
+                    "disconnected": self.stats.disconnected,
+                    "requests": self.stats.requests,
+                },
+            )
+        elif path == "/metrics":
+            text = f"tgi_request_count {self.stats.started}\n".encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4")],
+                }
+            )
+            await send({"type": "http.response.body", "body": text})
+        else:
+            await _json(send, 404, {"error": f"no route {path}"})
+
+    def _generate_plan(self, request: dict[str, Any]) -> FakePlan:
+        params = request.get("parameters") or {}
+        return self.plan(
+            str(request.get("inputs", "")),
+            int(params.get("max_new_tokens") or 20),
+            params.get("stop"),
+            params.get("seed"),
+        )
+
+    async def _tokenize(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        tokens, offset = [], 0
+        text = str(request.get("inputs", ""))
+        for index, word in enumerate(text.split()):
+            start = text.index(word, offset)
+            offset = start + len(word)
+            tokens.append({"id": index, "text": word, "start": start, "stop": offset})
+        await _json(send, 200, tokens)
+
+    async def _generate(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        result = await self._run_whole(self._generate_plan(request), receive, send)
+        if result is not None:
+            text, reason, count, plan = result
+            await _json(
+                send,
+                200,
+                {
+                    "generated_text": text,
+                    "details": {"finish_reason": reason, "generated_tokens": count, "seed": plan.seed},
+                },
+            )
+
+    async def _root(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        if request.get("stream"):
+            await self._generate_stream(request, receive, send)
+            return
+        result = await self._run_whole(self._generate_plan(request), receive, send)
+        if result is not None:
+            text, reason, count, plan = result
+            await _json(
+                send,
+                200,
+                [
+                    {
+                        "generated_text": text,
+                        "details": {"finish_reason": reason, "generated_tokens": count, "seed": plan.seed},
+                    }
+                ],
+            )
+
+    async def _generate_stream(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        plan = self._generate_plan(request)
+
+        def event(index: int, piece: str, reason: str | None, text: str) -> bytes:
+            token = f'{{"id":{index},"text":{json.dumps(piece)},"logprob":-0.5,"special":false}}'
+            if reason is None:
+                return b'data:{"index":%d,"token":%s,"generated_text":null,"details":null}\n\n' % (
+                    index + 1,
+                    token.encode(),
+                )
+            details = {"finish_reason": reason, "generated_tokens": index + 1, "seed": plan.seed}
+            return b'data:{"index":%d,"token":%s,"generated_text":%s,"details":%s}\n\n' % (
+                index + 1,
+                token.encode(),
+                json.dumps(text).encode(),
+                json.dumps(details).encode(),
+            )
+
+        await self._stream(plan, receive, send, event, done=None)
+
+    def _chat_prompt(self, request: dict[str, Any]) -> str:
+        lines = []
+        for message in request.get("messages") or []:
+            content = message.get("content") or ""
+            if isinstance(content, list):
+                content = " ".join(str(part.get("text", "")) for part in content)
+            lines.append(f"{message.get('role', 'user')}: {content}")
+        return "\n".join(lines)
+
+    async def _chat(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        await self._openai_style(request, self._chat_prompt(request), "chat", receive, send)
+
+    async def _completions(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
+        prompt = request.get("prompt") or ""
+        await self._openai_style(
+            request, prompt if isinstance(prompt, str) else " ".join(prompt), "text", receive, send
+        )
+
+    async def _openai_style(
+        self,
+        request: dict[str, Any],
+        prompt: str,
+        kind: Literal["chat", "text"],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        stop = request.get("stop")
+        plan = self.plan(
+            prompt,
+            int(request.get("max_tokens") or 20),
+            [stop] if isinstance(stop, str) else stop,
+            request.get("seed"),
+        )
+        prompt_tokens = len(prompt.split())
+        created = int(time.time())
+        ident = f"fake-{created}-{self.stats.started}"
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+
+        def finish(reason: str) -> str:
+            return "length" if reason == "length" else "stop"
+
+        if not request.get("stream"):
+            result = await self._run_whole(plan, receive, send)
+            if result is None:
+                return
+            text, reason, count, _ = result
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish(reason), "logprobs": None}
+            if kind == "chat":
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            await _json(
+                send,
+                200,
+                {
+                    "id": ident,
+                    "object": obj,
+                    "created": created,
+                    "model": self.model_id,
+                    "choices": [choice],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": count,
+                        "total_tokens": prompt_tokens + count,
+                    },
+                },
+            )
+            return
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        head = json.dumps(
+            {
+                "id": ident,
+                "object": obj + ".chunk" if kind == "chat" else obj,
+                "created": created,
+                "model": self.model_id,
+            }
+        )[:-1].encode()
+
+        def event(index: int, piece: str, reason: str | None, text: str) -> bytes:
+            if kind == "chat":
+                choice = b'{"index":0,"delta":{"role":"assistant","content":%s},'
+                choice += b'"logprobs":null,"finish_reason":%s}'
+            else:
+                choice = b'{"index":0,"text":%s,"logprobs":null,"finish_reason":%s}'
+            reason_json = json.dumps(finish(reason) if reason else None).encode()
+            out = (
+                b"data: "
+                + head
+                + b',"choices":['
+                + (choice % (json.dumps(piece).encode(), reason_json))
+                + b"]}\n\n"
+            )
+            if reason is not None and include_usage:
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": index + 1,
+                    "total_tokens": prompt_tokens + index + 1,
+                }
+                out += b"data: " + head + b',"choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n"
+            return out
+
+        await self._stream(plan, receive, send, event, done=b"data: [DONE]\n\n")
+
+    # -- the generation loops ----------------------------------------------------------------
+
+    async def _fail_before_answer(self, plan: FakePlan, send: Send, disconnected: asyncio.Event) -> bool:
+        """Carry out a 500 or a hang; True when the request is finished with."""
+        if plan.failure == "500":
+            await _json(send, 500, {"error": "fake failure requested", "error_type": "generation"})
+            return True
+        if plan.failure == "hang":
+            await disconnected.wait()
+            self.stats.disconnected += 1
+            return True
+        return False
+
+    async def _run_whole(
+        self, plan: FakePlan, receive: Receive, send: Send
+    ) -> tuple[str, str, int, FakePlan] | None:
+        self.stats.started += 1
+        async with _watch_disconnect(receive) as disconnected:
+            if await self._fail_before_answer(plan, send, disconnected):
+                return None
+            text, reason, count = "", "length", 0
+            for piece, finish in plan.tokens(self.repeat):
+                if plan.delay:
+                    await asyncio.sleep(plan.delay)
+                if disconnected.is_set():
+                    self.stats.disconnected += 1
+                    return None
+                text += piece
+                count += 1
+                reason = finish or reason
+            self.stats.completed += 1
+            return text, reason, count, plan
+
+    async def _stream(
+        self,
+        plan: FakePlan,
+        receive: Receive,
+        send: Send,
+        event: Callable[[int, str, str | None, str], bytes],
+        done: bytes | None,
+    ) -> None:
+        self.stats.started += 1
+        async with _watch_disconnect(receive) as disconnected:
+            if await self._fail_before_answer(plan, send, disconnected):
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                }
+            )
+            text = ""
+            for index, (piece, finish) in enumerate(plan.tokens(self.repeat)):
+                if plan.delay:
+                    await asyncio.sleep(plan.delay)
+                if disconnected.is_set():
+                    self.stats.disconnected += 1
+                    return
+                if plan.failure == "drop" and index == DROP_AFTER_TOKENS:
+                    raise ConnectionAbortedError("fake drop requested: closing the connection mid-stream")
+                text += piece
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": event(index, piece, finish, text),
+                        "more_body": True,
+                    }
+                )
+            await send({"type": "http.response.body", "body": done or b"", "more_body": False})
+            self.stats.completed += 1
+
+
+@contextlib.asynccontextmanager
+async def _watch_disconnect(receive: Receive) -> Any:
+    """An event set when the client goes away (uvicorn ignores sends after that, so we must listen)."""
+    disconnected = asyncio.Event()
+
+    async def listen() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    watcher = asyncio.create_task(listen())
+    try:
+        yield disconnected
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _read_body(receive: Receive) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
+
+
+async def _json(send: Send, status: int, payload: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningFake:
+    """The fake served by uvicorn on a loopback port, in a background thread."""
+
+    def __init__(self, fake: TgiFake, port: int | None = None) -> None:
+        self.fake = fake
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            fake, host="127.0.0.1", port=self.port, log_level="critical", access_log=False, lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="tgi-fake", daemon=True)
+
+    def start(self) -> RunningFake:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the TGI fake did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tgi_fake() -> Iterator[RunningFake]:
+    """A TGI fake for the whole session (no delay, no failures unless a prompt asks for one)."""
+    running = RunningFake(TgiFake()).start()
+    yield running
+    running.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A FAKE TGI server (TGI's protocol, echoes the prompt).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--fail", choices=["none", "500", "hang", "drop"], default="none")
+    parser.add_argument(
+        "--repeat",
+        action="store_true",
+        help="cycle the prompt's words so every answer runs to max_new_tokens",
+    )
+    args = parser.parse_args()
+    fake = TgiFake(token_delay=args.token_delay, failure=args.fail, repeat=args.repeat)
+    uvicorn.run(fake, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
