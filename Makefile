@@ -64,12 +64,23 @@ cluster-up: tools ## Start the local control plane (etcd, apiserver, controllers
 cluster-down: ## Stop the local control plane started by cluster-up
 	@$(PYTHON) hack/localcluster.py down
 
+# ---- generated files ------------------------------------------------------------------
+
+.PHONY: generate
+generate: install ## Regenerate the CRD from the pydantic models and copy it into the chart
+	@$(PY) -m h2ogpt_operator.crd > crds/h2ogptdeployments.h2ogpt.dev.yaml
+	@bash hack/sync-chart-crds.sh
+
 # ---- quality ----------------------------------------------------------------------------
 
 .PHONY: lint
 lint: install ## ruff and mypy
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy api operator
+
+.PHONY: chart-lint
+chart-lint: tools ## helm lint --strict the operator chart
+	@.bin/helm lint --strict charts/h2ogpt-operator
 
 .PHONY: test
 test: install tools system-packages ## Everything: unit, integration and cluster tests

@@ -1,0 +1,672 @@
+"""Pure builders: an H2oGPTDeployment spec in, the desired child manifests out.
+
+Nothing here talks to the cluster. Owner references are added by the reconciler (kopf.adopt),
+because a kept PVC must not have one. Every function is covered by golden-YAML unit tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from h2ogpt_operator import naming
+from h2ogpt_operator.config import OperatorConfig
+from h2ogpt_operator.models import ApiComponentSpec, H2oGPTDeploymentSpec, ResourceRequirements, SecretKeyRef
+
+Manifest = dict[str, Any]
+
+API_SAVE_DIR = "/var/lib/h2ogpt"
+WEAVIATE_DATA_DIR = "/var/lib/weaviate"
+WEAVIATE_USER = "h2ogpt"
+
+# Default keys inside referenced Secrets (a ref may name another key).
+API_KEYS_KEY = "H2OGPT_H2OGPT_API_KEYS"
+USERS_KEY = "auth.json"
+HF_TOKEN_KEY = "HF_TOKEN"  # noqa: S105 - the name of a key, not a secret
+WEAVIATE_API_KEY_KEY = "WEAVIATE_API_KEY"
+OPENAI_API_KEY_KEY = "OPENAI_API_KEY"
+
+_RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Which CR the children belong to."""
+
+    name: str
+    namespace: str
+
+
+def _bool(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def _metadata(stack: Stack, component: str, name: str | None = None) -> Manifest:
+    return {
+        "name": name or naming.child_name(stack.name, component),
+        "namespace": stack.namespace,
+        "labels": naming.labels(stack.name, component),
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """YAML without anchors: manifests share small dicts (probes), readers should not see `&id001`."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(documents: list[Manifest]) -> str:
+    """Manifests as multi-document YAML, keys sorted (golden files, `--dry-run` output)."""
+    return yaml.dump_all(documents, Dumper=_NoAliasDumper, sort_keys=True, width=110)
+
+
+def settings_checksum(*parts: Mapping[str, Any] | str) -> str:
+    """sha256 over canonical JSON: the pod-template annotation that rolls pods when their input changes."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+def _resources(resources: ResourceRequirements, extra_limits: Mapping[str, int] | None = None) -> Manifest:
+    out: Manifest = {}
+    if resources.requests:
+        out["requests"] = dict(resources.requests)
+    limits = {**resources.limits, **(extra_limits or {})}
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _secret_env(env_name: str, ref: SecretKeyRef, default_key: str) -> Manifest:
+    return {
+        "name": env_name,
+        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key or default_key}},
+    }
+
+
+# --- which Secrets a stack uses ------------------------------------------------------------------------
+
+
+def generates_api_keys(spec: H2oGPTDeploymentSpec) -> bool:
+    return spec.auth.api_keys_secret_ref is None
+
+
+def runs_weaviate(spec: H2oGPTDeploymentSpec) -> bool:
+    return spec.retrieval.enabled and spec.retrieval.external_url is None
+
+
+def generates_weaviate_key(spec: H2oGPTDeploymentSpec) -> bool:
+    return runs_weaviate(spec) and spec.retrieval.api_key_secret_ref is None
+
+
+def referenced_secrets(spec: H2oGPTDeploymentSpec) -> list[tuple[str, SecretKeyRef]]:
+    """(spec path, ref) for every Secret the user must provide; used to report a missing one by name."""
+    refs: list[tuple[str, SecretKeyRef | None]] = [
+        ("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref if _runs_inference(spec) else None),
+        (
+            "spec.inference.external.apiKeySecretRef",
+            spec.inference.external.api_key_secret_ref if spec.inference.external else None,
+        ),
+        (
+            "spec.retrieval.apiKeySecretRef",
+            spec.retrieval.api_key_secret_ref if spec.retrieval.enabled else None,
+        ),
+        ("spec.auth.apiKeysSecretRef", spec.auth.api_keys_secret_ref),
+        ("spec.auth.usersSecretRef", spec.auth.users_secret_ref),
+    ]
+    return [(path, ref) for path, ref in refs if ref is not None]
+
+
+def _runs_inference(spec: H2oGPTDeploymentSpec) -> bool:
+    return spec.inference.engine != "external"
+
+
+def build_auth_secret(
+    stack: Stack, spec: H2oGPTDeploymentSpec, new_token: Callable[[], str]
+) -> Manifest | None:
+    """`<cr>-auth`: generated credentials the spec does not reference; None when nothing is generated.
+
+    Created once and never regenerated (the reconciler only creates it when absent), so clients
+    keep working across operator restarts.
+    """
+    data: dict[str, str] = {}
+    if generates_api_keys(spec):
+        data[API_KEYS_KEY] = json.dumps([new_token()])
+    if generates_weaviate_key(spec):
+        data[WEAVIATE_API_KEY_KEY] = new_token()
+    if not data:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(stack, naming.AUTH),
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+def api_keys_ref(stack: Stack, spec: H2oGPTDeploymentSpec) -> SecretKeyRef:
+    return spec.auth.api_keys_secret_ref or SecretKeyRef(
+        name=naming.child_name(stack.name, naming.AUTH), key=API_KEYS_KEY
+    )
+
+
+def weaviate_key_ref(stack: Stack, spec: H2oGPTDeploymentSpec) -> SecretKeyRef | None:
+    if spec.retrieval.api_key_secret_ref is not None:
+        return spec.retrieval.api_key_secret_ref
+    if generates_weaviate_key(spec):
+        return SecretKeyRef(name=naming.child_name(stack.name, naming.AUTH), key=WEAVIATE_API_KEY_KEY)
+    return None
+
+
+# --- settings (ConfigMap) ------------------------------------------------------------------------------
+
+
+def inference_server_setting(stack: Stack, spec: H2oGPTDeploymentSpec) -> str:
+    """`--inference_server` in h2oGPT's format, pointing at the inference Service (or the external URL)."""
+    engine = spec.inference.engine
+    host = naming.service_host(stack.name, naming.INFERENCE, stack.namespace)
+    if engine == "tgi":
+        return f"http://{host}:{naming.INFERENCE_PORTS['tgi']}"
+    if engine == "vllm":
+        return f"vllm:{host}:{naming.INFERENCE_PORTS['vllm']}"
+    external = spec.inference.external
+    if external is None:  # the model validator makes this unreachable; keep the type checker honest
+        raise ValueError("inference.external is required when inference.engine is external")
+    if external.type == "openai":
+        return f"openai:{external.url}"
+    if external.type == "vllm":
+        return "vllm:" + external.url.split("://", 1)[1].rstrip("/")
+    return external.url
+
+
+def weaviate_url(stack: Stack, spec: H2oGPTDeploymentSpec) -> str:
+    if not spec.retrieval.enabled:
+        return ""
+    if spec.retrieval.external_url:
+        return spec.retrieval.external_url
+    host = naming.service_host(stack.name, naming.WEAVIATE, stack.namespace)
+    return f"http://{host}:{naming.WEAVIATE_HTTP_PORT}"
+
+
+def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
+    """The `H2OGPT_*` environment of the api pods (docs/architecture.md, "Settings contract"). No secrets."""
+    modes = ["UserData", "MyData", "LLM"] if spec.retrieval.enabled else ["LLM"]
+    return {
+        "H2OGPT_INFERENCE_SERVER": inference_server_setting(stack, spec),
+        "H2OGPT_BASE_MODEL": spec.model.name,
+        "H2OGPT_MAX_SEQ_LEN": str(spec.model.max_seq_len),
+        "H2OGPT_PROMPT_TYPE": spec.model.prompt_type,
+        "H2OGPT_SYSTEM_PROMPT": spec.model.system_prompt,
+        "H2OGPT_ASYNC_OUTPUT": _bool(spec.generation.async_output),
+        "H2OGPT_NUM_ASYNC": str(spec.generation.num_async),
+        "H2OGPT_AUTH_ACCESS": spec.auth.access,
+        "H2OGPT_GUEST_NAME": spec.auth.guest_name,
+        "H2OGPT_ENFORCE_H2OGPT_API_KEY": _bool(spec.auth.enforce_api_key),
+        "H2OGPT_LANGCHAIN_MODE": "LLM",
+        "H2OGPT_LANGCHAIN_MODES": json.dumps(modes),
+        "H2OGPT_WEAVIATE_URL": weaviate_url(stack, spec),
+        "H2OGPT_EMBEDDING_SERVER": spec.retrieval.embedding.server or "",
+        "H2OGPT_HF_EMBEDDING_MODEL": spec.retrieval.embedding.model,
+        "H2OGPT_SAVE_DIR": API_SAVE_DIR,
+        "H2OGPT_SERVER_NAME": "0.0.0.0",
+        "H2OGPT_OPENAI_PORT": str(naming.OPENAI_PORT),
+        "H2OGPT_GRADIO_PORT": str(naming.GRADIO_PORT),
+    }
+
+
+def build_config_map(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(stack, naming.CONFIG),
+        "data": build_settings(stack, spec),
+    }
+
+
+# --- inference -----------------------------------------------------------------------------------------
+
+
+def _inference_args(spec: H2oGPTDeploymentSpec) -> list[str]:
+    model = spec.model
+    inference = spec.inference
+    if inference.engine == "tgi":
+        args = ["--model-id", model.name]
+        if model.revision:
+            args += ["--revision", model.revision]
+        args += [
+            "--num-shard", str(inference.gpus),
+            # TGI budgets prompt + completion in one window; leave at least one token to generate.
+            "--max-input-tokens", str(model.max_seq_len - 1),
+            "--max-total-tokens", str(model.max_seq_len),
+            "--max-batch-prefill-tokens", str(model.max_seq_len),
+            "--hostname", "0.0.0.0",
+            "--port", str(naming.INFERENCE_PORTS["tgi"]),
+        ]  # fmt: skip
+        if inference.quantize:
+            args += ["--quantize", inference.quantize]
+    else:
+        args = ["--model", model.name, "--served-model-name", model.name]
+        if model.revision:
+            args += ["--revision", model.revision]
+        args += [
+            "--tensor-parallel-size", str(inference.gpus),
+            "--max-model-len", str(model.max_seq_len),
+            "--download-dir", "/data",
+            "--host", "0.0.0.0",
+            "--port", str(naming.INFERENCE_PORTS["vllm"]),
+        ]  # fmt: skip
+        if inference.quantize:
+            args += ["--quantization", inference.quantize]
+    return args + list(inference.extra_args)
+
+
+def build_model_cache_pvc(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest | None:
+    cache = spec.inference.model_cache
+    if not _runs_inference(spec) or not cache.enabled:
+        return None
+    pvc_spec: Manifest = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": cache.size}},
+    }
+    if cache.storage_class_name:
+        pvc_spec["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(stack, naming.MODEL_CACHE),
+        "spec": pvc_spec,
+    }
+
+
+def build_inference_deployment(
+    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig
+) -> Manifest | None:
+    if not _runs_inference(spec):
+        return None
+    inference = spec.inference
+    engine = inference.engine
+    port = naming.INFERENCE_PORTS[engine]
+    env: list[Manifest] = []
+    if spec.model.hf_token_secret_ref:
+        env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref, HF_TOKEN_KEY))
+    env.append({"name": "HF_HOME", "value": "/data"})
+    env.extend(inference.env)
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container: Manifest = {
+        "name": engine,
+        "image": inference.image or (config.images.tgi if engine == "tgi" else config.images.vllm),
+        "args": _inference_args(spec),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {**health, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 30, "failureThreshold": 6, "timeoutSeconds": 10},
+        # Downloading and loading a large model takes a long time: allow 60 minutes before liveness counts.
+        "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 360},
+        "resources": _resources(inference.resources, {inference.gpu_resource_name: inference.gpus}),
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": "/data"},
+            {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108 - NCCL needs a large shared memory,
+        ],
+    }
+    cache_volume: Manifest = (
+        {
+            "name": "model-cache",
+            "persistentVolumeClaim": {"claimName": naming.child_name(stack.name, naming.MODEL_CACHE)},
+        }
+        if inference.model_cache.enabled
+        else {"name": "model-cache", "emptyDir": {}}
+    )
+    pod_spec: Manifest = {
+        "containers": [container],
+        "volumes": [
+            cache_volume,
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": inference.shm_size}},
+        ],
+        # GPU nodes are commonly tainted with the GPU resource name; tolerating it is harmless elsewhere.
+        "tolerations": [
+            {"key": inference.gpu_resource_name, "operator": "Exists", "effect": "NoSchedule"},
+            *inference.tolerations,
+        ],
+    }
+    if inference.node_selector:
+        pod_spec["nodeSelector"] = dict(inference.node_selector)
+    if inference.affinity:
+        pod_spec["affinity"] = inference.affinity
+    if inference.runtime_class_name:
+        pod_spec["runtimeClassName"] = inference.runtime_class_name
+    # The template holds every inference setting; hashing it (not the replica count) marks a real change.
+    checksum = settings_checksum(container, pod_spec)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(stack, naming.INFERENCE),
+        "spec": {
+            "replicas": 0 if spec.suspend else inference.replicas,
+            # A new GPU pod cannot start beside the old one when the GPUs are taken, nor share a RWO cache.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": naming.selector_labels(stack.name, naming.INFERENCE)},
+            "template": {
+                "metadata": {
+                    "labels": naming.labels(stack.name, naming.INFERENCE),
+                    "annotations": {naming.CHECKSUM_ANNOTATION: checksum},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_inference_service(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest | None:
+    if not _runs_inference(spec):
+        return None
+    port = naming.INFERENCE_PORTS[spec.inference.engine]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(stack, naming.INFERENCE),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": naming.selector_labels(stack.name, naming.INFERENCE),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+# --- Weaviate ------------------------------------------------------------------------------------------
+
+
+def _weaviate_headless_name(stack: Stack) -> str:
+    return naming.child_name(stack.name, f"{naming.WEAVIATE}-headless")
+
+
+def build_weaviate_statefulset(
+    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, auth_digest: str
+) -> Manifest | None:
+    if not runs_weaviate(spec):
+        return None
+    retrieval = spec.retrieval
+    name = naming.child_name(stack.name, naming.WEAVIATE)
+    key_ref = weaviate_key_ref(stack, spec)
+    if key_ref is None:  # runs_weaviate() implies a referenced or generated key
+        raise ValueError("an in-cluster Weaviate needs an API key")
+    peers = ",".join(f"{name}-{index}" for index in range(retrieval.replicas))
+    env: list[Manifest] = [
+        {"name": "CLUSTER_HOSTNAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "CLUSTER_JOIN", "value": f"{_weaviate_headless_name(stack)}.{stack.namespace}.svc"},
+        {"name": "RAFT_JOIN", "value": peers},
+        {"name": "RAFT_BOOTSTRAP_EXPECT", "value": str(retrieval.replicas)},
+        {"name": "PERSISTENCE_DATA_PATH", "value": WEAVIATE_DATA_DIR},
+        {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
+        {"name": "DISABLE_TELEMETRY", "value": "true"},
+        {"name": "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED", "value": "false"},
+        {"name": "AUTHENTICATION_APIKEY_ENABLED", "value": "true"},
+        _secret_env("AUTHENTICATION_APIKEY_ALLOWED_KEYS", key_ref, WEAVIATE_API_KEY_KEY),
+        {"name": "AUTHENTICATION_APIKEY_USERS", "value": WEAVIATE_USER},
+        {"name": "PROMETHEUS_MONITORING_ENABLED", "value": "true"},
+    ]
+    container: Manifest = {
+        "name": "weaviate",
+        "image": retrieval.image or config.images.weaviate,
+        "args": ["--host", "0.0.0.0", "--port", str(naming.WEAVIATE_HTTP_PORT), "--scheme", "http"],
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": naming.WEAVIATE_HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": naming.WEAVIATE_GRPC_PORT, "protocol": "TCP"},
+            {"name": "gossip", "containerPort": 7000, "protocol": "TCP"},
+            {"name": "data", "containerPort": 7001, "protocol": "TCP"},
+            {"name": "raft", "containerPort": 8300, "protocol": "TCP"},
+            {"name": "raft-rpc", "containerPort": 8301, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": 2112, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/v1/.well-known/ready", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/v1/.well-known/live", "port": "http"},
+            "initialDelaySeconds": 60,
+            "periodSeconds": 15,
+        },
+        "resources": _resources(retrieval.resources),
+        "volumeMounts": [{"name": "data", "mountPath": WEAVIATE_DATA_DIR}],
+        "securityContext": _RESTRICTED_CONTAINER,
+    }
+    claim_spec: Manifest = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": retrieval.storage.size}},
+    }
+    if retrieval.storage.storage_class_name:
+        claim_spec["storageClassName"] = retrieval.storage.storage_class_name
+    when_deleted = "Delete" if retrieval.storage.delete_with_cr else "Retain"
+    checksum = settings_checksum(container, auth_digest)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(stack, naming.WEAVIATE),
+        "spec": {
+            "replicas": retrieval.replicas,
+            "serviceName": _weaviate_headless_name(stack),
+            # Raft bootstraps only when all expected peers start together.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": naming.selector_labels(stack.name, naming.WEAVIATE)},
+            # Documents outlive the CR unless the spec says otherwise.
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+            "template": {
+                "metadata": {
+                    "labels": naming.labels(stack.name, naming.WEAVIATE),
+                    "annotations": {naming.CHECKSUM_ANNOTATION: checksum},
+                },
+                "spec": {"containers": [container], "securityContext": {"fsGroup": 1000}},
+            },
+            "volumeClaimTemplates": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": "data", "labels": naming.labels(stack.name, naming.WEAVIATE)},
+                    "spec": claim_spec,
+                }
+            ],
+        },
+    }
+
+
+def build_weaviate_services(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
+    """A ClusterIP Service for clients (REST + gRPC) and a headless one for the peers' gossip."""
+    if not runs_weaviate(spec):
+        return []
+    selector = naming.selector_labels(stack.name, naming.WEAVIATE)
+    client = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(stack, naming.WEAVIATE),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [
+                {"name": "http", "port": naming.WEAVIATE_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": naming.WEAVIATE_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
+        },
+    }
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(stack, naming.WEAVIATE, name=_weaviate_headless_name(stack)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector,
+            "ports": [
+                {"name": "gossip", "port": 7000, "targetPort": "gossip", "protocol": "TCP"},
+                {"name": "data", "port": 7001, "targetPort": "data", "protocol": "TCP"},
+                {"name": "raft", "port": 8300, "targetPort": "raft", "protocol": "TCP"},
+                {"name": "raft-rpc", "port": 8301, "targetPort": "raft-rpc", "protocol": "TCP"},
+            ],
+        },
+    }
+    return [client, headless]
+
+
+# --- API pods (Gradio and OpenAI: one image, two entry points) -------------------------------------------
+
+
+def _api_component(spec: H2oGPTDeploymentSpec, component: str) -> ApiComponentSpec:
+    return spec.frontend if component == naming.GRADIO else spec.openai
+
+
+def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
+    """Credentials of the api pods, each from a Secret (the ConfigMap holds everything else)."""
+    env = [_secret_env("H2OGPT_H2OGPT_API_KEYS", api_keys_ref(stack, spec), API_KEYS_KEY)]
+    if spec.auth.users_secret_ref:
+        env.append(_secret_env("H2OGPT_AUTH", spec.auth.users_secret_ref, USERS_KEY))
+    key_ref = weaviate_key_ref(stack, spec) if spec.retrieval.enabled else None
+    if key_ref:
+        env.append(_secret_env("WEAVIATE_API_KEY", key_ref, WEAVIATE_API_KEY_KEY))
+    external = spec.inference.external if spec.inference.engine == "external" else None
+    if external and external.api_key_secret_ref:
+        env.append(_secret_env("OPENAI_API_KEY", external.api_key_secret_ref, OPENAI_API_KEY_KEY))
+    return env
+
+
+def build_api_deployment(
+    stack: Stack, spec: H2oGPTDeploymentSpec, component: str, config: OperatorConfig, auth_digest: str
+) -> Manifest | None:
+    """`<cr>-openai` (h2ogpt-api --gradio False) or `<cr>-gradio` (h2ogpt-api --openai_server False)."""
+    settings = _api_component(spec, component)
+    if not settings.enabled:
+        return None
+    if component == naming.OPENAI:
+        port, args = naming.OPENAI_PORT, ["--gradio", "False"]
+    else:
+        port, args = naming.GRADIO_PORT, ["--openai_server", "False"]
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container: Manifest = {
+        "name": "api",
+        "image": settings.image or config.images.api,
+        "command": ["h2ogpt-api"],
+        "args": args,
+        "envFrom": [{"configMapRef": {"name": naming.child_name(stack.name, naming.CONFIG)}}],
+        "env": api_env(stack, spec),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {**health, "periodSeconds": 5},
+        "livenessProbe": {**health, "initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 6},
+        "resources": _resources(settings.resources),
+        "volumeMounts": [{"name": "save", "mountPath": API_SAVE_DIR}],
+        "securityContext": _RESTRICTED_CONTAINER,
+    }
+    # Pods read the settings once at start: a change to what they consume must roll them, and only them.
+    checksum = settings_checksum(build_settings(stack, spec), auth_digest)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(stack, component),
+        "spec": {
+            "replicas": settings.replicas,
+            "selector": {"matchLabels": naming.selector_labels(stack.name, component)},
+            "template": {
+                "metadata": {
+                    "labels": naming.labels(stack.name, component),
+                    "annotations": {naming.CHECKSUM_ANNOTATION: checksum},
+                },
+                "spec": {"containers": [container], "volumes": [{"name": "save", "emptyDir": {}}]},
+            },
+        },
+    }
+
+
+def build_api_service(stack: Stack, spec: H2oGPTDeploymentSpec, component: str) -> Manifest | None:
+    settings = _api_component(spec, component)
+    if not settings.enabled:
+        return None
+    default_port = naming.OPENAI_PORT if component == naming.OPENAI else naming.GRADIO_PORT
+    service_spec: Manifest = {
+        "type": settings.service.type,
+        "selector": naming.selector_labels(stack.name, component),
+        "ports": [
+            {
+                "name": "http",
+                "port": settings.service.port or default_port,
+                "targetPort": "http",
+                "protocol": "TCP",
+            }
+        ],
+    }
+    # Gradio keeps a session's queue and uploads in one process: pin a client to one pod.
+    if component == naming.GRADIO and settings.replicas > 1:
+        service_spec["sessionAffinity"] = "ClientIP"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(stack, component),
+        "spec": service_spec,
+    }
+
+
+def build_service_monitor(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest | None:
+    monitor = spec.monitoring.service_monitor
+    if not monitor.enabled:
+        return None
+    metadata = _metadata(stack, "metrics")
+    metadata["labels"] = {**monitor.labels, **metadata["labels"]}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata,
+        "spec": {
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "h2ogpt",
+                    "app.kubernetes.io/instance": stack.name,
+                },
+                "matchExpressions": [
+                    {
+                        "key": "app.kubernetes.io/component",
+                        "operator": "In",
+                        "values": [naming.INFERENCE, naming.OPENAI, naming.GRADIO],
+                    }
+                ],
+            },
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": monitor.interval}],
+        },
+    }
+
+
+# --- everything ----------------------------------------------------------------------------------------
+
+
+def build_children(
+    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, auth_digest: str
+) -> list[Manifest]:
+    """Every child the reconciler server-side applies, in apply order (config before its consumers).
+
+    `auth_digest` is a hash of the generated `<cr>-auth` Secret's data (empty when none): a new key
+    must roll the pods that read it. The Secret itself is created once, elsewhere.
+    """
+    candidates: list[Manifest | None] = [
+        build_config_map(stack, spec),
+        build_model_cache_pvc(stack, spec),
+        build_inference_service(stack, spec),
+        build_inference_deployment(stack, spec, config),
+        *build_weaviate_services(stack, spec),
+        build_weaviate_statefulset(stack, spec, config, auth_digest),
+        build_api_service(stack, spec, naming.OPENAI),
+        build_api_deployment(stack, spec, naming.OPENAI, config, auth_digest),
+        build_api_service(stack, spec, naming.GRADIO),
+        build_api_deployment(stack, spec, naming.GRADIO, config, auth_digest),
+        build_service_monitor(stack, spec),
+    ]
+    return [child for child in candidates if child is not None]
+
+
+def kept_with_cr(manifest: Manifest, spec: H2oGPTDeploymentSpec) -> bool:
+    """True for a child that must outlive the CR (no ownerReference): the model cache unless deleteWithCR."""
+    return manifest["kind"] == "PersistentVolumeClaim" and not spec.inference.model_cache.delete_with_cr

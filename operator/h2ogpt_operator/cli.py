@@ -1,0 +1,160 @@
+"""`h2ogpt-operator`: run the operator.
+
+No flags: watch all namespaces. `--namespace NS` (repeatable): only those. Reads KUBECONFIG (or
+~/.kube/config), else the in-cluster service account. Serves Prometheus metrics on :8080/metrics
+and kopf's liveness on :8081/healthz; acts only while holding the leader Lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import kopf
+from prometheus_client import start_http_server
+
+from h2ogpt_operator import metrics
+from h2ogpt_operator.config import OperatorConfig
+from h2ogpt_operator.handlers import HandlerContext, build_registry
+from h2ogpt_operator.kube import Kube, load_api_client
+from h2ogpt_operator.leader import LeaderElector
+from h2ogpt_operator.reconcile import Reconciler
+from h2ogpt_operator.workqueue import Key, WorkQueue
+
+log = logging.getLogger("h2ogpt_operator")
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    if SERVICE_ACCOUNT_NAMESPACE.exists():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return "default"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="h2ogpt-operator", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
+    parser.add_argument(
+        "--liveness-port", type=int, default=8081, help="kopf liveness /healthz port (0: off)"
+    )
+    parser.add_argument("--workers", type=int, default=4, help="stacks reconciled concurrently")
+    parser.add_argument("--resync-seconds", type=float, default=60.0, help="re-check every stack this often")
+    parser.add_argument(
+        "--retry-seconds", type=float, default=5.0, help="re-check a stack not Ready this often"
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the Lease (default: POD_NAMESPACE or the service account's)",
+    )
+    parser.add_argument("--leader-election-name", default="h2ogpt-operator", help="name of the Lease")
+    parser.add_argument("--lease-seconds", type=int, default=15, help="Lease duration")
+    parser.add_argument(
+        "--identity", default=None, help="this replica's name in the Lease (default: host + random)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.resync_seconds <= 0 or args.retry_seconds <= 0 or args.lease_seconds < 3:
+        parser.error("--workers must be >= 1, --resync/--retry-seconds > 0, --lease-seconds >= 3")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    config = OperatorConfig.from_env(os.environ)
+    kube = Kube(load_api_client(), count_write=metrics.count_write)
+    reconciler = Reconciler(kube, config)
+    readiness: dict[Key, bool] = {}
+
+    async def reconcile(key: Key) -> bool:
+        started = time.monotonic()
+        try:
+            outcome = await asyncio.to_thread(reconciler.reconcile, *key)
+        except Exception:
+            metrics.RECONCILES.labels(result="error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
+        metrics.RECONCILES.labels(result="error" if outcome.errors else "success").inc()
+        if not outcome.exists:
+            queue.forget(key)
+            readiness.pop(key, None)
+        else:
+            readiness[key] = outcome.ready
+        metrics.publish_readiness(readiness)
+        if outcome.writes:
+            log.info(
+                "reconciled %s/%s: %d writes (%s)",
+                *key,
+                outcome.writes,
+                ", ".join(outcome.applied) or "status",
+            )
+        return not outcome.exists or (outcome.ready and not outcome.errors)
+
+    queue = WorkQueue(
+        reconcile, workers=args.workers, resync_seconds=args.resync_seconds, retry_seconds=args.retry_seconds
+    )
+    identity = args.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    elector = LeaderElector(
+        kube,
+        args.leader_election_namespace or _own_namespace(),
+        args.leader_election_name,
+        identity,
+        lease_seconds=args.lease_seconds,
+        renew_seconds=args.lease_seconds / 3,
+    )
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(elector.run(on_lost=stop.set), name="leader-election"),
+        asyncio.create_task(queue.run(elector.is_leader), name="work-queue"),
+    ]
+    try:
+        await kopf.operator(
+            registry=build_registry(HandlerContext(queue=queue)),
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
+            stop_flag=stop,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(elector.release)
+    return 1 if elector.lost else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # kopf logs each handled watch event at info ("Handler ... succeeded"): only its warnings,
+    # unless debugging.
+    logging.getLogger("kopf").setLevel(logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The H2oGPTDeployment spec and status as pydantic models.
+
+These models are the single source of the CRD schema (`crd.py` turns them into a structural
+OpenAPI schema) and of the operator's parsing of a CR. Rules that tie one field to another are
+written twice on purpose: as CEL (`x-kubernetes-validations`, enforced by the apiserver at
+`kubectl apply`) and as a pydantic validator (so the operator never acts on a CR that slipped
+past an older CRD).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "h2ogpt.dev"
+VERSION = "v1alpha1"
+KIND = "H2oGPTDeployment"
+PLURAL = "h2ogptdeployments"
+SINGULAR = "h2ogptdeployment"
+SHORT_NAME = "h2ogpt"
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+
+Engine = Literal["tgi", "vllm", "external"]
+ExternalType = Literal["openai", "vllm", "tgi"]
+Quantize = Literal[
+    "awq", "gptq", "eetq", "exl2", "marlin", "fp8", "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4"
+]
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+
+
+class CrdModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are ignored (the apiserver prunes them)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+def section(model: type[BaseModel]) -> Any:
+    """A nested object that is always present: `default: {}` lets the apiserver fill its defaults."""
+    return Field(default_factory=model, json_schema_extra={"default": {}})
+
+
+class SecretKeyRef(CrdModel):
+    """A key in a Secret in the CR's namespace. `key` defaults per use (see docs/operator.md)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    key: str | None = Field(default=None, min_length=1, max_length=253)
+
+
+class ResourceRequirements(CrdModel):
+    """Kubernetes container resources; quantities as strings or numbers."""
+
+    requests: dict[str, int | str] = Field(default_factory=dict)
+    limits: dict[str, int | str] = Field(default_factory=dict)
+
+
+class ModelSpec(CrdModel):
+    name: str = Field(min_length=1, max_length=256, description="Hugging Face model id, e.g. org/model.")
+    revision: str | None = Field(default=None, min_length=1, max_length=128)
+    max_seq_len: int = Field(default=4096, ge=128, le=1_048_576, description="Context length in tokens.")
+    prompt_type: str = Field(default="", max_length=64)
+    system_prompt: str = Field(default="", max_length=65_536)
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Hugging Face token for gated models (key default HF_TOKEN)."
+    )
+
+
+class ModelCacheSpec(CrdModel):
+    enabled: bool = True
+    size: str = Field(default="100Gi", pattern=QUANTITY_PATTERN)
+    storage_class_name: str | None = Field(default=None, min_length=1)
+    delete_with_cr: bool = Field(
+        default=False, alias="deleteWithCR", description="Delete the cache PVC when the CR is deleted."
+    )
+
+
+class ExternalInferenceSpec(CrdModel):
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048, description="Base URL of the server.")
+    type: ExternalType = "openai"
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Key default OPENAI_API_KEY.")
+
+
+class InferenceSpec(CrdModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # has(): the apiserver also checks these rules against the bare default `{}`.
+                    "rule": "!has(self.engine) || self.engine != 'external' || has(self.external)",
+                    "message": "inference.external.url is required when inference.engine is external",
+                },
+                {
+                    "rule": (
+                        "(has(self.engine) && self.engine == 'external') || !has(self.gpus) || self.gpus > 0"
+                    ),
+                    "message": "inference.gpus must be at least 1 when inference.engine is tgi or vllm",
+                },
+            ]
+        }
+    )
+
+    engine: Engine = "tgi"
+    image: str | None = Field(default=None, min_length=1, description="Default: the operator's per engine.")
+    replicas: int = Field(default=1, ge=0, le=64)
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per inference pod (TGI shards, vLLM TP).")
+    gpu_resource_name: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
+    resources: ResourceRequirements = section(ResourceRequirements)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    runtime_class_name: str | None = Field(default=None, min_length=1)
+    quantize: Quantize | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env (EnvVar list).")
+    shm_size: str = Field(default="1Gi", pattern=QUANTITY_PATTERN)
+    model_cache: ModelCacheSpec = section(ModelCacheSpec)
+    external: ExternalInferenceSpec | None = None
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> InferenceSpec:
+        if self.engine == "external" and self.external is None:
+            raise ValueError("inference.external.url is required when inference.engine is external")
+        if self.engine != "external" and self.gpus < 1:
+            raise ValueError("inference.gpus must be at least 1 when inference.engine is tgi or vllm")
+        return self
+
+
+class StorageSpec(CrdModel):
+    size: str = Field(default="10Gi", pattern=QUANTITY_PATTERN)
+    storage_class_name: str | None = Field(default=None, min_length=1)
+    delete_with_cr: bool = Field(
+        default=False, alias="deleteWithCR", description="Delete Weaviate's PVCs when the CR is deleted."
+    )
+
+
+class EmbeddingSpec(CrdModel):
+    model: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1)
+    server: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", description="OpenAI-compatible /v1/embeddings base URL."
+    )
+
+
+class RetrievalSpec(CrdModel):
+    enabled: bool = True
+    image: str | None = Field(default=None, min_length=1)
+    replicas: int = Field(default=1, ge=1, le=9)
+    storage: StorageSpec = section(StorageSpec)
+    resources: ResourceRequirements = section(ResourceRequirements)
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Weaviate API key (key default WEAVIATE_API_KEY); generated when absent."
+    )
+    external_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", description="Use this Weaviate instead of running one."
+    )
+    embedding: EmbeddingSpec = section(EmbeddingSpec)
+
+
+class ServiceSpec(CrdModel):
+    type: ServiceType = "ClusterIP"
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Default 7860 (Gradio), 5000 (OpenAI)."
+    )
+
+
+class ApiComponentSpec(CrdModel):
+    enabled: bool = True
+    replicas: int = Field(default=1, ge=0, le=100)
+    image: str | None = Field(default=None, min_length=1)
+    resources: ResourceRequirements = section(ResourceRequirements)
+    service: ServiceSpec = section(ServiceSpec)
+
+
+class GenerationSpec(CrdModel):
+    async_output: bool = True
+    num_async: int = Field(default=3, ge=1, le=256)
+
+
+class AuthSpec(CrdModel):
+    access: Literal["open", "closed"] = "open"
+    guest_name: str = Field(default="guest", min_length=1, max_length=128)
+    enforce_api_key: bool = Field(default=True, description="Refuse OpenAI requests without a valid key.")
+    api_keys_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Key (default H2OGPT_H2OGPT_API_KEYS) holding a list literal; generated when absent.",
+    )
+    users_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Key (default auth.json) holding users as h2oGPT's --auth takes them."
+    )
+
+
+class ServiceMonitorSpec(CrdModel):
+    enabled: bool = False
+    interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class MonitoringSpec(CrdModel):
+    service_monitor: ServiceMonitorSpec = section(ServiceMonitorSpec)
+
+
+class H2oGPTDeploymentSpec(CrdModel):
+    model: ModelSpec
+    inference: InferenceSpec = section(InferenceSpec)
+    retrieval: RetrievalSpec = section(RetrievalSpec)
+    frontend: ApiComponentSpec = section(ApiComponentSpec)
+    openai: ApiComponentSpec = section(ApiComponentSpec)
+    generation: GenerationSpec = section(GenerationSpec)
+    auth: AuthSpec = section(AuthSpec)
+    monitoring: MonitoringSpec = section(MonitoringSpec)
+    suspend: bool = Field(default=False, description="Scale the inference to zero; keep all data.")
+
+
+class Condition(CrdModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    last_transition_time: str
+    observed_generation: int
+
+
+class Endpoints(CrdModel):
+    openai: str | None = None
+    gradio: str | None = None
+
+
+class H2oGPTDeploymentStatus(CrdModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    endpoints: Endpoints | None = None

@@ -1,0 +1,192 @@
+"""Helpers for the operator's cluster tests: run `h2ogpt-operator` as a real process, poll the cluster.
+
+Not a fixture module: the test modules build their own fixtures from these (one operator per module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.support.cluster import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
+SAMPLES = REPO / "crds" / "samples"
+LEASE_NAMESPACE = "default"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for", "condition=Established", "--timeout=30s", "crd/h2ogptdeployments.h2ogpt.dev"
+    )
+
+
+def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def items(cluster: Cluster, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    args = [kind, "-n", namespace] + (["-l", selector] if selector else [])
+    found = get_json(cluster, *args)
+    return list(found["items"]) if found else []
+
+
+def condition(cr: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    for cond in ((cr or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return None
+
+
+def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        cr = get_json(cluster, "h2ogpt", name, "-n", namespace)
+        cond = condition(cr, "Ready")
+        generation = (cr or {}).get("metadata", {}).get("generation")
+        if (
+            cond
+            and cond["status"] == "True"
+            and (cr or {}).get("status", {}).get("observedGeneration") == generation
+        ):
+            return cr
+        return None
+
+    return wait_for(ready, timeout, f"{namespace}/{name} Ready")
+
+
+def provide_volumes(cluster: Cluster, count: int, tag: str) -> None:
+    """hostPath PersistentVolumes for PVCs to bind to: the local control plane has no provisioner."""
+    for index in range(count):
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"pv-{tag}-{index}", "labels": {"h2ogpt-test": tag}},
+            "spec": {
+                "capacity": {"storage": "1Ti"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/pv-{tag}-{index}"},
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
+
+
+def remove_volumes(cluster: Cluster, tag: str) -> None:
+    cluster.kubectl("delete", "pv", "-l", f"h2ogpt-test={tag}", "--wait=false", check=False)
+
+
+class OperatorProcess:
+    """`h2ogpt-operator` as a subprocess with the cluster's kubeconfig; killable and restartable."""
+
+    def __init__(self, cluster: Cluster, log_dir: Path, lease_name: str, *extra_args: str) -> None:
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.lease_name = lease_name
+        self.extra_args = list(extra_args)
+        self.identity = f"op-{uuid.uuid4().hex[:6]}"
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.identity}-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        argv = [
+            sys.executable, "-m", "h2ogpt_operator.cli",
+            "--metrics-port", str(self.metrics_port),
+            "--liveness-port", str(self.liveness_port),
+            "--resync-seconds", "3",
+            "--retry-seconds", "1",
+            "--lease-seconds", "6",
+            "--leader-election-namespace", LEASE_NAMESPACE,
+            "--leader-election-name", self.lease_name,
+            "--identity", self.identity,
+            *self.extra_args,
+        ]  # fmt: skip
+        env = {**self.cluster.env, "PYTHONPATH": f"{REPO / 'operator'}{os.pathsep}{REPO}"}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._live, 30, f"operator {self.identity} liveness")
+
+    def _live(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"operator exited early:\n{self.log_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of the operator's /metrics as {'name{labels}': value} (only h2ogpt_operator_*)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("h2ogpt_operator_"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def metric_sum(self, prefix: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+    def is_leader(self) -> bool:
+        return self.metrics().get("h2ogpt_operator_leader", 0.0) == 1.0

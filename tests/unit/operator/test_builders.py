@@ -1,0 +1,256 @@
+"""Builders are pure: the samples' children are compared with golden YAML, and the wiring is checked."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+import pytest
+from h2ogpt_operator import builders, naming
+from h2ogpt_operator.builders import Stack
+from h2ogpt_operator.config import OperatorConfig
+from h2ogpt_operator.models import H2oGPTDeploymentSpec
+
+from tests.unit.operator.samples import GOLDEN, SAMPLES, load_sample
+
+STACK = Stack(name="demo", namespace="team-a")
+CONFIG = OperatorConfig()
+SAMPLE_NAMES = sorted(p.stem for p in SAMPLES.glob("*.yaml"))
+
+
+def _tokens() -> Any:
+    counter = itertools.count(1)
+    return lambda: f"generated-token-{next(counter)}"
+
+
+def spec_of(overrides: dict[str, Any] | None = None, **sections: Any) -> H2oGPTDeploymentSpec:
+    raw: dict[str, Any] = {"model": {"name": "org/model"}, **sections, **(overrides or {})}
+    return H2oGPTDeploymentSpec.model_validate(raw)
+
+
+def _render(name: str) -> str:
+    spec = H2oGPTDeploymentSpec.model_validate(load_sample(name)["spec"])
+    stack = Stack(name=load_sample(name)["metadata"]["name"], namespace="team-a")
+    children = builders.build_children(stack, spec, CONFIG, auth_digest="digest-of-auth-secret")
+    secret = builders.build_auth_secret(stack, spec, _tokens())
+    documents = [*([secret] if secret else []), *children]
+    return builders.to_yaml(documents)
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_sample_children_match_golden(name: str) -> None:
+    golden = GOLDEN / f"{name}.yaml"
+    rendered = _render(name)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(rendered)
+    assert golden.exists(), f"missing {golden}: run with UPDATE_GOLDEN=1 once and review the file"
+    assert rendered == golden.read_text(), f"{name} children changed: review, then UPDATE_GOLDEN=1"
+
+
+def _by_name(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["kind"], c["metadata"]["name"]): c for c in children}
+
+
+def test_children_are_named_and_labelled() -> None:
+    children = builders.build_children(STACK, spec_of(), CONFIG, "")
+    names = {(c["kind"], c["metadata"]["name"]) for c in children}
+    assert names == {
+        ("ConfigMap", "demo-config"),
+        ("PersistentVolumeClaim", "demo-model-cache"),
+        ("Service", "demo-inference"),
+        ("Deployment", "demo-inference"),
+        ("Service", "demo-weaviate"),
+        ("Service", "demo-weaviate-headless"),
+        ("StatefulSet", "demo-weaviate"),
+        ("Service", "demo-openai"),
+        ("Deployment", "demo-openai"),
+        ("Service", "demo-gradio"),
+        ("Deployment", "demo-gradio"),
+    }
+    for child in children:
+        labels = child["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "h2ogpt"
+        assert labels["app.kubernetes.io/instance"] == "demo"
+        assert labels["app.kubernetes.io/managed-by"] == "h2ogpt-operator"
+        assert child["metadata"]["namespace"] == "team-a"
+
+
+@pytest.mark.parametrize(
+    ("inference", "expected"),
+    [
+        ({}, "http://demo-inference.team-a.svc:80"),
+        ({"engine": "vllm"}, "vllm:demo-inference.team-a.svc:8000"),
+        (
+            {"engine": "external", "gpus": 0, "external": {"url": "https://llm.example/v1"}},
+            "openai:https://llm.example/v1",
+        ),
+        (
+            {
+                "engine": "external",
+                "gpus": 0,
+                "external": {"url": "http://vllm.example:8000", "type": "vllm"},
+            },
+            "vllm:vllm.example:8000",
+        ),
+        (
+            {"engine": "external", "gpus": 0, "external": {"url": "http://tgi.example", "type": "tgi"}},
+            "http://tgi.example",
+        ),
+    ],
+)
+def test_inference_server_setting(inference: dict[str, Any], expected: str) -> None:
+    assert builders.build_settings(STACK, spec_of(inference=inference))["H2OGPT_INFERENCE_SERVER"] == expected
+
+
+def test_config_map_holds_settings_and_no_secret() -> None:
+    spec = spec_of(auth={"apiKeysSecretRef": {"name": "keys"}, "usersSecretRef": {"name": "users"}})
+    data = builders.build_config_map(STACK, spec)["data"]
+    assert data["H2OGPT_BASE_MODEL"] == "org/model"
+    assert data["H2OGPT_WEAVIATE_URL"] == "http://demo-weaviate.team-a.svc:8080"
+    assert data["H2OGPT_ENFORCE_H2OGPT_API_KEY"] == "True"
+    assert all(key.startswith("H2OGPT_") for key in data)
+    assert not {"H2OGPT_H2OGPT_API_KEYS", "H2OGPT_AUTH", "H2OGPT_WEAVIATE_API_KEY"} & set(data)
+
+
+def test_auth_secret_generates_only_what_is_not_referenced() -> None:
+    generated = builders.build_auth_secret(STACK, spec_of(), _tokens())
+    assert generated is not None
+    assert generated["stringData"] == {
+        "H2OGPT_H2OGPT_API_KEYS": '["generated-token-1"]',
+        "WEAVIATE_API_KEY": "generated-token-2",
+    }
+    referenced = spec_of(
+        auth={"apiKeysSecretRef": {"name": "k"}}, retrieval={"apiKeySecretRef": {"name": "w"}}
+    )
+    assert builders.build_auth_secret(STACK, referenced, _tokens()) is None
+
+
+def test_api_pods_take_credentials_from_secrets() -> None:
+    spec = spec_of(
+        inference={
+            "engine": "external",
+            "gpus": 0,
+            "external": {"url": "https://x/v1", "apiKeySecretRef": {"name": "up"}},
+        },
+        auth={"usersSecretRef": {"name": "users", "key": "logins"}},
+    )
+    openai = builders.build_api_deployment(STACK, spec, naming.OPENAI, CONFIG, "")
+    assert openai is not None
+    container = openai["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--gradio", "False"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env == {
+        "H2OGPT_H2OGPT_API_KEYS": {"name": "demo-auth", "key": "H2OGPT_H2OGPT_API_KEYS"},
+        "H2OGPT_AUTH": {"name": "users", "key": "logins"},
+        "WEAVIATE_API_KEY": {"name": "demo-auth", "key": "WEAVIATE_API_KEY"},
+        "OPENAI_API_KEY": {"name": "up", "key": "OPENAI_API_KEY"},
+    }
+    assert container["envFrom"] == [{"configMapRef": {"name": "demo-config"}}]
+    gradio = builders.build_api_deployment(STACK, spec, naming.GRADIO, CONFIG, "")
+    assert gradio is not None
+    assert gradio["spec"]["template"]["spec"]["containers"][0]["args"] == ["--openai_server", "False"]
+
+
+def test_tgi_deployment_requests_gpus_and_mounts_cache() -> None:
+    spec = spec_of(
+        model={"name": "org/model", "maxSeqLen": 8192, "hfTokenSecretRef": {"name": "hf"}},
+        inference={"gpus": 4, "quantize": "awq"},
+    )
+    deployment = builders.build_inference_deployment(STACK, spec, CONFIG)
+    assert deployment is not None
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[args.index("--num-shard") + 1] == "4"
+    assert args[args.index("--max-total-tokens") + 1] == "8192"
+    assert args[args.index("--quantize") + 1] == "awq"
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    assert {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}},
+    } in container["env"]
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "demo-model-cache"
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 1800
+
+
+def test_suspend_scales_inference_to_zero_only() -> None:
+    children = _by_name(builders.build_children(STACK, spec_of(suspend=True), CONFIG, ""))
+    assert children[("Deployment", "demo-inference")]["spec"]["replicas"] == 0
+    assert children[("Deployment", "demo-openai")]["spec"]["replicas"] == 1
+    assert ("PersistentVolumeClaim", "demo-model-cache") in children
+
+
+def _checksums(spec: H2oGPTDeploymentSpec) -> dict[str, str]:
+    out = {}
+    for child in builders.build_children(STACK, spec, CONFIG, "d"):
+        if child["kind"] in {"Deployment", "StatefulSet"}:
+            out[child["metadata"]["name"]] = child["spec"]["template"]["metadata"]["annotations"][
+                naming.CHECKSUM_ANNOTATION
+            ]
+    return out
+
+
+def test_a_change_rolls_only_the_pods_that_consume_it() -> None:
+    base = _checksums(spec_of())
+    quantized = _checksums(spec_of(inference={"quantize": "awq"}))
+    assert {name for name in base if base[name] != quantized[name]} == {"demo-inference"}
+    num_async = _checksums(spec_of(generation={"numAsync": 8}))
+    assert {name for name in base if base[name] != num_async[name]} == {"demo-openai", "demo-gradio"}
+    # The model name is consumed by TGI and by the api pods (H2OGPT_BASE_MODEL); Weaviate stays.
+    other_model = _checksums(spec_of(overrides={"model": {"name": "org/other"}}))
+    assert {name for name in base if base[name] != other_model[name]} == {
+        "demo-inference",
+        "demo-openai",
+        "demo-gradio",
+    }
+    replicas = _checksums(spec_of(inference={"replicas": 3}))
+    assert replicas == base
+
+
+def test_weaviate_keeps_its_data_unless_told() -> None:
+    kept = builders.build_weaviate_statefulset(STACK, spec_of(), CONFIG, "")
+    assert kept is not None
+    assert kept["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    dropped = builders.build_weaviate_statefulset(
+        STACK, spec_of(retrieval={"storage": {"deleteWithCR": True}}), CONFIG, ""
+    )
+    assert dropped is not None
+    assert dropped["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    env = {e["name"]: e.get("value") for e in kept["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED"] == "false"
+
+
+def test_model_cache_is_kept_unless_told() -> None:
+    pvc = builders.build_model_cache_pvc(STACK, spec_of())
+    assert pvc is not None
+    assert builders.kept_with_cr(pvc, spec_of())
+    assert not builders.kept_with_cr(pvc, spec_of(inference={"modelCache": {"deleteWithCR": True}}))
+
+
+def test_gradio_service_pins_sessions_with_several_replicas() -> None:
+    one = builders.build_api_service(STACK, spec_of(), naming.GRADIO)
+    several = builders.build_api_service(STACK, spec_of(frontend={"replicas": 3}), naming.GRADIO)
+    assert one is not None
+    assert several is not None
+    assert "sessionAffinity" not in one["spec"]
+    assert several["spec"]["sessionAffinity"] == "ClientIP"
+
+
+def test_disabled_components_have_no_children() -> None:
+    spec = spec_of(
+        retrieval={"enabled": False},
+        frontend={"enabled": False},
+        inference={"engine": "external", "gpus": 0, "external": {"url": "http://x"}},
+    )
+    names = {c["metadata"]["name"] for c in builders.build_children(STACK, spec, CONFIG, "")}
+    assert names == {"demo-config", "demo-openai"}
+    assert builders.build_settings(STACK, spec)["H2OGPT_LANGCHAIN_MODES"] == '["LLM"]'
+
+
+def test_service_monitor_selects_metrics_services() -> None:
+    monitor = builders.build_service_monitor(STACK, spec_of(monitoring={"serviceMonitor": {"enabled": True}}))
+    assert monitor is not None
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert builders.build_service_monitor(STACK, spec_of()) is None

@@ -1,0 +1,113 @@
+"""The CRD YAML in crds/ is generated from the models, structural, and accepts the samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from h2ogpt_operator.crd import build_crd, render_crd_yaml
+from h2ogpt_operator.models import H2oGPTDeploymentSpec
+from pydantic import ValidationError
+
+from tests.unit.operator.samples import REPO, SAMPLES, load_sample
+
+CRD_FILE = REPO / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert CRD_FILE.read_text() == render_crd_yaml(), (
+        "crds/ drifted from the models: run "
+        "`python -m h2ogpt_operator.crd > crds/h2ogptdeployments.h2ogpt.dev.yaml`"
+    )
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        found.append((path, node))
+        for key, value in node.get("properties", {}).items():
+            found += _walk(value, f"{path}.{key}")
+        if "items" in node:
+            found += _walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            found += _walk(node["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+def test_schema_is_structural() -> None:
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert not {"$ref", "anyOf", "oneOf", "allOf", "title", "$defs"} & set(node), path
+        typed = "type" in node or node.get("x-kubernetes-int-or-string")
+        assert typed, f"{path} has no type"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert node.get("default", 0) is not None, f"{path} defaults to null"
+
+
+def test_crd_names_columns_and_status() -> None:
+    crd = build_crd()
+    assert crd["metadata"]["name"] == "h2ogptdeployments.h2ogpt.dev"
+    assert crd["spec"]["names"]["shortNames"] == ["h2ogpt"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Ready",
+        "Engine",
+        "Model",
+        "Endpoint",
+        "Age",
+    ]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["x-kubernetes-preserve-unknown-fields"] is True
+    assert set(status["properties"]) == {"observedGeneration", "conditions", "endpoints"}
+
+
+def test_cel_rules_cover_dependent_fields() -> None:
+    inference = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["inference"]
+    rules = {rule["rule"] for rule in inference["x-kubernetes-validations"]}
+    assert "!has(self.engine) || self.engine != 'external' || has(self.external)" in rules
+    assert "(has(self.engine) && self.engine == 'external') || !has(self.gpus) || self.gpus > 0" in rules
+
+
+@pytest.mark.parametrize("sample", sorted(p.stem for p in SAMPLES.glob("*.yaml")))
+def test_samples_parse(sample: str) -> None:
+    manifest = load_sample(sample)
+    assert manifest["apiVersion"] == "h2ogpt.dev/v1alpha1"
+    H2oGPTDeploymentSpec.model_validate(manifest["spec"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"model": {"name": "m"}, "inference": {"engine": "external", "gpus": 0}},
+            "inference.external.url is required",
+        ),
+        ({"model": {"name": "m"}, "inference": {"gpus": 0}}, "inference.gpus must be at least 1"),
+        (
+            {"model": {"name": "m"}, "inference": {"engine": "llama"}},
+            "Input should be 'tgi', 'vllm' or 'external'",
+        ),
+        ({"model": {"name": "m"}, "openai": {"replicas": -1}}, "greater than or equal to 0"),
+        ({"inference": {}}, "Field required"),
+    ],
+)
+def test_invalid_specs_are_refused(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        H2oGPTDeploymentSpec.model_validate(spec)
+
+
+def test_defaults_match_between_schema_and_models() -> None:
+    """The apiserver fills defaults from the schema; the operator from the models: they must agree."""
+    spec = H2oGPTDeploymentSpec.model_validate({"model": {"name": "m"}})
+    schema = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    inference = schema["properties"]["spec"]["properties"]["inference"]["properties"]
+    assert inference["engine"]["default"] == spec.inference.engine
+    assert inference["gpus"]["default"] == spec.inference.gpus
+    assert (
+        inference["modelCache"]["properties"]["deleteWithCR"]["default"]
+        is spec.inference.model_cache.delete_with_cr
+    )
