@@ -64,6 +64,7 @@ WRITE = "get list watch create patch update delete"
 OPERATOR_NAMESPACED_RULES = (
     expand(("h2ogpt.dev",), ("h2ogptdeployments",), "get list watch patch update")
     | expand(("h2ogpt.dev",), ("h2ogptdeployments/status",), "get patch update")
+    | expand(("h2ogpt.dev",), ("h2ogptdeployments/finalizers",), "update")
     | expand(("",), ("configmaps", "secrets", "services", "persistentvolumeclaims"), WRITE)
     | expand(("",), ("pods",), "get list watch")
     | expand(("", "events.k8s.io"), ("events",), "create patch")

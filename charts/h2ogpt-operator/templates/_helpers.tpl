@@ -98,6 +98,11 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: ["h2ogpt.dev"]
   resources: ["h2ogptdeployments/status"]
   verbs: ["get", "patch", "update"]
+# Setting blockOwnerDeletion on children's ownerReferences needs this where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (e.g. OpenShift).
+- apiGroups: ["h2ogpt.dev"]
+  resources: ["h2ogptdeployments/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "services", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
