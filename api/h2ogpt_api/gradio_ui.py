@@ -1,0 +1,290 @@
+"""The Blocks layout: the chat UI a person uses, and h2oGPT's `api_name`s for clients.
+
+The API events hang off hidden components, with h2oGPT's visible inputs and outputs, so that
+`gradio_client` sees the same endpoint signatures as on an h2oGPT server. The UI's own events
+are private (not part of the API); they call the same core.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from h2ogpt_api.core import Completed, GenerationResult, TextDelta
+from h2ogpt_api.params import GenerationParams
+
+if TYPE_CHECKING:
+    from h2ogpt_api.gradio_app import GradioService
+
+ACTIONS = ["Query", "Summarize", "Extract"]
+UPLOAD_TYPES = [".pdf", ".txt", ".md", ".html", ".htm"]
+THEME_CSS = """
+#h2ogpt-header h1 { margin-bottom: 0.2em; }
+#h2ogpt-model { opacity: 0.8; }
+"""
+# The UI redraws the whole answer on each update; a few updates a second reads as streaming.
+UI_STREAM_INTERVAL_S = 0.05
+Pairs = list[tuple[str, str]]
+
+
+def chat_messages(pairs: Pairs) -> list[dict[str, str]]:
+    """(user, assistant) pairs as the Chatbot's messages."""
+    messages: list[dict[str, str]] = []
+    for user, assistant in pairs:
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": assistant})
+    return messages
+
+
+def answer_markdown(action: str, response: str) -> str:
+    """Extract answers come back as a list literal (h2oGPT's shape); show them as bullets."""
+    if action != "Extract":
+        return response
+    try:
+        items = ast.literal_eval(response)
+    except (ValueError, SyntaxError):
+        return response
+    if not isinstance(items, list):
+        return response
+    return "\n".join(f"- {item}" for item in items)
+
+
+def sources_markdown(result: GenerationResult) -> str:
+    if not result.sources:
+        return ""
+    lines = ["**Sources**"]
+    for index, hit in enumerate(result.sources, start=1):
+        where = f", page {hit.page}" if hit.page else ""
+        excerpt = " ".join(hit.content.split())[:160]
+        lines.append(f"{index}. `{hit.source}`{where} (score {hit.score:.2f}): {excerpt}…")
+    return "\n".join(lines)
+
+
+def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one layout, read top to bottom)
+    settings = service.settings
+    model = service.core.model_names()[0]
+    document_modes = settings.document_modes if service.core.documents is not None else []
+    modes = [mode for mode in settings.langchain_modes if mode in document_modes or mode == "LLM"] or ["LLM"]
+    default_mode = settings.langchain_mode if settings.langchain_mode in modes else modes[0]
+
+    blocks = gr.Blocks(title="h2oGPT", analytics_enabled=False)
+    with blocks:
+        gr.Markdown("# h2oGPT", elem_id="h2ogpt-header")
+        gr.Markdown(
+            f"Model **{model['display_name']}** · backend `{model['inference_server']}` · "
+            f"context {model['max_seq_len']} tokens",
+            elem_id="h2ogpt-model",
+        )
+        pairs = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                collection = gr.Dropdown(modes, value=default_mode, label="Collection (langchain_mode)")
+                action = gr.Radio(ACTIONS, value="Query", label="Action")
+                top_k = gr.Slider(1, 20, value=4, step=1, label="Document parts to use (top_k_docs)")
+                key = gr.Textbox(
+                    label="API key (h2ogpt_key)",
+                    type="password",
+                    visible=settings.enforce_h2ogpt_api_key,
+                )
+                with gr.Accordion("Add documents", open=bool(document_modes), visible=bool(document_modes)):
+                    files = gr.File(file_count="multiple", file_types=UPLOAD_TYPES, label="Upload files")
+                    url = gr.Textbox(label="URL", placeholder="https://...")
+                    add_url_button = gr.Button("Add URL")
+                    ingest_status = gr.Markdown()
+                    sources_list = gr.Textbox(
+                        label="Documents in this collection", lines=5, interactive=False
+                    )
+                    refresh_button = gr.Button("Refresh list")
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Chat", height=480)
+                with gr.Row():
+                    prompt = gr.Textbox(
+                        placeholder="Ask a question, or leave empty to summarize the collection",
+                        show_label=False,
+                        scale=6,
+                        autofocus=True,
+                        elem_id="h2ogpt-prompt",
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="h2ogpt-send")
+                    stop = gr.Button("Stop", scale=1)
+                sources_view = gr.Markdown(elem_id="h2ogpt-sources")
+                clear = gr.Button("Clear chat", size="sm")
+
+        async def chat(  # noqa: PLR0917 (Gradio passes inputs positionally)
+            message: str,
+            history: Pairs,
+            mode: str,
+            act: str,
+            k: float,
+            api_key: str,
+            request: gr.Request,
+        ) -> AsyncGenerator[tuple[Any, ...], None]:
+            if not message.strip() and act == "Query":
+                yield chat_messages(history), history, "", ""
+                return
+            shown = message or f"({act} the collection)"
+            turns = [*history, (shown, "")]
+            yield chat_messages(turns), history, "", ""
+            pieces: list[str] = []
+            try:
+                identity = service.identity(request, api_key or None)
+                params = GenerationParams(
+                    instruction=message,
+                    langchain_mode=mode,
+                    langchain_action=act,
+                    top_k_docs=int(k),
+                    stream_output=True,
+                    chat_conversation=history if act == "Query" else [],
+                )
+                last = time.monotonic()
+                async with contextlib.aclosing(service.core.stream(params, identity)) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            pieces.append(event.text)
+                            if time.monotonic() - last >= UI_STREAM_INTERVAL_S:
+                                last = time.monotonic()
+                                turns[-1] = (shown, "".join(pieces))
+                                yield chat_messages(turns), history, "", ""
+                        elif isinstance(event, Completed):
+                            answer = answer_markdown(act, event.result.response)
+                            turns[-1] = (shown, answer)
+                            yield chat_messages(turns), turns, "", sources_markdown(event.result)
+            except Exception as exc:  # shown in the chat, the session goes on
+                from h2ogpt_api.gradio_app import failure_message  # noqa: PLC0415
+
+                turns[-1] = (shown, "".join(pieces) + f"\n\n**Error:** {failure_message(exc)}")
+                yield chat_messages(turns), turns, "", ""
+
+        async def list_sources(mode: str, api_key: str, request: gr.Request) -> str:
+            if mode not in document_modes:
+                return ""
+            text = await service.get_sources(mode, api_key or None, request)
+            listed = ast.literal_eval(text)
+            if isinstance(listed, dict):
+                return f"Error: {listed['error']}"
+            return "\n".join(listed) if listed else "(no documents yet)"
+
+        async def upload_files(
+            paths: list[str] | None, mode: str, api_key: str, request: gr.Request
+        ) -> tuple[str, str]:
+            if not paths:
+                return "", await list_sources(mode, api_key, request)
+            _, _, sources, error, _, _ = await service.add_file(
+                paths, mode, True, 512, True, h2ogpt_key=api_key or None, request=request
+            )
+            return (f"**Error:** {error}" if error else f"Added {len(paths)} file(s) to {mode}."), sources
+
+        async def add_url_ui(
+            address: str, mode: str, api_key: str, request: gr.Request
+        ) -> tuple[str, str, str]:
+            _, _, sources, error, source, _ = await service.add_url(
+                address, mode, True, 512, True, h2ogpt_key=api_key or None, request=request
+            )
+            if error:
+                return f"**Error:** {error}", address, await list_sources(mode, api_key, request)
+            return f"Added `{source}` to {mode}.", "", sources
+
+        chat_inputs = [prompt, pairs, collection, action, top_k, key]
+        chat_outputs = [chatbot, pairs, prompt, sources_view]
+        private: dict[str, Any] = {"api_visibility": "private"}
+        submitted = prompt.submit(chat, chat_inputs, chat_outputs, **private)
+        clicked = send.click(chat, chat_inputs, chat_outputs, **private)
+        stop.click(None, None, None, cancels=[submitted, clicked], **private)
+        clear.click(lambda: ([], [], ""), None, [chatbot, pairs, sources_view], queue=False, **private)
+        files.upload(upload_files, [files, collection, key], [ingest_status, sources_list], **private)
+        add_url_button.click(
+            add_url_ui, [url, collection, key], [ingest_status, url, sources_list], **private
+        )
+        refresh_button.click(list_sources, [collection, key], [sources_list], **private)
+        collection.change(list_sources, [collection, key], [sources_list], **private)
+        blocks.load(list_sources, [collection, key], [sources_list], **private)
+
+        _api_endpoints(service)
+    return blocks
+
+
+def _api_endpoints(service: GradioService) -> None:
+    """h2oGPT's api_names, on hidden components with its visible inputs and outputs."""
+    public: dict[str, Any] = {"api_visibility": "public"}
+    with gr.Column(visible=False):
+        trigger = gr.Button("api")
+        request_text = gr.Textbox(label="str(dict) of parameters")
+        response_text = gr.Textbox(label="str(dict) of the answer")
+        trigger.click(
+            service.submit_nochat, [request_text], [response_text], api_name="submit_nochat_api", **public
+        )
+        trigger.click(
+            service.submit_nochat_plain,
+            [request_text],
+            [response_text],
+            api_name="submit_nochat_plain_api",
+            queue=False,
+            **public,
+        )
+        models_text = gr.Textbox(label="str(list) of model dicts")
+        trigger.click(service.model_names, None, [models_text], api_name="model_names", **public)
+
+        upload_file = gr.File(label="file to upload", type="filepath")
+        local_name = gr.Textbox(label="file name")
+        server_path = gr.Textbox(label="server path, for /add_file_api")
+        trigger.click(
+            service.upload, [upload_file], [local_name, server_path], api_name="upload_api", **public
+        )
+
+        content = gr.Textbox(label="text, URL or server path (or a list of them)")
+        mode = gr.Textbox(label="langchain_mode")
+        chunk = gr.Checkbox(label="chunk", value=True)
+        chunk_size = gr.Number(label="chunk_size", value=512, precision=0)
+        embed = gr.Checkbox(label="embed", value=True)
+        loaders = [
+            gr.JSON(label=name)
+            for name in (
+                "image_audio_loaders",
+                "pdf_loaders",
+                "url_loaders",
+                "jq_schema",
+                "extract_frames",
+                "llava_prompt",
+            )
+        ]
+        key = gr.Textbox(label="h2ogpt_key")
+        add_inputs = [content, mode, chunk, chunk_size, embed, *loaders, key]
+        add_outputs = [
+            gr.Textbox(label="unused (None)"),
+            gr.Textbox(label="langchain_mode"),
+            gr.Textbox(label="sources"),
+            gr.Textbox(label="error, or empty"),
+            gr.Textbox(label="last source added"),
+            gr.Textbox(label="str(list) of what was added"),
+        ]
+        trigger.click(service.add_file, add_inputs, add_outputs, api_name="add_file_api", **public)
+        trigger.click(service.add_url, add_inputs, add_outputs, api_name="add_url", **public)
+        trigger.click(service.add_text, add_inputs, add_outputs, api_name="add_text", **public)
+
+        listing = gr.Textbox(label="str(list) of sources")
+        trigger.click(service.get_sources, [mode, key], [listing], api_name="get_sources_api", **public)
+        document_choice = gr.JSON(label="document_choice: source names, or ['All']")
+        trigger.click(
+            service.delete_sources,
+            [document_choice, mode, key],
+            [listing],
+            api_name="delete_sources",
+            **public,
+        )
+        document_name = gr.Textbox(label="source name")
+        view_raw_text = gr.Checkbox(label="view_raw_text", value=True)
+        text_context_list = gr.JSON(label="text_context_list")
+        pdf_height = gr.Number(label="pdf_height", value=1000)
+        document_text = gr.Textbox(label="str(dict(contents=[...], metadatas=[...]))")
+        trigger.click(
+            service.get_document,
+            [mode, document_name, view_raw_text, text_context_list, pdf_height, key],
+            [document_text],
+            api_name="get_document_api",
+            **public,
+        )
