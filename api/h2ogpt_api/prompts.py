@@ -182,4 +182,11 @@ def extraction_prompt(
     """Ask to apply `instruction` to one part of a document."""
     pre = DEFAULT_PRE_PROMPT_EXTRACTION if pre_prompt is None else pre_prompt
     ask = DEFAULT_PROMPT_EXTRACTION if prompt is None else prompt
-    return f'{pre}"""\n{text}\n"""\n{ask}{instruction or "list the key facts."}'
+    if instruction:
+        # The default prompt ends in "extract "; a caller's own prompt may not end in a space.
+        request = ask + instruction if not ask or ask[-1].isspace() else f"{ask} {instruction}"
+    elif prompt is None:
+        request = ask + "list the key facts."
+    else:
+        request = ask  # a caller's whole extraction prompt, with no focus appended
+    return f'{pre}"""\n{text}\n"""\n{request}'

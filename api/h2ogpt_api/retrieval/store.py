@@ -14,16 +14,17 @@ what changed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import weaviate
@@ -38,6 +39,7 @@ from weaviate.util import generate_uuid5
 from h2ogpt_api.retrieval.base import (
     AddResult,
     DocumentError,
+    DocumentStoreUnavailableError,
     Hit,
     Identity,
     UnknownCollectionError,
@@ -127,6 +129,29 @@ def parse_embedding_record(description: str | None) -> tuple[str, int] | None:
         return str(record["h2ogpt_embedding_model"]), int(record["h2ogpt_embedding_dimension"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def store_failures_unavailable(
+    method: Callable[_Params, Awaitable[_Result]],
+) -> Callable[_Params, Coroutine[Any, Any, _Result]]:
+    """Weaviate errors escaping a store operation become `DocumentStoreUnavailableError` (a 503 for
+    clients): a Weaviate that is down or restarting is a server condition, not bad input."""
+
+    @functools.wraps(method)
+    async def guarded(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        try:
+            return await method(*args, **kwargs)
+        except WeaviateBaseError as exc:
+            log.warning("document store operation %s failed: %r", method.__name__, exc)
+            raise DocumentStoreUnavailableError(
+                f"the document store (Weaviate) is unavailable or failed ({type(exc).__name__}); "
+                "retry shortly") from exc
+
+    return guarded
 
 
 def wants_all_sources(document_choice: Sequence[str] | None) -> bool:
@@ -234,6 +259,7 @@ class WeaviateDocumentStore:
 
     # ---- ingestion ---------------------------------------------------------------------------
 
+    @store_failures_unavailable
     async def add_text(self, text: str, *, collection: str, identity: Identity,
                        source: str | None = None, chunk_size: int = 512) -> AddResult:
         self._resolve(collection, identity)
@@ -241,6 +267,7 @@ class WeaviateDocumentStore:
         document = load_text(text, source=source, limits=self.limits)
         return await self._store(document, collection=collection, identity=identity, chunk_size=chunk_size)
 
+    @store_failures_unavailable
     async def add_url(self, url: str, *, collection: str, identity: Identity,
                       chunk_size: int = 512) -> AddResult:
         self._resolve(collection, identity)
@@ -248,6 +275,7 @@ class WeaviateDocumentStore:
         document = await fetch_url(url, limits=self.limits)
         return await self._store(document, collection=collection, identity=identity, chunk_size=chunk_size)
 
+    @store_failures_unavailable
     async def add_file(self, path: str, *, collection: str, identity: Identity,
                        chunk_size: int = 512, source: str | None = None) -> AddResult:
         self._resolve(collection, identity)
@@ -330,6 +358,7 @@ class WeaviateDocumentStore:
 
     # ---- reading -----------------------------------------------------------------------------
 
+    @store_failures_unavailable
     async def list_sources(self, *, collection: str, identity: Identity) -> list[str]:
         handle = await self._readable(collection, identity)
         if handle is None:
@@ -340,6 +369,7 @@ class WeaviateDocumentStore:
             group_by=GroupByAggregate(prop="source", limit=MAX_SOURCES_LISTED), total_count=True)
         return sorted(str(group.grouped_by.value) for group in response.groups)
 
+    @store_failures_unavailable
     async def delete_sources(self, sources: list[str], *, collection: str, identity: Identity) -> list[str]:
         handle = await self._readable(collection, identity)
         if handle is None:
@@ -354,6 +384,7 @@ class WeaviateDocumentStore:
                 pass
         return await self.list_sources(collection=collection, identity=identity)
 
+    @store_failures_unavailable
     async def get_document(self, source: str, *, collection: str, identity: Identity) -> list[Hit]:
         handle = await self._readable(collection, identity)
         if handle is None:
@@ -361,6 +392,7 @@ class WeaviateDocumentStore:
         objects = await self._source_objects(handle, source, properties=_CHUNK_PROPERTIES)
         return [self._hit(obj) for obj in objects]
 
+    @store_failures_unavailable
     async def search(self, query: str, *, collection: str, identity: Identity, k: int,
                      document_choice: list[str] | None = None) -> list[Hit]:
         handle = await self._readable(collection, identity)
@@ -375,6 +407,7 @@ class WeaviateDocumentStore:
             return_metadata=MetadataQuery(score=True))
         return [self._hit(obj) for obj in response.objects]
 
+    @store_failures_unavailable
     async def parts(self, *, collection: str, identity: Identity, k: int,
                     document_choice: list[str] | None = None, query: str | None = None) -> list[Hit]:
         if query and query.strip() and k > 0:
@@ -411,6 +444,10 @@ def _connect(endpoint: WeaviateEndpoint, api_key: str) -> weaviate.WeaviateAsync
         grpc_host=endpoint.grpc_host, grpc_port=endpoint.grpc_port, grpc_secure=endpoint.http_secure,
         auth_credentials=Auth.api_key(api_key) if api_key else None,
         additional_config=AdditionalConfig(timeout=Timeout(init=30, query=60, insert=120)),
+        # The client's start-up checks include a version look-up on pypi.org: a private
+        # deployment must not phone home (and, air-gapped, would wait out the timeout).
+        # We check the server's readiness ourselves right after connecting.
+        skip_init_checks=True,
     )
 
 
@@ -438,6 +475,9 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
         client = _connect(endpoint, weaviate_api_key)
         await client.connect()
         stack.push_async_callback(client.close)
+        if not await client.is_ready():
+            raise DocumentError(f"Weaviate at {endpoint.http_host}:{endpoint.http_port} is not ready; "
+                                "check --weaviate_url and that the server is up")
         store = WeaviateDocumentStore(client, embedder, collections, limits=limits)
         store.local_weaviate = process
         yield store
