@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from h2ogpt_api.auth import AuthError
 from h2ogpt_api.backends.base import BackendError
 from h2ogpt_api.core import EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
-from h2ogpt_api.retrieval.base import DocumentError
+from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
 
 _BACKEND_STATUS = {"unavailable": 503, "timeout": 504, "bad_response": 502, "rejected": 400}
 
@@ -77,4 +77,6 @@ def as_api_error(exc: BaseException) -> ApiError:  # noqa: PLR0911 (one answer p
         return ApiError(status, exc.message, type_=type_, code=f"backend_{exc.kind}")
     if isinstance(exc, EmbeddingsUnavailableError):
         return ApiError(503, str(exc), type_="server_error", code="embeddings_unavailable")
+    if isinstance(exc, DocumentStoreUnavailableError):
+        return ApiError(503, str(exc), type_="server_error", code="document_store_unavailable")
     return ApiError(500, f"internal error: {type(exc).__name__}", type_="server_error", code="internal_error")

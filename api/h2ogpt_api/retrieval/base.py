@@ -22,6 +22,11 @@ class UnknownCollectionError(DocumentError):
     """A `langchain_mode` that this server does not offer."""
 
 
+class DocumentStoreUnavailableError(Exception):
+    """The store itself failed or cannot be reached (Weaviate down or restarting): not the
+    client's fault, and worth a retry. Not a `DocumentError`, which is bad input."""
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is asking. `username` scopes personal collections (MyData)."""

@@ -317,7 +317,9 @@ class WeaviateDocumentStore:
             await self._delete_ids(handle, written)
             if isinstance(exc, DocumentError):
                 raise
-            raise DocumentError(f"{document.source}: storing failed ({exc}); nothing was added") from exc
+            raise DocumentStoreUnavailableError(
+                f"{document.source}: storing failed ({type(exc).__name__}: {exc}); nothing was added; "
+                "retry shortly") from exc
         stale = set(await self._source_ids(handle, document.source)) - set(ids)
         await self._delete_ids(handle, sorted(stale))
         log.info("stored %s in %s: %d new chunks, %d already present, %d stale removed", document.source,
