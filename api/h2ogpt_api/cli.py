@@ -60,6 +60,7 @@ async def _open_documents(settings: Settings, stack: contextlib.AsyncExitStack) 
             weaviate_api_key=settings.weaviate_api_key,
             save_dir=settings.save_dir,
             embedding_server=settings.embedding_server,
+            embedding_model=settings.hf_embedding_model,
             collections=settings.document_modes,
         )
     )

@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "H2OGPT_"
 NO_DOCUMENT_MODES = frozenset({"LLM", "Disabled"})
+# Names of the one embedding model this package runs in-process ("" = the default).
+IN_PROCESS_EMBEDDING_MODELS = frozenset({"", "sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"})
 
 
 class SettingsError(ValueError):
@@ -52,6 +54,9 @@ class Settings(BaseModel):
     weaviate_url: str = ""
     weaviate_api_key: str = ""
     embedding_server: str = ""
+    # The embedding model: in-process only all-MiniLM-L6-v2 exists; with --embedding_server, the
+    # model name sent to it (empty: the server's first listed model).
+    hf_embedding_model: str = ""
     max_concurrency: int = Field(64, ge=1, le=100_000)
     # Requests allowed to wait for a generation slot; one more gets 429.
     max_queue: int = Field(256, ge=0, le=1_000_000)
@@ -90,6 +95,15 @@ class Settings(BaseModel):
                 "must be empty (embedded model), http://host:port (TGI), vllm:host:port or openai:<base_url>"
             )
         return value
+
+    @model_validator(mode="after")
+    def _embedding_model_available(self) -> Settings:
+        if not self.embedding_server and self.hf_embedding_model not in IN_PROCESS_EMBEDDING_MODELS:
+            raise ValueError(
+                f"hf_embedding_model {self.hf_embedding_model!r} needs --embedding_server: in-process "
+                "embeddings are sentence-transformers/all-MiniLM-L6-v2 only"
+            )
+        return self
 
     @property
     def document_modes(self) -> list[str]:

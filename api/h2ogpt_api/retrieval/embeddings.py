@@ -264,15 +264,15 @@ def _vectors_from_response(body: dict[str, Any], expected: int, base_url: str) -
     return [[float(x) for x in item["embedding"]] for item in ordered]
 
 
-def _probe_endpoint(base_url: str, api_key: str) -> EndpointEmbedder:
-    """Learn the endpoint's model name and vector size with one small request, at startup."""
+def _probe_endpoint(base_url: str, api_key: str, model: str = "") -> EndpointEmbedder:
+    """Learn the endpoint's vector size (and, unless `model` names one, its model) with one small
+    request, at startup."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     base = base_url.rstrip("/")
     with httpx.Client(timeout=30.0, headers=headers) as client:
-        model = ""
         try:
-            models = client.get(f"{base}/v1/models")
-            if models.status_code == 200 and models.json().get("data"):
+            models = client.get(f"{base}/v1/models") if not model else None
+            if models is not None and models.status_code == 200 and models.json().get("data"):
                 model = str(models.json()["data"][0]["id"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             model = ""  # TEI and some servers list no models; they ignore the name anyway.
@@ -306,14 +306,14 @@ _minilm_cache: dict[Path, MiniLMEmbedder] = {}
 _minilm_cache_lock = threading.Lock()
 
 
-def load_embedder(embedding_server: str = "", *, api_key: str = "") -> Embedder:
+def load_embedder(embedding_server: str = "", *, model: str = "", api_key: str = "") -> Embedder:
     """The configured embedder: MiniLM in-process when `embedding_server` is empty (loaded once
     per process: about 90 MB of weights), else the OpenAI-compatible endpoint at that base URL."""
     if embedding_server:
         base = embedding_server.rstrip("/")
         # Accept both `http://host:port` and the OpenAI-style `http://host:port/v1`.
         base = base.removesuffix("/v1")
-        return _probe_endpoint(base, api_key)
+        return _probe_endpoint(base, api_key, model)
     model_dir = minilm_model_dir()
     with _minilm_cache_lock:
         if model_dir not in _minilm_cache:

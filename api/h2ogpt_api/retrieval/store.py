@@ -456,12 +456,14 @@ def _connect(endpoint: WeaviateEndpoint, api_key: str) -> weaviate.WeaviateAsync
 @asynccontextmanager
 async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_dir: Path,
                               embedding_server: str, collections: list[str],
+                              embedding_model: str = "",
                               limits: IngestLimits = DEFAULT_LIMITS,
                               embedder: Embedder | None = None) -> AsyncIterator[WeaviateDocumentStore]:
     """A connected store; with no `weaviate_url`, also a local weaviate-server under `save_dir`,
     restarted if it dies and stopped on exit. `embedder` overrides `embedding_server` (tests)."""
     if embedder is None:
-        embedder = await asyncio.to_thread(load_embedder, embedding_server)
+        embedder = await asyncio.to_thread(functools.partial(load_embedder, embedding_server,
+                                                             model=embedding_model))
     async with AsyncExitStack() as stack:
         process: WeaviateProcess | None = None
         if weaviate_url:

@@ -96,3 +96,11 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
         port = sock.getsockname()[1]
     with pytest.raises(DocumentError, match=rf"embedding server http://127.0.0.1:{port} is unreachable"):
         load_embedder(f"http://127.0.0.1:{port}")
+
+
+def test_a_configured_model_name_is_the_one_sent(embedding_server: tuple[str, list[int]]) -> None:
+    url, _ = embedding_server
+    assert load_embedder(url, model=SERVED_MODEL).model_name == SERVED_MODEL
+    # The server refuses any other name: the configured one is sent, not the listed one.
+    with pytest.raises(DocumentError, match="unknown model 'another/model'"):
+        load_embedder(url, model="another/model")

@@ -104,3 +104,12 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.base_model = "x"  # type: ignore[misc]
+
+
+def test_an_embedding_model_other_than_minilm_needs_an_embedding_server() -> None:
+    with pytest.raises(SettingsError, match="needs --embedding_server"):
+        parse_settings(["--hf_embedding_model", "BAAI/bge-large-en-v1.5"], {})
+    assert parse_settings(["--hf_embedding_model", "sentence-transformers/all-MiniLM-L6-v2"], {})
+    served = parse_settings([], {"H2OGPT_HF_EMBEDDING_MODEL": "BAAI/bge-large-en-v1.5",
+                                 "H2OGPT_EMBEDDING_SERVER": "http://tei:8080"})
+    assert served.hf_embedding_model == "BAAI/bge-large-en-v1.5"
