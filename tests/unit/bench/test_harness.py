@@ -1,0 +1,101 @@
+"""The benchmark harness: numbers, tables, discovery, and how run_all reports a bench that fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+
+from bench import rag, run_all, summarize
+from bench.common import LatencySummary, markdown_table, percentile
+
+
+@pytest.mark.parametrize("pct", [0, 5, 50, 95, 99, 100])
+def test_percentile_matches_numpy(pct: float) -> None:
+    values = [0.31, 0.02, 0.5, 0.11, 0.9, 0.07, 0.42]
+    assert percentile(values, pct) == pytest.approx(float(np.percentile(values, pct)))
+
+
+def test_percentile_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        percentile([1.0], 101)
+
+
+def test_latency_summary() -> None:
+    summary = LatencySummary.of([1.0, 2.0, 3.0, 4.0])
+    assert (summary.count, summary.mean, summary.p50, summary.max) == (4, 2.5, 2.5, 4.0)
+
+
+def test_markdown_table_aligns_and_escapes() -> None:
+    table = markdown_table(["name", "a|b", "n"], [["x|y", 1, 2.5]], left=2)
+    assert table.splitlines() == ["| name | a\\|b | n |", "|:---|:---|---:|", "| x\\|y | 1 | 2.5 |"]
+    with pytest.raises(ValueError, match="one cell per header"):
+        markdown_table(["a", "b"], [[1]])
+
+
+def test_discover_finds_the_benches_in_order() -> None:
+    names = run_all.discover()
+    assert {"rag", "summarize"} <= set(names)
+    assert not {"common", "run_all", "__init__"} & set(names)
+    preferred = [name for name in run_all.ORDER if name in names]
+    assert names[: len(preferred)] == preferred
+
+
+def test_a_finished_bench_gives_its_section() -> None:
+    outcome = run_all.run_bench("tests.unit.bench.bench_ok", quick=True, timeout_s=60)
+    assert outcome.ok
+    assert outcome.section == "## Sample bench\n\nquick=True\n"
+
+
+def test_a_failing_bench_is_reported_with_its_output() -> None:
+    outcome = run_all.run_bench("tests.unit.bench.bench_failing", quick=False, timeout_s=60)
+    assert not outcome.ok
+    assert outcome.problem == "exited with status 1"
+    assert outcome.section.startswith("## tests.unit.bench.bench_failing: FAILED")
+    assert "RuntimeError: the sample bench failed on purpose" in outcome.section
+
+
+def test_a_bench_over_its_limit_is_stopped_with_its_servers() -> None:
+    outcome = run_all.run_bench("tests.unit.bench.bench_hanging", quick=False, timeout_s=3)
+    assert not outcome.ok
+    assert "did not finish within its 3 s limit" in outcome.problem
+    match = re.search(r"server pid (\d+)", outcome.section)
+    assert match, outcome.section
+    server_pid = int(match.group(1))
+    deadline = time.monotonic() + 5
+    while _alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(server_pid), "the server the bench started outlived it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent, now init) is not running.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_rag_corpus_is_deterministic_and_each_fact_is_unique() -> None:
+    pages = rag.generate_pages(30, rag.SEED, "HB")
+    assert pages == rag.generate_pages(30, rag.SEED, "HB")
+    assert all(len(page.text) >= rag.PAGE_CHARS * 0.9 for page in pages)
+    codes = [page.question.split("site ")[1].split()[0] for page in pages]
+    assert len(set(codes)) == len(codes)
+    for page, code in zip(pages, codes, strict=True):
+        assert sum(code in other.text for other in pages) == 1
+        assert code in page.text
+
+
+def test_summarize_parts_are_deterministic_and_sized() -> None:
+    parts = summarize.document_parts(summarize.PARTS, summarize.PART_CHARS)
+    assert parts == summarize.document_parts(summarize.PARTS, summarize.PART_CHARS)
+    assert len(parts) == summarize.PARTS
+    assert all(summarize.PART_CHARS <= len(part) < summarize.PART_CHARS + 200 for part in parts)
