@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -201,7 +202,11 @@ class Core:
                     raise EmbeddingsUnavailableError(
                         f"embeddings are not available on this server: {exc}"
                     ) from None
-                self._embedder = await asyncio.to_thread(load_embedder, self.settings.embedding_server)
+                self._embedder = await asyncio.to_thread(
+                    functools.partial(
+                        load_embedder, self.settings.embedding_server, model=self.settings.hf_embedding_model
+                    )
+                )
             return self._embedder
 
     async def embed(self, texts: list[str]) -> list[list[float]]:

@@ -7,6 +7,7 @@ their HTTP status; a failure after it is one `data: {"error": ...}` event, then 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import importlib.metadata
@@ -15,7 +16,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -40,7 +41,7 @@ from h2ogpt_api.core import (
 )
 from h2ogpt_api.errors import ApiError, as_api_error, validation_error
 from h2ogpt_api.params import GenerationParams
-from h2ogpt_api.retrieval.base import DocumentError, Identity
+from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError, Identity
 from h2ogpt_api.settings import Settings
 
 log = logging.getLogger("h2ogpt_api.openai")
@@ -212,7 +213,11 @@ def usage_of(result: GenerationResult) -> dict[str, Any]:
     }
 
 
-def _token_usage(result: GenerationResult) -> dict[str, int]:
+def _token_usage(result: GenerationResult) -> dict[str, Any]:
+    """A stream's usage chunk: token counts, plus h2oGPT's extras when the answer used documents
+    (h2oGPT's client reads `sources` from the one usage chunk of a stream)."""
+    if result.sources:
+        return usage_of(result)
     return {
         "prompt_tokens": result.num_prompt_tokens,
         "completion_tokens": result.ntokens,
@@ -245,10 +250,57 @@ class _ChunkWriter:
         return (self._head + json.dumps(piece) + self._tail).encode()
 
 
-def _sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+class EventStream(StreamingResponse):
+    """Server-sent events with less per-request machinery than Starlette's StreamingResponse.
+
+    Starlette watches for a client disconnect with an anyio task group and cancel scopes,
+    and ends every stream with an extra empty write. Here one plain asyncio task waits for
+    the disconnect and cancels the stream (closing the body, so the upstream generation
+    stops too), and the body's last piece, which always ends with `data: [DONE]`, goes out
+    in one write together with the end of the chunked response.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        disconnected = False
+
+        async def cancel_on_disconnect() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            if streaming is not None:
+                streaming.cancel()
+
+        watcher = asyncio.create_task(cancel_on_disconnect())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not disconnected or streaming is None:
+                raise
+            streaming.uncancel()  # the client left: a normal end for this response
+        finally:
+            watcher.cancel()
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async with contextlib.aclosing(self.events) as events:
+            async for chunk in events:
+                last = chunk.endswith(_DONE)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 
 
 class OpenAIService:
@@ -343,7 +395,9 @@ class OpenAIService:
         writer = _ChunkWriter(envelope, "delta", 0)
 
         async def chunks() -> AsyncGenerator[bytes, None]:
-            yield _sse(
+            # Fewer, larger writes: the role chunk leaves with the first text, and the final
+            # chunk, the usage and [DONE] leave together (one write each instead of three).
+            pending = _sse(
                 {
                     **envelope,
                     "choices": [
@@ -358,10 +412,11 @@ class OpenAIService:
             )
             async for result in _relay(events, first, writer):
                 if isinstance(result, bytes):
-                    yield result
+                    yield pending + result if pending else result
+                    pending = b""
                     continue
                 _observe_result(route, result, started)
-                yield _sse(
+                pending += _sse(
                     {
                         **envelope,
                         "choices": [
@@ -370,10 +425,10 @@ class OpenAIService:
                     }
                 )
                 if include_usage:
-                    yield _sse({**envelope, "choices": [], "usage": _token_usage(result)})
-            yield _DONE
+                    pending += _sse({**envelope, "choices": [], "usage": _token_usage(result)})
+            yield pending + _DONE
 
-        return _sse_response(chunks())
+        return EventStream(chunks())
 
     async def completions(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -452,11 +507,13 @@ class OpenAIService:
                 if len(results) <= index:
                     break  # the stream failed; its error event is out
                 current = None
+            tail = _DONE
             if include_usage and results:
-                yield _sse({**envelope, "choices": [], "usage": _sum_usage(results, extras=False)})
-            yield _DONE
+                usage = _sum_usage(results, extras=any(result.sources for result in results))
+                tail = _sse({**envelope, "choices": [], "usage": usage}) + _DONE
+            yield tail
 
-        return _sse_response(chunks())
+        return EventStream(chunks())
 
     async def list_models(self, request: Request) -> Response:
         self.auth.check_key(_bearer(request), None)
@@ -614,6 +671,7 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
         AuthError,
         BackendError,
         DocumentError,
+        DocumentStoreUnavailableError,
         EmbeddingsUnavailableError,
         InvalidRequestError,
         QueueFullError,

@@ -40,8 +40,11 @@ def server(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> ApiSe
 
 
 @pytest.fixture
-def client(server: ApiServer) -> OpenAI:
-    return OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+def client(server: ApiServer) -> Iterator[OpenAI]:
+    # Closed explicitly: a client caught in an exception's reference cycle is otherwise freed by
+    # the garbage collector in any order, and its pooled socket warns (an error under pytest).
+    with OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0) as client:
+        yield client
 
 
 def sse_events(response: httpx.Response) -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""Text Generation Inference over httpx.
+"""Text Generation Inference over aiohttp.
 
 With a `--prompt_type` the core renders the prompt and we call `POST /generate_stream`
 (SSE events with `token`, then `generated_text` + `details`); the prompt's token count comes
@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from h2ogpt_api.backends.base import (
     BackendError,
@@ -69,29 +69,46 @@ def chat_body(request: BackendRequest, model_name: str) -> dict[str, Any]:
     return body
 
 
-def _sse_payloads(line: str) -> str | None:
-    """The JSON text of an SSE `data:` line; None for comments, blank lines and other fields."""
-    if not line.startswith("data:"):
+def _sse_data(line: bytes) -> bytes | None:
+    """The payload of an SSE `data:` line; None for comments, blank lines and other fields."""
+    if not line.startswith(b"data:"):
         return None
     return line[5:].strip()
 
 
 class TgiBackend:
-    """TGI at `base_url` (http://host:port)."""
+    """TGI at `base_url` (http://host:port).
+
+    aiohttp rather than httpx on this path: its C HTTP parser and line reader cost a fraction
+    of httpx's pure-Python h11 + anyio stack per streamed token, which is most of what a proxy
+    spends at 64+ concurrent streams (bench/openai_proxy.py measures it).
+    """
 
     kind = "tgi"
     supports_chat = True
 
     def __init__(self, base_url: str, *, model_name: str, timeout: float) -> None:
         self.model_name = model_name
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
-        )
+        self._base_url = base_url.rstrip("/")
+        # sock_read bounds every wait for data (the headers, then each piece of the stream), as
+        # httpx's read timeout did; total=None lets a long generation run as long as it streams.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=min(timeout, 10.0), sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use: an aiohttp session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=self._timeout,
+                # A line may be TGI's final event with the whole generated_text: allow 2 MiB lines.
+                read_bufsize=1 << 20,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         # Hand back the route's generator itself: one generator layer less per token.
@@ -100,10 +117,10 @@ class TgiBackend:
         return self._stream_generate(request.prompt, request.sampling)
 
     async def _count_prompt_tokens(self, prompt: str) -> int:
-        response = await self._client.post("/tokenize", json={"inputs": prompt})
-        if response.status_code != 200:
-            raise BackendError("bad_response", f"TGI /tokenize answered {response.status_code}")
-        tokens = response.json()
+        async with self._client().post(f"{self._base_url}/tokenize", json={"inputs": prompt}) as response:
+            if response.status != 200:
+                raise BackendError("bad_response", f"TGI /tokenize answered {response.status}")
+            tokens = json.loads(await response.read())
         if not isinstance(tokens, list):
             raise BackendError("bad_response", "TGI /tokenize did not answer a list of tokens")
         return len(tokens)
@@ -115,11 +132,11 @@ class TgiBackend:
         try:
             async with (
                 _translate_errors(),
-                self._client.stream("POST", "/generate_stream", json=body) as response,
+                self._client().post(f"{self._base_url}/generate_stream", json=body) as response,
             ):
                 await _raise_for_status(response)
-                async for line in response.aiter_lines():
-                    payload = _sse_payloads(line)
+                async for line in response.content:
+                    payload = _sse_data(line)
                     if not payload:
                         continue
                     event = json.loads(payload)
@@ -136,11 +153,15 @@ class TgiBackend:
                             yield TokenDelta(rest)
                         async with _translate_errors():
                             counted = await prompt_tokens
-                        yield StreamEnd(
+                        end = StreamEnd(
                             prompt_tokens=counted,
                             completion_tokens=int(details["generated_tokens"]),
                             finish_reason=finish_reason_from(details.get("finish_reason")),
                         )
+                        # Read the body to its end: only a finished response's connection goes
+                        # back to the pool (else every request would open a new one to TGI).
+                        await response.content.read()
+                        yield end
                         return
             raise BackendError("bad_response", "TGI closed the stream before its final event")
         finally:
@@ -155,19 +176,19 @@ class TgiBackend:
         trimmer = StopTrimmer(request.sampling.stop)
         async with (
             _translate_errors(),
-            self._client.stream("POST", "/v1/chat/completions", json=body) as response,
+            self._client().post(f"{self._base_url}/v1/chat/completions", json=body) as response,
         ):
             await _raise_for_status(response)
-            async for line in response.aiter_lines():
-                payload = _sse_payloads(line)
+            async for line in response.content:
+                payload = _sse_data(line)
                 if not payload:
                     continue
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     break
                 chunk = json.loads(payload)
                 if "error" in chunk:
                     raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
-                for choice in chunk.get("choices") or []:
+                for choice in chunk.get("choices") or ():
                     text = trimmer.feed((choice.get("delta") or {}).get("content") or "")
                     if text:
                         yield TokenDelta(text)
@@ -176,24 +197,28 @@ class TgiBackend:
                 if usage:
                     if rest := trimmer.flush():
                         yield TokenDelta(rest)
-                    yield StreamEnd(
+                    end = StreamEnd(
                         prompt_tokens=int(usage["prompt_tokens"]),
                         completion_tokens=int(usage["completion_tokens"]),
                         finish_reason=finish_reason_from(finish),
                     )
+                    # Read `[DONE]` and the body's end: only a finished response's connection
+                    # goes back to the pool (else every request would open a new one to TGI).
+                    await response.content.read()
+                    yield end
                     return
         raise BackendError("bad_response", "TGI's chat stream ended without usage")
 
 
-async def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code == 200:
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    if response.status == 200:
         return
-    body = (await response.aread()).decode(errors="replace")[:500]
+    body = (await response.read()).decode(errors="replace")[:500]
     try:
         detail = json.loads(body).get("error", body)
     except (ValueError, AttributeError):
         detail = body
-    status = response.status_code
+    status = response.status
     if status in (429, 503):
         raise BackendError("unavailable", f"TGI is overloaded or not ready ({status}): {detail}")
     if 400 <= status < 500:
@@ -203,14 +228,14 @@ async def _raise_for_status(response: httpx.Response) -> None:
 
 @contextlib.asynccontextmanager
 async def _translate_errors() -> AsyncIterator[None]:
-    """httpx failures as BackendErrors; messages name the failure, never the URL."""
+    """aiohttp failures as BackendErrors; messages name the failure, never the URL."""
     try:
         yield
-    except httpx.TimeoutException:
+    except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors
         raise BackendError("timeout", "TGI did not answer in time") from None
-    except httpx.ConnectError:
+    except aiohttp.ClientConnectorError:
         raise BackendError("unavailable", "cannot connect to TGI") from None
-    except (httpx.RemoteProtocolError, httpx.ReadError):
+    except aiohttp.ClientError:  # disconnected, reset, truncated chunked body
         raise BackendError("bad_response", "TGI closed the connection mid-response") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise BackendError("bad_response", f"TGI sent a malformed event: {exc}") from None

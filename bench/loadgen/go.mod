@@ -1,0 +1,3 @@
+module h2ogpt-platform/bench/loadgen
+
+go 1.22

@@ -1,0 +1,513 @@
+"""What h2ogpt-api's OpenAI and Gradio sides add on top of the backend, side by side with LiteLLM.
+
+The TGI fake streams at a fixed token rate. The same streaming chat request is sent at 1, 16,
+64 and 256 concurrent streams (a) straight to the fake's OpenAI-compatible chat route,
+(b) through h2ogpt-api's OpenAI side, (c) through its Gradio side (`/submit_nochat_api`, over
+Gradio's queued REST API), (d) through LiteLLM's proxy pointed at the same fake. The load comes
+from a small Go program (bench/loadgen, built once into the cache) so the load generator does
+not eat the CPU the servers need; its own CPU is reported too.
+
+Reported per target and concurrency: added time-to-first-token over direct (median, p99),
+token throughput as a share of direct, CPU seconds per request of the serving process (from
+/proc, children included), and errors. Targets are interleaved within each round and the
+whole set is repeated for `ROUNDS`; each cell is the median over rounds, so a burst of load
+from other processes on the machine moves one round, not the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    LOOPBACK,
+    REPO_ROOT,
+    BackgroundProcess,
+    ServerError,
+    background_process,
+    bench_main,
+    free_port,
+    h2ogpt_api_server,
+    machine_info,
+    markdown_table,
+    median,
+    package_versions,
+    percentile,
+    tgi_fake_server,
+    wait_http_ok,
+)
+
+TOKEN_DELAY_S = 0.01  # the fake's pace: 100 tokens/s per stream
+MAX_TOKENS = 64
+CONCURRENCY = (1, 16, 64, 256)
+QUICK_CONCURRENCY = (1, 16)
+ROUNDS = 2
+# Each measured phase sends at least this many requests and lasts at least about this long.
+MIN_REQUESTS = 10
+MIN_PHASE_S = 1.2
+TARGET_SHARE_AT = 64  # the concurrency the throughput target is judged at
+PROMPT = "Tell me about the platform in a few words please"
+MODEL = "fake/tgi-echo"
+LITELLM_KEY = "sk-bench-litellm"
+
+LOADGEN_SOURCE = REPO_ROOT / "bench" / "loadgen"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "h2ogpt-platform"
+LITELLM_VENV = CACHE_DIR / "litellm-venv"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# ---------------------------------------------------------------------------------------------
+# The load generator
+# ---------------------------------------------------------------------------------------------
+
+
+def loadgen_binary() -> Path:
+    """The Go load generator, built into the cache when its source is newer than the binary."""
+    binary = CACHE_DIR / "loadgen" / "loadgen"
+    sources = [LOADGEN_SOURCE / "main.go", LOADGEN_SOURCE / "go.mod"]
+    newest = max(path.stat().st_mtime for path in sources)
+    if binary.exists() and binary.stat().st_mtime >= newest:
+        return binary
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        raise ServerError("the load generator needs Go (https://go.dev) on PATH to build bench/loadgen")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=LOADGEN_SOURCE,
+        check=True,
+        env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"},
+    )
+    return binary
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kind of request the load generator repeats: where, which protocol, what body."""
+
+    url: str
+    protocol: str  # openai | gradio
+    body: str
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ttfts: list[float]
+    ok: int
+    errors: list[str]
+    wall_s: float
+    loadgen_cpu_s: float
+    server_cpu_s: float
+
+    @property
+    def requests(self) -> int:
+        return self.ok + len(self.errors)
+
+    @property
+    def tokens_per_s(self) -> float:
+        # The fake (--repeat) answers every request with exactly MAX_TOKENS tokens.
+        return self.ok * MAX_TOKENS / self.wall_s
+
+
+def drive(
+    binary: Path, request: Request, concurrency: int, per_stream: int, server_pids: Sequence[int]
+) -> Outcome:
+    command = [
+        str(binary),
+        "-url", request.url,
+        "-protocol", request.protocol,
+        "-body", request.body,
+        "-concurrency", str(concurrency),
+        "-requests-per-stream", str(per_stream),
+        # Streams start evenly over one answer's duration: steady arrivals, not one burst.
+        "-spread", f"{MAX_TOKENS * TOKEN_DELAY_S}s",
+    ]
+    for header in request.headers:
+        command += ["-header", header]
+    cpu_before = sum(process_tree_cpu(pid) for pid in server_pids)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    cpu_after = sum(process_tree_cpu(pid) for pid in server_pids)
+    if finished.returncode != 0:
+        raise ServerError(f"loadgen failed ({finished.returncode}): {finished.stderr[-2000:]}")
+    report = json.loads(finished.stdout)
+    ttfts, errors, ok = [], [], 0
+    for result in report["results"]:
+        error = result.get("error")
+        if not error and request.protocol == "openai" and result["tokens"] != MAX_TOKENS:
+            error = f"{result['tokens']} tokens instead of {MAX_TOKENS}"
+        if error:
+            errors.append(error)
+            continue
+        ok += 1
+        ttfts.append(result["ttft_s"])
+    return Outcome(ttfts, ok, errors, report["wall_s"], report["cpu_s"], cpu_after - cpu_before)
+
+
+def per_stream_requests(concurrency: int) -> int:
+    """Enough sequential requests per stream for MIN_REQUESTS requests and MIN_PHASE_S seconds."""
+    request_s = MAX_TOKENS * TOKEN_DELAY_S
+    return max(math.ceil(MIN_REQUESTS / concurrency), math.ceil(MIN_PHASE_S / request_s))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU of a process and its children, from /proc
+# ---------------------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids += [int(child) for child in (task / "children").read_text().split()]
+    return kids
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one live process (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def process_tree_cpu(pid: int) -> float:
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        total += process_cpu(current)
+        pending += _children(current)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The servers
+# ---------------------------------------------------------------------------------------------
+
+
+def chat_body(extra: dict[str, object] | None = None) -> str:
+    return json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+            **(extra or {}),
+        }
+    )
+
+
+def gradio_body() -> str:
+    # h2oGPT's client sends str() of a dict of parameters as the one input.
+    params = {
+        "instruction": PROMPT, "max_new_tokens": MAX_TOKENS, "stream_output": True, "langchain_mode": "LLM",
+    }
+    return json.dumps({"data": [str(params)]})
+
+
+API_ARGS = ("--base_model", MODEL, "--max_concurrency", "1024", "--max_queue", "1024",
+            "--langchain_modes", "['LLM']", "--langchain_mode", "LLM")
+
+
+@contextlib.contextmanager
+def litellm_server(backend_url: str) -> Iterator[tuple[str, BackgroundProcess]]:
+    """LiteLLM's proxy (its own venv) for the fake's OpenAI-compatible route; yields its /v1 URL."""
+    executable = LITELLM_VENV / "bin" / "litellm"
+    if not executable.exists():
+        raise ServerError(
+            f"LiteLLM is not installed at {LITELLM_VENV} "
+            "(python -m venv it, then pip install 'litellm[proxy]')"
+        )
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", prefix="bench-litellm-", suffix=".yaml", delete=False) as config:
+        config.write(
+            "model_list:\n"
+            f"  - model_name: {MODEL}\n"
+            "    litellm_params:\n"
+            f"      model: openai/{MODEL}\n"
+            f"      api_base: {backend_url}/v1\n"
+            "      api_key: unused\n"
+            "litellm_settings:\n"
+            "  telemetry: false\n"
+        )
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+    }
+    command = [str(executable), "--config", config.name, "--host", LOOPBACK, "--port", str(port),
+               "--num_workers", "1"]
+    try:
+        with background_process("litellm", command, env=env) as running:
+            wait_http_ok(f"http://{LOOPBACK}:{port}/health/liveliness", running, timeout_s=180)
+            yield f"http://{LOOPBACK}:{port}/v1", running
+    finally:
+        Path(config.name).unlink(missing_ok=True)
+
+
+@dataclass
+class Target:
+    name: str
+    request: Request
+    pids: list[int]  # whose CPU counts as this target's cost
+
+
+@dataclass
+class Cell:
+    """One target at one concurrency, over the rounds."""
+
+    outcomes: list[Outcome]
+
+    def median_of(self, value: Callable[[Outcome], float]) -> float:
+        return median([value(outcome) for outcome in self.outcomes])
+
+    @property
+    def ttft_p50(self) -> float:
+        return self.median_of(lambda o: median(o.ttfts) if o.ttfts else math.nan)
+
+    @property
+    def ttft_p99(self) -> float:
+        return self.median_of(lambda o: percentile(o.ttfts, 99) if o.ttfts else math.nan)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.median_of(lambda o: o.tokens_per_s)
+
+    @property
+    def server_cpu_per_request(self) -> float:
+        return self.median_of(lambda o: o.server_cpu_s / max(1, o.requests))
+
+    @property
+    def loadgen_cpu_per_request(self) -> float:
+        return self.median_of(lambda o: o.loadgen_cpu_s / max(1, o.requests))
+
+    @property
+    def errors(self) -> list[str]:
+        return [error for outcome in self.outcomes for error in outcome.errors]
+
+    @property
+    def requests(self) -> int:
+        return sum(outcome.requests for outcome in self.outcomes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def measure(targets: Sequence[Target], levels: Sequence[int], rounds: int) -> dict[tuple[str, int], Cell]:
+    binary = loadgen_binary()
+    for target in targets:  # warm connections, imports and caches
+        drive(binary, target.request, 4, 2, target.pids)
+    cells: dict[tuple[str, int], Cell] = {}
+    for _ in range(rounds):
+        for level in levels:
+            for target in targets:
+                outcome = drive(binary, target.request, level, per_stream_requests(level), target.pids)
+                cells.setdefault((target.name, level), Cell([])).outcomes.append(outcome)
+    return cells
+
+
+def _ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.2f}"
+
+
+def _added(value: float, direct: float) -> str:
+    return "n/a" if math.isnan(value) or math.isnan(direct) else f"{(value - direct) * 1000:+.2f}"
+
+
+def report(
+    cells: dict[tuple[str, int], Cell], targets: Sequence[Target], levels: Sequence[int], *, notes: list[str],
+    started: float, rounds: int,
+) -> str:
+    headers = ["target", "streams", "TTFT p50 ms", "added p50 ms", "TTFT p99 ms", "added p99 ms",
+               "tokens/s", "share of direct", "server CPU ms/req", "loadgen CPU ms/req", "errors"]
+    rows: list[list[object]] = []
+    for level in levels:
+        direct = cells[("direct", level)]
+        for target in targets:
+            cell = cells[(target.name, level)]
+            errors = cell.errors
+            rows.append([
+                target.name,
+                level,
+                _ms(cell.ttft_p50),
+                "" if target.name == "direct" else _added(cell.ttft_p50, direct.ttft_p50),
+                _ms(cell.ttft_p99),
+                "" if target.name == "direct" else _added(cell.ttft_p99, direct.ttft_p99),
+                f"{cell.tokens_per_s:.0f}",
+                f"{100 * cell.tokens_per_s / direct.tokens_per_s:.1f}%",
+                f"{cell.server_cpu_per_request * 1000:.1f}",
+                f"{cell.loadgen_cpu_per_request * 1000:.2f}",
+                f"{len(errors)}/{cell.requests}" + (f" ({errors[0][:80]})" if errors else ""),
+            ])
+    verdicts = targets_verdict(cells, [t.name for t in targets])
+    info = machine_info()
+    versions = package_versions(["uvicorn", "uvloop", "httptools", "fastapi", "starlette", "httpx", "gradio"])
+    litellm_version = _litellm_version()
+    lines = [
+        "## OpenAI proxy overhead: direct vs h2ogpt-api (OpenAI, Gradio) vs LiteLLM",
+        "",
+        f"Backend: the TGI fake at {TOKEN_DELAY_S * 1000:.0f} ms/token, {MAX_TOKENS} tokens per streamed "
+        f"chat answer. Each cell is the median of {rounds} rounds (targets interleaved); a round sends "
+        f"max({MIN_REQUESTS}, streams x {per_stream_requests(64)}) requests or more "
+        "from the Go load generator (bench/loadgen). 'added' is the difference to direct at the same "
+        "number of streams; throughput counts completed answers x tokens over the phase's wall time. "
+        "Server CPU is the serving process (and its children) only: the fake's own CPU is in the "
+        "'direct' rows.",
+        "",
+        f"Machine: {info.cpus} CPUs ({info.cpu_model}), {info.memory_gib:.0f} GiB, {info.kernel}, Python "
+        f"{info.python}; load average at start {info.load_average[0]:.1f} (the machine is shared). "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}, LiteLLM {litellm_version}.",
+        "",
+        markdown_table(headers, rows),
+        "",
+        *verdicts,
+        *(f"- {note}" for note in notes),
+        "",
+        f"Command: `.venv/bin/python -m bench.openai_proxy` ({time.monotonic() - started:.0f} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def targets_verdict(cells: dict[tuple[str, int], Cell], names: Sequence[str]) -> list[str]:
+    """The issue's targets, judged at TARGET_SHARE_AT streams (or the largest level measured)."""
+    levels = sorted({level for (_, level) in cells})
+    level = TARGET_SHARE_AT if TARGET_SHARE_AT in levels else levels[-1]
+    direct = cells[("direct", level)]
+
+    def added(name: str) -> float:
+        return cells[(name, level)].ttft_p50 - direct.ttft_p50
+
+    def share_of(name: str) -> float:
+        return cells[(name, level)].tokens_per_s / direct.tokens_per_s
+
+    lines = [f"Targets at {level} streams:", ""]
+    if "h2ogpt-openai" in names:
+        lines.append(
+            f"- OpenAI side adds {added('h2ogpt-openai') * 1000:.2f} ms median TTFT (target < 2 ms) and "
+            f"keeps {100 * share_of('h2ogpt-openai'):.1f}% of direct throughput (target >= 95%)."
+        )
+        if "litellm" in names:
+            lite = added("litellm")
+            ratio = added("h2ogpt-openai") / lite if lite > 0 else math.nan
+            lines.append(
+                f"- LiteLLM adds {lite * 1000:.2f} ms median TTFT and keeps "
+                f"{100 * share_of('litellm'):.1f}%; "
+                f"h2ogpt-api's added TTFT is {ratio:.2f} of LiteLLM's (target <= 0.33)."
+            )
+        if "h2ogpt-gradio" in names:
+            openai_added = added("h2ogpt-openai")
+            gradio_added = added("h2ogpt-gradio")
+            ratio = gradio_added / openai_added if openai_added > 0 else math.nan
+            lines.append(
+                f"- Gradio side adds {gradio_added * 1000:.2f} ms median TTFT, "
+                f"{ratio:.1f}x the OpenAI side's "
+                f"(target <= 3x), and keeps {100 * share_of('h2ogpt-gradio'):.1f}% of direct throughput."
+            )
+    return lines
+
+
+def _litellm_version() -> str:
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        return "not installed"
+    finished = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True, text=True, check=False,
+    )
+    return finished.stdout.strip() or "unknown"
+
+
+def gradio_works(gradio_url: str) -> None:
+    """One real call through the official gradio_client, so the REST numbers are for a working endpoint."""
+    from gradio_client import Client  # noqa: PLC0415
+
+    client = Client(gradio_url, verbose=False)
+    answer = client.predict(json.loads(gradio_body())["data"][0], api_name="/submit_nochat_api")
+    if "'response': ''" in str(answer) or "'error': '" in str(answer):
+        raise ServerError(f"/submit_nochat_api answered without a response: {str(answer)[:300]}")
+
+
+def run(quick: bool = False) -> str:
+    started = time.monotonic()
+    levels = QUICK_CONCURRENCY if quick else CONCURRENCY
+    rounds = 1 if quick else ROUNDS
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        fake_url = stack.enter_context(tgi_fake_server(TOKEN_DELAY_S))
+        fake_pid = _listener_pid(fake_url)
+        direct = Request(f"{fake_url}/v1/chat/completions", "openai", chat_body())
+        targets = [Target("direct", direct, [fake_pid])]
+
+        api = stack.enter_context(h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS]))
+        targets.append(
+            Target("h2ogpt-openai", Request(f"{api.openai_url}/chat/completions", "openai", chat_body()),
+                   [api.process.process.pid])
+        )
+        try:
+            gradio = stack.enter_context(
+                h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS, "--openai_server", "False",
+                                   "--gradio", "True"])
+            )
+            if gradio.gradio_url is None:
+                raise ServerError("h2ogpt-api printed no Gradio URL")
+            gradio_works(gradio.gradio_url)
+            targets.append(
+                Target("h2ogpt-gradio",
+                       Request(gradio.gradio_url.rstrip("/") + "/gradio_api/call/submit_nochat_api", "gradio",
+                               gradio_body()),
+                       [gradio.process.process.pid])
+            )
+        except Exception as exc:  # the other targets are still worth measuring
+            notes.append(f"Gradio side not measured: {str(exc).splitlines()[0][:300]}")
+        try:
+            litellm_url, litellm = stack.enter_context(litellm_server(fake_url))
+            targets.append(
+                Target("litellm",
+                       Request(f"{litellm_url}/chat/completions", "openai", chat_body(),
+                               (f"Authorization: Bearer {LITELLM_KEY}",)),
+                       [litellm.process.pid])
+            )
+        except ServerError as exc:
+            notes.append(f"LiteLLM not measured: {str(exc).splitlines()[0][:300]}")
+        cells = measure(targets, levels, rounds)
+    return report(cells, targets, levels, notes=notes, started=started, rounds=rounds)
+
+
+def _listener_pid(url: str) -> int:
+    """The pid of the process listening on `url`'s port (the fake runs as `python -m ...`)."""
+    port = int(url.rsplit(":", 1)[1])
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                    inodes.add(fields[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        return int(proc.name)
+    raise ServerError(f"no process listens on {url}")
+
+
+if __name__ == "__main__":
+    bench_main(run)
