@@ -18,6 +18,7 @@ import ast
 import base64
 import binascii
 import contextlib
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -266,7 +267,7 @@ class GradioService:
         pieces: list[str] = []
         try:
             params, identity = self.prepare(text, request, streaming=streaming)
-            last_sent = time.monotonic()
+            last_sent = -math.inf  # the first token goes out at once; later ones are paced
             async with contextlib.aclosing(self.core.stream(params, identity)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
