@@ -84,8 +84,9 @@ def test_abandoned_stream_frees_the_model(server: ApiServer, client: OpenAI) -> 
     after = client.chat.completions.create(
         model=MODEL, max_tokens=4, temperature=0, messages=[{"role": "user", "content": "Hi"}]
     )
-    # The next request gets the model at once, not after the abandoned tokens.
-    assert time.monotonic() - started < 3
+    # The next request gets the model at once, not after the abandoned tokens (which take
+    # 20 s or more here; the margin allows for a machine busy with other work).
+    assert time.monotonic() - started < 10
     assert after.usage is not None
     assert after.usage.completion_tokens >= 1
 
