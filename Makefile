@@ -88,8 +88,11 @@ chart-lint: tools ## helm lint --strict the operator chart
 	@.bin/helm lint --strict charts/h2ogpt-operator
 
 .PHONY: test
-test: install tools system-packages ## Everything: unit, integration and cluster tests
-	@$(PYTEST) $(PYTEST_ARGS)
+test: install tools system-packages ## Everything: unit, integration, cluster and image tests
+	@ignore=""; if [ "$$(id -u)" -ne 0 ] || ! { docker info >/dev/null 2>&1 || command -v podman >/dev/null; }; then \
+	  echo "make test: tests/images LEFT OUT: they need root and Docker or podman (run 'make test-images' where you have them)"; \
+	  ignore=--ignore=tests/images; fi; \
+	$(PYTEST) $$ignore $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: install ## Unit tests (no servers)
@@ -102,6 +105,21 @@ test-integration: install tools system-packages ## Live servers on loopback: the
 .PHONY: test-cluster
 test-cluster: install tools ## The operator and chart against a real local control plane
 	@$(PYTEST) tests/cluster $(PYTEST_ARGS)
+
+# ---- images -----------------------------------------------------------------------------
+# Size budgets (MB = 10^6 bytes), checked by hack/images.sh on each built image.
+OPERATOR_IMAGE_BUDGET_MB ?= 275
+API_IMAGE_BUDGET_MB ?= 550
+API_EMBEDDED_IMAGE_BUDGET_MB ?= 1000
+export OPERATOR_IMAGE_BUDGET_MB API_IMAGE_BUDGET_MB API_EMBEDDED_IMAGE_BUDGET_MB
+
+.PHONY: images
+images: system-packages ## Build the operator and api images (Docker, else podman) and check their size budgets
+	@bash hack/images.sh
+
+.PHONY: test-images
+test-images: install tools system-packages ## Build the images once and smoke-run them (non-root, on loopback)
+	@$(PYTEST) tests/images $(PYTEST_ARGS)
 
 # ---- benchmarks -------------------------------------------------------------------------
 

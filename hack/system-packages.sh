@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests drive as real components, when they are missing:
-#   chromium   the Gradio UI test runs headless Chromium through Playwright
+#   chromium     the Gradio UI test runs headless Chromium through Playwright
+#   podman       builds the images without a Docker engine (hack/images.sh, --isolation=chroot)
+#   debootstrap  makes the local Debian base image where no registry is reachable
 # Idempotent: does nothing when every command is already there.
 set -euo pipefail
 
-declare -A package_for=([chromium]=chromium)
+declare -A package_for=([chromium]=chromium [podman]=podman [debootstrap]=debootstrap)
 missing=()
 for cmd in "${!package_for[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${package_for[$cmd]}")
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${package_for[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Builds the container images (images/<name>/Dockerfile, the repository root as context) and checks
+# each against its size budget. `make images` calls it.
+#
+#   hack/images.sh [NAME...]        NAME: operator, api (default: both)
+#
+# The builder: Docker when an engine answers `docker info`, else podman with --isolation=chroot
+# (its RUN steps need no OCI runtime, so it builds in sandboxes where containers cannot run).
+# The base (the Dockerfiles' BASE argument): the official Python image when its registry answers,
+# else a local Debian bookworm image made once per machine with debootstrap and cached.
+#
+# Environment (all optional):
+#   IMAGE_BUILDER           docker | podman                    (default: detected as above)
+#   IMAGE_BASE              the BASE build argument             (default: detected as above)
+#   IMAGE_REGISTRY          ghcr.io/h2ogpt-platform             the tags' repository prefix
+#   IMAGE_VERSION           the tag and version label           (default: from git, see image_version)
+#   IMAGE_SOURCE            the source label                    (default: git remote origin, else the project URL)
+#   EMBEDDED_MODEL          false | true                        api image: bake in the CPU model
+#   OPERATOR_IMAGE_BUDGET_MB, API_IMAGE_BUDGET_MB, API_EMBEDDED_IMAGE_BUDGET_MB
+#                           size budgets (MB = 10^6 bytes)
+#   IMAGES_DIR              where <name>/Dockerfile lives       (default: images/)
+#   IMAGES_REPORT           a file to which one line per image is written:
+#                           "<name> <ref> <size bytes> <budget bytes> <build seconds>"
+#   DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR                       for the local base (default: this
+#                           machine's apt sources)
+#   IMAGES_CLEANUP          true | false: after a build, remove this image's earlier per-commit
+#                           development tags and build-stage images over a day old (default true)
+#   H2OGPT_CACHE_DIR        where the local base's tarball is kept (default ~/.cache/h2ogpt-platform)
+# The host's CA bundle (PIP_CERT, else SSL_CERT_FILE, else REQUESTS_CA_BUNDLE) and proxy variables
+# reach the build only: the bundle as a build secret, never as a file or ENV in a layer.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IMAGES_DIR="${IMAGES_DIR:-$REPO/images}"
+IMAGE_REGISTRY="${IMAGE_REGISTRY:-ghcr.io/h2ogpt-platform}"
+EMBEDDED_MODEL="${EMBEDDED_MODEL:-false}"
+CACHE_DIR="${H2OGPT_CACHE_DIR:-$HOME/.cache/h2ogpt-platform}"
+OFFICIAL_BASE="docker.io/library/python:3.11-slim-bookworm"
+LOCAL_BASE="localhost/h2ogpt-platform/debian:bookworm"
+LOCAL_BASE_TAR="$CACHE_DIR/debian-bookworm-minbase.tar"
+PROJECT_URL="https://github.com/h2ogpt-platform/h2ogpt-platform"
+# Size budgets: measured sizes plus headroom (docs/images.md has the numbers). A budget that is
+# blown means a dependency or a cache slipped into the image: look before raising it.
+declare -A BUDGET_MB=(
+  [operator]="${OPERATOR_IMAGE_BUDGET_MB:-275}"
+  [api]="${API_IMAGE_BUDGET_MB:-550}"
+)
+# EMBEDDED_MODEL=true adds llama-cpp-python and the model weights to the api image.
+API_EMBEDDED_BUDGET_MB="${API_EMBEDDED_IMAGE_BUDGET_MB:-1000}"
+
+say() { echo "hack/images.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+pick_builder() {
+  if [ -n "${IMAGE_BUILDER:-}" ]; then
+    case "$IMAGE_BUILDER" in docker | podman) ;; *) die "IMAGE_BUILDER must be docker or podman, not '$IMAGE_BUILDER'" ;; esac
+    command -v "$IMAGE_BUILDER" >/dev/null 2>&1 || die "IMAGE_BUILDER=$IMAGE_BUILDER is not installed"
+    echo "$IMAGE_BUILDER"
+  elif command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; then
+    echo docker
+  elif command -v podman >/dev/null 2>&1; then
+    echo podman
+  else
+    die "no container builder: no Docker engine answers 'docker info' and podman is not installed (apt-get install podman)"
+  fi
+}
+
+# The registry of the official base answers within a few seconds (any HTTP status will do: 401
+# is what an anonymous /v2/ gets), or we build offline.
+registry_reachable() {
+  local code
+  code="$(curl -sS -o /dev/null -m 5 -w '%{http_code}' https://registry-1.docker.io/v2/ 2>/dev/null || true)"
+  [ -n "$code" ] && [ "$code" != "000" ]
+}
+
+# The first URI of this machine's apt sources that serves the given suite (deb822 .sources files
+# and one-line .list files alike).
+apt_source_for() {
+  local suite="$1" file files=()
+  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ ! -f "$file" ] || files+=("$file")
+  done
+  [ ${#files[@]} -gt 0 ] || return 0
+  awk -v suite="$suite" '
+    FNR == 1 { uris = ""; suites = ""; deb = 0 }
+    /^[[:space:]]*#/ { next }
+    # one-line format: deb [options] URI SUITE COMPONENT...
+    /^deb[[:space:]]/ {
+      line = $0; sub(/\[[^]]*\]/, "", line); split(line, f, /[[:space:]]+/)
+      if (f[3] == suite) { print f[2]; exit }
+      next
+    }
+    # deb822: stanzas of "Field: value" lines separated by blank lines
+    /^Types:/ { deb = ($0 ~ /[[:space:]]deb([[:space:]]|$)/) }
+    /^URIs:/ { uris = $2 }
+    /^Suites:/ { suites = " " substr($0, 8) " " }
+    /^[[:space:]]*$/ { uris = ""; suites = ""; deb = 0 }
+    deb && uris != "" && index(suites, " " suite " ") { print uris; exit }
+  ' "${files[@]}"
+}
+
+make_local_base_tar() {
+  command -v debootstrap >/dev/null 2>&1 || die "no registry is reachable and debootstrap is missing (apt-get install debootstrap) to make a local base image"
+  [ "$(id -u)" -eq 0 ] || die "no registry is reachable; making the local Debian base needs root (debootstrap): run 'sudo hack/images.sh' once"
+  local mirror security root
+  mirror="${DEBIAN_MIRROR:-$(apt_source_for bookworm)}"
+  security="${DEBIAN_SECURITY_MIRROR:-$(apt_source_for bookworm-security)}"
+  [ -n "$mirror" ] || die "no Debian bookworm mirror in /etc/apt/sources.list*: set DEBIAN_MIRROR"
+  mkdir -p "$CACHE_DIR"
+  root="$(mktemp -d "$CACHE_DIR/debian-bookworm.XXXXXX")"
+  trap 'rm -rf "$root"' EXIT
+  say "making the local base (debootstrap --variant=minbase bookworm from $mirror)"
+  debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.log" 2>&1 ||
+    { cat "$root.log" >&2; rm -f "$root.log"; die "debootstrap failed (above)"; }
+  rm -f "$root.log"
+  {
+    echo "deb $mirror bookworm main"
+    echo "deb $mirror bookworm-updates main"
+    [ -z "$security" ] || echo "deb $security bookworm-security main"
+  } >"$root/etc/apt/sources.list"
+  # As Debian's own slim images do: no documentation, manuals or translations from later installs,
+  # and none of what debootstrap downloaded.
+  cat >"$root/etc/dpkg/dpkg.cfg.d/excludes" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/info/*
+EOF
+  find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/locale/* "$root"/usr/share/info/* \
+    "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+    "$root"/var/log/*.log "$root"/var/log/apt/*
+  tar --numeric-owner -C "$root" -cf "$LOCAL_BASE_TAR.partial" .
+  mv "$LOCAL_BASE_TAR.partial" "$LOCAL_BASE_TAR"
+  rm -rf "$root"
+  trap - EXIT
+}
+
+ensure_local_base() {
+  local builder="$1"
+  "$builder" image inspect "$LOCAL_BASE" >/dev/null 2>&1 && return 0
+  [ -f "$LOCAL_BASE_TAR" ] || make_local_base_tar
+  say "importing $LOCAL_BASE_TAR as $LOCAL_BASE"
+  "$builder" import "$LOCAL_BASE_TAR" "$LOCAL_BASE" >/dev/null
+}
+
+pick_base() {
+  local builder="$1"
+  if [ -n "${IMAGE_BASE:-}" ]; then
+    echo "$IMAGE_BASE"
+  elif "$builder" image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 || registry_reachable; then
+    echo "$OFFICIAL_BASE"
+  else
+    say "no image registry is reachable: building over the local Debian base $LOCAL_BASE"
+    ensure_local_base "$builder"
+    echo "$LOCAL_BASE"
+  fi
+}
+
+# A release tag (v1.2.3 gives 1.2.3); between releases, the project version and the commit
+# (0.1.0-g1a2b3c4, with -dirty for uncommitted changes). --no-optional-locks: read-only.
+image_version() {
+  if [ -n "${IMAGE_VERSION:-}" ]; then echo "$IMAGE_VERSION"; return; fi
+  local described project
+  if described="$(git -C "$REPO" --no-optional-locks describe --tags --match 'v[0-9]*' --dirty 2>/dev/null)"; then
+    echo "${described#v}"
+    return
+  fi
+  project="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -n 1)"
+  if described="$(git -C "$REPO" --no-optional-locks describe --always --dirty --abbrev=7 2>/dev/null)"; then
+    echo "${project}-g${described}"
+  else
+    echo "$project"
+  fi
+}
+
+# Development builds are tagged per commit (0.1.0-g1a2b3c4-dirty); the previous ones of an image
+# are removed once a new one is built, so that repeated builds do not fill the disk. Release tags
+# and other repositories are left alone.
+remove_older_dev_tags() {
+  local builder="$1" repository="$2" keep="$3" ref
+  while read -r ref; do
+    [[ "$ref" =~ ^"$repository":.*-g[0-9a-f]{7,}(-dirty)?(-embedded)?$ ]] || continue
+    [ "$ref" != "$keep" ] || continue
+    # The embedded api build and the plain one are different images: each keeps its own.
+    [ "$(flavour "$ref")" = "$(flavour "$keep")" ] || continue
+    "$builder" rmi "$ref" >/dev/null 2>&1 || true
+  done < <("$builder" images --format '{{.Repository}}:{{.Tag}}' "$repository")
+}
+
+flavour() { if [[ "$1" == *-embedded ]]; then echo embedded; else echo plain; fi; }
+
+ca_bundle() {
+  local candidate
+  for candidate in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" "${REQUESTS_CA_BUNDLE:-}"; do
+    if [ -n "$candidate" ] && [ -r "$candidate" ]; then echo "$candidate"; return; fi
+  done
+}
+
+main() {
+  local names=("$@")
+  [ ${#names[@]} -gt 0 ] || names=(operator api)
+  local name
+  for name in "${names[@]}"; do
+    [ -n "${BUDGET_MB[$name]:-}" ] || die "unknown image '$name' (known: ${!BUDGET_MB[*]})"
+    [ -f "$IMAGES_DIR/$name/Dockerfile" ] || die "no Dockerfile at $IMAGES_DIR/$name/Dockerfile"
+  done
+  case "$EMBEDDED_MODEL" in true | false) ;; *) die "EMBEDDED_MODEL must be true or false, not '$EMBEDDED_MODEL'" ;; esac
+
+  local builder base version revision source ca
+  builder="$(pick_builder)"
+  base="$(pick_base "$builder")"
+  version="$(image_version)"
+  revision="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
+  source="${IMAGE_SOURCE:-$(git -C "$REPO" remote get-url origin 2>/dev/null || echo "$PROJECT_URL")}"
+  ca="$(ca_bundle)"
+
+  local common=(--build-arg "BASE=$base" --build-arg "VERSION=$version"
+    --build-arg "REVISION=$revision" --build-arg "SOURCE=$source")
+  # --format docker: the OCI format has no SHELL, and podman would run RUN steps with /bin/sh.
+  [ "$builder" != podman ] || common+=(--isolation=chroot --format docker)
+  [ -z "$ca" ] || common+=(--secret "id=ca-bundle,src=$ca" --build-arg PIP_CERT=/run/secrets/ca-bundle)
+  local proxy
+  for proxy in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
+    [ -z "${!proxy:-}" ] || common+=(--build-arg "$proxy")
+  done
+  export DOCKER_BUILDKIT=1 # build secrets need BuildKit
+
+  say "builder $builder, base $base, version $version"
+  [ -z "${IMAGES_REPORT:-}" ] || : >"$IMAGES_REPORT"
+  local failed=()
+  for name in "${names[@]}"; do
+    local ref="$IMAGE_REGISTRY/h2ogpt-$name:$version" args=("${common[@]}") previous started seconds status=0
+    [ "$name" != api ] || args+=(--build-arg "EMBEDDED_MODEL=$EMBEDDED_MODEL")
+    [ "$name" != api ] || [ "$EMBEDDED_MODEL" != true ] || ref="$ref-embedded"
+    say "building $ref"
+    previous="$("$builder" image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)"
+    started=$SECONDS
+    "$builder" build "${args[@]}" --file "$IMAGES_DIR/$name/Dockerfile" --tag "$ref" "$REPO" || status=$?
+    seconds=$((SECONDS - started))
+    if [ "$status" -ne 0 ]; then
+      say "building $ref failed ($builder build exited $status; its message is above)"
+      failed+=("$name")
+      continue
+    fi
+    local size budget_mb="${BUDGET_MB[$name]}" budget
+    [ "$name" != api ] || [ "$EMBEDDED_MODEL" != true ] || budget_mb="$API_EMBEDDED_BUDGET_MB"
+    budget=$((budget_mb * 1000000))
+    size="$("$builder" image inspect --format '{{.Size}}' "$ref")"
+    say "built $ref in ${seconds}s: $((size / 1000000)) MB (budget $budget_mb MB)"
+    [ -z "${IMAGES_REPORT:-}" ] || echo "$name $ref $size $budget $seconds" >>"$IMAGES_REPORT"
+    if [ "${IMAGES_CLEANUP:-true}" = true ]; then
+      remove_older_dev_tags "$builder" "${ref%:*}" "$ref"
+      # The image this tag named before, now untagged (kept if something still uses it).
+      [ -z "$previous" ] || [ "$previous" = "$("$builder" image inspect --format '{{.Id}}' "$ref")" ] ||
+        "$builder" rmi "$previous" >/dev/null 2>&1 || true
+    fi
+    if [ "$size" -gt "$budget" ]; then
+      say "$ref is $((size / 1000000)) MB, over its budget of $budget_mb MB"
+      failed+=("$name")
+    fi
+  done
+  [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
+  # Build-stage images of earlier sources are the layer cache of no later build: drop those over
+  # a day old (each holds a few hundred MB of installed packages).
+  [ "${IMAGES_CLEANUP:-true}" != true ] || "$builder" image prune --force --filter until=24h >/dev/null 2>&1 || true
+}
+
+main "$@"
