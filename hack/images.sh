@@ -218,6 +218,10 @@ main() {
 
   local common=(--build-arg "BASE=$base" --build-arg "VERSION=$version"
     --build-arg "REVISION=$revision" --build-arg "SOURCE=$source")
+  # The same labels again on the command line: the builder applies these when it commits the
+  # image, while a LABEL layer can come from podman's cache of a build at another commit.
+  common+=(--label "org.opencontainers.image.version=$version"
+    --label "org.opencontainers.image.revision=$revision" --label "org.opencontainers.image.source=$source")
   # --format docker: the OCI format has no SHELL, and podman would run RUN steps with /bin/sh.
   [ "$builder" != podman ] || common+=(--isolation=chroot --format docker)
   [ -z "$ca" ] || common+=(--secret "id=ca-bundle,src=$ca" --build-arg PIP_CERT=/run/secrets/ca-bundle)
