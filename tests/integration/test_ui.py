@@ -3,6 +3,7 @@ upload a document, ask about it and see the sources. A screenshot goes to docs/s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ from tests.support.weaviate import WeaviateServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "ui.png"
+# The committed screenshot is refreshed only on request, so a test run leaves the tree clean:
+#   H2OGPT_UPDATE_SCREENSHOTS=1 make test-integration
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "screenshots" / "ui.png"
 
 
 @pytest.fixture(scope="module")
@@ -106,5 +109,8 @@ def test_upload_a_document_and_ask_about_it(page: Page, tmp_path: Path) -> None:
     answer = last_bot_message(page)
     assert "22 nautical miles" in answer  # the document reached the model
     assert "How far is the lamp visible?" in answer
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    shot = page.screenshot(full_page=True)
+    assert shot.startswith(b"\x89PNG") and len(shot) > 10_000  # a real rendering, not a blank page
+    if os.environ.get("H2OGPT_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        DOCS_SCREENSHOT.write_bytes(shot)
