@@ -24,6 +24,8 @@ from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Hit, Identit
 from h2ogpt_api.settings import NO_DOCUMENT_MODES, Settings
 
 TEXT_CONTEXT_SOURCE = "text_context_list"
+# h2oGPT's spellings of "the model's default system prompt".
+AUTO_SYSTEM_PROMPTS = frozenset({"auto", "None"})
 # Rough characters per token, to budget context text before it reaches a tokenizer.
 CHARS_PER_TOKEN = 3
 
@@ -374,6 +376,8 @@ class Core:
     def _backend_request(self, user_text: str, params: GenerationParams) -> tuple[BackendRequest, str]:
         """The backend call for one user message, and the prompt text to report as `prompt_raw`."""
         system_prompt = self.settings.system_prompt if params.system_prompt is None else params.system_prompt
+        if system_prompt in AUTO_SYSTEM_PROMPTS:
+            system_prompt = self.backend.default_system_prompt
         history = params.chat_conversation if params.add_chat_history_to_context else []
         messages = tuple(prompts.conversation(system_prompt, history, user_text))
         prompt_type = params.prompt_type or self.prompt_type

@@ -33,7 +33,8 @@ class Settings(BaseModel):
     base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     max_seq_len: int = Field(2048, ge=128, le=1_048_576)
     prompt_type: str = ""
-    system_prompt: str = ""
+    # h2oGPT's meaning: 'auto' (or 'None') = the model's default, '' = none, else the text itself.
+    system_prompt: str = "auto"
     openai_server: bool = True
     openai_port: int = Field(5000, ge=0, le=65535)
     gradio: bool = True

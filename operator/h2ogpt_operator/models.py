@@ -62,7 +62,10 @@ class ModelSpec(CrdModel):
     revision: str | None = Field(default=None, min_length=1, max_length=128)
     max_seq_len: int = Field(default=4096, ge=128, le=1_048_576, description="Context length in tokens.")
     prompt_type: str = Field(default="", max_length=64)
-    system_prompt: str = Field(default="", max_length=65_536)
+    system_prompt: str = Field(
+        default="auto", max_length=65_536,
+        description="'auto' = the model's default system prompt; '' = none; anything else is used as is.",
+    )
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Hugging Face token for gated models (key default HF_TOKEN)."
     )

@@ -40,10 +40,14 @@ def test_readme_examples_stream_and_not_agree(client: OpenAI) -> None:
     assert text.strip()
     assert whole.usage is not None
     # Real counts from the model's tokenizer: the ChatML prompt is a dozen tokens, the answer at most 24.
-    assert 8 <= whole.usage.prompt_tokens <= 20
+    # "Who are you?" in the chat template, with SmolLM2's default system prompt (--system_prompt auto).
+    assert 25 <= whole.usage.prompt_tokens <= 45
     assert 1 <= whole.usage.completion_tokens <= 24
     prompt_raw = (whole.usage.model_extra or {})["prompt_raw"]
-    assert prompt_raw == "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt_raw == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
     streamed = client.chat.completions.create(
         model=MODEL,
@@ -98,3 +102,23 @@ def test_counting_runs_to_max_tokens_when_not_abandoned(client: OpenAI) -> None:
                                        extra_body={"prompt_type": "plain"})
     assert result.choices[0].finish_reason == "length"
     assert re.search(r"\d+, \d+, \d+", result.choices[0].text)  # still counting when cut
+
+
+def test_auto_system_prompt_is_the_models_own(client: OpenAI) -> None:
+    # --system_prompt defaults to h2oGPT's 'auto': SmolLM2's own default system prompt, without
+    # which the 135M model loops on one phrase.
+    answer = client.chat.completions.create(
+        model=MODEL, max_tokens=20, temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
+    assert answer.usage is not None
+    prompt_raw = (answer.usage.model_extra or {})["prompt_raw"]
+    assert "You are a helpful AI assistant named SmolLM" in prompt_raw
+    assert (answer.choices[0].message.content or "").strip()
+    # An explicit empty system prompt means none at all.
+    bare = client.chat.completions.create(
+        model=MODEL, max_tokens=4, temperature=0, extra_body={"system_prompt": ""},
+        messages=[{"role": "user", "content": "Hi"}],
+    )
+    assert bare.usage is not None
+    assert "<|im_start|>system" not in (bare.usage.model_extra or {})["prompt_raw"]

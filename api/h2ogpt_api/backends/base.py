@@ -78,6 +78,12 @@ class Backend(Protocol):
         """True when the backend applies the model's own chat template to `messages`."""
         ...
 
+    @property
+    def default_system_prompt(self) -> str:
+        """The system prompt that `--system_prompt auto` means: the model's own default where we
+        render its prompt ourselves, '' where the server's chat template supplies its own."""
+        ...
+
     def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         """Generate; closing the iterator early cancels the upstream generation."""
         ...

@@ -56,6 +56,9 @@ class EmbeddedBackend:
     kind = "embedded"
     # The core renders ChatML itself so that `prompt_raw` is exactly what the model saw.
     supports_chat = False
+    # SmolLM2-Instruct's chat template adds this when a conversation has no system message;
+    # without it the 135M model loops on a phrase.
+    default_system_prompt = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
     def __init__(self, llm: Any, *, model_name: str) -> None:
         self.model_name = model_name

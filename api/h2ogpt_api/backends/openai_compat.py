@@ -39,6 +39,7 @@ def vllm_base_url(server: str) -> str:
 
 class OpenAICompatBackend:
     supports_chat = True
+    default_system_prompt = ""  # the server's chat template decides
 
     def __init__(self, base_url: str, *, kind: str, model_name: str, timeout: float) -> None:
         self.kind = kind

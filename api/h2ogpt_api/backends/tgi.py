@@ -86,6 +86,7 @@ class TgiBackend:
 
     kind = "tgi"
     supports_chat = True
+    default_system_prompt = ""  # TGI's chat template decides
 
     def __init__(self, base_url: str, *, model_name: str, timeout: float) -> None:
         self.model_name = model_name
