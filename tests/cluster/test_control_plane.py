@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from hack.localcluster import LocalCluster
 from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -102,3 +103,21 @@ def test_deleting_an_owner_collects_what_it_owns(cluster: Cluster, namespace: st
         return result.returncode != 0 and "NotFound" in result.stderr
 
     wait_for(owned_is_gone, what="the garbage collector to delete the owned ConfigMap")
+
+
+def test_audit_log_attributes_each_request_to_its_user(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A cluster of its own: the session cluster runs without the audit log (its default).
+    audited = LocalCluster(directory=tmp_path_factory.mktemp("audited"), audit_log=True)
+    audited.up()
+    try:
+        audited.kubectl("create", "configmap", "audited-one", "-n", "default")
+        audited.kubectl("get", "configmap", "audited-one", "-n", "default")
+        events = [json.loads(line) for line in audited.audit_log_path.read_text().splitlines()]
+    finally:
+        audited.down()
+    ours = [e for e in events if (e.get("objectRef") or {}).get("name") == "audited-one"]
+    verbs = {(e["verb"], e["user"]["username"], e["responseStatus"]["code"]) for e in ours}
+    assert ("create", "admin", 201) in verbs
+    assert ("get", "admin", 200) in verbs
+    assert all(e["level"] == "Metadata" and "requestObject" not in e for e in ours)
+    assert all(e["userAgent"].startswith("kubectl/") for e in ours)
