@@ -340,9 +340,11 @@ class OpenAIService:
         return self.auth.identify(user)
 
     def check_model(self, model: str | None) -> str:
+        """The model that will answer: the one asked for, or (h2oGPT's behaviour, on by default
+        with --model_fallback) the served model when the name is unknown; the response names it."""
         known = [entry["base_model"] for entry in self.core.model_names()]
-        if model is None or model in known:
-            return model or known[0]
+        if model is None or model in known or self.settings.model_fallback:
+            return model if model in known else known[0]
         raise ApiError(
             404,
             f"model {model!r} is not served here; available: {known}",

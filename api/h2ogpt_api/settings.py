@@ -58,6 +58,10 @@ class Settings(BaseModel):
     # The embedding model: in-process only all-MiniLM-L6-v2 exists; with --embedding_server, the
     # model name sent to it (empty: the server's first listed model).
     hf_embedding_model: str = ""
+    # An unknown `model` in a generation request: True = answered by the served model (h2oGPT's
+    # behaviour, which its documented examples rely on), False = 404 model_not_found.
+    # GET /v1/models/<unknown> is a 404 either way.
+    model_fallback: bool = True
     max_concurrency: int = Field(64, ge=1, le=100_000)
     # Requests allowed to wait for a generation slot; one more gets 429.
     max_queue: int = Field(256, ge=0, le=1_000_000)

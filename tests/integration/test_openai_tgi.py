@@ -241,12 +241,28 @@ def test_models_list_and_retrieve_with_slash_in_the_id(client: OpenAI) -> None:
     assert "127.0.0.1" not in json.dumps(extra)  # never the backend's URL
 
 
-def test_unknown_model_is_404(client: OpenAI) -> None:
+def test_unknown_model_is_404_to_retrieve_and_answered_by_the_served_model(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("no/such-model")
     assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
+    # --model_fallback (default): h2oGPT answers with its model whatever name the client sends.
+    answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert answer.model == MODEL
+    assert answer.choices[0].message.content
+
+
+def test_unknown_model_is_404_without_fallback(
+    api_server_factory: ApiServerFactory, tgi_fake: RunningFake
+) -> None:
+    server = api_server_factory(["--inference_server", tgi_fake.url, "--base_model", MODEL,
+                                 "--langchain_modes", "['LLM']", "--model_fallback", "False"])
+    strict = OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="not served here") as caught:
+        strict.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError, match="not served here"):
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        strict.completions.create(model="gpt-4o", prompt="hi")
+    strict.close()
 
 
 # -- h2oGPT parameters through extra_body -------------------------------------------------------
