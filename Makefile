@@ -79,16 +79,17 @@ generate: install ## Regenerate the CRD from the pydantic models and copy it int
 # ---- quality ----------------------------------------------------------------------------
 
 .PHONY: lint
-lint: install ## ruff and mypy
+lint: install ## ruff, mypy, and the chart's CRD copy in sync with crds/
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy api operator
+	@bash hack/sync-chart-crds.sh --check
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict the operator chart
 	@.bin/helm lint --strict charts/h2ogpt-operator
 
 .PHONY: test
-test: install tools system-packages ## Everything: unit, integration, cluster and image tests
+test: install tools system-packages lint ## Everything: lint, unit, integration, cluster and image tests
 	@ignore=""; if [ "$$(id -u)" -ne 0 ] || ! { docker info >/dev/null 2>&1 || command -v podman >/dev/null; }; then \
 	  echo "make test: tests/images LEFT OUT: they need root and Docker or podman (run 'make test-images' where you have them)"; \
 	  ignore=--ignore=tests/images; fi; \

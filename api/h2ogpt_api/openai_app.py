@@ -344,7 +344,7 @@ class OpenAIService:
         with --model_fallback) the served model when the name is unknown; the response names it."""
         known = [entry["base_model"] for entry in self.core.model_names()]
         if model is None or model in known or self.settings.model_fallback:
-            return model if model in known else known[0]
+            return model if model is not None and model in known else known[0]
         raise ApiError(
             404,
             f"model {model!r} is not served here; available: {known}",

@@ -67,7 +67,8 @@ def test_deployment_becomes_ready_on_a_fake_node(cluster: Cluster, namespace: st
 
 def test_gpu_pod_lands_only_on_the_gpu_node(cluster: Cluster, namespace: str) -> None:
     for index in range(3):
-        cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(pod_spec(f"gpu-{index}", gpus=2)))
+        manifest = json.dumps(pod_spec(f"gpu-{index}", gpus=2))
+        cluster.kubectl("-n", namespace, "apply", "-f", "-", input=manifest)
     for index in range(3):
         cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/gpu-{index}", "--timeout=60s",
                         timeout=70)

@@ -41,7 +41,9 @@ class Cluster:
         """Run kubectl against this cluster; with check=True a failure raises with kubectl's stderr."""
         result = self.local.kubectl(*args, input=input, check=False, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result
 
 

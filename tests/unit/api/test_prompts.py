@@ -80,6 +80,7 @@ def test_stop_trimmer_releases_held_text_that_was_not_a_stop() -> None:
 
 def test_extraction_prompt_keeps_a_callers_prompt_apart_from_the_focus() -> None:
     # GradioClient.extract sends its query as prompt_extraction and no instruction.
-    assert prompts.extraction_prompt("PART", "", prompt="Give bullet points").endswith('"""\nGive bullet points')
+    whole_prompt = prompts.extraction_prompt("PART", "", prompt="Give bullet points")
+    assert whole_prompt.endswith('"""\nGive bullet points')
     assert prompts.extraction_prompt("PART", "names", prompt="Extract:").endswith("Extract: names")
     assert prompts.extraction_prompt("PART", "").endswith("list the key facts.")
