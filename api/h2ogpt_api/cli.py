@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -71,6 +72,7 @@ async def serve(settings: Settings) -> None:
     """Build the core and the apps, serve until SIGINT/SIGTERM, then shut everything down."""
     if not settings.openai_server and not settings.gradio:
         raise SystemExit("h2ogpt-api: nothing to serve: both --openai_server and --gradio are False")
+    _check_ports_free(settings)
     try:  # fail now, with one clear line, on unreadable users or keys
         parse_users(settings.auth)
         ApiKeys(settings.h2ogpt_api_keys)
@@ -127,6 +129,25 @@ async def serve(settings: Settings) -> None:
             print(f"{label}: http://{host}:{_bound_port(server, port)}{path}", flush=True)
         print(f"h2ogpt-api ready (backend {backend.kind}, model {settings.base_model})", flush=True)
         await serving
+
+
+def _check_ports_free(settings: Settings) -> None:
+    """Fail at once, in one line, when a port is taken: before the model and Weaviate start."""
+    wanted = [("--openai_port", settings.openai_port, settings.openai_server),
+              ("--gradio_port", settings.gradio_port, settings.gradio)]
+    for flag, port, enabled in wanted:
+        if not enabled or port == 0:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT is not reported as taken.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((settings.server_name, port))
+            except OSError as exc:
+                raise SystemExit(
+                    f"h2ogpt-api: cannot listen on {settings.server_name}:{port} ({exc.strerror}): "
+                    f"stop what uses it, or pass another {flag}"
+                ) from None
 
 
 def _stop_all(servers: Sequence[uvicorn.Server]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 from tests.support.api_server import api_executable
@@ -29,3 +30,17 @@ def test_help_lists_every_flag() -> None:
     assert result.returncode == 0
     for flag in ("--inference_server", "--h2ogpt_api_keys", "--auth_access", "--num_async", "--max_queue"):
         assert flag in result.stdout
+
+
+def test_port_in_use_fails_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--server_name", "127.0.0.1", "--openai_port", str(port), "--gradio", "False",
+                         "--langchain_modes", "['LLM']")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"h2ogpt-api: cannot listen on 127.0.0.1:{port} (Address already in use): "
+        "stop what uses it, or pass another --openai_port"
+    )
