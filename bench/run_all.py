@@ -32,7 +32,8 @@ DEFAULT_TIMEOUT_S = 600
 STOP_GRACE_S = 30
 FAILURE_LOG_LINES = 40
 PACKAGES = ["h2ogpt-platform", "openai", "gradio", "gradio_client", "fastapi", "uvicorn", "httpx",
-            "weaviate-client", "numpy", "tokenizers", "kopf", "kubernetes", "litellm"]
+            "weaviate-client", "numpy", "tokenizers", "kopf", "kubernetes"]
+# (LiteLLM lives in its own venv; bench/openai_proxy.py reports its version in its section.)
 TOOLS = {"kube-apiserver": ["--version"], "helm": ["version", "--short"], "kubectl": ["version", "--client"]}
 
 
