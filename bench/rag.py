@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from h2ogpt_api.retrieval.base import Identity
-from h2ogpt_api.retrieval.embeddings import Embedder, MiniLMEmbedder, load_embedder
+from h2ogpt_api.retrieval.base import Embedder, Identity
+from h2ogpt_api.retrieval.embeddings import MiniLMEmbedder, load_embedder
 from h2ogpt_api.retrieval.ingest import chunk_document, chunk_text, load_file
 from h2ogpt_api.retrieval.store import open_document_store
 

@@ -15,12 +15,20 @@ import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from h2ogpt_api import mapreduce, metrics, prompts
-from h2ogpt_api.backends.base import Backend, BackendError, BackendRequest, FinishReason, Sampling, StreamEnd
+from h2ogpt_api.backends.base import (
+    Backend,
+    BackendError,
+    BackendRequest,
+    FinishReason,
+    Sampling,
+    StreamEnd,
+    TokenDelta,
+)
 from h2ogpt_api.params import GenerationParams
-from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Hit, Identity
+from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Embedder, Hit, Identity
 from h2ogpt_api.settings import NO_DOCUMENT_MODES, Settings
 
 TEXT_CONTEXT_SOURCE = "text_context_list"
@@ -47,16 +55,9 @@ class EmbeddingsUnavailableError(Exception):
     """No embedding model could be loaded."""
 
 
-class Embedder(Protocol):
-    model_name: str
-    dimension: int
-
-    async def embed(self, texts: list[str]) -> list[list[float]]: ...
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
+# A new piece of the answer: the backend's own event, passed through as is (one object per
+# token on the hot path, not two).
+TextDelta = TokenDelta
 
 
 @dataclass(frozen=True)
@@ -413,7 +414,7 @@ class Core:
                         usage.finish_reason = event.finish_reason
                         usage.calls += 1
                     else:
-                        yield TextDelta(event.text)
+                        yield event
         except BackendError as exc:
             metrics.BACKEND_ERRORS.labels(backend=self.backend.kind, kind=exc.kind).inc()
             raise

@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.support.api_server import ApiServer, ApiServerFactory
+from tests.support.api_server import ApiServer, ApiServerFactory, llm_only_args
 from tests.support.tgi_fake import RunningFake
 
 MODEL = "test/echo-model"
@@ -18,12 +18,7 @@ KEY = "k-123"
 def closed_server(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> ApiServer:
     return api_server_factory(
         [
-            "--inference_server",
-            tgi_fake.url,
-            "--base_model",
-            MODEL,
-            "--langchain_modes",
-            "['LLM']",
+            *llm_only_args(tgi_fake.url, MODEL),
             "--auth_access",
             "closed",
             "--auth",
@@ -39,12 +34,7 @@ def closed_server(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -
 def open_server(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> ApiServer:
     return api_server_factory(
         [
-            "--inference_server",
-            tgi_fake.url,
-            "--base_model",
-            MODEL,
-            "--langchain_modes",
-            "['LLM']",
+            *llm_only_args(tgi_fake.url, MODEL),
             "--auth",
             "[('alice', 'pw')]",
         ]

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.support.api_server import ApiServerFactory
+from tests.support.api_server import ApiServerFactory, llm_only_args
 from tests.support.tgi_fake import RunningFake, free_port
 
 MODEL = "test/echo-model"
@@ -68,12 +68,7 @@ def test_unreachable_backend_is_503(api_server_factory: ApiServerFactory) -> Non
 def test_full_queue_is_429(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> None:
     server = api_server_factory(
         [
-            "--inference_server",
-            tgi_fake.url,
-            "--base_model",
-            MODEL,
-            "--langchain_modes",
-            "['LLM']",
+            *llm_only_args(tgi_fake.url, MODEL),
             "--max_concurrency",
             "1",
             "--max_queue",

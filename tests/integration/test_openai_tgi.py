@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.support.api_server import ApiServer, ApiServerFactory
+from tests.support.api_server import ApiServer, ApiServerFactory, llm_only_args
 from tests.support.tgi_fake import RunningFake
 
 # The model name h2oGPT's examples use, served here so they run verbatim.
@@ -25,12 +25,7 @@ MODEL = "h2oai/h2ogpt-4096-llama2-70b-chat"
 def server(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> ApiServer:
     return api_server_factory(
         [
-            "--inference_server",
-            tgi_fake.url,
-            "--base_model",
-            MODEL,
-            "--langchain_modes",
-            "['LLM']",
+            *llm_only_args(tgi_fake.url, MODEL),
             "--backend_timeout",
             "2",
             "--max_request_bytes",
@@ -254,8 +249,7 @@ def test_unknown_model_is_404_to_retrieve_and_answered_by_the_served_model(clien
 def test_unknown_model_is_404_without_fallback(
     api_server_factory: ApiServerFactory, tgi_fake: RunningFake
 ) -> None:
-    server = api_server_factory(["--inference_server", tgi_fake.url, "--base_model", MODEL,
-                                 "--langchain_modes", "['LLM']", "--model_fallback", "False"])
+    server = api_server_factory([*llm_only_args(tgi_fake.url, MODEL), "--model_fallback", "False"])
     strict = OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
     with pytest.raises(openai.NotFoundError, match="not served here") as caught:
         strict.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])

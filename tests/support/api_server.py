@@ -123,6 +123,13 @@ def run_api_server(args: Sequence[str], env: Mapping[str, str] | None = None) ->
 ApiServerFactory = Callable[..., ApiServer]
 
 
+
+def llm_only_args(inference_server: str, base_model: str) -> list[str]:
+    """Flags for a server in front of `inference_server` (e.g. the TGI fake) with no document store."""
+    return ["--inference_server", inference_server, "--base_model", base_model,
+            "--langchain_modes", "['LLM']"]
+
+
 @pytest.fixture(scope="module")
 def api_server_factory() -> Iterator[ApiServerFactory]:
     """Start servers with `factory(args, env)`; all are stopped when the test module ends."""

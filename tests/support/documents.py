@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from h2ogpt_api.retrieval.base import AddResult, Identity
-from h2ogpt_api.retrieval.embeddings import Embedder, load_embedder
+from h2ogpt_api.retrieval.base import AddResult, Embedder, Identity
+from h2ogpt_api.retrieval.embeddings import load_embedder
 from h2ogpt_api.retrieval.store import open_document_store
 from h2ogpt_api.retrieval.weaviate_process import WEAVIATE_BINARY_NAME
 

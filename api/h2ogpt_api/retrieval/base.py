@@ -27,6 +27,15 @@ class DocumentStoreUnavailableError(Exception):
     client's fault, and worth a retry. Not a `DocumentError`, which is bad input."""
 
 
+class Embedder(Protocol):
+    """Turns texts into vectors. `model_name` and `dimension` are recorded with each collection."""
+
+    model_name: str
+    dimension: int
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is asking. `username` scopes personal collections (MyData)."""

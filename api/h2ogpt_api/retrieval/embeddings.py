@@ -16,13 +16,13 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
-from h2ogpt_api.retrieval.base import DocumentError
+from h2ogpt_api.retrieval.base import DocumentError, Embedder
 
 MINILM_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -33,15 +33,6 @@ MINILM_MAX_TOKENS = 256
 EMBED_BATCH_SIZE = 32
 
 FloatArray = npt.NDArray[np.float32]
-
-
-class Embedder(Protocol):
-    """Turns texts into vectors. `model_name` and `dimension` are recorded with each collection."""
-
-    model_name: str
-    dimension: int
-
-    async def embed(self, texts: list[str]) -> list[list[float]]: ...
 
 
 def _gelu(x: FloatArray) -> FloatArray:
@@ -240,19 +231,26 @@ class EndpointEmbedder:
         return vectors
 
 
-async def _post_embeddings(client: httpx.AsyncClient, base_url: str, model: str,
-                           texts: list[str]) -> dict[str, Any]:
-    url = f"{base_url}/v1/embeddings"
-    try:
-        response = await client.post(url, json={"model": model, "input": texts})
-    except httpx.HTTPError as exc:
-        raise DocumentError(f"embedding server {base_url} is unreachable ({exc}); "
-                            "check --embedding_server") from exc
+def _unreachable(base_url: str, exc: httpx.HTTPError) -> DocumentError:
+    return DocumentError(f"embedding server {base_url} is unreachable ({exc}); check --embedding_server")
+
+
+def _embeddings_body(response: httpx.Response, base_url: str, context: str = "") -> dict[str, Any]:
+    """The JSON of a `/v1/embeddings` answer, or a DocumentError saying what the server answered."""
     if response.status_code != 200:
-        raise DocumentError(f"embedding server {base_url} answered {response.status_code}: "
+        raise DocumentError(f"embedding server {base_url} answered {response.status_code}{context}: "
                             f"{response.text[:300]}")
     body: dict[str, Any] = response.json()
     return body
+
+
+async def _post_embeddings(client: httpx.AsyncClient, base_url: str, model: str,
+                           texts: list[str]) -> dict[str, Any]:
+    try:
+        response = await client.post(f"{base_url}/v1/embeddings", json={"model": model, "input": texts})
+    except httpx.HTTPError as exc:
+        raise _unreachable(base_url, exc) from exc
+    return _embeddings_body(response, base_url)
 
 
 def _vectors_from_response(body: dict[str, Any], expected: int, base_url: str) -> list[list[float]]:
@@ -280,12 +278,8 @@ def _probe_endpoint(base_url: str, api_key: str, model: str = "") -> EndpointEmb
             response = client.post(f"{base}/v1/embeddings", json={"model": model or "default",
                                                                   "input": ["dimension probe"]})
         except httpx.HTTPError as exc:
-            raise DocumentError(f"embedding server {base} is unreachable ({exc}); "
-                                "check --embedding_server") from exc
-        if response.status_code != 200:
-            raise DocumentError(f"embedding server {base} answered {response.status_code} "
-                                f"to a test request: {response.text[:300]}")
-        body = response.json()
+            raise _unreachable(base, exc) from exc
+        body = _embeddings_body(response, base, " to a test request")
     vector = _vectors_from_response(body, 1, base)[0]
     name = str(body.get("model") or model or base)
     return EndpointEmbedder(base, name, len(vector), api_key=api_key)

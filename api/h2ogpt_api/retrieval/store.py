@@ -40,11 +40,12 @@ from h2ogpt_api.retrieval.base import (
     AddResult,
     DocumentError,
     DocumentStoreUnavailableError,
+    Embedder,
     Hit,
     Identity,
     UnknownCollectionError,
 )
-from h2ogpt_api.retrieval.embeddings import Embedder, load_embedder
+from h2ogpt_api.retrieval.embeddings import load_embedder
 from h2ogpt_api.retrieval.ingest import (
     DEFAULT_LIMITS,
     Chunk,
