@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""A real local Kubernetes control plane on loopback, for tests and demos.
+"""A real local Kubernetes cluster on this machine, for tests and demos.
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake nodes that
-mark scheduled pods Running and Ready) run as plain processes; no Docker, no kubelet.
+mark scheduled pods Running and Ready) run as plain processes, beside one real node
+(containerd, kubelet, kube-proxy, CoreDNS, a volume provisioner: hack/realnode.py) where
+pods really run. No Docker.
 
-    python3 hack/localcluster.py up   [--dir .cluster]   # idempotent; prints the kubeconfig path
-    python3 hack/localcluster.py down [--dir .cluster]   # stops exactly what `up` started
+    python3 hack/localcluster.py up   [--dir .cluster] [--no-real-node]  # idempotent; prints the kubeconfig
+    python3 hack/localcluster.py down [--dir .cluster]   # stops exactly what `up` started, leaves nothing
     python3 hack/localcluster.py status [--dir .cluster]
+    python3 hack/localcluster.py load-images REF... [--dir .cluster]  # podman's images into the node
+    python3 hack/localcluster.py load-images --built    # the images `make images` built, when present
 
 The same `LocalCluster` class backs the pytest session fixture (tests/support/cluster.py),
 which always makes a cluster of its own in a temporary folder.
@@ -32,6 +36,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: hack/ is not a package then
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import realnode
+else:
+    from hack import realnode
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".bin"
@@ -83,12 +93,16 @@ class LocalCluster:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     token: str = ""
+    # Start the real node beside the kwok ones (needs root and `make tools`' node parts).
+    real_node: bool = True
     # Write the apiserver's audit log (JSON lines) to `audit_log_path`: exact attribution of
     # requests to the client that made them (the operator benchmark counts its requests so).
     audit_log: bool = False
     # The Popen objects of processes started by this Python process, so they are reaped
     # (a cluster started by an earlier `up` is stopped by pid alone).
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    # The node components' own tokens (kubelet, kube-proxy), made with tokens.csv.
+    _component_tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -103,8 +117,18 @@ class LocalCluster:
         return self.directory / "logs" / "audit.log"
 
     @property
+    def api_host(self) -> str:
+        # With a real node the apiserver listens on the node's bridge address: pods reach it there
+        # (through the `kubernetes` Service), and so does the host.
+        return realnode.NODE_IP if self.real_node else "127.0.0.1"
+
+    @property
     def api_url(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.api_host}:{self.ports['apiserver']}"
+
+    @property
+    def node(self) -> realnode.RealNode:
+        return realnode.RealNode(self.directory)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -114,6 +138,7 @@ class LocalCluster:
         if cluster.state_file.exists():
             state = json.loads(cluster.state_file.read_text())
             cluster.ports, cluster.pids, cluster.token = state["ports"], state["pids"], state["token"]
+            cluster.real_node = state.get("real_node", False)
         return cluster
 
     def running(self) -> bool:
@@ -130,8 +155,10 @@ class LocalCluster:
         (self.directory / "logs").mkdir(exist_ok=True)
         self.ports = {name: free_port() for name in ("etcd", "etcd_peer", "apiserver", "kwok")}
         self.token = secrets.token_hex(16)
-        self._write_credentials()
         try:
+            if self.real_node:
+                self.node.prepare()
+            self._write_credentials()
             self._start("etcd", [
                 binaries["etcd"], "--name", "local", "--data-dir", str(self.directory / "etcd"),
                 "--listen-client-urls", f"http://127.0.0.1:{self.ports['etcd']}",
@@ -145,9 +172,10 @@ class LocalCluster:
             self._start("apiserver", [
                 binaries["kube-apiserver"], *self._audit_flags(),
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-                f"--secure-port={self.ports['apiserver']}", "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['apiserver']}", f"--bind-address={self.api_host}",
                 # Needed in a sandbox without a default route, where it cannot pick an address.
-                "--advertise-address=127.0.0.1",
+                f"--advertise-address={self.api_host}",
+                *(self.node.apiserver_flags() if self.real_node else []),
                 f"--cert-dir={self.directory / 'certs'}",
                 f"--token-auth-file={self.directory / 'tokens.csv'}",
                 "--authorization-mode=Node,RBAC",
@@ -183,12 +211,15 @@ class LocalCluster:
                 # A test may set this annotation on a pod and write its status itself, to show
                 # the operator a crash loop or an image pull failure.
                 "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
-                "--cidr=10.244.0.0/16", "--node-ip=10.244.0.1",
+                f"--cidr={realnode.KWOK_POD_CIDR}", "--node-ip=10.244.128.1",
                 f"--server-address=127.0.0.1:{self.ports['kwok']}",
             ])
             self._save()
             self._create_nodes()
             self._wait_nodes_ready(timeout)
+            if self.real_node:
+                self.node.start(self._start, self._write_component_kubeconfig, self.kubeconfig, self.kubectl)
+                self.node.wait_ready(self.kubectl, timeout)
         except BaseException:
             self.down()
             raise
@@ -200,8 +231,14 @@ class LocalCluster:
             if name in self._processes:
                 self._processes.pop(name).wait(timeout=10)
         self.pids = {}
+        left: list[str] = []
+        if (self.directory / "node").exists():
+            self.node.cleanup()
+            left = self.node.leftovers()
         if self.directory.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
+        if left:
+            raise ClusterError("the real node left behind: " + "; ".join(left))
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -220,11 +257,11 @@ class LocalCluster:
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log_path}",
                 "--audit-log-format=json", "--audit-log-maxsize=0"]
 
-    def _start(self, name: str, argv: list[str]) -> None:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         with (self.directory / "logs" / f"{name}.log").open("ab") as log:
             # A session of its own: stopping the cluster never signals the caller's process group.
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    start_new_session=True, env={**os.environ, **(env or {})})
         self._processes[name] = proc
         self.pids[name] = proc.pid
         self._save()
@@ -240,11 +277,19 @@ class LocalCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def _save(self) -> None:
-        self.state_file.write_text(json.dumps({"ports": self.ports, "pids": self.pids, "token": self.token}))
+        self.state_file.write_text(json.dumps({"ports": self.ports, "pids": self.pids, "token": self.token,
+                                               "real_node": self.real_node}))
 
     def _write_credentials(self) -> None:
-        # A static token for the admin user avoids client-certificate plumbing.
-        (self.directory / "tokens.csv").write_text(f'{self.token},admin,admin,"system:masters"\n')
+        # Static tokens (the admin, and the node's kubelet and kube-proxy) avoid client-certificate plumbing.
+        lines = [f'{self.token},admin,admin,"system:masters"']
+        self._component_tokens.clear()
+        if self.real_node:
+            for component, (user, group) in self.node.tokens().items():
+                token = self._component_tokens[component] = secrets.token_hex(16)
+                lines.append(f'{token},{user},{user},"{group}"')
+        (self.directory / "tokens.csv").write_text("\n".join(lines) + "\n")
+        (self.directory / "tokens.csv").chmod(0o600)
         key, pub = self.directory / "sa.key", self.directory / "sa.pub"
         if not key.exists():
             subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
@@ -253,19 +298,22 @@ class LocalCluster:
         self.kubeconfig.write_text(self._kubeconfig_text("admin"))
         self.kubeconfig.chmod(0o600)
 
-    def _kubeconfig_text(self, user: str) -> str:
+    def _kubeconfig_text(self, user: str, token: str | None = None) -> str:
         return json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "h2ogpt-local",
             "clusters": [{"name": "h2ogpt-local", "cluster": {
-                "server": f"https://127.0.0.1:{self.ports['apiserver']}", "insecure-skip-tls-verify": True}}],
-            "users": [{"name": user, "user": {"token": self.token}}],
+                "server": self.api_url, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": user, "user": {"token": token or self.token}}],
             "contexts": [{"name": "h2ogpt-local", "context": {"cluster": "h2ogpt-local", "user": user}}],
         }, indent=2)
 
-    def _write_component_kubeconfig(self, component: str) -> None:
+    def _write_component_kubeconfig(self, component: str) -> Path:
+        """The kubeconfig of one component: the node's own credentials where it has them, else admin."""
         path = self.directory / f"{component}.kubeconfig"
-        path.write_text(self._kubeconfig_text("admin"))
+        token = self._component_tokens.get(component)
+        path.write_text(self._kubeconfig_text(component if token else "admin", token))
         path.chmod(0o600)
+        return path
 
     def _ready(self) -> bool:
         if "apiserver" not in self.ports:
@@ -352,14 +400,32 @@ def _stop(pid: int, name: str, grace: float = 10.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "load-images"])
+    parser.add_argument("refs", nargs="*", help="load-images: image references in podman's store")
     parser.add_argument("--dir", type=Path, default=REPO / ".cluster",
                         help="state folder (default: .cluster)")
+    parser.add_argument("--built", action="store_true",
+                        help="load-images: every image `make images` tagged with the project version")
+    parser.add_argument("--no-real-node", action="store_true",
+                        help="up: only the control plane and the kwok nodes (no root needed)")
     args = parser.parse_args(argv)
     cluster = LocalCluster.load(args.dir.resolve())
     try:
-        if args.command == "up":
+        if args.command == "load-images":
+            if not (cluster.running() and cluster.real_node):
+                print("localcluster: no real node is running here; nothing loaded")
+                return 0
+            refs = list(args.refs) + (realnode.built_images() if args.built else [])
+            if not refs:
+                print("localcluster: no built images to load ('make images' builds them)")
+                return 0
+            started = time.monotonic()
+            cluster.node.load_images(refs)
+            print(f"loaded into the real node in {time.monotonic() - started:.0f}s: {' '.join(refs)}")
+        elif args.command == "up":
             already = cluster.running()
+            if not already:
+                cluster.real_node = not args.no_real_node
             cluster.up()
             print(f"{'already running' if already else 'control plane ready'}: "
                   f"KUBECONFIG={cluster.kubeconfig} ({cluster.api_url})")
@@ -370,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("running" if cluster.running() else "not running")
             return 0 if cluster.running() else 1
-    except ClusterError as error:
+    except (ClusterError, realnode.NodeError) as error:
         print(f"localcluster: {error}", file=sys.stderr)
         return 1
     return 0

