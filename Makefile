@@ -50,7 +50,7 @@ system-packages: ## Install the Debian packages tests drive (chromium), when mis
 	@bash hack/system-packages.sh
 
 .PHONY: tools
-tools: ## Build/fetch the control plane, kwok, Weaviate, helm, kubectl into the cache; link into .bin/
+tools: system-packages ## Build/fetch the control plane, the real node's parts, kwok, Weaviate, helm, kubectl into the cache; link into .bin/
 	@bash hack/tools.sh
 
 # ---- run ------------------------------------------------------------------------------
@@ -62,11 +62,12 @@ run: install tools ## Run h2ogpt-api locally on the embedded defaults (CPU model
 # ---- local control plane ----------------------------------------------------------------
 
 .PHONY: cluster-up
-cluster-up: tools ## Start the local control plane (etcd, apiserver, controllers, scheduler, kwok); writes .cluster/kubeconfig
+cluster-up: tools ## Start the local cluster: control plane, kwok nodes and one real node (root); loads built images; writes .cluster/kubeconfig
 	@$(PYTHON) hack/localcluster.py up
+	@$(PYTHON) hack/localcluster.py load-images --built
 
 .PHONY: cluster-down
-cluster-down: ## Stop the local control plane started by cluster-up
+cluster-down: ## Stop the local cluster started by cluster-up; leaves no process, mount, netns, bridge, rule or cgroup
 	@$(PYTHON) hack/localcluster.py down
 
 # ---- generated files ------------------------------------------------------------------
@@ -89,10 +90,10 @@ chart-lint: tools ## helm lint --strict the operator chart
 	@.bin/helm lint --strict charts/h2ogpt-operator
 
 .PHONY: test
-test: install tools system-packages lint ## Everything: lint, unit, integration, cluster and image tests
+test: install tools system-packages lint ## Everything: lint, unit, integration, cluster, e2e (real node) and image tests
 	@ignore=""; if [ "$$(id -u)" -ne 0 ] || ! { docker info >/dev/null 2>&1 || command -v podman >/dev/null; }; then \
-	  echo "make test: tests/images LEFT OUT: they need root and Docker or podman (run 'make test-images' where you have them)"; \
-	  ignore=--ignore=tests/images; fi; \
+	  echo "make test: tests/images and tests/e2e LEFT OUT: they need root and Docker or podman (run 'make test-images test-e2e' where you have them)"; \
+	  ignore="--ignore=tests/images --ignore=tests/e2e"; fi; \
 	$(PYTEST) $$ignore $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -107,15 +108,24 @@ test-integration: install tools system-packages ## Live servers on loopback: the
 test-cluster: install tools ## The operator and chart against a real local control plane
 	@$(PYTEST) tests/cluster $(PYTEST_ARGS)
 
+.PHONY: test-e2e
+test-e2e: install tools system-packages ## On the local cluster's real node: images, helm install/test, a CPU stack, clients, failure drills (root)
+	@$(PYTEST) tests/e2e $(PYTEST_ARGS)
+
 # ---- images -----------------------------------------------------------------------------
-# Size budgets (MB = 10^6 bytes), checked by hack/images.sh on each built image.
+# Size budgets (MB = 10^6 bytes), checked by hack/images.sh on each built image: measured sizes
+# plus headroom (docs/images.md). The api budget grew from 550 to 650 MB when the image began to
+# carry all-MiniLM-L6-v2 (~90 MB of weights) so that document Q&A needs no embedding server.
 OPERATOR_IMAGE_BUDGET_MB ?= 275
-API_IMAGE_BUDGET_MB ?= 550
+API_IMAGE_BUDGET_MB ?= 650
 API_EMBEDDED_IMAGE_BUDGET_MB ?= 1000
-export OPERATOR_IMAGE_BUDGET_MB API_IMAGE_BUDGET_MB API_EMBEDDED_IMAGE_BUDGET_MB
+WEAVIATE_IMAGE_BUDGET_MB ?= 275
+LLAMACPP_IMAGE_BUDGET_MB ?= 360
+export OPERATOR_IMAGE_BUDGET_MB API_IMAGE_BUDGET_MB API_EMBEDDED_IMAGE_BUDGET_MB \
+  WEAVIATE_IMAGE_BUDGET_MB LLAMACPP_IMAGE_BUDGET_MB
 
 .PHONY: images
-images: system-packages ## Build the operator and api images (Docker, else podman) and check their size budgets
+images: install tools system-packages ## Build the operator, api, weaviate and llamacpp images (tags :0.1.0-g<sha> and :0.1.0, which the chart uses), check size budgets, load them into a running local node
 	@bash hack/images.sh
 
 .PHONY: test-images

@@ -155,8 +155,8 @@ int main(void) {
 """
 
 
-def _oci_image_tar(ref: str, files: dict[str, tuple[bytes, int]], entrypoint: list[str],
-                   symlinks: dict[str, str] | None = None) -> bytes:
+def _oci_image_tar(ref: str, files: dict[str, tuple[bytes, int]], *, entrypoint: list[str] | None = None,
+                   cmd: list[str] | None = None, symlinks: dict[str, str] | None = None) -> bytes:
     """An OCI image layout (one layer) as a tar stream that `ctr images import` takes.
 
     files: path in the image -> (content, mode). Small single-purpose images (the pause process, a
@@ -185,7 +185,7 @@ def _oci_image_tar(ref: str, files: dict[str, tuple[bytes, int]], entrypoint: li
     layer_gz = gzip.compress(layer_bytes, mtime=0)
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"]},
+        "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }).encode()
     blobs: dict[str, bytes] = {}
@@ -224,7 +224,7 @@ def pause_image_tar(workdir: Path) -> bytes:
     if cc is None:
         raise NodeError("no C compiler for the pause image: apt-get install gcc libc6-dev")
     _run(cc, "-static", "-Os", "-o", str(binary), str(source))
-    return _oci_image_tar(PAUSE_IMAGE, {"/pause": (binary.read_bytes(), 0o755)}, ["/pause"])
+    return _oci_image_tar(PAUSE_IMAGE, {"/pause": (binary.read_bytes(), 0o755)}, entrypoint=["/pause"])
 
 
 def helper_image_tar() -> bytes:
@@ -233,7 +233,8 @@ def helper_image_tar() -> bytes:
         raise NodeError("/bin/busybox is missing: apt-get install busybox-static (make system-packages)")
     applets = ("sh", "mkdir", "rm", "rmdir", "chmod", "ls", "cat", "sleep", "echo", "wget", "nslookup", "env",
                "httpd", "hostname", "id", "touch")
-    return _oci_image_tar(HELPER_IMAGE, {"/bin/busybox": (busybox.read_bytes(), 0o755)}, ["/bin/sh"],
+    # Like busybox's own image: no entrypoint, `sh` by default, so a pod's args are a command line.
+    return _oci_image_tar(HELPER_IMAGE, {"/bin/busybox": (busybox.read_bytes(), 0o755)}, cmd=["sh"],
                           symlinks={f"/bin/{name}": "busybox" for name in applets})
 
 

@@ -1,5 +1,6 @@
-"""Session fixture: a real local control plane (etcd, kube-apiserver, controller-manager,
-scheduler, kwok) of the tests' own, in a temporary folder.
+"""Session fixture: a real local cluster (etcd, kube-apiserver, controller-manager, scheduler,
+kwok, and as root one real node: hack/realnode.py) of the tests' own, in a temporary folder.
+Its teardown fails the run when the real node leaves anything behind on the machine.
 
 The tests never touch a cluster they did not create: the kubeconfig is the fixture's own
 and KUBECONFIG from the environment is ignored.
@@ -49,7 +50,8 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    local = LocalCluster(directory=tmp_path_factory.mktemp("cluster"))
+    # The real node needs root (containers, a bridge, iptables); `make test` leaves tests/e2e out without it.
+    local = LocalCluster(directory=tmp_path_factory.mktemp("cluster"), real_node=os.geteuid() == 0)
     local.up()
     try:
         yield Cluster(local)
