@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,15 @@ import yaml
 
 from h2ogpt_operator import naming
 from h2ogpt_operator.config import OperatorConfig
-from h2ogpt_operator.models import ApiComponentSpec, H2oGPTDeploymentSpec, ResourceRequirements, SecretKeyRef
+from h2ogpt_operator.models import (
+    GPU_ENGINES,
+    IN_CLUSTER_ENGINES,
+    ApiComponentSpec,
+    H2oGPTDeploymentSpec,
+    LlamaCppSpec,
+    ResourceRequirements,
+    SecretKeyRef,
+)
 
 Manifest = dict[str, Any]
 
@@ -31,11 +41,35 @@ HF_TOKEN_KEY = "HF_TOKEN"  # noqa: S105 - the name of a key, not a secret
 WEAVIATE_API_KEY_KEY = "WEAVIATE_API_KEY"
 OPENAI_API_KEY_KEY = "OPENAI_API_KEY"
 
+# The uid and gid the h2ogpt-platform images (api, weaviate, llamacpp) run as: `USER 10001:10001`.
+PLATFORM_UID = 10001
+
+# Pod Security Standard `restricted`, for the pods whose image this project builds. The uid is set
+# explicitly (not only runAsNonRoot) so that the kubelet can verify it whatever USER an overriding
+# image declares, and fsGroup makes PVC-backed volumes writable to that user.
+_RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": PLATFORM_UID,
+    "runAsGroup": PLATFORM_UID,
+    "fsGroup": PLATFORM_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Every program we build writes only to its volumes (and /tmp, an emptyDir): the image stays read-only.
 _RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
+    "readOnlyRootFilesystem": True,
 }
+# TGI and vLLM images run as root and write to their own filesystem (kernel caches, compiled
+# graphs): they cannot pass `restricted`, but nothing in them needs setuid.
+_GPU_ENGINE_CONTAINER = {"allowPrivilegeEscalation": False}
+
+_TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108 - an emptyDir, private to the pod
+_TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
+
+# llama.cpp's CPU pod when `inference.resources` is empty: the server with SmolLM2-135M (Q4_1) and a
+# 4096-token context measured ~390 MB resident after a generation; one core runs its one thread.
+LLAMACPP_DEFAULT_REQUESTS: dict[str, int | str] = {"cpu": "1", "memory": "512Mi"}
 
 
 @dataclass(frozen=True)
@@ -113,7 +147,7 @@ def generates_weaviate_key(spec: H2oGPTDeploymentSpec) -> bool:
 def referenced_secrets(spec: H2oGPTDeploymentSpec) -> list[tuple[str, SecretKeyRef]]:
     """(spec path, ref) for every Secret the user must provide; used to report a missing one by name."""
     refs: list[tuple[str, SecretKeyRef | None]] = [
-        ("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref if _runs_inference(spec) else None),
+        ("spec.model.hfTokenSecretRef", spec.model.hf_token_secret_ref if _downloads_model(spec) else None),
         (
             "spec.inference.external.apiKeySecretRef",
             spec.inference.external.api_key_secret_ref if spec.inference.external else None,
@@ -129,7 +163,12 @@ def referenced_secrets(spec: H2oGPTDeploymentSpec) -> list[tuple[str, SecretKeyR
 
 
 def _runs_inference(spec: H2oGPTDeploymentSpec) -> bool:
-    return spec.inference.engine != "external"
+    return spec.inference.engine in IN_CLUSTER_ENGINES
+
+
+def _downloads_model(spec: H2oGPTDeploymentSpec) -> bool:
+    """TGI and vLLM fetch the model from Hugging Face into the cache; llama.cpp's GGUF is in its image."""
+    return spec.inference.engine in GPU_ENGINES
 
 
 def build_auth_secret(
@@ -181,6 +220,10 @@ def inference_server_setting(stack: Stack, spec: H2oGPTDeploymentSpec) -> str:
         return f"http://{host}:{naming.INFERENCE_PORTS['tgi']}"
     if engine == "vllm":
         return f"vllm:{host}:{naming.INFERENCE_PORTS['vllm']}"
+    if engine == "llamacpp":
+        # llama-cpp-python's server is OpenAI-compatible; h2ogpt-api's `openai:` form takes the
+        # base URL the openai client takes, /v1 included.
+        return f"openai:http://{host}:{naming.INFERENCE_PORTS['llamacpp']}/v1"
     external = spec.inference.external
     if external is None:  # the model validator makes this unreachable; keep the type checker honest
         raise ValueError("inference.external is required when inference.engine is external")
@@ -238,7 +281,7 @@ def build_config_map(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest:
 # --- inference -----------------------------------------------------------------------------------------
 
 
-def _inference_args(spec: H2oGPTDeploymentSpec) -> list[str]:
+def _gpu_engine_args(spec: H2oGPTDeploymentSpec) -> list[str]:
     model = spec.model
     inference = spec.inference
     if inference.engine == "tgi":
@@ -272,9 +315,90 @@ def _inference_args(spec: H2oGPTDeploymentSpec) -> list[str]:
     return args + list(inference.extra_args)
 
 
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
+_QUANTITY_FACTORS = {
+    "": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60,
+}  # fmt: skip
+
+
+def cpu_cores(quantity: int | str) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" -> 0.5, "2" or 2 -> 2.0."""
+    match = _QUANTITY.match(str(quantity))
+    if match is None or match.group(2) not in _QUANTITY_FACTORS:
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    return float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)]
+
+
+def llamacpp_settings(spec: H2oGPTDeploymentSpec) -> LlamaCppSpec:
+    return spec.inference.llamacpp or LlamaCppSpec()
+
+
+def llamacpp_resources(spec: H2oGPTDeploymentSpec) -> Manifest:
+    """The llama.cpp container's resources: the spec's, or a small default request when it sets none."""
+    resources = spec.inference.resources
+    if resources.requests or resources.limits:
+        return _resources(resources)
+    return {"requests": dict(LLAMACPP_DEFAULT_REQUESTS)}
+
+
+def llamacpp_threads(spec: H2oGPTDeploymentSpec) -> int | None:
+    """`threads`, else the CPU limit, else the CPU request, rounded up; None: no CPU sizing at all.
+
+    llama-cpp-python's own default counts the node's cores (half for generation, all for prompts),
+    not the pod's: on a large node a 1-core pod would run dozens of threads that fight for it.
+    """
+    explicit = llamacpp_settings(spec).threads
+    if explicit is not None:
+        return explicit
+    resources = llamacpp_resources(spec)
+    cpu = resources.get("limits", {}).get("cpu", resources.get("requests", {}).get("cpu"))
+    if cpu is None:
+        return None
+    return max(1, math.ceil(cpu_cores(cpu)))
+
+
+def _llamacpp_args(spec: H2oGPTDeploymentSpec) -> list[str]:
+    """`python3 -m llama_cpp.server` flags (its pydantic settings' field names)."""
+    threads = llamacpp_threads(spec)
+    args = [
+        "--model", llamacpp_settings(spec).model_path,
+        # The name /v1/models lists and requests carry: the api pods send `model.name` (--base_model).
+        "--model_alias", spec.model.name,
+        "--n_ctx", str(spec.model.max_seq_len),
+        "--host", "0.0.0.0",
+        "--port", str(naming.INFERENCE_PORTS["llamacpp"]),
+        # By default a request waiting for the model ends the one generating with an early [DONE]:
+        # parallel Summarize calls, or two users, would get truncated answers. Queue them instead.
+        "--interrupt_requests", "False",
+    ]  # fmt: skip
+    if threads is not None:
+        args += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    return args + list(spec.inference.extra_args)
+
+
+def _inference_args(spec: H2oGPTDeploymentSpec) -> list[str]:
+    """The inference container's args; `extraArgs` come last, so a repeated flag overrides ours."""
+    if spec.inference.engine == "llamacpp":
+        return _llamacpp_args(spec)
+    return _gpu_engine_args(spec)
+
+
+def inference_request_summary(spec: H2oGPTDeploymentSpec) -> str | None:
+    """What one inference pod asks the scheduler for, for a message about a pod that cannot be placed."""
+    inference = spec.inference
+    if inference.engine in GPU_ENGINES:
+        return f"{inference.gpus} {inference.gpu_resource_name}" if inference.gpus else None
+    resources = llamacpp_resources(spec)
+    # What the scheduler counts: the requests, where a limit stands in for a request not given.
+    asked = {**resources.get("limits", {}), **resources.get("requests", {})}
+    return ", ".join(f"{name} {value}" for name, value in sorted(asked.items())) or None
+
+
 def build_model_cache_pvc(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest | None:
+    """The Hugging Face cache of TGI/vLLM; llama.cpp serves a GGUF from its image and needs none."""
     cache = spec.inference.model_cache
-    if not _runs_inference(spec) or not cache.enabled:
+    if not _downloads_model(spec) or not cache.enabled:
         return None
     pvc_spec: Manifest = {
         "accessModes": ["ReadWriteOnce"],
@@ -290,14 +414,10 @@ def build_model_cache_pvc(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest 
     }
 
 
-def build_inference_deployment(
-    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig
-) -> Manifest | None:
-    if not _runs_inference(spec):
-        return None
+def _gpu_engine_pod_spec(stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig) -> Manifest:
+    """TGI or vLLM: GPUs, the model cache at /data, a large /dev/shm."""
     inference = spec.inference
     engine = inference.engine
-    port = naming.INFERENCE_PORTS[engine]
     env: list[Manifest] = []
     if spec.model.hf_token_secret_ref:
         env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref, HF_TOKEN_KEY))
@@ -309,7 +429,7 @@ def build_inference_deployment(
         "image": inference.image or (config.images.tgi if engine == "tgi" else config.images.vllm),
         "args": _inference_args(spec),
         "env": env,
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": naming.INFERENCE_PORTS[engine], "protocol": "TCP"}],
         "readinessProbe": {**health, "periodSeconds": 10, "failureThreshold": 3},
         "livenessProbe": {**health, "periodSeconds": 30, "failureThreshold": 6, "timeoutSeconds": 10},
         # Downloading and loading a large model takes a long time: allow 60 minutes before liveness counts.
@@ -319,6 +439,7 @@ def build_inference_deployment(
             {"name": "model-cache", "mountPath": "/data"},
             {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108 - NCCL needs a large shared memory,
         ],
+        "securityContext": _GPU_ENGINE_CONTAINER,
     }
     cache_volume: Manifest = (
         {
@@ -328,7 +449,7 @@ def build_inference_deployment(
         if inference.model_cache.enabled
         else {"name": "model-cache", "emptyDir": {}}
     )
-    pod_spec: Manifest = {
+    return {
         "containers": [container],
         "volumes": [
             cache_volume,
@@ -340,6 +461,59 @@ def build_inference_deployment(
             *inference.tolerations,
         ],
     }
+
+
+def _llamacpp_pod_spec(spec: H2oGPTDeploymentSpec, config: OperatorConfig) -> Manifest:
+    """llama-cpp-python's server on CPU: the GGUF is in the image, so no cache volume, no GPU, no HF token.
+
+    Probes use GET /openapi.json: the server has no /health, and its /v1/models waits for the model
+    lock, i.e. for any generation in progress to end (a probe would time out under load). The port
+    opens only once the model is loaded, and /openapi.json answers from the event loop, which stays
+    free while llama.cpp generates in a worker thread.
+    """
+    inference = spec.inference
+    ready = {"httpGet": {"path": "/openapi.json", "port": "http"}}
+    container: Manifest = {
+        "name": "llamacpp",
+        "image": inference.image or config.images.llamacpp,
+        "args": _inference_args(spec),
+        "ports": [{"name": "http", "containerPort": naming.INFERENCE_PORTS["llamacpp"], "protocol": "TCP"}],
+        "readinessProbe": {**ready, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**ready, "periodSeconds": 30, "failureThreshold": 6, "timeoutSeconds": 10},
+        # Loading maps the GGUF from the image: seconds for the default model, minutes for a large
+        # one on a slow disk. Allow 10 minutes before liveness counts.
+        "startupProbe": {**ready, "periodSeconds": 5, "failureThreshold": 120},
+        "resources": llamacpp_resources(spec),
+        "volumeMounts": [_TMP_MOUNT],
+        "securityContext": _RESTRICTED_CONTAINER,
+    }
+    if inference.env:
+        container["env"] = list(inference.env)
+    pod_spec: Manifest = {
+        "securityContext": _RESTRICTED_POD,
+        "containers": [container],
+        "volumes": [_TMP_VOLUME],
+    }
+    if inference.tolerations:
+        pod_spec["tolerations"] = list(inference.tolerations)
+    return pod_spec
+
+
+def build_inference_deployment(
+    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig
+) -> Manifest | None:
+    if not _runs_inference(spec):
+        return None
+    inference = spec.inference
+    strategy: Manifest
+    if inference.engine == "llamacpp":
+        pod_spec = _llamacpp_pod_spec(spec, config)
+        # No GPU to free and no RWO volume to hand over: start the new pod before the old one goes.
+        strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    else:
+        pod_spec = _gpu_engine_pod_spec(stack, spec, config)
+        # A new GPU pod cannot start beside the old one when the GPUs are taken, nor share a RWO cache.
+        strategy = {"type": "Recreate"}
     if inference.node_selector:
         pod_spec["nodeSelector"] = dict(inference.node_selector)
     if inference.affinity:
@@ -347,15 +521,14 @@ def build_inference_deployment(
     if inference.runtime_class_name:
         pod_spec["runtimeClassName"] = inference.runtime_class_name
     # The template holds every inference setting; hashing it (not the replica count) marks a real change.
-    checksum = settings_checksum(container, pod_spec)
+    checksum = settings_checksum(pod_spec["containers"][0], pod_spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(stack, naming.INFERENCE),
         "spec": {
             "replicas": 0 if spec.suspend else inference.replicas,
-            # A new GPU pod cannot start beside the old one when the GPUs are taken, nor share a RWO cache.
-            "strategy": {"type": "Recreate"},
+            "strategy": strategy,
             "selector": {"matchLabels": naming.selector_labels(stack.name, naming.INFERENCE)},
             "template": {
                 "metadata": {
@@ -437,7 +610,7 @@ def build_weaviate_statefulset(
             "periodSeconds": 15,
         },
         "resources": _resources(retrieval.resources),
-        "volumeMounts": [{"name": "data", "mountPath": WEAVIATE_DATA_DIR}],
+        "volumeMounts": [{"name": "data", "mountPath": WEAVIATE_DATA_DIR}, _TMP_MOUNT],
         "securityContext": _RESTRICTED_CONTAINER,
     }
     claim_spec: Manifest = {
@@ -465,7 +638,13 @@ def build_weaviate_statefulset(
                     "labels": naming.labels(stack.name, naming.WEAVIATE),
                     "annotations": {naming.CHECKSUM_ANNOTATION: checksum},
                 },
-                "spec": {"containers": [container], "securityContext": {"fsGroup": 1000}},
+                "spec": {
+                    # OnRootMismatch: re-own a large data volume once (e.g. from an older fsGroup),
+                    # not on every start.
+                    "securityContext": {**_RESTRICTED_POD, "fsGroupChangePolicy": "OnRootMismatch"},
+                    "containers": [container],
+                    "volumes": [_TMP_VOLUME],
+                },
             },
             "volumeClaimTemplates": [
                 {
@@ -560,7 +739,8 @@ def build_api_deployment(
         "readinessProbe": {**health, "periodSeconds": 5},
         "livenessProbe": {**health, "initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 6},
         "resources": _resources(settings.resources),
-        "volumeMounts": [{"name": "save", "mountPath": API_SAVE_DIR}],
+        # The save dir (uploads) and /tmp (Gradio's uploads and caches) are the only writable paths.
+        "volumeMounts": [{"name": "save", "mountPath": API_SAVE_DIR}, _TMP_MOUNT],
         "securityContext": _RESTRICTED_CONTAINER,
     }
     # Pods read the settings once at start: a change to what they consume must roll them, and only them.
@@ -577,7 +757,11 @@ def build_api_deployment(
                     "labels": naming.labels(stack.name, component),
                     "annotations": {naming.CHECKSUM_ANNOTATION: checksum},
                 },
-                "spec": {"containers": [container], "volumes": [{"name": "save", "emptyDir": {}}]},
+                "spec": {
+                    "securityContext": _RESTRICTED_POD,
+                    "containers": [container],
+                    "volumes": [{"name": "save", "emptyDir": {}}, _TMP_VOLUME],
+                },
             },
         },
     }
@@ -617,6 +801,10 @@ def build_service_monitor(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest 
         return None
     metadata = _metadata(stack, "metrics")
     metadata["labels"] = {**monitor.labels, **metadata["labels"]}
+    # TGI and vLLM serve /metrics; llama-cpp-python's server does not (a scrape would only 404).
+    scraped = [naming.OPENAI, naming.GRADIO]
+    if spec.inference.engine in GPU_ENGINES:
+        scraped.insert(0, naming.INFERENCE)
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -631,7 +819,7 @@ def build_service_monitor(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest 
                     {
                         "key": "app.kubernetes.io/component",
                         "operator": "In",
-                        "values": [naming.INFERENCE, naming.OPENAI, naming.GRADIO],
+                        "values": scraped,
                     }
                 ],
             },

@@ -24,7 +24,11 @@ SHORT_NAME = "h2ogpt"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
 
-Engine = Literal["tgi", "vllm", "external"]
+Engine = Literal["tgi", "vllm", "llamacpp", "external"]
+# Engines that run on GPUs: `inference.gpus` (>= 1) is their GPU limit, TGI's shards, vLLM's TP size.
+GPU_ENGINES: frozenset[str] = frozenset({"tgi", "vllm"})
+# Engines the operator runs in the cluster (a Deployment + Service `<cr>-inference`).
+IN_CLUSTER_ENGINES: frozenset[str] = frozenset({"tgi", "vllm", "llamacpp"})
 ExternalType = Literal["openai", "vllm", "tgi"]
 Quantize = Literal[
     "awq", "gptq", "eetq", "exl2", "marlin", "fp8", "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4"
@@ -80,6 +84,24 @@ class ModelCacheSpec(CrdModel):
     )
 
 
+class LlamaCppSpec(CrdModel):
+    """llama-cpp-python's OpenAI-compatible server on CPU, serving one GGUF file from the image."""
+
+    model_path: str = Field(
+        default="/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        pattern=r"^/[^\s]+$",
+        max_length=4096,
+        description="Absolute path of the GGUF file inside the image (the default image ships this one).",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="CPU threads for generation and prompt processing. Default: the pod's CPU limit, "
+        "else its CPU request, rounded up.",
+    )
+
+
 class ExternalInferenceSpec(CrdModel):
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048, description="Base URL of the server.")
     type: ExternalType = "openai"
@@ -96,8 +118,10 @@ class InferenceSpec(CrdModel):
                     "message": "inference.external.url is required when inference.engine is external",
                 },
                 {
+                    # Only the GPU engines need GPUs; `gpus` is ignored for llamacpp and external.
                     "rule": (
-                        "(has(self.engine) && self.engine == 'external') || !has(self.gpus) || self.gpus > 0"
+                        "(has(self.engine) && self.engine in ['external', 'llamacpp']) "
+                        "|| !has(self.gpus) || self.gpus > 0"
                     ),
                     "message": "inference.gpus must be at least 1 when inference.engine is tgi or vllm",
                 },
@@ -108,7 +132,9 @@ class InferenceSpec(CrdModel):
     engine: Engine = "tgi"
     image: str | None = Field(default=None, min_length=1, description="Default: the operator's per engine.")
     replicas: int = Field(default=1, ge=0, le=64)
-    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per inference pod (TGI shards, vLLM TP).")
+    gpus: int = Field(
+        default=1, ge=0, le=64, description="GPUs per inference pod (TGI shards, vLLM TP); tgi and vllm only."
+    )
     gpu_resource_name: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
     resources: ResourceRequirements = section(ResourceRequirements)
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -120,13 +146,16 @@ class InferenceSpec(CrdModel):
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra container env (EnvVar list).")
     shm_size: str = Field(default="1Gi", pattern=QUANTITY_PATTERN)
     model_cache: ModelCacheSpec = section(ModelCacheSpec)
+    llamacpp: LlamaCppSpec | None = Field(
+        default=None, description="Settings of the llamacpp engine (defaults apply when absent)."
+    )
     external: ExternalInferenceSpec | None = None
 
     @model_validator(mode="after")
     def _engine_needs(self) -> InferenceSpec:
         if self.engine == "external" and self.external is None:
             raise ValueError("inference.external.url is required when inference.engine is external")
-        if self.engine != "external" and self.gpus < 1:
+        if self.engine in GPU_ENGINES and self.gpus < 1:
             raise ValueError("inference.gpus must be at least 1 when inference.engine is tgi or vllm")
         return self
 
@@ -139,11 +168,41 @@ class StorageSpec(CrdModel):
     )
 
 
+# The one embedding model the api pods run in-process (numpy, weights from the image; h2ogpt_api's
+# settings accept exactly these names): any other model needs `retrieval.embedding.server`, or the
+# api pods refuse to start. The CEL rule below spells the same list.
+IN_PROCESS_EMBEDDING_MODELS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
 class EmbeddingSpec(CrdModel):
-    model: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "has(self.server) || !has(self.model) || self.model in "
+                        "['sentence-transformers/all-MiniLM-L6-v2', 'all-MiniLM-L6-v2']"
+                    ),
+                    "message": "retrieval.embedding.server is required for a model other than "
+                    "sentence-transformers/all-MiniLM-L6-v2 (the only one the api pods run in-process)",
+                }
+            ]
+        }
+    )
+
+    model: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1, max_length=256)
     server: str | None = Field(
         default=None, pattern=r"^https?://[^\s]+$", description="OpenAI-compatible /v1/embeddings base URL."
     )
+
+    @model_validator(mode="after")
+    def _model_runs_somewhere(self) -> EmbeddingSpec:
+        if self.server is None and self.model not in IN_PROCESS_EMBEDDING_MODELS:
+            raise ValueError(
+                "retrieval.embedding.server is required for a model other than "
+                "sentence-transformers/all-MiniLM-L6-v2 (the only one the api pods run in-process)"
+            )
+        return self
 
 
 class RetrievalSpec(CrdModel):

@@ -14,7 +14,8 @@ CONFIG = "config"
 AUTH = "auth"
 MODEL_CACHE = "model-cache"
 
-INFERENCE_PORTS = {"tgi": 80, "vllm": 8000}
+# Each engine's own default port, so its documentation and tooling apply unchanged.
+INFERENCE_PORTS = {"tgi": 80, "vllm": 8000, "llamacpp": 8000}
 WEAVIATE_HTTP_PORT = 8080
 WEAVIATE_GRPC_PORT = 50051
 GRADIO_PORT = 7860

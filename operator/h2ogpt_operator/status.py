@@ -1,8 +1,9 @@
 """The status roll-up: a pure function from the children's observed state to the CR's status.
 
 Each component condition says what is actually wrong, read from the objects Kubernetes already
-has: a pod the scheduler cannot place (naming the GPUs it asks for), an image that cannot be
-pulled, a crash loop, a Secret that does not exist. `Ready` is the conjunction.
+has: a pod the scheduler cannot place (naming the GPUs, or for llama.cpp the CPU and memory, it
+asks for), an image that cannot be pulled, a crash loop, a Secret that does not exist. `Ready` is
+the conjunction.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Observed:
 # --- one component ---------------------------------------------------------------------------------------
 
 
-def _pod_problem(pod: Manifest, gpu_request: str | None) -> Verdict | None:
+def _pod_problem(pod: Manifest, request: str | None) -> Verdict | None:
     """The first thing that keeps this pod from being Ready, if Kubernetes has said what it is."""
     name = pod.get("metadata", {}).get("name", "?")
     status = pod.get("status") or {}
@@ -59,7 +60,7 @@ def _pod_problem(pod: Manifest, gpu_request: str | None) -> Verdict | None:
             and condition.get("status") == "False"
             and condition.get("reason") == "Unschedulable"
         ):
-            asks = f" it requests {gpu_request};" if gpu_request else ""
+            asks = f" it requests {request};" if request else ""
             scheduler = condition.get("message") or "no reason given"
             return Verdict(
                 False, "Unschedulable", f"no node can run pod {name}:{asks} scheduler: {scheduler}"
@@ -91,8 +92,9 @@ def _pod_problem(pod: Manifest, gpu_request: str | None) -> Verdict | None:
 
 
 def _workload_verdict(
-    kind: str, workload: Manifest | None, desired: int, pods: Sequence[Manifest], gpu_request: str | None
+    kind: str, workload: Manifest | None, desired: int, pods: Sequence[Manifest], request: str | None
 ) -> Verdict:
+    """`request`: what one pod asks the scheduler for ("1 nvidia.com/gpu"), named if it cannot be placed."""
     if workload is None:
         return Verdict(False, "NotCreated", f"the {kind} does not exist yet")
     name = workload["metadata"]["name"]
@@ -107,7 +109,7 @@ def _workload_verdict(
     if current_generation and ready >= desired and updated >= desired:
         return Verdict(True, "Ready", f"{kind} {name}: {ready}/{desired} replicas ready")
     for pod in pods:
-        problem = _pod_problem(pod, gpu_request)
+        problem = _pod_problem(pod, request)
         if problem is not None:
             return problem
     return Verdict(False, "Progressing", f"{kind} {name}: {ready}/{desired} replicas ready")
@@ -151,13 +153,13 @@ def inference_verdict(stack: Stack, spec: H2oGPTDeploymentSpec, observed: Observ
         return missing
     if spec.suspend:
         return Verdict(False, "Suspended", "spec.suspend is true: the inference is scaled to zero")
-    gpus = f"{spec.inference.gpus} {spec.inference.gpu_resource_name}" if spec.inference.gpus else None
+    # Every in-cluster engine (tgi, vllm, llamacpp) is one Deployment; only what its pods ask differs.
     return _workload_verdict(
         "Deployment",
         observed.workloads.get(naming.INFERENCE),
         spec.inference.replicas,
         _component_pods(observed.pods, naming.INFERENCE),
-        gpus,
+        builders.inference_request_summary(spec),
     )
 
 

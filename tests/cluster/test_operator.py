@@ -107,6 +107,14 @@ def pods_by_component(cluster: Cluster, namespace: str, name: str) -> dict[str, 
             "inference.external.url is required when inference.engine is external",
         ),
         ({"model": {"name": "m"}, "inference": {"gpus": 0}}, "inference.gpus must be at least 1"),
+        (
+            {"model": {"name": "m"}, "inference": {"engine": "vllm", "gpus": 0}},
+            "inference.gpus must be at least 1",
+        ),
+        (
+            {"model": {"name": "m"}, "retrieval": {"embedding": {"model": "BAAI/bge-small-en-v1.5"}}},
+            "retrieval.embedding.server is required",
+        ),
         ({"inference": {}}, "spec.model: Required value"),
     ],
 )
@@ -207,6 +215,28 @@ def test_vllm_sample(cluster: Cluster, namespace: str, operator: OperatorProcess
     assert (
         len(items(cluster, "pods", namespace, f"{INSTANCE}={name},app.kubernetes.io/component=openai")) == 2
     )
+
+
+def test_llamacpp_sample_runs_on_cpu_under_restricted_pod_security(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """No GPU, no model cache, and every pod admitted where `restricted` is enforced."""
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    manifest = sample("llamacpp-cpu")
+    name = manifest["metadata"]["name"]
+    apply_cr(cluster, namespace, manifest)
+    wait_ready(cluster, namespace, name)
+    config = must_get(cluster, "configmap", f"{name}-config", "-n", namespace)
+    inference_url = f"http://{name}-inference.{namespace}.svc:8000/v1"
+    assert config["data"]["H2OGPT_INFERENCE_SERVER"] == f"openai:{inference_url}"
+    assert get_json(cluster, "pvc", f"{name}-model-cache", "-n", namespace) is None
+    pods = items(cluster, "pods", namespace, f"{INSTANCE}={name}")
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
+    assert components == {"inference", "weaviate", "openai", "gradio"}
+    for pod in pods:
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        for container in pod["spec"]["containers"]:
+            assert not any("gpu" in key for key in (container.get("resources") or {}).get("limits", {}))
 
 
 def test_external_sample_waits_for_its_secret(

@@ -2,8 +2,10 @@
 
 Chat messages go to `/v1/chat/completions` (the server applies the model's template); a
 prompt rendered with `--prompt_type` goes to `/v1/completions`. Usage comes from the
-server (`stream_options.include_usage`). The key is read from `OPENAI_API_KEY` ('EMPTY'
-when unset, which vLLM accepts).
+server (`stream_options.include_usage`); a server that ignores that option (llama-cpp-python's)
+ends its stream with a finish reason and no usage: the tokens are then counted as the chunks
+that carried text (such servers stream one token per chunk) and the prompt as 0, unknown. The
+key is read from `OPENAI_API_KEY` ('EMPTY' when unset, which vLLM accepts).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class OpenAICompatBackend:
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         finish: str | None = None
+        text_chunks = 0
         async with _translate_errors():
             if request.prompt is None:
                 messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -90,6 +93,7 @@ class OpenAICompatBackend:
                     for choice in chunk.choices:
                         text = choice.delta.content if request.prompt is None else choice.text
                         if text:
+                            text_chunks += 1
                             yield TokenDelta(text)
                         finish = choice.finish_reason or finish
                     if chunk.usage is not None:
@@ -99,7 +103,14 @@ class OpenAICompatBackend:
                             finish_reason=finish_reason_from(finish),
                         )
                         return
-        raise BackendError("bad_response", f"the {self.kind} server's stream ended without usage")
+        if finish is not None:  # a complete answer from a server that reports no usage when streaming
+            yield StreamEnd(
+                prompt_tokens=0, completion_tokens=text_chunks, finish_reason=finish_reason_from(finish)
+            )
+            return
+        raise BackendError(
+            "bad_response", f"the {self.kind} server's stream ended without a finish reason or usage"
+        )
 
 
 @contextlib.asynccontextmanager

@@ -81,6 +81,7 @@ def test_children_are_named_and_labelled() -> None:
     [
         ({}, "http://demo-inference.team-a.svc:80"),
         ({"engine": "vllm"}, "vllm:demo-inference.team-a.svc:8000"),
+        ({"engine": "llamacpp", "gpus": 0}, "openai:http://demo-inference.team-a.svc:8000/v1"),
         (
             {"engine": "external", "gpus": 0, "external": {"url": "https://llm.example/v1"}},
             "openai:https://llm.example/v1",

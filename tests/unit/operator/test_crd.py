@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 import yaml
 from h2ogpt_operator.crd import build_crd, render_crd_yaml
-from h2ogpt_operator.models import H2oGPTDeploymentSpec
+from h2ogpt_operator.models import EmbeddingSpec, H2oGPTDeploymentSpec, InferenceSpec
 from pydantic import ValidationError
 
 from tests.unit.operator.samples import REPO, SAMPLES, load_sample
@@ -69,7 +70,71 @@ def test_cel_rules_cover_dependent_fields() -> None:
     ]["inference"]
     rules = {rule["rule"] for rule in inference["x-kubernetes-validations"]}
     assert "!has(self.engine) || self.engine != 'external' || has(self.external)" in rules
-    assert "(has(self.engine) && self.engine == 'external') || !has(self.gpus) || self.gpus > 0" in rules
+    # Only the GPU engines need a GPU.
+    assert (
+        "(has(self.engine) && self.engine in ['external', 'llamacpp']) || !has(self.gpus) || self.gpus > 0"
+        in rules
+    )
+    embedding = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["retrieval"]["properties"]["embedding"]
+    assert [rule["rule"] for rule in embedding["x-kubernetes-validations"]] == [
+        "has(self.server) || !has(self.model) || self.model in "
+        "['sentence-transformers/all-MiniLM-L6-v2', 'all-MiniLM-L6-v2']"
+    ]
+
+
+def cel_holds(rule: str, obj: dict[str, Any]) -> bool:
+    """One of our CEL rules on an object, for rules that use only has(), field access, `in` a list
+    literal, comparisons, !, && and ||: those read the same as Python once spelled as Python."""
+    expr = re.sub(r"has\(self\.(\w+)\)", r"('\1' in obj)", rule)
+    expr = re.sub(r"self\.(\w+)", r"obj['\1']", expr)
+    expr = re.sub(r"!(?!=)", " not ", expr.replace("&&", " and ").replace("||", " or "))
+    return bool(eval(expr, {}, {"obj": obj}))  # noqa: S307 - our own rule strings
+
+
+def _rules(section: type[Any]) -> list[str]:
+    extra = section.model_config.get("json_schema_extra") or {}
+    return [rule["rule"] for rule in extra["x-kubernetes-validations"]]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "inference",
+    [
+        {}, {"gpus": 0}, {"engine": "tgi", "gpus": 0}, {"engine": "vllm", "gpus": 0}, {"engine": "vllm"},
+        {"engine": "llamacpp", "gpus": 0}, {"engine": "llamacpp"}, {"engine": "llamacpp", "gpus": 2},
+        {"engine": "external", "gpus": 0}, {"engine": "external", "external": {"url": "http://x"}},
+    ],
+)  # fmt: skip
+def test_cel_rules_decide_like_the_models(inference: dict[str, Any]) -> None:
+    """The apiserver (CEL) and the operator (pydantic) accept and refuse the same inference sections."""
+    by_cel = all(cel_holds(rule, inference) for rule in _rules(InferenceSpec))
+    try:
+        InferenceSpec.model_validate(inference)
+        by_model = True
+    except ValidationError:
+        by_model = False
+    assert by_cel == by_model
+
+
+@pytest.mark.parametrize(
+    ("embedding", "accepted"),
+    [
+        ({}, True),
+        ({"model": "sentence-transformers/all-MiniLM-L6-v2"}, True),
+        ({"model": "all-MiniLM-L6-v2"}, True),
+        ({"model": "BAAI/bge-small-en-v1.5"}, False),
+        ({"model": "BAAI/bge-small-en-v1.5", "server": "http://tei:8080"}, True),
+    ],
+)
+def test_embedding_rule_decides_like_the_model(embedding: dict[str, Any], accepted: bool) -> None:
+    assert all(cel_holds(rule, embedding) for rule in _rules(EmbeddingSpec)) is accepted
+    try:
+        EmbeddingSpec.model_validate(embedding)
+        by_model = True
+    except ValidationError:
+        by_model = False
+    assert by_model is accepted
 
 
 @pytest.mark.parametrize("sample", sorted(p.stem for p in SAMPLES.glob("*.yaml")))
@@ -88,8 +153,16 @@ def test_samples_parse(sample: str) -> None:
         ),
         ({"model": {"name": "m"}, "inference": {"gpus": 0}}, "inference.gpus must be at least 1"),
         (
+            {"model": {"name": "m"}, "inference": {"engine": "vllm", "gpus": 0}},
+            "inference.gpus must be at least 1",
+        ),
+        (
             {"model": {"name": "m"}, "inference": {"engine": "llama"}},
-            "Input should be 'tgi', 'vllm' or 'external'",
+            "Input should be 'tgi', 'vllm', 'llamacpp' or 'external'",
+        ),
+        (
+            {"model": {"name": "m"}, "retrieval": {"embedding": {"model": "BAAI/bge-small-en-v1.5"}}},
+            "retrieval.embedding.server is required",
         ),
         ({"model": {"name": "m"}, "openai": {"replicas": -1}}, "greater than or equal to 0"),
         ({"inference": {}}, "Field required"),
@@ -98,6 +171,21 @@ def test_samples_parse(sample: str) -> None:
 def test_invalid_specs_are_refused(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         H2oGPTDeploymentSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"model": {"name": "m"}, "inference": {"engine": "llamacpp", "gpus": 0}},
+        {"model": {"name": "m"}, "inference": {"engine": "llamacpp"}},
+        {
+            "model": {"name": "m"},
+            "retrieval": {"embedding": {"model": "BAAI/bge-small-en-v1.5", "server": "http://tei:8080"}},
+        },
+    ],
+)
+def test_valid_specs_are_accepted(spec: dict[str, Any]) -> None:
+    H2oGPTDeploymentSpec.model_validate(spec)
 
 
 def test_defaults_match_between_schema_and_models() -> None:

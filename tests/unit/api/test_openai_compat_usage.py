@@ -1,0 +1,95 @@
+"""OpenAI-compatible servers that send no usage when streaming (llama-cpp-python's server).
+
+The server here is a small real SSE server on loopback that streams the way llama-cpp-python's
+`llama_cpp.server` 0.3 does: one chunk per token, a last chunk with `finish_reason` and an empty
+delta, then `[DONE]`, and no usage chunk whatever `stream_options` asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from h2ogpt_api.backends.base import BackendError, BackendRequest, Sampling, StreamEnd, TokenDelta
+from h2ogpt_api.backends.openai_compat import OpenAICompatBackend
+from h2ogpt_api.prompts import ChatMessage
+
+TOKENS = ["Hello", ",", " I", " am", " Smol"]
+
+
+def _chunk(delta: dict[str, str], finish: str | None) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            # The test picks how the stream ends through the model name.
+            ending = request["model"]
+            chunks = [_chunk({"role": "assistant"}, None)]
+            chunks += [_chunk({"content": token}, None) for token in TOKENS]
+            if ending == "finishes":
+                chunks.append(_chunk({}, "length"))
+            elif ending == "reports-usage":
+                chunks.append(_chunk({}, "stop"))
+                chunks.append({**_chunk({}, None), "choices": [],
+                               "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+            body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _events(base_url: str, model: str) -> list[object]:
+    async def collect() -> list[object]:
+        backend = OpenAICompatBackend(base_url, kind="openai", model_name=model, timeout=10)
+        request = BackendRequest(
+            messages=(ChatMessage(role="user", content="Who are you?"),), sampling=Sampling(max_new_tokens=5)
+        )
+        try:
+            return [event async for event in backend.stream(request)]
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(collect())
+
+
+def test_a_stream_without_usage_counts_its_chunks(server: str) -> None:
+    events = _events(server, "finishes")
+    assert events[:-1] == [TokenDelta(token) for token in TOKENS]
+    # One token per chunk; the prompt's size is unknown.
+    assert events[-1] == StreamEnd(prompt_tokens=0, completion_tokens=5, finish_reason="length")
+
+
+def test_reported_usage_wins(server: str) -> None:
+    events = _events(server, "reports-usage")
+    assert events[-1] == StreamEnd(prompt_tokens=7, completion_tokens=5, finish_reason="stop")
+
+
+def test_a_stream_cut_before_its_finish_is_an_error(server: str) -> None:
+    with pytest.raises(BackendError, match="ended without a finish reason or usage") as caught:
+        _events(server, "cut-short")
+    assert caught.value.kind == "bad_response"
