@@ -93,8 +93,9 @@ class LocalCluster:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     token: str = ""
-    # Start the real node beside the kwok ones (needs root and `make tools`' node parts).
-    real_node: bool = True
+    # Start the real node beside the kwok ones (needs root and `make tools`' node parts; one per
+    # machine). `make cluster-up` and the tests' session cluster turn it on; extra clusters leave it off.
+    real_node: bool = False
     # Write the apiserver's audit log (JSON lines) to `audit_log_path`: exact attribution of
     # requests to the client that made them (the operator benchmark counts its requests so).
     audit_log: bool = False

@@ -98,8 +98,11 @@ def built_images(engine: str = "podman") -> list[str]:
             for name in ("operator", "api", "weaviate", "llamacpp")]
     if shutil.which(engine) is None:
         return []
-    return [ref for ref in refs
-            if subprocess.run([engine, "image", "exists", ref], capture_output=True, check=False).returncode == 0]
+    def present(ref: str) -> bool:
+        found = subprocess.run([engine, "image", "exists", ref], capture_output=True, check=False)
+        return found.returncode == 0
+
+    return [ref for ref in refs if present(ref)]
 
 
 def find_binary(name: str) -> str:
@@ -108,7 +111,8 @@ def find_binary(name: str) -> str:
         return str(local)
     found = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if found is None:
-        raise NodeError(f"'{name}' not found in {BIN} or on PATH: run 'make tools' (and 'make system-packages')")
+        raise NodeError(f"'{name}' not found in {BIN} or on PATH: "
+                        "run 'make tools' (and 'make system-packages')")
     return found
 
 
@@ -268,15 +272,16 @@ class RealNode:
             raise NodeError("the real node needs: " + "; ".join(problems))
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else "unknown"
-            raise NodeError(f"a real node already runs on this machine (bridge {BRIDGE}, cluster folder {owner}): "
-                            f"stop it first ('python3 hack/localcluster.py down --dir {owner}'; 'make cluster-down' "
-                            "for the default one)")
+            raise NodeError(f"a real node already runs on this machine (bridge {BRIDGE}, cluster folder "
+                            f"{owner}): stop it first ('python3 hack/localcluster.py down --dir {owner}'; "
+                            "'make cluster-down' for the default one)")
         for sub in ("pki", "containerd", "kubelet", "logs", "cni/net.d", "storage"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         OWNER_FILE.parent.mkdir(parents=True, exist_ok=True)
         OWNER_FILE.write_text(str(self.cluster_dir))
         netns = Path("/var/run/netns")
-        (self.dir / "netns-before").write_text(" ".join(p.name for p in netns.iterdir()) if netns.exists() else "")
+        (self.dir / "netns-before").write_text(" ".join(p.name for p in netns.iterdir()) if netns.exists()
+                                               else "")
         (self.dir / "links-before").write_text(" ".join(p.name for p in Path("/sys/class/net").iterdir()))
         (self.dir / "paths-before").write_text(json.dumps(
             {str(path): sorted(p.name for p in path.iterdir()) if path.is_dir() else None
@@ -304,8 +309,9 @@ class RealNode:
               kubeconfig_for: Callable[[str], Path], admin_kubeconfig: Path,
               kubectl: Callable[..., subprocess.CompletedProcess[str]]) -> None:
         bins = {name: find_binary(name) for name in NODE_BINARIES}
-        path_env = {"PATH": f"{Path(bins['containerd']).resolve().parent}:{Path(bins['runc']).resolve().parent}:"
-                            f"{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        # containerd finds its shim, and the shim runc, on PATH.
+        tool_dirs = [str(Path(bins[name]).resolve().parent) for name in ("containerd", "runc")]
+        path_env = {"PATH": ":".join([*tool_dirs, os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])}
         config = self.dir / "containerd" / "config.toml"
         config.write_text(self._containerd_config(bins["runc"]))
         start_process("containerd", [bins["containerd"], "--config", str(config)], path_env)
@@ -337,7 +343,7 @@ class RealNode:
         start_process("local-path-provisioner", [
             bins["local-path-provisioner"], "start", f"--kubeconfig={admin_kubeconfig}",
             f"--namespace={LOCAL_PATH_NAMESPACE}", "--configmap-name=local-path-config",
-            f"--provisioner-name=h2ogpt.dev/local-path", f"--helper-image={HELPER_IMAGE}",
+            "--provisioner-name=h2ogpt.dev/local-path", f"--helper-image={HELPER_IMAGE}",
             "--service-account-name=default",
         ], None)
 
@@ -527,7 +533,8 @@ state = "{root / 'state'}"
             "enforceNodeAllocatable": [], "protectKernelDefaults": False,
             # Images are loaded by hand, never pulled: keep them however full the disk is.
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                             "imagefs.available": "1%"},
             "maxPods": 60, "serializeImagePulls": False, "staticPodPath": "",
             "syncFrequency": "10s", "nodeStatusUpdateFrequency": "5s",
         }
@@ -565,7 +572,8 @@ state = "{root / 'state'}"
         helper_pod = {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-pod"},
             "spec": {"tolerations": [{"key": NODE_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
-                     "containers": [{"name": "helper-pod", "image": HELPER_IMAGE, "imagePullPolicy": "Never"}]},
+                     "containers": [{"name": "helper-pod", "image": HELPER_IMAGE,
+                                     "imagePullPolicy": "Never"}]},
         }
         config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage)]}]}
         setup = "#!/bin/sh\nset -eu\nmkdir -m 0777 -p \"$VOL_DIR\"\n"
@@ -601,7 +609,8 @@ state = "{root / 'state'}"
             for procs in Path("/sys/fs/cgroup").glob("*/k8s.io/**/cgroup.procs"):
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in procs.read_text().split())
-            shim = str((BIN / "containerd-shim-runc-v2").resolve()) if (BIN / "containerd-shim-runc-v2").exists() else None
+            shim_link = BIN / "containerd-shim-runc-v2"
+            shim = str(shim_link.resolve()) if shim_link.exists() else None
             for proc in Path("/proc").iterdir():
                 if shim and proc.name.isdigit():
                     with contextlib.suppress(OSError):

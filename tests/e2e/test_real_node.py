@@ -68,7 +68,9 @@ def test_the_node_is_registered_ready_tainted_and_runs_containerd_2(cluster: Clu
     assert addresses["InternalIP"] == realnode.NODE_IP
 
 
-def test_services_route_from_the_host_and_between_pods_by_dns_name(cluster: Cluster, node_namespace: str) -> None:
+def test_services_route_from_the_host_and_between_pods_by_dns_name(
+    cluster: Cluster, node_namespace: str
+) -> None:
     apply(cluster, node_namespace, web_pod("web", "hello-from-a-real-pod"), service("web"))
     wait_ready(cluster, node_namespace, "web")
     pod = get_json(cluster, "pod", "web", "-n", node_namespace)
@@ -90,6 +92,10 @@ def test_services_route_from_the_host_and_between_pods_by_dns_name(cluster: Clus
     logs = cluster.kubectl("logs", "client", "-n", node_namespace).stdout
     assert logs == "hello-from-a-real-pod\n" * 2, logs
     assert get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"] == "Succeeded"
+
+
+def phase(cluster: Cluster, namespace: str, pod: str) -> str:
+    return str(get_json(cluster, "pod", pod, "-n", namespace)["status"]["phase"])
 
 
 def _get(url: str) -> str | None:
@@ -115,8 +121,9 @@ def test_a_pvc_binds_through_the_default_storage_class_and_keeps_data(
     cluster: Cluster, node_namespace: str
 ) -> None:
     classes = get_json(cluster, "storageclass")["items"]
+    default_key = "storageclass.kubernetes.io/is-default-class"
     default = [c["metadata"]["name"] for c in classes
-               if c["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
+               if c["metadata"].get("annotations", {}).get(default_key) == "true"]
     assert default == [realnode.STORAGE_CLASS]
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
@@ -130,13 +137,11 @@ def test_a_pvc_binds_through_the_default_storage_class_and_keeps_data(
                          "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}
 
     apply(cluster, node_namespace, claim, writer("first", "echo kept > /data/note"))
-    poll(lambda: get_json(cluster, "pod", "first", "-n", node_namespace)["status"]["phase"] == "Succeeded", 120,
-         "the first pod to write to its volume")
+    poll(lambda: phase(cluster, node_namespace, "first") == "Succeeded", 120, "the first pod to write")
     assert get_json(cluster, "pvc", "data", "-n", node_namespace)["status"]["phase"] == "Bound"
     cluster.kubectl("delete", "pod", "first", "-n", node_namespace)
     apply(cluster, node_namespace, writer("second", "cat /data/note"))
-    poll(lambda: get_json(cluster, "pod", "second", "-n", node_namespace)["status"]["phase"] == "Succeeded", 120,
-         "the second pod to read the volume")
+    poll(lambda: phase(cluster, node_namespace, "second") == "Succeeded", 120, "the second pod to read")
     assert cluster.kubectl("logs", "second", "-n", node_namespace).stdout == "kept\n"
 
 
@@ -144,8 +149,10 @@ def test_kwok_pods_stay_off_the_real_node(cluster: Cluster, namespace: str) -> N
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fake"},
                   "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "fake"}},
                            "template": {"metadata": {"labels": {"app": "fake"}},
-                                        "spec": {"containers": [{"name": "c", "image": "example.invalid/x:1"}]}}}}
+                                        "spec": {"containers": [{"name": "c",
+                                                                 "image": "example.invalid/x:1"}]}}}}
     apply(cluster, namespace, deployment)
     cluster.kubectl("rollout", "status", "deployment/fake", "-n", namespace, "--timeout=60s", timeout=70)
     nodes = {p["spec"]["nodeName"] for p in get_json(cluster, "pods", "-n", namespace)["items"]}
-    assert nodes and all(n.startswith("kwok-") for n in nodes), nodes
+    assert nodes
+    assert all(n.startswith("kwok-") for n in nodes), nodes

@@ -48,11 +48,14 @@ def node_images(cluster: Cluster, built_images: ImagesBuild) -> list[str]:
     return refs
 
 
-def helm(cluster: Cluster, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+def helm(
+    cluster: Cluster, *args: str, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([find_binary("helm"), *args], check=False, capture_output=True, text=True,
                             env=cluster.env, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr.strip()}\n{result.stdout[-2000:]}")
+        raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr.strip()}\n"
+                             f"{result.stdout[-2000:]}")
     return result
 
 
@@ -99,8 +102,9 @@ def condition(cr: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def diagnose(cluster: Cluster, namespace: str) -> str:
     """Pods, events and the last log lines of each container: printed when an e2e wait fails."""
+    events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
     parts = [cluster.kubectl("get", "pods,pvc,svc", "-n", namespace, "-o", "wide", check=False).stdout,
-             cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout[-4000:]]
+             events.stdout[-4000:]]
     for pod in get_json(cluster, "pods", "-n", namespace)["items"]:
         name = pod["metadata"]["name"]
         logs = cluster.kubectl("logs", "-n", namespace, name, "--all-containers", "--tail=20", check=False)
