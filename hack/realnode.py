@@ -378,6 +378,9 @@ class RealNode:
             return
         self._kill_pod_processes()
         self._delete_pod_netns()
+        # A deleted netns takes its veth pairs with it, but the kernel does that later, asynchronously.
+        for link in self._new_links():
+            _run("ip", "link", "del", link, check=False)
         _run("ip", "link", "del", BRIDGE, check=False)
         self._remove_iptables_chains()
         self._unmount_under(self.dir)
@@ -411,10 +414,7 @@ class RealNode:
                       if ns.name.startswith("cni-") and ns.name not in before]
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             found.append(f"bridge {BRIDGE}")
-        links_file = self.dir / "links-before"
-        links_before = set(links_file.read_text().split()) if links_file.exists() else set()
-        found += [f"link {link.name}" for link in Path("/sys/class/net").iterdir()
-                  if link.name.startswith("veth") and link.name not in links_before]
+        found += [f"link {link}" for link in self._new_links()]
         for tool in ("iptables-save", "ip6tables-save"):
             if shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists():
                 dump = _run(shutil.which(tool) or f"/usr/sbin/{tool}", check=False).stdout.decode()
@@ -673,6 +673,13 @@ state = "{root / 'state'}"
                 return
             for point in sorted(mounts, key=len, reverse=True):
                 _run("umount", "-l", point, check=False)
+
+    def _new_links(self) -> list[str]:
+        """The pods' veths: links made since `prepare()`."""
+        links_file = self.dir / "links-before"
+        before = set(links_file.read_text().split()) if links_file.exists() else set()
+        return [link.name for link in Path("/sys/class/net").iterdir()
+                if link.name.startswith("veth") and link.name not in before]
 
     def _machine_paths_before(self) -> dict[str, list[str] | None]:
         recorded = self.dir / "paths-before"
