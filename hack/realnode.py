@@ -34,6 +34,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -270,6 +271,13 @@ class RealNode:
         problems = missing_requirements()
         if problems:
             raise NodeError("the real node needs: " + "; ".join(problems))
+        if Path(f"/sys/class/net/{BRIDGE}").exists() and _owner_is_gone():
+            # A crashed run (a killed test session, a reboot of the control plane) left the node's
+            # network and containers behind with nobody to stop them: clear them, then start afresh.
+            owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else ""
+            print(f"realnode: clearing what a stopped cluster ({owner or 'unknown'}) left behind",
+                  file=sys.stderr)
+            RealNode(Path(owner) if owner else self.cluster_dir).cleanup(force=True)
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else "unknown"
             raise NodeError(f"a real node already runs on this machine (bridge {BRIDGE}, cluster folder "
@@ -370,10 +378,13 @@ class RealNode:
 
     # -- tear-down --
 
-    def cleanup(self) -> None:
-        """Everything the node left once its processes are stopped (idempotent; safe when half up)."""
+    def cleanup(self, force: bool = False) -> None:
+        """Everything the node left once its processes are stopped (idempotent; safe when half up).
+
+        force: also when the machine's node belongs to another cluster folder (one known to be gone).
+        """
         owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else None
-        if owner is not None and owner != str(self.cluster_dir):
+        if owner is not None and owner != str(self.cluster_dir) and not force:
             self._unmount_under(self.dir)  # the machine's node is another cluster's: touch only our folder
             return
         self._kill_pod_processes()
@@ -389,7 +400,7 @@ class RealNode:
         saved = self.dir / "ip_forward.saved"
         if saved.exists():
             Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
-        if OWNER_FILE.exists() and OWNER_FILE.read_text().strip() == str(self.cluster_dir):
+        if OWNER_FILE.exists() and (force or OWNER_FILE.read_text().strip() == str(self.cluster_dir)):
             OWNER_FILE.unlink()
 
     def leftovers(self) -> list[str]:
@@ -677,7 +688,10 @@ state = "{root / 'state'}"
     def _new_links(self) -> list[str]:
         """The pods' veths: links made since `prepare()`."""
         links_file = self.dir / "links-before"
-        before = set(links_file.read_text().split()) if links_file.exists() else set()
+        if not links_file.exists():  # no record (a crashed run's folder is gone): those on our bridge
+            return [link.parent.name for link in Path("/sys/class/net").glob("veth*/master")
+                    if os.path.basename(os.readlink(link)) == BRIDGE]
+        before = set(links_file.read_text().split())
         return [link.name for link in Path("/sys/class/net").iterdir()
                 if link.name.startswith("veth") and link.name not in before]
 
@@ -707,6 +721,16 @@ state = "{root / 'state'}"
                     directory.rmdir()
             with contextlib.suppress(OSError):
                 top.rmdir()
+
+
+def _owner_is_gone() -> bool:
+    """True when no process of the cluster that made the machine's real node still runs."""
+    owner = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else ""
+    state = Path(owner) / "state.json" if owner else None
+    if state is None or not state.exists():
+        return True
+    pids = json.loads(state.read_text()).get("pids", {}).values()
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def _split_rule(rule: str) -> list[str]:

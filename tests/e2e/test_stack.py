@@ -1,0 +1,346 @@
+"""The platform's promise, end to end on the real node: `helm install` the chart with the locally built
+operator image, `kubectl apply` a CPU stack (engine llamacpp), and use it from the host the way clients
+do, through the Services' ClusterIPs (kube-proxy) and through `kubectl port-forward`; then break it
+the ways clusters break and watch it recover.
+
+Every pod here really runs (containerd + runc on the real node): readiness comes from real probes,
+answers from the real SmolLM2-135M model in the llama.cpp server, documents from a real Weaviate on
+a PVC that local-path-provisioner made. The stack's namespace enforces Pod Security `restricted`, so
+the apiserver's own admission decides that every pod the operator makes passes it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from gradio_client import Client
+from h2ogpt_client import GradioClient
+
+from tests.e2e.conftest import record_timing
+from tests.support.cluster import Cluster
+from tests.support.e2e import (
+    CHART,
+    condition,
+    create_e2e_namespace,
+    diagnose,
+    get_json,
+    helm,
+    poll,
+    port_forward,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "crds" / "samples" / "llamacpp-cpu.yaml"
+RELEASE = "h2ogpt"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+READY_TIMEOUT = 420  # a cold stack on 2 shared cores: Weaviate, two api pods, the model server
+
+
+@dataclass(frozen=True)
+class Stack:
+    cluster: Cluster
+    operator_namespace: str
+    namespace: str
+    name: str
+    model: str
+    api_key: str
+
+    def cr(self) -> dict[str, Any]:
+        return dict(get_json(self.cluster, "h2ogpt", self.name, "-n", self.namespace))
+
+    def service_url(self, component: str, port: int) -> str:
+        ip = self.cluster.kubectl("get", "svc", f"{self.name}-{component}", "-n", self.namespace,
+                                  "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+        return f"http://{ip}:{port}"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        try:
+            return dict(poll(self._ready_cr, timeout, f"{self.name} Ready=True"))
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{diagnose(self.cluster, self.namespace)}") from None
+
+    def _ready_cr(self) -> dict[str, Any] | None:
+        cr = self.cr()
+        ready = condition(cr, "Ready")
+        current = (cr.get("status") or {}).get("observedGeneration") == cr["metadata"]["generation"]
+        return cr if ready.get("status") == "True" and current else None
+
+
+@pytest.fixture(scope="module")
+def operator_release(cluster: Cluster, node_images: list[str]) -> Iterator[tuple[str, str]]:
+    """The chart from this checkout, with two operator replicas, watching one restricted namespace."""
+    operator_ns = create_e2e_namespace(cluster, "e2e-op")
+    stack_ns = create_e2e_namespace(cluster, "e2e-stack", labels=RESTRICTED)
+    # No image overrides: the chart's defaults are exactly what `make images` tagged and loaded.
+    helm(cluster, "install", RELEASE, str(CHART), "-n", operator_ns, "--set", "replicaCount=2",
+         "--set", f"watchNamespaces={{{stack_ns}}}", "--wait", "--timeout", "5m")
+    try:
+        yield operator_ns, stack_ns
+    finally:
+        cluster.kubectl("delete", "h2ogpt", "--all", "-n", stack_ns, "--wait=false", check=False)
+        helm(cluster, "uninstall", RELEASE, "-n", operator_ns, "--wait", check=False)
+        for namespace in (stack_ns, operator_ns):
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: Cluster, operator_release: tuple[str, str]) -> Stack:
+    operator_ns, namespace = operator_release
+    sample = yaml.safe_load(SAMPLE.read_text())
+    name = sample["metadata"]["name"]
+    started = time.monotonic()
+    cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
+    handle = Stack(cluster, operator_ns, namespace, name, sample["spec"]["model"]["name"], api_key="")
+    handle.wait_ready()
+    record_timing("kubectl apply -> Ready=True (llamacpp stack, cold)", time.monotonic() - started)
+    secret = get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
+    keys = json.loads(_b64(secret["data"]["H2OGPT_H2OGPT_API_KEYS"]))
+    return Stack(cluster, operator_ns, namespace, name, handle.model, api_key=keys[0])
+
+
+def _b64(value: str) -> str:
+    import base64  # noqa: PLC0415
+
+    return base64.b64decode(value).decode()
+
+
+# ---- install ------------------------------------------------------------------------------------------
+
+
+def test_helm_test_passes_on_the_real_node(cluster: Cluster, operator_release: tuple[str, str]) -> None:
+    operator_ns, _ = operator_release
+    # The test pod (the operator image, on the real node) fetches the operator's /metrics through its
+    # Service; its hook-delete-policy removes it once it succeeded, so only the phase is left to read.
+    result = helm(cluster, "test", RELEASE, "-n", operator_ns, "--timeout", "3m")
+    assert "Phase:          Succeeded" in result.stdout, result.stdout
+    pods = get_json(cluster, "pods", "-n", operator_ns, "-l", "app.kubernetes.io/component=operator")["items"]
+    assert {pod["spec"]["nodeName"] for pod in pods} == {"real-node-0"}
+
+
+def test_restricted_namespace_admits_the_whole_stack_and_refuses_a_privileged_pod(stack: Stack) -> None:
+    pods = get_json(stack.cluster, "pods", "-n", stack.namespace)["items"]
+    components = {pod["metadata"]["labels"].get("app.kubernetes.io/component") for pod in pods}
+    assert {"inference", "weaviate", "openai", "gradio"} <= components
+    assert all(pod["status"]["phase"] == "Running" for pod in pods)
+    privileged = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged"},
+                  "spec": {"containers": [{"name": "c", "image": "localhost/h2ogpt-platform/busybox:1",
+                                           "securityContext": {"privileged": True}}]}}
+    refused = stack.cluster.kubectl("apply", "-n", stack.namespace, "-f", "-", input=json.dumps(privileged),
+                                    check=False)
+    assert refused.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in refused.stderr
+
+
+# ---- clients from the host ------------------------------------------------------------------------------
+
+
+def check_openai(base_url: str, stack: Stack) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key=stack.api_key, max_retries=0, timeout=120)
+    assert stack.model in [model.id for model in client.models.list()]
+    reply = client.chat.completions.create(
+        model=stack.model, messages=[{"role": "user", "content": "Say hello in one word."}], max_tokens=16)
+    assert reply.choices[0].message.content
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens > 0
+    pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model=stack.model, messages=[{"role": "user", "content": "Count to three."}], max_tokens=16,
+        stream=True) if chunk.choices]
+    assert len(pieces) > 1
+    assert "".join(pieces).strip()
+    anonymous = openai.OpenAI(base_url=base_url, api_key="not-a-key", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.chat.completions.create(model=stack.model, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_openai_examples_through_the_cluster_ip(stack: Stack) -> None:
+    check_openai(stack.service_url("openai", 5000) + "/v1", stack)
+
+
+def test_openai_examples_through_port_forward(stack: Stack) -> None:
+    with port_forward(stack.cluster, stack.namespace, f"svc/{stack.name}-openai", 5000) as port:
+        check_openai(f"http://127.0.0.1:{port}/v1", stack)
+
+
+def test_gradio_clients_through_the_cluster_ip(stack: Stack, tmp_path: Path) -> None:
+    host = stack.service_url("gradio", 7860)
+    client = Client(host, verbose=False)
+    answer = ast.literal_eval(client.predict(
+        str({"instruction_nochat": "Who are you?", "h2ogpt_key": stack.api_key, "max_new_tokens": 24}),
+        api_name="/submit_nochat_api"))
+    assert answer["response"].strip()
+    assert stack.model in str(client.predict(api_name="/model_names"))
+    plain = httpx.post(f"{host}/api/submit_nochat_plain_api", timeout=120, json={"data": [str(
+        {"instruction_nochat": "Name a colour.", "h2ogpt_key": stack.api_key, "max_new_tokens": 16})]})
+    assert plain.status_code == 200, plain.text
+    assert ast.literal_eval(plain.json()["data"][0])["response"].strip()
+
+    notes = tmp_path / "aurora.txt"
+    notes.write_text("The aurora-borealis project keeps its telescope at the Tromso observatory.")
+    with GradioClient(host, h2ogpt_key=stack.api_key) as grclient:
+        assert grclient.question("Who are you?", max_new_tokens=24).strip()
+        grclient.query("Where is the telescope kept?", file=str(notes), max_new_tokens=24)
+        assert grclient.last_answer is not None
+        assert [s["source"] for s in grclient.last_answer["sources"]] == ["aurora.txt"]
+
+
+# ---- documents survive their store's pod ------------------------------------------------------------------
+
+NO_LOADERS = [None] * 6
+
+
+def test_document_answers_and_survives_losing_the_weaviate_pod(stack: Stack) -> None:
+    host = stack.service_url("gradio", 7860)
+    text = "Project Kestrel's launch window opens on the fourth of Vendemiaire at the Kourou pad."
+    options = ["UserData", True, 512, True, *NO_LOADERS, stack.api_key]
+    client = Client(host, verbose=False)
+    added = client.predict(text, *options, api_name="/add_text")
+    assert added[3] == "", added
+    source = added[4]
+    answer = ast.literal_eval(client.predict(str({
+        "instruction": "When does Project Kestrel's launch window open?", "langchain_mode": "UserData",
+        "top_k_docs": 3, "h2ogpt_key": stack.api_key, "max_new_tokens": 24}), api_name="/submit_nochat_api"))
+    assert source in [s["source"] for s in answer["sources"]]
+
+    pod = f"{stack.name}-weaviate-0"
+    uid = get_json(stack.cluster, "pod", pod, "-n", stack.namespace)["metadata"]["uid"]
+    stack.cluster.kubectl("delete", "pod", pod, "-n", stack.namespace, "--wait=true", "--timeout=120s")
+    poll(lambda: _pod_ready_with_new_uid(stack, pod, uid), 240, f"{pod} recreated and Ready")
+    stack.wait_ready()
+
+    def listed() -> bool:
+        sources = Client(host, verbose=False).predict("UserData", stack.api_key, api_name="/get_sources_api")
+        return source in str(sources)
+
+    poll(listed, 120, f"{source} listed again after Weaviate came back on its PVC", interval=3)
+
+
+def _pod_ready_with_new_uid(stack: Stack, pod: str, old_uid: str) -> bool:
+    found = stack.cluster.kubectl("get", "pod", pod, "-n", stack.namespace, "-o", "json", check=False)
+    if found.returncode != 0:
+        return False
+    current = json.loads(found.stdout)
+    ready = [c for c in current["status"].get("conditions", []) if c["type"] == "Ready"]
+    return bool(current["metadata"]["uid"] != old_uid and ready and ready[0]["status"] == "True")
+
+
+# ---- failure drills -------------------------------------------------------------------------------------
+
+
+def test_deleted_inference_pod_is_recreated_and_status_follows(stack: Stack) -> None:
+    selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
+    stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
+    seen = poll(lambda: _not_ready(stack), 60, "the CR to report the inference not Ready", interval=0.2)
+    assert seen["reason"], seen
+    stack.wait_ready()
+
+
+def _not_ready(stack: Stack) -> dict[str, Any] | None:
+    inference = condition(stack.cr(), "InferenceReady")
+    return inference if inference.get("status") == "False" else None
+
+
+def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> None:
+    def holder() -> str | None:
+        lease = get_json(stack.cluster, "lease", "h2ogpt-operator", "-n", stack.operator_namespace)
+        return str(lease["spec"].get("holderIdentity") or "") or None
+
+    leader = holder()
+    pods = get_json(stack.cluster, "pods", "-n", stack.operator_namespace,
+                    "-l", "app.kubernetes.io/component=operator")["items"]
+    assert len(pods) == 2
+    # The chart names each replica in the Lease by its pod name (--identity=$(POD_NAME)).
+    assert leader in {pod["metadata"]["name"] for pod in pods}
+    stack.cluster.kubectl("delete", "pod", leader, "-n", stack.operator_namespace, "--grace-period=0",
+                          "--force", "--wait=false")
+    poll(lambda: holder() not in (None, leader), 90, "another operator replica to take the Lease")
+    # An edit made after the handover is reconciled by the new leader.
+    stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
+                          "-p", '{"spec": {"generation": {"numAsync": 4}}}')
+    poll(lambda: _config_value(stack, "H2OGPT_NUM_ASYNC") == "4", 90, "the ConfigMap to carry numAsync 4")
+    stack.wait_ready()
+
+
+def _config_value(stack: Stack, key: str) -> str | None:
+    config = get_json(stack.cluster, "configmap", f"{stack.name}-config", "-n", stack.namespace)
+    return str(config["data"].get(key))
+
+
+def test_suspend_removes_inference_pods_keeps_volumes_and_resume_answers(stack: Stack) -> None:
+    pvcs_before = {p["metadata"]["name"] for p in
+                   get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]}
+    assert pvcs_before, "the stack's PVCs should be bound by now"
+    stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
+                          "-p", '{"spec": {"suspend": true}}')
+    selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
+    poll(lambda: not get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"], 120,
+         "the inference pods to be gone")
+    poll(lambda: condition(stack.cr(), "Ready").get("reason") == "Suspended", 60, "Ready=False Suspended")
+    pvcs = get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]
+    assert {p["metadata"]["name"] for p in pvcs} == pvcs_before
+    assert all(p["status"]["phase"] == "Bound" for p in pvcs)
+
+    stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
+                          "-p", '{"spec": {"suspend": false}}')
+    stack.wait_ready()
+    client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
+                           max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model=stack.model, messages=[{"role": "user", "content": "Are you back?"}], max_tokens=8)
+    assert reply.choices[0].message.content
+
+
+def _inference_only(name: str, **inference: Any) -> dict[str, Any]:
+    # Small requests: the real node has two cores and the stack above already asks for one.
+    resources = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}
+    return {"apiVersion": "h2ogpt.dev/v1alpha1", "kind": "H2oGPTDeployment", "metadata": {"name": name},
+            "spec": {"model": {"name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+                     "inference": {"engine": "llamacpp", "resources": resources, **inference},
+                     "retrieval": {"enabled": False}, "frontend": {"enabled": False},
+                     "openai": {"enabled": False}}}
+
+
+@pytest.mark.parametrize(
+    ("name", "inference", "reason", "words"),
+    [
+        ("no-such-image", {"image": "localhost/h2ogpt-platform/no-such-image:1"},
+         ("ImagePullBackOff", "ErrImagePull"), "localhost/h2ogpt-platform/no-such-image:1"),
+        ("crashes-at-start", {"extraArgs": ["--no_such_flag", "1"]}, ("CrashLoopBackOff",), "crash"),
+    ],
+)
+def test_status_names_what_stops_real_pods(
+    stack: Stack, name: str, inference: dict[str, Any], reason: tuple[str, ...], words: str
+) -> None:
+    manifest = _inference_only(name, **inference)
+    stack.cluster.kubectl("apply", "-n", stack.namespace, "-f", "-", input=json.dumps(manifest))
+    try:
+        def failing() -> dict[str, Any] | None:
+            cr = get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
+            found = condition(cr, "InferenceReady")
+            return found if found.get("reason") in reason else None
+
+        try:
+            seen = poll(failing, 240, f"InferenceReady naming {reason}", interval=1)
+        except AssertionError as error:
+            cr = get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
+            raise AssertionError(f"{error}; InferenceReady: {condition(cr, 'InferenceReady')}") from None
+        assert seen["status"] == "False"
+        assert words in seen["message"].lower() or words in seen["message"], seen
+    finally:
+        stack.cluster.kubectl("delete", "h2ogpt", name, "-n", stack.namespace, "--wait=false", check=False)
