@@ -616,7 +616,7 @@ state = "{root / 'state'}"
     def _kill_pod_processes(self) -> None:
         """Containers and their shims outlive containerd: kill every process in a k8s.io cgroup."""
         for _ in range(3):
-            pids = set()
+            pids: set[int] = set()
             for procs in Path("/sys/fs/cgroup").glob("*/k8s.io/**/cgroup.procs"):
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in procs.read_text().split())

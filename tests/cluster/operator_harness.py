@@ -11,21 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, condition, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
 SAMPLES = REPO / "crds" / "samples"
 LEASE_NAMESPACE = "default"
 
-T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -33,18 +30,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` and the last value seen."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def install_crd(cluster: Cluster) -> None:
@@ -66,13 +51,6 @@ def items(cluster: Cluster, kind: str, namespace: str, selector: str = "") -> li
     args = [kind, "-n", namespace] + (["-l", selector] if selector else [])
     found = get_json(cluster, *args)
     return list(found["items"]) if found else []
-
-
-def condition(cr: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
-    for cond in ((cr or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return dict(cond)
-    return None
 
 
 def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:

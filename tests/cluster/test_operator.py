@@ -176,6 +176,10 @@ def test_tgi_sample_builds_a_wired_stack_on_the_gpu_node(
     cache = get_json(cluster, "pvc", f"{name}-model-cache", "-n", namespace)
     assert cache is not None
     assert not cache["metadata"].get("ownerReferences"), "the model cache must outlive the CR"
+    if cluster.local.real_node:  # as root (make test): the real node brings the default StorageClass
+        # ...whose provisioner bound it (before the local cluster had one, it stayed Pending).
+        assert cache["status"]["phase"] == "Bound"
+        assert cache["spec"]["storageClassName"] == "local-path"
 
     config = get_json(cluster, "configmap", f"{name}-config", "-n", namespace)
     assert config is not None

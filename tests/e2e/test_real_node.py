@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from hack import realnode
-from tests.support.cluster import Cluster
-from tests.support.e2e import e2e_namespace, get_json, poll, port_forward
+from tests.support.cluster import Cluster, wait_for
+from tests.support.e2e import e2e_namespace, get_json, port_forward
 
 pytestmark = [pytest.mark.e2e]
 
@@ -78,7 +78,7 @@ def test_services_route_from_the_host_and_between_pods_by_dns_name(
     assert pod["status"]["podIP"].startswith("10.244.0.")
     cluster_ip = get_json(cluster, "svc", "web", "-n", node_namespace)["spec"]["clusterIP"]
     # From the host, through kube-proxy's rules for the ClusterIP.
-    answer = poll(lambda: _get(f"http://{cluster_ip}/"), 30, "the ClusterIP to answer from the host")
+    answer = wait_for(lambda: _get(f"http://{cluster_ip}/"), 30, "the ClusterIP to answer from the host")
     assert answer == "hello-from-a-real-pod\n"
     # From another pod, by the Service's DNS name (CoreDNS), through kube-proxy again.
     client = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
@@ -87,7 +87,7 @@ def test_services_route_from_the_host_and_between_pods_by_dns_name(
                   "command": ["sh", "-c", f"wget -qO- http://web.{node_namespace}.svc.cluster.local/ && "
                                           f"wget -qO- http://web.{node_namespace}.svc/"]}]}}
     apply(cluster, node_namespace, client)
-    poll(lambda: get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"]
+    wait_for(lambda: get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"]
          in ("Succeeded", "Failed"), 90, "the client pod to finish")
     logs = cluster.kubectl("logs", "client", "-n", node_namespace).stdout
     assert logs == "hello-from-a-real-pod\n" * 2, logs
@@ -137,11 +137,11 @@ def test_a_pvc_binds_through_the_default_storage_class_and_keeps_data(
                          "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}
 
     apply(cluster, node_namespace, claim, writer("first", "echo kept > /data/note"))
-    poll(lambda: phase(cluster, node_namespace, "first") == "Succeeded", 120, "the first pod to write")
+    wait_for(lambda: phase(cluster, node_namespace, "first") == "Succeeded", 120, "the first pod to write")
     assert get_json(cluster, "pvc", "data", "-n", node_namespace)["status"]["phase"] == "Bound"
     cluster.kubectl("delete", "pod", "first", "-n", node_namespace)
     apply(cluster, node_namespace, writer("second", "cat /data/note"))
-    poll(lambda: phase(cluster, node_namespace, "second") == "Succeeded", 120, "the second pod to read")
+    wait_for(lambda: phase(cluster, node_namespace, "second") == "Succeeded", 120, "the second pod to read")
     assert cluster.kubectl("logs", "second", "-n", node_namespace).stdout == "kept\n"
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +29,8 @@ from gradio_client import Client
 from h2ogpt_client import GradioClient
 
 from tests.e2e.conftest import record_timing
-from tests.support.cluster import Cluster
-from tests.support.e2e import (
-    CHART,
-    condition,
-    create_e2e_namespace,
-    diagnose,
-    get_json,
-    helm,
-    poll,
-    port_forward,
-)
+from tests.support.cluster import Cluster, condition, wait_for
+from tests.support.e2e import CHART, create_e2e_namespace, diagnose, get_json, helm, port_forward
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -72,13 +64,13 @@ class Stack:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         try:
-            return dict(poll(self._ready_cr, timeout, f"{self.name} Ready=True"))
+            return dict(wait_for(self._ready_cr, timeout, f"{self.name} Ready=True"))
         except AssertionError as error:
             raise AssertionError(f"{error}\n{diagnose(self.cluster, self.namespace)}") from None
 
     def _ready_cr(self) -> dict[str, Any] | None:
         cr = self.cr()
-        ready = condition(cr, "Ready")
+        ready = condition(cr, "Ready") or {}
         current = (cr.get("status") or {}).get("observedGeneration") == cr["metadata"]["generation"]
         return cr if ready.get("status") == "True" and current else None
 
@@ -178,8 +170,22 @@ def test_openai_examples_through_port_forward(stack: Stack) -> None:
         check_openai(f"http://127.0.0.1:{port}/v1", stack)
 
 
-def test_gradio_clients_through_the_cluster_ip(stack: Stack, tmp_path: Path) -> None:
-    host = stack.service_url("gradio", 7860)
+@contextmanager
+def gradio_host(stack: Stack, path: str) -> Iterator[str]:
+    if path == "cluster-ip":
+        yield stack.service_url("gradio", 7860)
+        return
+    with port_forward(stack.cluster, stack.namespace, f"svc/{stack.name}-gradio", 7860) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("path", ["cluster-ip", "port-forward"])
+def test_gradio_clients(stack: Stack, tmp_path: Path, path: str) -> None:
+    with gradio_host(stack, path) as host:
+        check_gradio_clients(stack, host, tmp_path)
+
+
+def check_gradio_clients(stack: Stack, host: str, tmp_path: Path) -> None:
     client = Client(host, verbose=False)
     answer = ast.literal_eval(client.predict(
         str({"instruction_nochat": "Who are you?", "h2ogpt_key": stack.api_key, "max_new_tokens": 24}),
@@ -221,14 +227,14 @@ def test_document_answers_and_survives_losing_the_weaviate_pod(stack: Stack) -> 
     pod = f"{stack.name}-weaviate-0"
     uid = get_json(stack.cluster, "pod", pod, "-n", stack.namespace)["metadata"]["uid"]
     stack.cluster.kubectl("delete", "pod", pod, "-n", stack.namespace, "--wait=true", "--timeout=120s")
-    poll(lambda: _pod_ready_with_new_uid(stack, pod, uid), 240, f"{pod} recreated and Ready")
+    wait_for(lambda: _pod_ready_with_new_uid(stack, pod, uid), 240, f"{pod} recreated and Ready")
     stack.wait_ready()
 
     def listed() -> bool:
         sources = Client(host, verbose=False).predict("UserData", stack.api_key, api_name="/get_sources_api")
         return source in str(sources)
 
-    poll(listed, 120, f"{source} listed again after Weaviate came back on its PVC", interval=3)
+    wait_for(listed, 120, f"{source} listed again after Weaviate came back on its PVC", interval=3)
 
 
 def _pod_ready_with_new_uid(stack: Stack, pod: str, old_uid: str) -> bool:
@@ -246,14 +252,14 @@ def _pod_ready_with_new_uid(stack: Stack, pod: str, old_uid: str) -> bool:
 def test_deleted_inference_pod_is_recreated_and_status_follows(stack: Stack) -> None:
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
     stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
-    seen = poll(lambda: _not_ready(stack), 60, "the CR to report the inference not Ready", interval=0.2)
+    seen = wait_for(lambda: _not_ready(stack), 60, "the CR to report the inference not Ready", interval=0.2)
     assert seen["reason"], seen
     stack.wait_ready()
 
 
 def _not_ready(stack: Stack) -> dict[str, Any] | None:
     inference = condition(stack.cr(), "InferenceReady")
-    return inference if inference.get("status") == "False" else None
+    return inference if inference and inference["status"] == "False" else None
 
 
 def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> None:
@@ -262,6 +268,7 @@ def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> N
         return str(lease["spec"].get("holderIdentity") or "") or None
 
     leader = holder()
+    assert leader is not None
     pods = get_json(stack.cluster, "pods", "-n", stack.operator_namespace,
                     "-l", "app.kubernetes.io/component=operator")["items"]
     assert len(pods) == 2
@@ -269,11 +276,11 @@ def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> N
     assert leader in {pod["metadata"]["name"] for pod in pods}
     stack.cluster.kubectl("delete", "pod", leader, "-n", stack.operator_namespace, "--grace-period=0",
                           "--force", "--wait=false")
-    poll(lambda: holder() not in (None, leader), 90, "another operator replica to take the Lease")
+    wait_for(lambda: holder() not in (None, leader), 90, "another operator replica to take the Lease")
     # An edit made after the handover is reconciled by the new leader.
     stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
                           "-p", '{"spec": {"generation": {"numAsync": 4}}}')
-    poll(lambda: _config_value(stack, "H2OGPT_NUM_ASYNC") == "4", 90, "the ConfigMap to carry numAsync 4")
+    wait_for(lambda: _config_value(stack, "H2OGPT_NUM_ASYNC") == "4", 90, "the ConfigMap to carry numAsync 4")
     stack.wait_ready()
 
 
@@ -289,9 +296,10 @@ def test_suspend_removes_inference_pods_keeps_volumes_and_resume_answers(stack: 
     stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
                           "-p", '{"spec": {"suspend": true}}')
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
-    poll(lambda: not get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"], 120,
+    wait_for(lambda: not get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"], 120,
          "the inference pods to be gone")
-    poll(lambda: condition(stack.cr(), "Ready").get("reason") == "Suspended", 60, "Ready=False Suspended")
+    wait_for(lambda: (condition(stack.cr(), "Ready") or {}).get("reason") == "Suspended", 60,
+             "Ready=False Suspended")
     pvcs = get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]
     assert {p["metadata"]["name"] for p in pvcs} == pvcs_before
     assert all(p["status"]["phase"] == "Bound" for p in pvcs)
@@ -333,10 +341,10 @@ def test_status_names_what_stops_real_pods(
         def failing() -> dict[str, Any] | None:
             cr = get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
             found = condition(cr, "InferenceReady")
-            return found if found.get("reason") in reason else None
+            return found if found and found["reason"] in reason else None
 
         try:
-            seen = poll(failing, 240, f"InferenceReady naming {reason}", interval=1)
+            seen = wait_for(failing, 240, f"InferenceReady naming {reason}", interval=1)
         except AssertionError as error:
             cr = get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
             raise AssertionError(f"{error}; InferenceReady: {condition(cr, 'InferenceReady')}") from None

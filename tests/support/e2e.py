@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,25 +78,6 @@ def e2e_namespace(cluster: Cluster, prefix: str, labels: dict[str, str] | None =
 
 def get_json(cluster: Cluster, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Call `check` until it returns something truthy; fail naming `what` and the last value seen."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
-
-
-def condition(cr: dict[str, Any], kind: str) -> dict[str, Any]:
-    for item in (cr.get("status") or {}).get("conditions") or []:
-        if item["type"] == kind:
-            return dict(item)
-    return {}
 
 
 def diagnose(cluster: Cluster, namespace: str) -> str:
