@@ -60,6 +60,8 @@ HELPER_IMAGE = "localhost/h2ogpt-platform/busybox:1"
 LOCAL_PATH_NAMESPACE = "local-path-storage"
 STORAGE_CLASS = "local-path"
 EGRESS_CHAIN = "H2OGPT-NODE-EGRESS"
+# iptables chains of the node: kube-proxy's, the CNI plugins', ours.
+OUR_CHAINS = r"(KUBE-|CNI-|H2OGPT-)"
 # Folders outside the node's own that containerd and the CNI plugins write to (the shims' sockets are
 # always under /run/containerd/s): what they add there is removed at `down`, and so are the folders
 # themselves when the node made them.
@@ -426,11 +428,9 @@ class RealNode:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             found.append(f"bridge {BRIDGE}")
         found += [f"link {link}" for link in self._new_links()]
-        for tool in ("iptables-save", "ip6tables-save"):
-            if shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists():
-                dump = _run(shutil.which(tool) or f"/usr/sbin/{tool}", check=False).stdout.decode()
-                found += [f"{tool[:-5]} chain {line[1:].split()[0]}" for line in dump.splitlines()
-                          if re.match(r":(KUBE-|CNI-|H2OGPT-)", line)]
+        for binary in _iptables_binaries():
+            found += [f"{Path(binary).name} chain {line.split()[0]}"
+                      for _, line in _iptables_save(binary, ":") if re.match(OUR_CHAINS, line)]
         found += [f"cgroup {top}" for top in Path("/sys/fs/cgroup").glob("*/k8s.io")]
         for path, kept in self._machine_paths_before().items():
             if Path(path).is_dir():
@@ -645,31 +645,16 @@ state = "{root / 'state'}"
                 _run("ip", "netns", "del", ns.name, check=False)
 
     def _remove_iptables_chains(self) -> None:
-        for tool in ("iptables", "ip6tables"):
-            binary = shutil.which(tool) or f"/usr/sbin/{tool}"
-            if not Path(binary).exists():
-                continue
-            # Jumps into our chains first, then the chains (kube-proxy's, the CNI plugins', ours).
-            dump = _run(f"{binary}-save", check=False).stdout.decode()
-            table = ""
-            for line in dump.splitlines():
-                if line.startswith("*"):
-                    table = line[1:]
-                elif line.startswith("-A ") and re.search(r"-j (KUBE-|CNI-|H2OGPT-)", line) \
-                        and not re.match(r"-A (KUBE-|CNI-|H2OGPT-)", line):
-                    _run(binary, "-t", table, "-D", *_split_rule(line[3:]), check=False)
-            dump = _run(f"{binary}-save", check=False).stdout.decode()
-            chains: dict[str, list[str]] = {}
-            for line in dump.splitlines():
-                if line.startswith("*"):
-                    table = line[1:]
-                elif line.startswith(":") and re.match(r":(KUBE-|CNI-|H2OGPT-)", line):
-                    chains.setdefault(table, []).append(line[1:].split()[0])
-            for table, names in chains.items():
-                for name in names:
-                    _run(binary, "-t", table, "-F", name, check=False)
-                for name in names:
-                    _run(binary, "-t", table, "-X", name, check=False)
+        for binary in _iptables_binaries():
+            # Jumps into our chains first, then the chains themselves.
+            for table, rule in _iptables_save(binary, "-A "):
+                if re.search(rf"-j {OUR_CHAINS}", rule) and not re.match(OUR_CHAINS, rule):
+                    _run(binary, "-t", table, "-D", *shlex.split(rule), check=False)
+            chains = [(table, line.split()[0]) for table, line in _iptables_save(binary, ":")
+                      if re.match(OUR_CHAINS, line)]
+            for flag in ("-F", "-X"):  # empty every chain before deleting any: they jump to each other
+                for table, name in chains:
+                    _run(binary, "-t", table, flag, name, check=False)
 
     def _unmount_under(self, root: Path) -> None:
         prefix = str(root.resolve())
@@ -733,8 +718,20 @@ def _owner_is_gone() -> bool:
     return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
-def _split_rule(rule: str) -> list[str]:
-    return shlex.split(rule)
+def _iptables_binaries() -> list[str]:
+    candidates = [shutil.which(tool) or f"/usr/sbin/{tool}" for tool in ("iptables", "ip6tables")]
+    return [binary for binary in candidates if Path(binary).exists()]
+
+
+def _iptables_save(binary: str, prefix: str) -> list[tuple[str, str]]:
+    """(table, line without `prefix`) for each line of `<binary>-save` that starts with `prefix`."""
+    table, lines = "", []
+    for line in _run(f"{binary}-save", check=False).stdout.decode().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(prefix):
+            lines.append((table, line[len(prefix):]))
+    return lines
 
 
 def _tail(path: Path, lines: int = 15) -> str:
