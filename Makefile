@@ -80,9 +80,10 @@ generate: install ## Regenerate the CRD from the pydantic models and copy it int
 # ---- quality ----------------------------------------------------------------------------
 
 .PHONY: lint
-lint: install ## ruff, mypy, and the chart's CRD copy in sync with crds/
+lint: install ## ruff, mypy, the import layer rules (lint-imports), and the chart's CRD copy in sync with crds/
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy api operator
+	@PYTHONPATH=api:operator $(VENV)/bin/lint-imports --no-cache
 	@bash hack/sync-chart-crds.sh --check
 
 .PHONY: chart-lint

@@ -87,12 +87,12 @@ async def serve(settings: Settings) -> None:
 
         apps: list[tuple[str, str, Any, int]] = []
         if settings.openai_server:
-            from h2ogpt_api.openai_app import create_app as create_openai_app  # noqa: PLC0415
+            from h2ogpt_api.openai_api.app import create_app as create_openai_app  # noqa: PLC0415
 
             apps.append(("OpenAI API", "/v1", create_openai_app(core, settings), settings.openai_port))
         if settings.gradio:
             try:
-                from h2ogpt_api.gradio_app import create_app as create_gradio_app  # noqa: PLC0415  # type: ignore[import-not-found,unused-ignore]
+                from h2ogpt_api.gradio_api.app import create_app as create_gradio_app  # noqa: PLC0415  # type: ignore[import-not-found,unused-ignore]
             except ImportError as exc:
                 raise SystemExit(
                     f"h2ogpt-api: the Gradio app cannot be loaded ({exc}); "

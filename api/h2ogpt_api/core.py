@@ -154,7 +154,6 @@ class _Usage:
     completion_tokens: int = 0
     finish_reason: FinishReason = "stop"
     last_prompt: str = ""
-    calls: int = field(default=0)
 
 
 class Core:
@@ -412,7 +411,6 @@ class Core:
                         usage.prompt_tokens += event.prompt_tokens
                         usage.completion_tokens += event.completion_tokens
                         usage.finish_reason = event.finish_reason
-                        usage.calls += 1
                     else:
                         yield event
         except BackendError as exc:

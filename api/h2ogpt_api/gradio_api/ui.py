@@ -1,8 +1,5 @@
-"""The Blocks layout: the chat UI a person uses, and h2oGPT's `api_name`s for clients.
-
-The API events hang off hidden components, with h2oGPT's visible inputs and outputs, so that
-`gradio_client` sees the same endpoint signatures as on an h2oGPT server. The UI's own events
-are private (not part of the API); they call the same core.
+"""The chat UI a person uses: a collection picker, Query / Summarize / Extract, documents, the
+chat. Its events are private (not part of the API) and call `GradioService` with typed values.
 """
 
 from __future__ import annotations
@@ -11,15 +8,13 @@ import ast
 import contextlib
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
-from h2ogpt_api.core import Completed, GenerationResult, TextDelta
+from h2ogpt_api.core import Completed, GenerationResult, InvalidRequestError, TextDelta
+from h2ogpt_api.gradio_api.service import Caller, GradioService, failure_message
 from h2ogpt_api.params import GenerationParams
-
-if TYPE_CHECKING:
-    from h2ogpt_api.gradio_app import GradioService
 
 ACTIONS = ["Query", "Summarize", "Extract"]
 UPLOAD_TYPES = [".pdf", ".txt", ".md", ".html", ".htm"]
@@ -29,6 +24,8 @@ THEME_CSS = """
 """
 # The UI redraws the whole answer on each update; a few updates a second reads as streaming.
 UI_STREAM_INTERVAL_S = 0.05
+# h2oGPT's default chunk size for documents added from the UI.
+DEFAULT_CHUNK_SIZE = 512
 Pairs = list[tuple[str, str]]
 
 
@@ -65,14 +62,14 @@ def sources_markdown(result: GenerationResult) -> str:
     return "\n".join(lines)
 
 
-def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one layout, read top to bottom)
+def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR0915 (one layout, read top to bottom)
+    """The UI's components and events, inside `blocks` (which the app opens)."""
     settings = service.settings
     model = service.core.model_names()[0]
     document_modes = settings.document_modes if service.core.documents is not None else []
     modes = [mode for mode in settings.langchain_modes if mode in document_modes or mode == "LLM"] or ["LLM"]
     default_mode = settings.langchain_mode if settings.langchain_mode in modes else modes[0]
 
-    blocks = gr.Blocks(title="h2oGPT", analytics_enabled=False)
     with blocks:
         gr.Markdown("# h2oGPT", elem_id="h2ogpt-header")
         gr.Markdown(
@@ -132,7 +129,7 @@ def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one lay
             yield chat_messages(turns), history, "", ""
             pieces: list[str] = []
             try:
-                identity = service.identity(request, api_key or None)
+                identity = service.identity(Caller.of(request), api_key or None)
                 params = GenerationParams(
                     instruction=message,
                     langchain_mode=mode,
@@ -142,7 +139,7 @@ def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one lay
                     chat_conversation=history if act == "Query" else [],
                 )
                 last = time.monotonic()
-                async with contextlib.aclosing(service.core.stream(params, identity)) as events:
+                async with contextlib.aclosing(service.stream(params, identity)) as events:
                     async for event in events:
                         if isinstance(event, TextDelta):
                             pieces.append(event.text)
@@ -155,18 +152,17 @@ def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one lay
                             turns[-1] = (shown, answer)
                             yield chat_messages(turns), turns, "", sources_markdown(event.result)
             except Exception as exc:  # shown in the chat, the session goes on
-                from h2ogpt_api.gradio_app import failure_message  # noqa: PLC0415
-
                 turns[-1] = (shown, "".join(pieces) + f"\n\n**Error:** {failure_message(exc)}")
                 yield chat_messages(turns), turns, "", ""
 
         async def list_sources(mode: str, api_key: str, request: gr.Request) -> str:
             if mode not in document_modes:
                 return ""
-            text = await service.get_sources(mode, api_key or None, request)
-            listed = ast.literal_eval(text)
-            if isinstance(listed, dict):
-                return f"Error: {listed['error']}"
+            try:
+                identity = service.identity(Caller.of(request), api_key or None)
+                listed = await service.list_sources(mode, identity)
+            except Exception as exc:  # shown in the panel, the session goes on
+                return f"Error: {failure_message(exc)}"
             return "\n".join(listed) if listed else "(no documents yet)"
 
         async def upload_files(
@@ -174,20 +170,28 @@ def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one lay
         ) -> tuple[str, str]:
             if not paths:
                 return "", await list_sources(mode, api_key, request)
-            _, _, sources, error, _, _ = await service.add_file(
-                paths, mode, True, 512, True, h2ogpt_key=api_key or None, request=request
-            )
-            return (f"**Error:** {error}" if error else f"Added {len(paths)} file(s) to {mode}."), sources
+            try:
+                identity = service.identity(Caller.of(request), api_key or None)
+                await service.add_uploaded_files(paths, mode, identity, DEFAULT_CHUNK_SIZE)
+            except Exception as exc:
+                return f"**Error:** {failure_message(exc)}", await list_sources(mode, api_key, request)
+            return f"Added {len(paths)} file(s) to {mode}.", await list_sources(mode, api_key, request)
 
         async def add_url_ui(
             address: str, mode: str, api_key: str, request: gr.Request
         ) -> tuple[str, str, str]:
-            _, _, sources, error, source, _ = await service.add_url(
-                address, mode, True, 512, True, h2ogpt_key=api_key or None, request=request
-            )
-            if error:
-                return f"**Error:** {error}", address, await list_sources(mode, api_key, request)
-            return f"Added `{source}` to {mode}.", "", sources
+            try:
+                if not address.strip():
+                    raise InvalidRequestError("enter a URL first", param="url")
+                identity = service.identity(Caller.of(request), api_key or None)
+                results = await service.add_urls([address.strip()], mode, identity, DEFAULT_CHUNK_SIZE)
+            except Exception as exc:  # shown beside the field, which keeps what was typed
+                return (
+                    f"**Error:** {failure_message(exc)}",
+                    address,
+                    await list_sources(mode, api_key, request),
+                )
+            return f"Added `{results[-1].source}` to {mode}.", "", await list_sources(mode, api_key, request)
 
         chat_inputs = [prompt, pairs, collection, action, top_k, key]
         chat_outputs = [chatbot, pairs, prompt, sources_view]
@@ -203,88 +207,3 @@ def build_blocks(service: GradioService) -> gr.Blocks:  # noqa: PLR0915 (one lay
         refresh_button.click(list_sources, [collection, key], [sources_list], **private)
         collection.change(list_sources, [collection, key], [sources_list], **private)
         blocks.load(list_sources, [collection, key], [sources_list], **private)
-
-        _api_endpoints(service)
-    return blocks
-
-
-def _api_endpoints(service: GradioService) -> None:
-    """h2oGPT's api_names, on hidden components with its visible inputs and outputs."""
-    public: dict[str, Any] = {"api_visibility": "public"}
-    with gr.Column(visible=False):
-        trigger = gr.Button("api")
-        request_text = gr.Textbox(label="str(dict) of parameters")
-        response_text = gr.Textbox(label="str(dict) of the answer")
-        trigger.click(
-            service.submit_nochat, [request_text], [response_text], api_name="submit_nochat_api", **public
-        )
-        trigger.click(
-            service.submit_nochat_plain,
-            [request_text],
-            [response_text],
-            api_name="submit_nochat_plain_api",
-            queue=False,
-            **public,
-        )
-        models_text = gr.Textbox(label="str(list) of model dicts")
-        trigger.click(service.model_names, None, [models_text], api_name="model_names", **public)
-
-        upload_file = gr.File(label="file to upload", type="filepath")
-        local_name = gr.Textbox(label="file name")
-        server_path = gr.Textbox(label="server path, for /add_file_api")
-        trigger.click(
-            service.upload, [upload_file], [local_name, server_path], api_name="upload_api", **public
-        )
-
-        content = gr.Textbox(label="text, URL or server path (or a list of them)")
-        mode = gr.Textbox(label="langchain_mode")
-        chunk = gr.Checkbox(label="chunk", value=True)
-        chunk_size = gr.Number(label="chunk_size", value=512, precision=0)
-        embed = gr.Checkbox(label="embed", value=True)
-        loaders = [
-            gr.JSON(label=name)
-            for name in (
-                "image_audio_loaders",
-                "pdf_loaders",
-                "url_loaders",
-                "jq_schema",
-                "extract_frames",
-                "llava_prompt",
-            )
-        ]
-        key = gr.Textbox(label="h2ogpt_key")
-        add_inputs = [content, mode, chunk, chunk_size, embed, *loaders, key]
-        add_outputs = [
-            gr.Textbox(label="unused (None)"),
-            gr.Textbox(label="langchain_mode"),
-            gr.Textbox(label="sources"),
-            gr.Textbox(label="error, or empty"),
-            gr.Textbox(label="last source added"),
-            gr.Textbox(label="str(list) of what was added"),
-        ]
-        trigger.click(service.add_file, add_inputs, add_outputs, api_name="add_file_api", **public)
-        trigger.click(service.add_url, add_inputs, add_outputs, api_name="add_url", **public)
-        trigger.click(service.add_text, add_inputs, add_outputs, api_name="add_text", **public)
-
-        listing = gr.Textbox(label="str(list) of sources")
-        trigger.click(service.get_sources, [mode, key], [listing], api_name="get_sources_api", **public)
-        document_choice = gr.JSON(label="document_choice: source names, or ['All']")
-        trigger.click(
-            service.delete_sources,
-            [document_choice, mode, key],
-            [listing],
-            api_name="delete_sources",
-            **public,
-        )
-        document_name = gr.Textbox(label="source name")
-        view_raw_text = gr.Checkbox(label="view_raw_text", value=True)
-        text_context_list = gr.JSON(label="text_context_list")
-        pdf_height = gr.Number(label="pdf_height", value=1000)
-        document_text = gr.Textbox(label="str(dict(contents=[...], metadatas=[...]))")
-        trigger.click(
-            service.get_document,
-            [mode, document_name, view_raw_text, text_context_list, pdf_height, key],
-            [document_text],
-            api_name="get_document_api",
-            **public,
-        )

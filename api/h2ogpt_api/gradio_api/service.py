@@ -1,0 +1,181 @@
+"""What the Gradio side can do, as typed calls over the `Core`: who is asking, generation, model
+listing, documents. The UI (`ui.py`) and h2oGPT's api_names (`endpoints.py`) both call this; only
+the api_names speak h2oGPT's `str(dict)` wire format.
+
+Who is asking: a Gradio login when the server has users or closed access; otherwise an anonymous
+session, whose personal collection (MyData) is scoped to its Gradio session, as h2oGPT scopes it.
+Callers without a session (the REST route) are the guest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from h2ogpt_api.auth import Authenticator, AuthError
+from h2ogpt_api.core import Core, GenerationEvent, InvalidRequestError
+from h2ogpt_api.errors import as_api_error
+from h2ogpt_api.params import GenerationParams
+from h2ogpt_api.retrieval.base import AddResult, DocumentStore, Hit, Identity
+from h2ogpt_api.settings import NO_DOCUMENT_MODES, Settings
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The Gradio facts about who is asking: the login name, if any, and the browser session."""
+
+    username: str | None = None
+    session: str | None = None
+
+    @classmethod
+    def of(cls, request: gr.Request | None) -> Caller:
+        if request is None:
+            return cls()
+        username = getattr(request, "username", None)
+        session = getattr(request, "session_hash", None)
+        return cls(str(username) if username else None, str(session) if session else None)
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a person or h2oGPT client is told when a call fails (the OpenAI error's message)."""
+    return as_api_error(exc).message
+
+
+def failure_status(exc: BaseException) -> str:
+    return str(as_api_error(exc).status)
+
+
+class GradioService:
+    """The Gradio side's operations, holding the core, the settings and the authenticator."""
+
+    def __init__(self, core: Core, settings: Settings) -> None:
+        self.core = core
+        self.settings = settings
+        self.auth = Authenticator(settings)
+        self.upload_dir = Path(gr.utils.get_upload_folder()).resolve()
+
+    # -- who is asking ---------------------------------------------------------------------------
+
+    @property
+    def login_required(self) -> bool:
+        """Gradio's login page is on when users are configured or access is closed."""
+        return self.settings.auth_access == "closed" or bool(self.settings.auth.strip())
+
+    def check_login(self, username: str, password: str) -> bool:
+        """Gradio's `auth` callable: known users, or (open access) a new name registers."""
+        if not username or ":" in username:
+            return False
+        try:
+            self.auth.identify(f"{username}:{password}")
+        except AuthError:
+            return False
+        return True
+
+    def identity(self, caller: Caller, key: str | None, *, check_key: bool = True) -> Identity:
+        if check_key:
+            self.auth.check_key(None, key)
+        if caller.username:
+            return Identity(username=caller.username, authenticated=True)
+        if self.settings.auth_access == "closed":
+            raise AuthError("access is closed on this server: log in first")
+        guest = self.settings.guest_name or "guest"
+        # An anonymous session's MyData is its own scratch space (h2oGPT's behaviour).
+        return Identity(username=f"{guest}-session-{caller.session}" if caller.session else guest)
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def stream(self, params: GenerationParams, identity: Identity) -> AsyncGenerator[GenerationEvent, None]:
+        return self.core.stream(params, identity)
+
+    def model_names(self, caller: Caller) -> list[dict[str, Any]]:
+        """The served models (refused when access is closed and nobody logged in, as h2oGPT does)."""
+        self.identity(caller, None, check_key=False)
+        return self.core.model_names()
+
+    # -- documents -------------------------------------------------------------------------------
+
+    def document_store(self, mode: object) -> tuple[DocumentStore, str]:
+        """The store and the collection name for a `langchain_mode`, or a 400 saying why not."""
+        if not isinstance(mode, str) or not mode:
+            raise InvalidRequestError(
+                "langchain_mode must name a collection, e.g. 'MyData'", param="langchain_mode"
+            )
+        offered = self.settings.langchain_modes
+        if mode not in offered:
+            raise InvalidRequestError(
+                f"langchain_mode {mode!r} is not offered by this server; choose one of {offered}",
+                param="langchain_mode",
+            )
+        if mode in NO_DOCUMENT_MODES:
+            raise InvalidRequestError(
+                f"langchain_mode {mode!r} holds no documents; choose one of {self.settings.document_modes}",
+                param="langchain_mode",
+            )
+        if self.core.documents is None:
+            raise InvalidRequestError("this server runs without a document store", param="langchain_mode")
+        return self.core.documents, mode
+
+    async def add_texts(
+        self, texts: list[str], mode: str, identity: Identity, chunk_size: int
+    ) -> list[AddResult]:
+        store, collection = self.document_store(mode)
+        return [
+            await store.add_text(text, collection=collection, identity=identity, chunk_size=chunk_size)
+            for text in texts
+        ]
+
+    async def add_urls(
+        self, urls: list[str], mode: str, identity: Identity, chunk_size: int
+    ) -> list[AddResult]:
+        store, collection = self.document_store(mode)
+        return [
+            await store.add_url(url, collection=collection, identity=identity, chunk_size=chunk_size)
+            for url in urls
+        ]
+
+    async def add_uploaded_files(
+        self, paths: list[str], mode: str, identity: Identity, chunk_size: int
+    ) -> list[AddResult]:
+        store, collection = self.document_store(mode)
+        return [
+            await store.add_file(
+                str(self.uploaded_path(path)),
+                collection=collection,
+                identity=identity,
+                chunk_size=chunk_size,
+                source=Path(path).name,
+            )
+            for path in paths
+        ]
+
+    def uploaded_path(self, path: str) -> Path:
+        """Only files uploaded through Gradio may be ingested: never an arbitrary server path."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.upload_dir):
+            raise InvalidRequestError(
+                f"{Path(path).name}: not an uploaded file; upload it with /upload_api first "
+                "and pass the server path it returns"
+            )
+        return resolved
+
+    async def list_sources(self, mode: str, identity: Identity) -> list[str]:
+        store, collection = self.document_store(mode)
+        return await store.list_sources(collection=collection, identity=identity)
+
+    async def delete_sources(self, names: list[str], mode: str, identity: Identity) -> list[str]:
+        """Delete the named sources (`All` for every one); the sources left."""
+        store, collection = self.document_store(mode)
+        return await store.delete_sources(names, collection=collection, identity=identity)
+
+    async def document_chunks(self, source: str, mode: str, identity: Identity) -> list[Hit]:
+        store, collection = self.document_store(mode)
+        if not source:
+            raise InvalidRequestError("the document name must be a non-empty string")
+        hits = await store.get_document(source, collection=collection, identity=identity)
+        if not hits:
+            raise InvalidRequestError(f"no document named {source!r} in {collection}")
+        return hits

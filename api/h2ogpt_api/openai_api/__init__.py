@@ -1,0 +1,1 @@
+"""The OpenAI-compatible front door: protocol models, streaming, routes, the app factory."""

@@ -1,0 +1,115 @@
+"""The OpenAI-compatible FastAPI app: `/v1/*` routes, the shared ops routes, OpenAI-shaped errors
+for every failure, and request metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+
+from h2ogpt_api import metrics
+from h2ogpt_api.auth import AuthError
+from h2ogpt_api.backends.base import BackendError
+from h2ogpt_api.core import Core, EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
+from h2ogpt_api.errors import ApiError, as_api_error
+from h2ogpt_api.openai_api.routes import OpenAIRoutes
+from h2ogpt_api.openai_api.streaming import ASGIApp, Receive, Scope, Send
+from h2ogpt_api.ops import ops_router
+from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
+from h2ogpt_api.settings import Settings
+
+log = logging.getLogger("h2ogpt_api.openai")
+
+
+def create_app(core: Core, settings: Settings) -> FastAPI:
+    """The OpenAI-compatible FastAPI app over `core`."""
+    routes = OpenAIRoutes(core, settings)
+    app = FastAPI(title="h2oGPT OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.routes = routes
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return ApiError(
+            400, f"invalid parameter {param}: {first['msg']}", param=param, code="invalid_parameter"
+        ).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, str(exc.detail), type_=type_).response()
+
+    async def _mapped_error(_: Request, exc: Exception) -> Response:
+        return as_api_error(exc).response()
+
+    for expected in (
+        AuthError,
+        BackendError,
+        DocumentError,
+        DocumentStoreUnavailableError,
+        EmbeddingsUnavailableError,
+        InvalidRequestError,
+        QueueFullError,
+        ValidationError,
+    ):
+        app.add_exception_handler(expected, _mapped_error)
+
+    @app.exception_handler(Exception)
+    async def _any_error(_: Request, exc: Exception) -> Response:
+        log.error("unhandled error: %r", exc)
+        return as_api_error(exc).response()
+
+    routes.add_to(app)
+    app.include_router(ops_router())
+    app.add_middleware(MetricsMiddleware, routes=app.router.routes)
+    return app
+
+
+class MetricsMiddleware:
+    """Requests by route template and status, their duration (streams to the end) and in-flight count."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    def route_of(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "unmatched"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.route_of(scope)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        in_flight = metrics.IN_FLIGHT.labels(route=route)
+        in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            in_flight.dec()
+            metrics.REQUESTS.labels(route=route, status=str(status)).inc()
+            metrics.REQUEST_DURATION.labels(route=route).observe(time.perf_counter() - started)

@@ -1,0 +1,333 @@
+"""The OpenAI routes: read and validate the body, authenticate, turn the request into
+`GenerationParams`, call the core, shape the answer. Failures before the first token get their
+HTTP status; a failure after it is one `data: {"error": ...}` event, then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+
+from h2ogpt_api import metrics
+from h2ogpt_api.auth import Authenticator
+from h2ogpt_api.core import Core, GenerationEvent, GenerationResult
+from h2ogpt_api.errors import ApiError, as_api_error, validation_error
+from h2ogpt_api.openai_api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    chat_to_h2ogpt,
+    encode_vector,
+    new_id,
+    params_from_openai,
+    stream_usage,
+    sum_usage,
+    usage_of,
+)
+from h2ogpt_api.openai_api.streaming import DONE, ChunkWriter, EventStream, relay, sse, start_stream
+from h2ogpt_api.retrieval.base import Identity
+from h2ogpt_api.settings import Settings
+
+log = logging.getLogger("h2ogpt_api.openai")
+
+
+class OpenAIRoutes:
+    """The `/v1/*` handlers, holding the core, the settings and the authenticator."""
+
+    def __init__(self, core: Core, settings: Settings) -> None:
+        self.core = core
+        self.settings = settings
+        self.auth = Authenticator(settings)
+        self.created = int(time.time())
+
+    # -- request plumbing --------------------------------------------------------------------
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        limit = self.settings.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(
+                413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"request body is over the limit of {limit} bytes", code="body_too_large")
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+        return data
+
+    def identity(self, request: Request, body_key: str | None, user: str | None) -> Identity:
+        bearer = _bearer(request)
+        self.auth.check_key(bearer, body_key)
+        return self.auth.identify(user)
+
+    def check_model(self, model: str | None) -> str:
+        """The model that will answer: the one asked for, or (h2oGPT's behaviour, on by default
+        with --model_fallback) the served model when the name is unknown; the response names it."""
+        known = [entry["base_model"] for entry in self.core.model_names()]
+        if model is None or model in known or self.settings.model_fallback:
+            return model if model is not None and model in known else known[0]
+        raise ApiError(
+            404,
+            f"model {model!r} is not served here; available: {known}",
+            type_="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = ChatCompletionRequest.model_validate(await self.read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        identity = self.identity(request, body.h2ogpt_key, body.user)
+        model = self.check_model(body.model)
+        params = params_from_openai(body, chat_to_h2ogpt(body.messages))
+        route = "/v1/chat/completions"
+        if not body.stream:
+            result = await self.core.complete(params, identity)
+            _observe_result(route, result, started)
+            return JSONResponse(
+                {
+                    "id": new_id("chatcmpl"),
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": result.response},
+                            "logprobs": None,
+                            "finish_reason": result.finish_reason,
+                        }
+                    ],
+                    "usage": usage_of(result),
+                }
+            )
+        envelope = {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events, first = await start_stream(self.core.stream(params, identity))
+        metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - started)
+        writer = ChunkWriter(envelope, "delta", 0)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            # Fewer, larger writes: the role chunk leaves with the first text, and the final
+            # chunk, the usage and [DONE] leave together (one write each instead of three).
+            pending = sse(
+                {
+                    **envelope,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+            async for result in relay(events, first, writer):
+                if isinstance(result, bytes):
+                    yield pending + result if pending else result
+                    pending = b""
+                    continue
+                _observe_result(route, result, started)
+                pending += sse(
+                    {
+                        **envelope,
+                        "choices": [
+                            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": result.finish_reason}
+                        ],
+                    }
+                )
+                if include_usage:
+                    pending += sse({**envelope, "choices": [], "usage": stream_usage(result)})
+            yield pending + DONE
+
+        return EventStream(chunks())
+
+    async def completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = CompletionRequest.model_validate(await self.read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        identity = self.identity(request, body.h2ogpt_key, body.user)
+        model = self.check_model(body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise ApiError(400, "prompt must not be an empty list", param="prompt", code="invalid_parameter")
+        all_params = [params_from_openai(body, {"instruction": text}) for text in prompts]
+        route = "/v1/completions"
+        if not body.stream:
+            results = [await self.core.complete(params, identity) for params in all_params]
+            for result in results:
+                _observe_result(route, result, started)
+            return JSONResponse(
+                {
+                    "id": new_id("cmpl"),
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": index,
+                            "text": result.response,
+                            "logprobs": None,
+                            "finish_reason": result.finish_reason,
+                        }
+                        for index, result in enumerate(results)
+                    ],
+                    "usage": sum_usage(results),
+                }
+            )
+        envelope = {
+            "id": new_id("cmpl"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events, first = await start_stream(self.core.stream(all_params[0], identity))
+        metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - started)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            results: list[GenerationResult] = []
+            current: tuple[AsyncGenerator[GenerationEvent, None], GenerationEvent] | None = (events, first)
+            for index, params in enumerate(all_params):
+                if current is None:
+                    try:
+                        current = await start_stream(self.core.stream(params, identity))
+                    except Exception as exc:
+                        yield as_api_error(exc).sse_event()
+                        break
+                async for result in relay(*current, ChunkWriter(envelope, "text", index)):
+                    if isinstance(result, bytes):
+                        yield result
+                        continue
+                    results.append(result)
+                    _observe_result(route, result, started)
+                    yield sse(
+                        {
+                            **envelope,
+                            "choices": [
+                                {
+                                    "index": index,
+                                    "text": "",
+                                    "logprobs": None,
+                                    "finish_reason": result.finish_reason,
+                                }
+                            ],
+                        }
+                    )
+                if len(results) <= index:
+                    break  # the stream failed; its error event is out
+                current = None
+            tail = DONE
+            if include_usage and results:
+                usage = sum_usage(results, extras=any(result.sources for result in results))
+                tail = sse({**envelope, "choices": [], "usage": usage}) + DONE
+            yield tail
+
+        return EventStream(chunks())
+
+    async def list_models(self, request: Request) -> Response:
+        self.auth.check_key(_bearer(request), None)
+        self.auth.require_listing_access(_bearer(request))
+        return JSONResponse(
+            {"object": "list", "data": [self._model_card(entry) for entry in self.core.model_names()]}
+        )
+
+    async def retrieve_model(self, request: Request) -> Response:
+        self.auth.check_key(_bearer(request), None)
+        self.auth.require_listing_access(_bearer(request))
+        name = request.path_params["model"]
+        for entry in self.core.model_names():
+            if entry["base_model"] == name:
+                return JSONResponse(self._model_card(entry))
+        raise ApiError(404, f"model {name!r} is not served here", param="model", code="model_not_found")
+
+    def _model_card(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": entry["base_model"],
+            "object": "model",
+            "created": self.created,
+            "owned_by": "h2ogpt-platform",
+            **entry,
+        }
+
+    async def embeddings(self, request: Request) -> Response:
+        try:
+            body = EmbeddingRequest.model_validate(await self.read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        self.identity(request, body.h2ogpt_key, body.user)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not text for text in texts):
+            raise ApiError(
+                400,
+                "input must be a non-empty string or a list of non-empty strings",
+                param="input",
+                code="invalid_parameter",
+            )
+        embedder = await self.core.embedder()
+        vectors = await embedder.embed(texts)
+        data = [
+            {"object": "embedding", "index": index, "embedding": encode_vector(vector, body.encoding_format)}
+            for index, vector in enumerate(vectors)
+        ]
+        count = getattr(embedder, "count_tokens", None)
+        tokens = sum(count(text) for text in texts) if callable(count) else 0
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": embedder.model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    def add_to(self, app: FastAPI) -> None:
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/models", self.list_models, methods=["GET"])
+        app.add_api_route("/v1/models/{model:path}", self.retrieve_model, methods=["GET"])
+        app.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"])
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _observe_result(route: str, result: GenerationResult, started: float) -> None:
+    metrics.GENERATED_TOKENS.labels(route=route).inc(result.ntokens)
+    log.info(
+        "generated route=%s prompt_tokens=%d tokens=%d seconds=%.3f",
+        route,
+        result.num_prompt_tokens,
+        result.ntokens,
+        time.perf_counter() - started,
+    )

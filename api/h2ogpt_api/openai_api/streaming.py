@@ -1,0 +1,132 @@
+"""Server-sent events for the OpenAI routes: pre-serialized chunks, the response class, and the
+relay from core events to SSE bytes (a failure after the first byte is one error event)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.responses import StreamingResponse
+
+from h2ogpt_api.core import Completed, GenerationEvent, GenerationResult, TextDelta
+from h2ogpt_api.errors import as_api_error
+
+log = logging.getLogger("h2ogpt_api.openai")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ChunkWriter:
+    """Pre-serialized chunk envelopes: per token only the text is JSON-encoded (the hot path)."""
+
+    def __init__(self, envelope: dict[str, Any], choice_key: str, index: int) -> None:
+        marker = "\u0000TEXT\u0000"
+        choice: dict[str, Any] = {"index": index, choice_key: marker, "logprobs": None, "finish_reason": None}
+        if choice_key == "delta":
+            choice["delta"] = {"content": marker}
+        text = json.dumps({**envelope, "choices": [choice]}, separators=(",", ":"))
+        quoted_marker = json.dumps(marker)
+        self._head, self._tail = text.split(quoted_marker)
+        self._head = "data: " + self._head
+        self._tail += "\n\n"
+
+    def text(self, piece: str) -> bytes:
+        return (self._head + json.dumps(piece) + self._tail).encode()
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events with less per-request machinery than Starlette's StreamingResponse.
+
+    Starlette watches for a client disconnect with an anyio task group and cancel scopes,
+    and ends every stream with an extra empty write. Here one plain asyncio task waits for
+    the disconnect and cancels the stream (closing the body, so the upstream generation
+    stops too), and the body's last piece, which always ends with `data: [DONE]`, goes out
+    in one write together with the end of the chunked response.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        disconnected = False
+
+        async def cancel_on_disconnect() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            if streaming is not None:
+                streaming.cancel()
+
+        watcher = asyncio.create_task(cancel_on_disconnect())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not disconnected or streaming is None:
+                raise
+            streaming.uncancel()  # the client left: a normal end for this response
+        finally:
+            watcher.cancel()
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async with contextlib.aclosing(self.events) as events:
+            async for chunk in events:
+                last = chunk.endswith(DONE)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def start_stream(
+    events: AsyncGenerator[GenerationEvent, None],
+) -> tuple[AsyncGenerator[GenerationEvent, None], GenerationEvent]:
+    """Wait for the first event, so that a failure before any output gets its HTTP status."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    return events, first
+
+
+async def relay(
+    events: AsyncGenerator[GenerationEvent, None], first: GenerationEvent, writer: ChunkWriter
+) -> AsyncGenerator[bytes | GenerationResult, None]:
+    """SSE bytes for each text delta and, last, the result; a failure becomes one error event."""
+    async with contextlib.aclosing(events):
+        event: GenerationEvent | None = first
+        try:
+            while event is not None:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        yield writer.text(event.text)
+                elif isinstance(event, Completed):
+                    yield event.result
+                    return
+                event = await anext(events, None)
+        except Exception as exc:
+            error = as_api_error(exc)
+            log.warning("stream failed after it started: %s", error.message)
+            yield error.sse_event()
