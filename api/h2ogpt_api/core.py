@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from h2ogpt_api import mapreduce, metrics, prompts

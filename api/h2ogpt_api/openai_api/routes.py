@@ -5,6 +5,7 @@ HTTP status; a failure after it is one `data: {"error": ...}` event, then `[DONE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -147,22 +148,28 @@ class OpenAIRoutes:
                     ],
                 }
             )
-            async for result in relay(events, first, writer):
-                if isinstance(result, bytes):
-                    yield pending + result if pending else result
-                    pending = b""
-                    continue
-                _observe_result(route, result, started)
-                pending += sse(
-                    {
-                        **envelope,
-                        "choices": [
-                            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": result.finish_reason}
-                        ],
-                    }
-                )
-                if include_usage:
-                    pending += sse({**envelope, "choices": [], "usage": stream_usage(result)})
+            async with contextlib.aclosing(relay(events, first, writer)) as relayed:
+                async for result in relayed:
+                    if isinstance(result, bytes):
+                        yield pending + result if pending else result
+                        pending = b""
+                        continue
+                    _observe_result(route, result, started)
+                    pending += sse(
+                        {
+                            **envelope,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "delta": {},
+                                    "logprobs": None,
+                                    "finish_reason": result.finish_reason,
+                                }
+                            ],
+                        }
+                    )
+                    if include_usage:
+                        pending += sse({**envelope, "choices": [], "usage": stream_usage(result)})
             yield pending + DONE
 
         return EventStream(chunks())
@@ -222,25 +229,28 @@ class OpenAIRoutes:
                     except Exception as exc:
                         yield as_api_error(exc).sse_event()
                         break
-                async for result in relay(*current, ChunkWriter(envelope, "text", index)):
-                    if isinstance(result, bytes):
-                        yield result
-                        continue
-                    results.append(result)
-                    _observe_result(route, result, started)
-                    yield sse(
-                        {
-                            **envelope,
-                            "choices": [
-                                {
-                                    "index": index,
-                                    "text": "",
-                                    "logprobs": None,
-                                    "finish_reason": result.finish_reason,
-                                }
-                            ],
-                        }
-                    )
+                async with contextlib.aclosing(
+                    relay(*current, ChunkWriter(envelope, "text", index))
+                ) as relayed:
+                    async for result in relayed:
+                        if isinstance(result, bytes):
+                            yield result
+                            continue
+                        results.append(result)
+                        _observe_result(route, result, started)
+                        yield sse(
+                            {
+                                **envelope,
+                                "choices": [
+                                    {
+                                        "index": index,
+                                        "text": "",
+                                        "logprobs": None,
+                                        "finish_reason": result.finish_reason,
+                                    }
+                                ],
+                            }
+                        )
                 if len(results) <= index:
                     break  # the stream failed; its error event is out
                 current = None
