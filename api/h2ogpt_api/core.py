@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +110,18 @@ class Completed:
     result: GenerationResult
 
 
-GenerationEvent = TextDelta | Completed
+@dataclass(frozen=True)
+class Progress:
+    """How far the map step of a Summarize or Extract is: `done` of `total` calls (0 of 0 before
+    the first call ends). Sent when a call ends and, while none does, every `--keepalive_seconds`,
+    so a UI can say "part 3 of 10" and an idle proxy does not cut a long stream."""
+
+    action: str
+    done: int
+    total: int
+
+
+GenerationEvent = TextDelta | Progress | Completed
 
 
 def sources_text(hits: Sequence[Hit]) -> str:
@@ -240,15 +251,25 @@ class Core:
                         yield delta
             elif params.langchain_action == "Summarize":
                 hits = await self._parts(params, identity, mode)
-                texts = await mapreduce.map_summaries(
-                    [hit.content for hit in hits],
-                    lambda text: prompts.summary_prompt(
-                        text, params.instruction, params.pre_prompt_summary, params.prompt_summary
+                summaries: list[list[str]] = []
+                mapped = self._reporting(
+                    "Summarize",
+                    lambda report: mapreduce.map_summaries(
+                        [hit.content for hit in hits],
+                        lambda text: prompts.summary_prompt(
+                            text, params.instruction, params.pre_prompt_summary, params.prompt_summary
+                        ),
+                        lambda text: self._generate_text(text, params, usage),
+                        self._map_parallelism(),
+                        self._context_chars(params),
+                        report=report,
                     ),
-                    lambda text: self._generate_text(text, params, usage),
-                    self._map_parallelism(),
-                    self._context_chars(params),
+                    summaries,
                 )
+                async with contextlib.aclosing(mapped) as progress:
+                    async for update in progress:
+                        yield update
+                texts = summaries[0]
                 final = prompts.summary_prompt(
                     "\n\n".join(texts), params.instruction, params.pre_prompt_summary, params.prompt_summary
                 )
@@ -258,15 +279,24 @@ class Core:
                         yield delta
             else:  # Extract
                 hits = await self._parts(params, identity, mode)
-                answers = await mapreduce.extract(
-                    [hit.content for hit in hits],
-                    lambda text: prompts.extraction_prompt(
-                        text, params.instruction, params.pre_prompt_extraction, params.prompt_extraction
+                extracted: list[list[str]] = []
+                mapped = self._reporting(
+                    "Extract",
+                    lambda report: mapreduce.extract(
+                        [hit.content for hit in hits],
+                        lambda text: prompts.extraction_prompt(
+                            text, params.instruction, params.pre_prompt_extraction, params.prompt_extraction
+                        ),
+                        lambda text: self._generate_text(text, params, usage),
+                        self._map_parallelism(),
+                        report=report,
                     ),
-                    lambda text: self._generate_text(text, params, usage),
-                    self._map_parallelism(),
+                    extracted,
                 )
-                pieces.append(str(answers))
+                async with contextlib.aclosing(mapped) as progress:
+                    async for update in progress:
+                        yield update
+                pieces.append(str(extracted[0]))
                 yield TextDelta(pieces[-1])
             elapsed = time.perf_counter() - started
             yield Completed(
@@ -282,6 +312,45 @@ class Core:
                     finish_reason=usage.finish_reason,
                 )
             )
+
+    async def _reporting(
+        self,
+        action: str,
+        run: Callable[[mapreduce.ProgressReport], Awaitable[list[str]]],
+        outcome: list[list[str]],
+    ) -> AsyncGenerator[Progress, None]:
+        """Run a map step as a task and yield its `Progress` (a call ended, or a keepalive while
+        none does); its answers are appended to `outcome`, its failure raised."""
+        updates: asyncio.Queue[Progress] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            run(lambda done, total: updates.put_nowait(Progress(action, done, total)))
+        )
+        latest = Progress(action, 0, 0)
+        getter: asyncio.Future[Progress] | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(updates.get())
+                finished, _ = await asyncio.wait(
+                    {task, getter},
+                    timeout=self.settings.keepalive_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter in finished:
+                    latest = getter.result()
+                    yield latest
+                    continue
+                getter.cancel()
+                if task in finished:
+                    break
+                yield latest  # nothing ended for a while: say so anyway
+            outcome.append(task.result())
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def _checked_mode(self, params: GenerationParams) -> str:
         mode = params.langchain_mode or self.settings.langchain_mode

@@ -15,10 +15,19 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 LlmCall = Callable[[str], Awaitable[str]]
+# Told (calls done, calls in this step) each time a call ends, so a person can see "part 3 of 10".
+ProgressReport = Callable[[int, int], None]
+
+
+def _ignore_progress(done: int, total: int) -> None:
+    """The default report: nobody is watching."""
 
 
 async def bounded_map(
-    items: Sequence[Item], call: Callable[[Item], Awaitable[Result]], max_parallel: int
+    items: Sequence[Item],
+    call: Callable[[Item], Awaitable[Result]],
+    max_parallel: int,
+    report: ProgressReport = _ignore_progress,
 ) -> list[Result]:
     """`call` on every item, at most `max_parallel` at a time, results in input order.
 
@@ -27,10 +36,15 @@ async def bounded_map(
     if max_parallel < 1:
         raise ValueError("max_parallel must be at least 1")
     gate = asyncio.Semaphore(max_parallel)
+    done = 0
 
     async def gated(item: Item) -> Result:
+        nonlocal done
         async with gate:
-            return await call(item)
+            result = await call(item)
+        done += 1
+        report(done, len(items))
+        return result
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(gated(item)) for item in items]
@@ -54,10 +68,15 @@ def group_texts(texts: Sequence[str], max_chars: int) -> list[list[str]]:
 
 
 async def extract(
-    parts: Sequence[str], make_prompt: Callable[[str], str], llm_call: LlmCall, max_parallel: int
+    parts: Sequence[str],
+    make_prompt: Callable[[str], str],
+    llm_call: LlmCall,
+    max_parallel: int,
+    *,
+    report: ProgressReport = _ignore_progress,
 ) -> list[str]:
     """One call per part (h2oGPT's Extract): the answers in part order."""
-    return await bounded_map(parts, lambda part: llm_call(make_prompt(part)), max_parallel)
+    return await bounded_map(parts, lambda part: llm_call(make_prompt(part)), max_parallel, report)
 
 
 async def map_summaries(
@@ -66,17 +85,22 @@ async def map_summaries(
     llm_call: LlmCall,
     max_parallel: int,
     max_chars: int,
+    *,
+    report: ProgressReport = _ignore_progress,
 ) -> list[str]:
     """The map and intermediate reduce steps of a summary, leaving texts that fit one final call.
 
     Parts are summarized concurrently; while their summaries together are longer than
     `max_chars`, neighbouring summaries are grouped and summarized again. The caller makes
-    the final call (so it can stream it).
+    the final call (so it can stream it). `report` counts the calls of each step.
     """
     if sum(map(len, parts)) <= max_chars:
         return list(parts)
     texts = await bounded_map(
-        group_texts(parts, max_chars), lambda group: llm_call(make_prompt("\n\n".join(group))), max_parallel
+        group_texts(parts, max_chars),
+        lambda group: llm_call(make_prompt("\n\n".join(group))),
+        max_parallel,
+        report,
     )
     while len(texts) > 1 and sum(map(len, texts)) > max_chars:
         groups = group_texts(texts, max_chars)
@@ -84,6 +108,6 @@ async def map_summaries(
             texts = [text[: max_chars // len(texts)] for text in texts]
             break
         texts = await bounded_map(
-            groups, lambda group: llm_call(make_prompt("\n\n".join(group))), max_parallel
+            groups, lambda group: llm_call(make_prompt("\n\n".join(group))), max_parallel, report
         )
     return texts

@@ -69,6 +69,9 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Seconds to wait for the backend's next byte (first token included) before answering 504.
     backend_timeout: float = Field(600.0, gt=0)
+    # While a Summarize/Extract map step runs, a progress event at least this often: an SSE
+    # comment on OpenAI streams, so proxies with idle timeouts (often 60 s) keep the stream open.
+    keepalive_seconds: float = Field(10.0, gt=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("h2ogpt_api_keys", mode="before")

@@ -77,6 +77,7 @@ def server(api_server_factory: ApiServerFactory, fake: RunningFake, save_dir: Pa
             "--langchain_modes", MODES,
             "--auth", USERS,
             "--save_dir", str(save_dir),
+            "--keepalive_seconds", "0.3",
         ]
     )
 
@@ -237,6 +238,36 @@ def test_extract_makes_one_map_call_per_part_and_answers_a_list(client: OpenAI, 
         assert source["source"] == "chronicle.txt"
         assert answer_words(source["content"]) in answer  # each answer echoes its own part
         assert "name the guild" in answer
+
+
+def test_a_streamed_extract_says_how_far_it_is_in_sse_comments(server: ApiServer, client: OpenAI) -> None:
+    # Each map call takes a second or so (the fake answers slowly), longer than --keepalive_seconds.
+    body = {"model": MODEL, "max_tokens": 400, "stream": True,
+            "messages": [{"role": "user", "content": "FAKE:DELAY=0.01 name the guild"}],
+            "langchain_mode": "UserData", "langchain_action": "Extract", "top_k_docs": 3,
+            "document_choice": ["chronicle.txt"]}
+    with httpx.stream("POST", f"{server.openai_url}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    comments = [line for line in lines if line.startswith(":")]
+    # Every ended map call is said; while none ends, a keepalive repeats the last news.
+    for done in (1, 2, 3):
+        assert f": Extract part {done} of 3" in comments, comments
+    assert ": Extract part 0 of 0" in comments, comments  # a keepalive before the first call ended
+    data = [line for line in lines if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]"
+    assert lines.index(comments[-1]) < lines.index(data[1])  # the answer follows the map step
+
+    # The official client skips the comments and reads the same answer.
+    streamed = client.chat.completions.create(
+        model=MODEL, max_tokens=400, stream=True,
+        messages=[{"role": "user", "content": "FAKE:DELAY=0.01 name the guild"}],
+        extra_body={key: body[key] for key in ("langchain_mode", "langchain_action", "top_k_docs",
+                                              "document_choice")},
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    answers = ast.literal_eval(text)
+    assert len(answers) == 3
 
 
 def test_summarize_of_an_empty_selection_is_a_clear_400(client: OpenAI) -> None:

@@ -36,6 +36,8 @@ def server(
             weaviate_server.url,
             "--base_model",
             "h2oai/h2ogpt-4096-llama2-7b-chat",
+            "--keepalive_seconds",
+            "0.3",
         ]
     )
 
@@ -65,6 +67,31 @@ def last_bot_message(page: Page) -> str:
     return messages.last.inner_text().strip() if messages.count() else ""
 
 
+def record_texts(page: Page, selector: str) -> None:
+    """Remember every text the element shows, however briefly (read back with `seen_texts`)."""
+    page.evaluate(
+        """selector => {
+            window.h2oSeen = [];
+            new MutationObserver(() => {
+                const nodes = document.querySelectorAll(selector);
+                const text = nodes.length ? nodes[nodes.length - 1].innerText.trim() : "";
+                if (text && window.h2oSeen[window.h2oSeen.length - 1] !== text) window.h2oSeen.push(text);
+            }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }""",
+        selector,
+    )
+
+
+def seen_texts(page: Page) -> list[str]:
+    return list(page.evaluate("window.h2oSeen"))
+
+
+def choose(page: Page, label: str, option: str) -> None:
+    field = page.get_by_label(label)
+    field.click()
+    page.locator("[role='option']").filter(has_text=option).first.click()
+
+
 def ask(page: Page, question: str) -> None:
     page.fill("#h2ogpt-prompt textarea", question)
     page.click("#h2ogpt-send")
@@ -74,16 +101,12 @@ def test_a_question_streams_into_the_chat(page: Page) -> None:
     assert "h2oai/h2ogpt-4096-llama2-7b-chat" in page.inner_text("#h2ogpt-model")
     question = "FAKE:DELAY=0.04 How do answers appear in this chat window when they stream?"
     expected = f"user: {question}"
+    record_texts(page, ".message.bot")  # every rendering, not only those a poll happens to see
     ask(page, question)
-    seen: list[str] = []
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        text = last_bot_message(page)
-        if text and (not seen or text != seen[-1]):
-            seen.append(text)
-        if text == expected:
-            break
-        time.sleep(0.02)
+    while time.monotonic() < deadline and last_bot_message(page) != expected:
+        time.sleep(0.1)
+    seen = seen_texts(page)
     assert seen, "no answer appeared"
     assert seen[-1] == expected
     growing = [text for text in seen if expected.startswith(text) and text != expected]
@@ -115,3 +138,54 @@ def test_upload_a_document_and_ask_about_it(page: Page, tmp_path: Path) -> None:
     if os.environ.get("H2OGPT_UPDATE_SCREENSHOTS") == "1":
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         DOCS_SCREENSHOT.write_bytes(shot)
+
+
+def test_documents_panel_uploads_with_progress_then_views_and_deletes(page: Page, tmp_path: Path) -> None:
+    choose(page, "Collection (langchain_mode)", "MyData")
+    names = ["alpha.md", "beta.md", "gamma.md"]
+    paths = []
+    for name in names:
+        path = tmp_path / name
+        path.write_text(f"# {name}\n\nThe {name} notes say the tide turns at {len(paths) + 4} o'clock.\n")
+        paths.append(str(path))
+    record_texts(page, "#h2ogpt-ingest-status")
+    page.locator("input[type='file']").set_input_files(paths)
+    page.wait_for_selector("text=Added 3 file(s) to MyData", timeout=60_000)
+    progress = [text for text in seen_texts(page) if text.startswith("Adding file")]
+    assert [text.split(":")[0] for text in progress] == [f"Adding file {i} of 3" for i in (1, 2, 3)], progress
+
+    # The panel lists the three; View shows one as stored; Delete removes it and the list follows.
+    for name in names:
+        choose(page, "Documents in this collection", name)
+    page.click("#h2ogpt-view")
+    view = page.locator("#h2ogpt-document-view")
+    view.locator("text=The alpha.md notes say the tide turns at 4 o'clock.").wait_for(timeout=30_000)
+    page.click("#h2ogpt-delete")
+    page.wait_for_selector("text=Deleted 3 document(s) from MyData", timeout=30_000)
+    documents = page.get_by_label("Documents in this collection")
+    documents.click()
+    assert page.locator("[role='option']").filter(has_text="alpha.md").count() == 0
+
+
+def test_extract_shows_part_i_of_n_while_it_maps(page: Page, tmp_path: Path) -> None:
+    choose(page, "Collection (langchain_mode)", "MyData")
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"log{index}.md"
+        path.write_text(f"# Log {index}\n\nEntry {index}: the keeper lit the lamp at dusk.\n")
+        paths.append(str(path))
+    page.locator("input[type='file']").set_input_files(paths)
+    page.wait_for_selector("text=Added 3 file(s) to MyData", timeout=60_000)
+    page.get_by_label("Extract").check()
+    record_texts(page, ".message.bot")
+    ask(page, "FAKE:DELAY=0.02 when is the lamp lit?")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "when is the lamp lit?" not in last_bot_message(page):
+        time.sleep(0.2)
+    seen = seen_texts(page)
+    assert any(text.startswith("Extract: part") and text.endswith("of 3 done…") for text in seen), seen
+    bullets = page.locator(".message.bot").last.locator("li")
+    assert bullets.count() == 3  # one answer per part (the fake echoes each part's prompt), as bullets
+    answered = " ".join(bullets.nth(index).inner_text() for index in range(3))
+    for index in range(3):
+        assert f"Entry {index}: the keeper lit the lamp at dusk." in answered

@@ -8,11 +8,12 @@ import ast
 import contextlib
 import time
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from h2ogpt_api.core import Completed, GenerationResult, InvalidRequestError, TextDelta
+from h2ogpt_api.core import Completed, GenerationResult, InvalidRequestError, Progress, TextDelta
 from h2ogpt_api.gradio_api.service import Caller, GradioService, failure_message
 from h2ogpt_api.params import GenerationParams
 
@@ -62,6 +63,25 @@ def sources_markdown(result: GenerationResult) -> str:
     return "\n".join(lines)
 
 
+def progress_text(progress: Progress) -> str:
+    """What the answer bubble shows while a Summarize/Extract maps over the parts."""
+    if progress.total == 0:
+        return f"_{progress.action}: working on the first parts…_"
+    return f"_{progress.action}: part {progress.done} of {progress.total} done…_"
+
+
+def documents_update(names: list[str]) -> Any:
+    """The documents dropdown's new choices (the selection cleared)."""
+    return gr.update(choices=names, value=[])
+
+
+def document_markdown(source: str, chunks: list[str]) -> str:
+    """A document as stored: its chunks in order, each under its number."""
+    parts = [f"**{source}** ({len(chunks)} part{'s' if len(chunks) != 1 else ''})"]
+    parts += [f"{index}. {' '.join(chunk.split())}" for index, chunk in enumerate(chunks, start=1)]
+    return "\n\n".join(parts)
+
+
 def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR0915 (one layout, read top to bottom)
     """The UI's components and events, inside `blocks` (which the app opens)."""
     settings = service.settings
@@ -92,11 +112,22 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                     files = gr.File(file_count="multiple", file_types=UPLOAD_TYPES, label="Upload files")
                     url = gr.Textbox(label="URL", placeholder="https://...")
                     add_url_button = gr.Button("Add URL")
-                    ingest_status = gr.Markdown()
-                    sources_list = gr.Textbox(
-                        label="Documents in this collection", lines=5, interactive=False
+                    ingest_status = gr.Markdown(elem_id="h2ogpt-ingest-status")
+                with gr.Accordion("Documents", open=bool(document_modes), visible=bool(document_modes)):
+                    documents = gr.Dropdown(
+                        [],
+                        value=[],
+                        multiselect=True,
+                        label="Documents in this collection",
+                        elem_id="h2ogpt-documents",
                     )
-                    refresh_button = gr.Button("Refresh list")
+                    with gr.Row():
+                        view_button = gr.Button("View", size="sm", elem_id="h2ogpt-view")
+                        delete_button = gr.Button(
+                            "Delete", size="sm", variant="stop", elem_id="h2ogpt-delete"
+                        )
+                        refresh_button = gr.Button("Refresh", size="sm")
+                    document_view = gr.Markdown(elem_id="h2ogpt-document-view")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=480)
                 with gr.Row():
@@ -141,7 +172,10 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                 last = time.monotonic()
                 async with contextlib.aclosing(service.stream(params, identity)) as events:
                     async for event in events:
-                        if isinstance(event, TextDelta):
+                        if isinstance(event, Progress) and not pieces:
+                            turns[-1] = (shown, progress_text(event))
+                            yield chat_messages(turns), history, "", ""
+                        elif isinstance(event, TextDelta):
                             pieces.append(event.text)
                             if time.monotonic() - last >= UI_STREAM_INTERVAL_S:
                                 last = time.monotonic()
@@ -155,43 +189,73 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                 turns[-1] = (shown, "".join(pieces) + f"\n\n**Error:** {failure_message(exc)}")
                 yield chat_messages(turns), turns, "", ""
 
-        async def list_sources(mode: str, api_key: str, request: gr.Request) -> str:
+        async def document_names(mode: str, api_key: str, request: gr.Request) -> tuple[list[str], str]:
+            """The collection's documents, or none and the reason."""
             if mode not in document_modes:
-                return ""
+                return [], ""
             try:
                 identity = service.identity(Caller.of(request), api_key or None)
-                listed = await service.list_sources(mode, identity)
+                return await service.list_sources(mode, identity), ""
             except Exception as exc:  # shown in the panel, the session goes on
-                return f"Error: {failure_message(exc)}"
-            return "\n".join(listed) if listed else "(no documents yet)"
+                return [], f"**Error:** {failure_message(exc)}"
+
+        async def refresh(mode: str, api_key: str, request: gr.Request) -> tuple[Any, str]:
+            names, error = await document_names(mode, api_key, request)
+            return documents_update(names), error or ("" if names else "(no documents yet)")
 
         async def upload_files(
             paths: list[str] | None, mode: str, api_key: str, request: gr.Request
-        ) -> tuple[str, str]:
-            if not paths:
-                return "", await list_sources(mode, api_key, request)
+        ) -> AsyncGenerator[tuple[str, Any], None]:
+            """One file at a time, saying which: "Adding file 2 of 5: notes.pdf"."""
+            paths = paths or []
             try:
                 identity = service.identity(Caller.of(request), api_key or None)
-                await service.add_uploaded_files(paths, mode, identity, DEFAULT_CHUNK_SIZE)
+                for index, path in enumerate(paths, start=1):
+                    yield f"Adding file {index} of {len(paths)}: `{Path(path).name}`…", gr.skip()
+                    await service.add_uploaded_files([path], mode, identity, DEFAULT_CHUNK_SIZE)
+                status = f"Added {len(paths)} file(s) to {mode}." if paths else ""
             except Exception as exc:
-                return f"**Error:** {failure_message(exc)}", await list_sources(mode, api_key, request)
-            return f"Added {len(paths)} file(s) to {mode}.", await list_sources(mode, api_key, request)
+                status = f"**Error:** {failure_message(exc)}"
+            names, error = await document_names(mode, api_key, request)
+            yield error or status, documents_update(names)
 
         async def add_url_ui(
             address: str, mode: str, api_key: str, request: gr.Request
-        ) -> tuple[str, str, str]:
+        ) -> tuple[str, str, Any]:
             try:
                 if not address.strip():
                     raise InvalidRequestError("enter a URL first", param="url")
                 identity = service.identity(Caller.of(request), api_key or None)
                 results = await service.add_urls([address.strip()], mode, identity, DEFAULT_CHUNK_SIZE)
+                status, address = f"Added `{results[-1].source}` to {mode}.", ""
             except Exception as exc:  # shown beside the field, which keeps what was typed
-                return (
-                    f"**Error:** {failure_message(exc)}",
-                    address,
-                    await list_sources(mode, api_key, request),
-                )
-            return f"Added `{results[-1].source}` to {mode}.", "", await list_sources(mode, api_key, request)
+                status = f"**Error:** {failure_message(exc)}"
+            names, _ = await document_names(mode, api_key, request)
+            return status, address, documents_update(names)
+
+        async def view_document(
+            chosen: list[str] | None, mode: str, api_key: str, request: gr.Request
+        ) -> str:
+            if not chosen:
+                return "Choose a document to view."
+            try:
+                identity = service.identity(Caller.of(request), api_key or None)
+                chunks = await service.document_chunks(chosen[0], mode, identity)
+            except Exception as exc:
+                return f"**Error:** {failure_message(exc)}"
+            return document_markdown(chosen[0], [hit.content for hit in chunks])
+
+        async def delete_documents(
+            chosen: list[str] | None, mode: str, api_key: str, request: gr.Request
+        ) -> tuple[str, Any, str]:
+            if not chosen:
+                return "Choose the documents to delete.", gr.skip(), ""
+            try:
+                identity = service.identity(Caller.of(request), api_key or None)
+                left = await service.delete_sources(list(chosen), mode, identity)
+            except Exception as exc:
+                return f"**Error:** {failure_message(exc)}", gr.skip(), ""
+            return f"Deleted {len(chosen)} document(s) from {mode}.", documents_update(left), ""
 
         chat_inputs = [prompt, pairs, collection, action, top_k, key]
         chat_outputs = [chatbot, pairs, prompt, sources_view]
@@ -200,10 +264,16 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
         clicked = send.click(chat, chat_inputs, chat_outputs, **private)
         stop.click(None, None, None, cancels=[submitted, clicked], **private)
         clear.click(lambda: ([], [], ""), None, [chatbot, pairs, sources_view], queue=False, **private)
-        files.upload(upload_files, [files, collection, key], [ingest_status, sources_list], **private)
-        add_url_button.click(
-            add_url_ui, [url, collection, key], [ingest_status, url, sources_list], **private
+        documents_panel = [documents, ingest_status]
+        files.upload(upload_files, [files, collection, key], [ingest_status, documents], **private)
+        add_url_button.click(add_url_ui, [url, collection, key], [ingest_status, url, documents], **private)
+        view_button.click(view_document, [documents, collection, key], [document_view], **private)
+        delete_button.click(
+            delete_documents,
+            [documents, collection, key],
+            [ingest_status, documents, document_view],
+            **private,
         )
-        refresh_button.click(list_sources, [collection, key], [sources_list], **private)
-        collection.change(list_sources, [collection, key], [sources_list], **private)
-        blocks.load(list_sources, [collection, key], [sources_list], **private)
+        refresh_button.click(refresh, [collection, key], documents_panel, **private)
+        collection.change(refresh, [collection, key], documents_panel, **private)
+        blocks.load(refresh, [collection, key], documents_panel, **private)

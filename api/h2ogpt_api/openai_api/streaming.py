@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from h2ogpt_api.core import Completed, GenerationEvent, GenerationResult, TextDelta
+from h2ogpt_api.core import Completed, GenerationEvent, GenerationResult, Progress, TextDelta
 from h2ogpt_api.errors import as_api_error
 
 log = logging.getLogger("h2ogpt_api.openai")
@@ -28,6 +28,11 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+def progress_comment(progress: Progress) -> bytes:
+    """An SSE comment line: clients skip it; proxies with idle timeouts see bytes moving."""
+    return f": {progress.action} part {progress.done} of {progress.total}\n\n".encode()
 
 
 class ChunkWriter:
@@ -114,7 +119,8 @@ async def start_stream(
 async def relay(
     events: AsyncGenerator[GenerationEvent, None], first: GenerationEvent, writer: ChunkWriter
 ) -> AsyncGenerator[bytes | GenerationResult, None]:
-    """SSE bytes for each text delta and, last, the result; a failure becomes one error event."""
+    """SSE bytes for each text delta (and a comment for each map-step progress) and, last, the
+    result; a failure becomes one error event."""
     async with contextlib.aclosing(events):
         event: GenerationEvent | None = first
         try:
@@ -122,6 +128,8 @@ async def relay(
                 if isinstance(event, TextDelta):
                     if event.text:
                         yield writer.text(event.text)
+                elif isinstance(event, Progress):
+                    yield progress_comment(event)
                 elif isinstance(event, Completed):
                     yield event.result
                     return

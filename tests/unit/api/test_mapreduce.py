@@ -90,3 +90,29 @@ def test_map_summaries_maps_concurrently_then_reduces_until_it_fits() -> None:
     assert llm.peak == 3
     assert len(llm.prompts) >= 6
     assert sum(map(len, texts)) <= 50
+
+
+def test_each_ended_call_is_reported_as_part_i_of_n() -> None:
+    llm = RecordingLlm()
+    reports: list[tuple[int, int]] = []
+    parts = [f"p{i}" for i in range(5)]
+    def report(done: int, total: int) -> None:
+        reports.append((done, total))
+
+    asyncio.run(mapreduce.extract(parts, lambda part: part, llm, max_parallel=2, report=report))
+    assert reports == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_a_summary_reports_each_of_its_steps() -> None:
+    llm = RecordingLlm()
+    reports: list[tuple[int, int]] = []
+    parts = ["x" * 100 for _ in range(8)]  # 800 characters; 250 fit one call
+    asyncio.run(
+        mapreduce.map_summaries(
+            parts, lambda text: text[:10], llm, max_parallel=3, max_chars=250,
+            report=lambda done, total: reports.append((done, total)),
+        )
+    )
+    first_step = [report for report in reports if report[1] == 4]  # 8 parts, two to a group
+    assert first_step == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert reports[: len(first_step)] == first_step  # the map step comes before any reduce step
