@@ -147,14 +147,36 @@ class AdmissionGate:
                 f"the server is at capacity ({self._waiting} requests already waiting); retry shortly"
             )
         self._waiting += 1
+        metrics.REQUESTS_WAITING.inc()
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+            metrics.REQUESTS_WAITING.dec()
+        metrics.GENERATIONS_RUNNING.inc()
         try:
             yield
         finally:
             self._slots.release()
+            metrics.GENERATIONS_RUNNING.dec()
+
+
+class _TokenTimes:
+    """When the streamed answer's tokens arrived: its mean time per output token, observed once."""
+
+    def __init__(self) -> None:
+        self.first = self.last = 0.0
+        self.count = 0
+
+    def tick(self) -> None:
+        self.last = time.perf_counter()
+        if not self.count:
+            self.first = self.last
+        self.count += 1
+
+    def observe(self) -> None:
+        if self.count > 1:
+            metrics.TIME_PER_OUTPUT_TOKEN.observe((self.last - self.first) / (self.count - 1))
 
 
 @dataclass
@@ -241,12 +263,14 @@ class Core:
         async with self._gate.slot():
             started = time.perf_counter()
             usage = _Usage()
+            token_times = _TokenTimes()
             pieces: list[str] = []
             hits: list[Hit] = []
             if params.langchain_action == "Query":
                 hits, user_text = await self._query_text(params, identity, mode)
                 async with contextlib.aclosing(self._generate(user_text, params, usage)) as deltas:
                     async for delta in deltas:
+                        token_times.tick()
                         pieces.append(delta.text)
                         yield delta
             elif params.langchain_action == "Summarize":
@@ -275,6 +299,7 @@ class Core:
                 )
                 async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
                     async for delta in deltas:
+                        token_times.tick()
                         pieces.append(delta.text)
                         yield delta
             else:  # Extract
@@ -299,6 +324,7 @@ class Core:
                 pieces.append(str(extracted[0]))
                 yield TextDelta(pieces[-1])
             elapsed = time.perf_counter() - started
+            token_times.observe()
             yield Completed(
                 GenerationResult(
                     response="".join(pieces),

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.api_server import ApiServer, ApiServerFactory, llm_only_args
 from tests.support.tgi_fake import RunningFake
@@ -458,6 +459,10 @@ def test_client_disconnect_cancels_the_upstream_generation(server: ApiServer, tg
 
 def test_health_version_and_metrics(server: ApiServer, client: OpenAI) -> None:
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "count me"}])
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "time me"}], stream=True
+    )
+    assert len(list(streamed)) > 2
     with pytest.raises(openai.APIStatusError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "FAKE:500"}])
     assert httpx.get(f"{server.base_url}/health", timeout=5).json() == {"status": "ok"}
@@ -473,3 +478,13 @@ def test_health_version_and_metrics(server: ApiServer, client: OpenAI) -> None:
         "h2ogpt_api_time_to_first_token_seconds_bucket",
     ):
         assert name in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    route = (("route", "/v1/chat/completions"),)
+    assert samples[("h2ogpt_api_prompt_tokens_total", route)] > 0
+    assert samples[("h2ogpt_api_time_per_output_token_seconds_count", ())] >= 1  # "count me" streamed tokens
+    assert samples[("h2ogpt_api_requests_waiting", ())] == 0  # nothing is waiting or running now
+    assert samples[("h2ogpt_api_generations_running", ())] == 0

@@ -86,8 +86,9 @@ class _Observation:
     def first_token(self) -> None:
         metrics.TIME_TO_FIRST_TOKEN.labels(route=self.route).observe(time.perf_counter() - self.started)
 
-    def tokens(self, count: int) -> None:
-        metrics.GENERATED_TOKENS.labels(route=self.route).inc(count)
+    def tokens(self, result: GenerationResult) -> None:
+        metrics.GENERATED_TOKENS.labels(route=self.route).inc(result.ntokens)
+        metrics.PROMPT_TOKENS.labels(route=self.route).inc(result.num_prompt_tokens)
 
     def failed(self, exc: BaseException) -> None:
         self.status = failure_status(exc)
@@ -148,7 +149,7 @@ class H2oGPTEndpoints:
                             last_sent = now
                             yield partial_dict("".join(pieces))
                     elif isinstance(event, Completed):
-                        observe.tokens(event.result.ntokens)
+                        observe.tokens(event.result)
                         yield self._result_dict(event.result)
                         return
         except Exception as exc:  # every failure becomes h2oGPT's error dict, never a broken job

@@ -334,6 +334,7 @@ def _bearer(request: Request) -> str | None:
 
 def _observe_result(route: str, result: GenerationResult, started: float) -> None:
     metrics.GENERATED_TOKENS.labels(route=route).inc(result.ntokens)
+    metrics.PROMPT_TOKENS.labels(route=route).inc(result.num_prompt_tokens)
     log.info(
         "generated route=%s prompt_tokens=%d tokens=%d seconds=%.3f",
         route,
