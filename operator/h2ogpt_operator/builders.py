@@ -673,6 +673,8 @@ def build_weaviate_services(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Ma
             "ports": [
                 {"name": "http", "port": naming.WEAVIATE_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": naming.WEAVIATE_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                # Weaviate's own Prometheus metrics (PROMETHEUS_MONITORING_ENABLED), for the ServiceMonitor.
+                {"name": "metrics", "port": 2112, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
     }
@@ -802,9 +804,15 @@ def build_service_monitor(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest 
     metadata = _metadata(stack, "metrics")
     metadata["labels"] = {**monitor.labels, **metadata["labels"]}
     # TGI and vLLM serve /metrics; llama-cpp-python's server does not (a scrape would only 404).
-    scraped = [naming.OPENAI, naming.GRADIO]
+    # Weaviate serves its metrics on their own port: scraped there, never on its REST port.
+    scraped = [naming.OPENAI, naming.GRADIO, naming.WEAVIATE]
     if spec.inference.engine in GPU_ENGINES:
         scraped.insert(0, naming.INFERENCE)
+    not_weaviate = {
+        "action": "drop",
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
+        "regex": naming.WEAVIATE,
+    }
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -823,7 +831,15 @@ def build_service_monitor(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest 
                     }
                 ],
             },
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": monitor.interval}],
+            "endpoints": [
+                {
+                    "port": "http",
+                    "path": "/metrics",
+                    "interval": monitor.interval,
+                    "relabelings": [not_weaviate],
+                },
+                {"port": "metrics", "path": "/metrics", "interval": monitor.interval},
+            ],
         },
     }
 

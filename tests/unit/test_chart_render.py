@@ -328,3 +328,46 @@ def test_alert_rules_parse_and_use_only_contract_metrics() -> None:
         assert alert["annotations"]["summary"]
     (down,) = [a for a in alerts if a["alert"] == "H2oGPTOperatorDown"]
     assert 'job="rel-h2ogpt-operator-metrics"' in down["expr"]
+
+
+# Engine metric names as each engine documents them (checked by hand against the pages named;
+# update with the page when an engine renames one). Weaviate's are checked against a running
+# weaviate-server instead (tests/integration/test_dashboard_weaviate.py).
+DOCUMENTED_ENGINE_METRICS = {
+    # huggingface.co/docs/text-generation-inference/reference/metrics
+    "tgi": {
+        "tgi_queue_size", "tgi_batch_current_size", "tgi_batch_current_max_tokens",
+        "tgi_request_mean_time_per_token_duration", "tgi_request_duration", "tgi_request_count",
+        "tgi_request_generated_tokens", "tgi_request_input_length", "tgi_request_queue_duration",
+    },
+    # docs.vllm.ai/en/stable/usage/metrics (V1 engine names)
+    "vllm": {
+        "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+        "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+    },
+    # NVIDIA dcgm-exporter's default counters (etc/default-counters.csv)
+    "dcgm": {
+        "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_POWER_USAGE",
+        "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_MEM_COPY_UTIL",
+    },
+}
+ENGINE_METRIC = re.compile(r"\b((?:tgi_|DCGM_FI_)[A-Za-z_]+|vllm:[a-z_]+)")
+WEAVIATE_METRIC = re.compile(r"\b(object_count|queries_durations_ms_bucket|requests_total)\b")
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads((CHART / "dashboards" / "h2ogpt-platform.json").read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+def test_engine_rows_use_only_documented_engine_metrics() -> None:
+    used = {series_name(name) for expr in dashboard_exprs() for name in ENGINE_METRIC.findall(expr)}
+    documented = set().union(*DOCUMENTED_ENGINE_METRICS.values())
+    assert used <= documented, sorted(used - documented)
+    # Each engine has a row: at least two of its metrics are shown.
+    for engine, names in DOCUMENTED_ENGINE_METRICS.items():
+        assert len(used & names) >= 2, engine
+    assert {n for e in dashboard_exprs() for n in WEAVIATE_METRIC.findall(e)} == {
+        "object_count", "queries_durations_ms_bucket", "requests_total",
+    }

@@ -253,5 +253,17 @@ def test_disabled_components_have_no_children() -> None:
 def test_service_monitor_selects_metrics_services() -> None:
     monitor = builders.build_service_monitor(STACK, spec_of(monitoring={"serviceMonitor": {"enabled": True}}))
     assert monitor is not None
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    http, weaviate = monitor["spec"]["endpoints"]
+    # The services' http ports, except Weaviate's (its REST port has no /metrics) ...
+    assert (http["port"], http["path"]) == ("http", "/metrics")
+    (drop,) = http["relabelings"]
+    assert drop["action"] == "drop"
+    assert drop["sourceLabels"] == ["__meta_kubernetes_service_label_app_kubernetes_io_component"]
+    assert drop["regex"] == naming.WEAVIATE
+    # ... and Weaviate's own metrics port, which only its Service has.
+    assert (weaviate["port"], weaviate["path"]) == ("metrics", "/metrics")
+    services = builders.build_weaviate_services(STACK, spec_of())
+    metrics_port = {"name": "metrics", "port": 2112, "targetPort": "metrics", "protocol": "TCP"}
+    assert metrics_port in services[0]["spec"]["ports"]
+    assert naming.WEAVIATE in monitor["spec"]["selector"]["matchExpressions"][0]["values"]
     assert builders.build_service_monitor(STACK, spec_of()) is None

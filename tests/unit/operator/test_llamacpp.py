@@ -163,7 +163,11 @@ def test_service_monitor_does_not_scrape_llamacpp() -> None:
     )
     monitor = builders.build_service_monitor(STACK, spec)
     assert monitor is not None
-    assert monitor["spec"]["selector"]["matchExpressions"][0]["values"] == [naming.OPENAI, naming.GRADIO]
+    assert monitor["spec"]["selector"]["matchExpressions"][0]["values"] == [
+        naming.OPENAI,
+        naming.GRADIO,
+        naming.WEAVIATE,
+    ]
 
 
 @pytest.mark.parametrize("gpus", [0, 1])
