@@ -32,10 +32,12 @@ DOCKERFILES = "images/*/Dockerfile"
 # build's commit (0.1.0-g1a2b3c4) or a flavour (0.1.0-embedded). Upstream images (TGI, vLLM) are not ours.
 IMAGE_REF = re.compile(
     r"(?P<repo>ghcr\.io/h2ogpt-platform/h2ogpt-(?:operator|api|weaviate|llamacpp|<name>|\{[a-z,]+\})):"
-    r"(?P<version>\d+\.\d+\.\d+(?:-(?:rc|alpha|beta)\.?\d+)?)"
+    r"(?P<version>\d+\.\d+\.\d+)"
 )
 DOCKERFILE_VERSION = re.compile(r"^ARG VERSION=(?P<version>\S+)$", re.MULTILINE)
-SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$")
+# X.Y.Z only: the one form that pip (PEP 440 would turn 1.2.0-rc.1 into 1.2.0rc1), Helm (SemVer 2)
+# and image tags all write the same, so the installed package's version names the images.
+SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def disagreements(root: Path, version: str, tag: str | None = None) -> list[Disa
     found: list[Disagreement] = []
     if not SEMVER.match(version):
         found.append(
-            Disagreement("pyproject.toml", version, "project.version (not SemVer 2, which Helm needs)")
+            Disagreement("pyproject.toml", version, "project.version (not X.Y.Z)")
         )
     if tag is not None and tag.removeprefix("v") != version:
         found.append(Disagreement("the release tag", tag, f"not v{version}"))
@@ -100,7 +102,7 @@ def disagreements(root: Path, version: str, tag: str | None = None) -> list[Disa
 def set_version(root: Path, old: str, new: str) -> list[Path]:
     """Write `new` wherever `old` stands for the project version; returns the files changed."""
     if not SEMVER.match(new):
-        raise ValueError(f"{new!r} is not a SemVer 2 version (1.2.3 or 1.2.3-rc.1)")
+        raise ValueError(f"{new!r} is not a release version X.Y.Z (what pip, Helm and image tags share)")
     changed: list[Path] = []
 
     def rewrite(path: Path, text: str) -> None:

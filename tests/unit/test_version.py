@@ -59,19 +59,21 @@ def test_check_holds_a_release_tag_to_the_version(tmp_path: Path) -> None:
 
 def test_set_writes_one_version_everywhere_and_leaves_upstream_images(tmp_path: Path) -> None:
     small_tree(tmp_path, pyproject="0.1.0", chart="0.1.0", app="0.1.0", dockerfile="0.1.0", doc_tag="0.1.0")
-    changed = set_version(tmp_path, "0.1.0", "0.3.0-rc.1")
+    changed = set_version(tmp_path, "0.1.0", "0.3.0")
     assert len(changed) == 4
-    assert project_version(tmp_path) == "0.3.0-rc.1"
-    assert disagreements(tmp_path, "0.3.0-rc.1") == []
+    assert project_version(tmp_path) == "0.3.0"
+    assert disagreements(tmp_path, "0.3.0") == []
     doc = (tmp_path / "docs" / "install.md").read_text()
-    assert "h2ogpt-{api,weaviate}:0.3.0-rc.1-g1a2b3c4" in doc
+    assert "h2ogpt-{api,weaviate}:0.3.0-g1a2b3c4" in doc
     assert "text-generation-inference:3.3.6" in doc
 
 
 def test_set_refuses_a_version_helm_cannot_use(tmp_path: Path) -> None:
     small_tree(tmp_path, pyproject="0.1.0", chart="0.1.0", app="0.1.0", dockerfile="0.1.0", doc_tag="0.1.0")
-    with pytest.raises(ValueError, match="SemVer"):
-        set_version(tmp_path, "0.1.0", "v1.2")
+    # A pre-release: pip would install it as 0.3.0rc1, Helm and the tags would say 0.3.0-rc.1.
+    for refused in ("v1.2", "0.3.0-rc.1"):
+        with pytest.raises(ValueError, match=r"X\.Y\.Z"):
+            set_version(tmp_path, "0.1.0", refused)
     assert project_version(tmp_path) == "0.1.0"
 
 
