@@ -14,6 +14,8 @@
 # runs `hack/version.py check --tag`). Environment:
 #   IMAGE_REGISTRY   the images' repository prefix (default ghcr.io/h2ogpt-platform)
 #   CHART_REGISTRY   where the chart goes (default oci://$IMAGE_REGISTRY/charts)
+#   RELEASE_DIST     where packages and digests are written (default dist/)
+#   CHART_PUSH_ARGS  more `helm push` arguments (e.g. --plain-http for a registry on loopback)
 #   IMAGE_BUILDER    docker | podman (default: docker when it answers, else podman)
 set -euo pipefail
 
@@ -21,7 +23,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 registry="${IMAGE_REGISTRY:-ghcr.io/h2ogpt-platform}"
 chart_registry="${CHART_REGISTRY:-oci://$registry/charts}"
 names=(operator api weaviate llamacpp)
-dist="$root/dist"
+dist="${RELEASE_DIST:-$root/dist}"
 
 die() { echo "hack/release.sh: $*" >&2; exit 1; }
 version() { python3 "$root/hack/version.py"; }
@@ -94,7 +96,8 @@ push_chart() {
   local v
   v="$(version)"
   [ -f "$dist/h2ogpt-operator-$v.tgz" ] || die "no dist/h2ogpt-operator-$v.tgz: run 'make chart-package' first"
-  "$(helm_bin)" push "$dist/h2ogpt-operator-$v.tgz" "$chart_registry"
+  # shellcheck disable=SC2086  # split on purpose: a list of flags
+  "$(helm_bin)" push "$dist/h2ogpt-operator-$v.tgz" "$chart_registry" ${CHART_PUSH_ARGS:-}
 }
 
 command="${1:-}"
