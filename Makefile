@@ -145,11 +145,18 @@ test-images: install tools system-packages ## Build the images once and smoke-ru
 # ---- release (.github/workflows/release.yml runs these; chart-package and images run anywhere) ----
 ARCH ?= $(shell go env GOARCH 2>/dev/null || echo amd64)
 RELEASE_ARCHES ?= amd64 arm64
+# A release builds only over the digest images/bases.lock pins (true in the release workflow);
+# false here, where no image registry answers and the local Debian base is used.
+RELEASE_PINNED_BASE ?= false
 
 .PHONY: release-images
 release-images: install ## Build the four images for this machine's architecture as a release does: only weaviate-server from the tools, no loading into a local node
 	@bash hack/tools.sh weaviate
-	@IMAGES_LOAD=false bash hack/images.sh
+	@IMAGES_LOAD=false IMAGE_REQUIRE_PINNED_BASE=$(RELEASE_PINNED_BASE) bash hack/images.sh
+
+.PHONY: pin-bases
+pin-bases: ## Pin the official base image by the digest its registry gives now (images/bases.lock; needs a registry)
+	@bash hack/images.sh --pin-bases
 
 .PHONY: chart-package
 chart-package: ## helm lint and package the chart into dist/ with the CRDs beside it (what a release publishes)
