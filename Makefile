@@ -73,18 +73,28 @@ cluster-down: ## Stop the local cluster started by cluster-up; leaves no process
 # ---- generated files ------------------------------------------------------------------
 
 .PHONY: generate
-generate: install ## Regenerate the CRD from the pydantic models and copy it into the chart
+generate: install lint-tools ## Regenerate the CRD and docs/crd-reference.md from the pydantic models, copy the CRD into the chart, rewrite the chart README's values tables
 	@$(PY) -m h2ogpt_operator.crd > crds/h2ogptdeployments.h2ogpt.dev.yaml
 	@bash hack/sync-chart-crds.sh
+	@$(PY) hack/crd_reference.py
+	@bash hack/chart-readme.sh
 
 # ---- quality ----------------------------------------------------------------------------
 
 .PHONY: lint
-lint: install ## ruff, mypy, the import layer rules (lint-imports), and the chart's CRD copy in sync with crds/
+lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhere, generated files up to date (CRD copy, CRD reference, chart values table), actionlint
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy api operator
 	@PYTHONPATH=api:operator $(VENV)/bin/lint-imports --no-cache
 	@bash hack/sync-chart-crds.sh --check
+	@$(PY) hack/version.py check
+	@$(PY) hack/crd_reference.py --check
+	@bash hack/chart-readme.sh --check
+	@.bin/actionlint
+
+.PHONY: lint-tools
+lint-tools: ## Build actionlint (Go module proxy) and install readme-generator-for-helm (npm) into the tools cache; link into .bin/
+	@bash hack/tools.sh actionlint readme-generator
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict the operator chart
@@ -133,6 +143,43 @@ images: install tools system-packages ## Build the operator, api, weaviate and l
 test-images: install tools system-packages ## Build the images once and smoke-run them (non-root, on loopback)
 	@$(PYTEST) tests/images $(PYTEST_ARGS)
 
+# ---- release (.github/workflows/release.yml runs these; chart-package and images run anywhere) ----
+ARCH ?= $(shell go env GOARCH 2>/dev/null || echo amd64)
+RELEASE_ARCHES ?= amd64 arm64
+# A release builds only over the digest images/bases.lock pins (true in the release workflow);
+# false here, where no image registry answers and the local Debian base is used.
+RELEASE_PINNED_BASE ?= false
+
+.PHONY: release-images
+release-images: install ## Build the four images for this machine's architecture as a release does: only weaviate-server from the tools, no loading into a local node
+	@bash hack/tools.sh weaviate
+	@IMAGES_LOAD=false IMAGE_REQUIRE_PINNED_BASE=$(RELEASE_PINNED_BASE) bash hack/images.sh
+
+.PHONY: pin-bases
+pin-bases: ## Pin the official base image by the digest its registry gives now (images/bases.lock; needs a registry)
+	@bash hack/images.sh --pin-bases
+
+.PHONY: chart-package
+chart-package: ## helm lint and package the chart into dist/ with the CRDs beside it (what a release publishes)
+	@bash hack/tools.sh helm
+	@bash hack/release.sh chart
+
+.PHONY: release-push-arch
+release-push-arch: ## Push the built images as :<version>-$(ARCH) (release workflow; needs a registry login)
+	@bash hack/release.sh push-arch $(ARCH)
+
+.PHONY: release-manifest
+release-manifest: ## Join the per-arch tags into :<version> manifest lists; digests to dist/images.txt (release workflow)
+	@bash hack/release.sh manifest $(RELEASE_ARCHES)
+
+.PHONY: release-sign
+release-sign: ## cosign keyless signatures and SPDX SBOM attestations for dist/images.txt (release workflow)
+	@bash hack/release.sh sign
+
+.PHONY: release-push-chart
+release-push-chart: ## helm push dist/h2ogpt-operator-<version>.tgz to oci://ghcr.io/h2ogpt-platform/charts (release workflow)
+	@bash hack/release.sh push-chart
+
 # ---- benchmarks -------------------------------------------------------------------------
 
 .PHONY: bench
@@ -152,4 +199,4 @@ $(LITELLM):
 .PHONY: clean
 clean: ## Remove the virtualenv and local state in the clone (caches outside the clone stay)
 	@$(PYTHON) hack/localcluster.py down >/dev/null 2>&1 || true
-	rm -rf $(VENV) .bin .cluster .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .bin .cluster .pytest_cache .mypy_cache .ruff_cache dist

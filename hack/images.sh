@@ -3,6 +3,8 @@
 # each against its size budget. `make images` calls it.
 #
 #   hack/images.sh [NAME...]        NAME: operator, api, weaviate, llamacpp (default: all four)
+#   hack/images.sh --pin-bases      resolve the official base's tag to its digest now and write it
+#                                   into images/bases.lock (`make pin-bases`; needs a registry)
 #
 # Each image is tagged twice: the development tag (0.1.0-g1a2b3c4[-dirty], or a release's version)
 # and the project version from pyproject.toml (0.1.0), which is what the chart's operator image and
@@ -14,12 +16,14 @@
 #
 # The builder: Docker when an engine answers `docker info`, else podman with --isolation=chroot
 # (its RUN steps need no OCI runtime, so it builds in sandboxes where containers cannot run).
-# The base (the Dockerfiles' BASE argument): the official Python image when its registry answers,
-# else a local Debian bookworm image made once per machine with debootstrap and cached.
+# The base (the Dockerfiles' BASE argument): the official Python image, at the digest
+# images/bases.lock pins, when its registry answers, else a local Debian bookworm image made once
+# per machine with debootstrap and cached.
 #
 # Environment (all optional):
 #   IMAGE_BUILDER           docker | podman                    (default: detected as above)
 #   IMAGE_BASE              the BASE build argument             (default: detected as above)
+#   IMAGE_REQUIRE_PINNED_BASE  true: fail unless the base is images/bases.lock's digest (releases)
 #   IMAGE_REGISTRY          ghcr.io/h2ogpt-platform             the tags' repository prefix
 #   IMAGE_VERSION           the tag and version label           (default: from git, see image_version)
 #   IMAGE_SOURCE            the source label                    (default: git remote origin, else the project URL)
@@ -50,7 +54,11 @@ IMAGES_DIR="${IMAGES_DIR:-$REPO/images}"
 IMAGE_REGISTRY="${IMAGE_REGISTRY:-ghcr.io/h2ogpt-platform}"
 EMBEDDED_MODEL="${EMBEDDED_MODEL:-false}"
 CACHE_DIR="${H2OGPT_CACHE_DIR:-$HOME/.cache/h2ogpt-platform}"
-OFFICIAL_BASE="docker.io/library/python:3.11-slim-bookworm"
+BASES_LOCK="$REPO/images/bases.lock"
+# The lock's one reference: name:tag, then @sha256:... once pinned.
+OFFICIAL_BASE="$(grep -v -e '^#' -e '^[[:space:]]*$' "$BASES_LOCK" | head -n 1)"
+[ -n "$OFFICIAL_BASE" ] || { echo "hack/images.sh: no base image in $BASES_LOCK" >&2; exit 1; }
+OFFICIAL_BASE_TAG="${OFFICIAL_BASE%@*}"
 LOCAL_BASE="localhost/h2ogpt-platform/debian:bookworm"
 LOCAL_BASE_TAR="$CACHE_DIR/debian-bookworm-minbase.tar"
 PROJECT_URL="https://github.com/h2ogpt-platform/h2ogpt-platform"
@@ -170,9 +178,13 @@ ensure_local_base() {
 
 pick_base() {
   local builder="$1"
-  if [ -n "${IMAGE_BASE:-}" ]; then
+  if [ "${IMAGE_REQUIRE_PINNED_BASE:-false}" = true ]; then
+    "$builder" image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 || registry_reachable || die "IMAGE_REQUIRE_PINNED_BASE: no registry answers for $OFFICIAL_BASE"
+    echo "$OFFICIAL_BASE"
+  elif [ -n "${IMAGE_BASE:-}" ]; then
     echo "$IMAGE_BASE"
   elif "$builder" image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 || registry_reachable; then
+    [[ "$OFFICIAL_BASE" == *@sha256:* ]] || say "$OFFICIAL_BASE is not pinned by digest in images/bases.lock ('make pin-bases')"
     echo "$OFFICIAL_BASE"
   else
     say "no image registry is reachable: building over the local Debian base $LOCAL_BASE"
@@ -293,7 +305,36 @@ load_into_local_node() {
   python3 "$REPO/hack/localcluster.py" load-images "$@"
 }
 
+# A release builds over the lock's digest and nothing else; checked before any builder is needed.
+require_pinned_base() {
+  [ "${IMAGE_REQUIRE_PINNED_BASE:-false}" = true ] || return 0
+  [ -z "${IMAGE_BASE:-}" ] || [ "$IMAGE_BASE" = "$OFFICIAL_BASE" ] ||
+    die "IMAGE_REQUIRE_PINNED_BASE: IMAGE_BASE=$IMAGE_BASE is not the pinned base"
+  [[ "$OFFICIAL_BASE" == *@sha256:* ]] ||
+    die "IMAGE_REQUIRE_PINNED_BASE: images/bases.lock names $OFFICIAL_BASE without a digest: run 'make pin-bases' and commit the lock"
+}
+
+# The digest the registry gives for the base's tag now: a manifest list's, so that the one pin
+# serves every architecture.
+pin_bases() {
+  local builder digest
+  builder="$(pick_builder)"
+  registry_reachable || die "no image registry answers: pin the base where one does"
+  if [ "$builder" = docker ]; then
+    digest="$(docker buildx imagetools inspect "$OFFICIAL_BASE_TAG" --format '{{json .Manifest.Digest}}' | tr -d '"')"
+  else
+    podman pull --quiet "$OFFICIAL_BASE_TAG" >/dev/null
+    digest="$(podman image inspect --format '{{.Digest}}' "$OFFICIAL_BASE_TAG")"
+  fi
+  [[ "$digest" == sha256:* ]] || die "no digest for $OFFICIAL_BASE_TAG (got '$digest')"
+  awk -v old="$OFFICIAL_BASE" -v new="$OFFICIAL_BASE_TAG@$digest" '$0 == old { $0 = new } { print }' \
+    "$BASES_LOCK" >"$BASES_LOCK.partial"
+  mv "$BASES_LOCK.partial" "$BASES_LOCK"
+  say "pinned $OFFICIAL_BASE_TAG@$digest in images/bases.lock"
+}
+
 main() {
+  if [ "${1:-}" = "--pin-bases" ]; then pin_bases; return; fi
   local names=("$@")
   [ ${#names[@]} -gt 0 ] || names=("${NAMES[@]}")
   local name
@@ -302,6 +343,7 @@ main() {
     [ -f "$IMAGES_DIR/$name/Dockerfile" ] || die "no Dockerfile at $IMAGES_DIR/$name/Dockerfile"
   done
   case "$EMBEDDED_MODEL" in true | false) ;; *) die "EMBEDDED_MODEL must be true or false, not '$EMBEDDED_MODEL'" ;; esac
+  require_pinned_base
 
   local builder base version project revision source ca
   # Staged first: a missing artifact fails in a second, before any base is made or image built.

@@ -4,6 +4,8 @@
 #
 #   hack/tools.sh            build what is missing (in parallel), verify, link into .bin/
 #   hack/tools.sh --check    exit 1 (and say what) when a tool is missing; build nothing
+#   hack/tools.sh [--check] TOOL...   only these (e.g. `actionlint readme-generator`, what
+#                            `make lint` needs), not the whole control plane
 #
 # Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
 # plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
@@ -27,6 +29,12 @@ RUNC_VERSION=v1.4.4
 CNI_PLUGINS_VERSION=v1.10.0
 COREDNS_VERSION=v1.14.7
 LOCAL_PATH_VERSION=v0.0.30
+# Linters of generated and CI files (`make lint`): GitHub workflows, and the chart README's values
+# table from values.yaml's `## @param` lines.
+ACTIONLINT_VERSION=v1.7.12
+# An OCI registry on loopback, for the release path's tests (helm push, helm install oci://).
+REGISTRY_VERSION=v3.1.2
+README_GENERATOR=@bitnami/readme-generator-for-helm@2.7.2
 
 k8s_dir="$cache/k8s-$K8S_VERSION"
 etcd_dir="$cache/etcd-$ETCD_VERSION"
@@ -38,6 +46,9 @@ runc_dir="$cache/runc-$RUNC_VERSION"
 cni_dir="$cache/cni-plugins-$CNI_PLUGINS_VERSION"
 coredns_dir="$cache/coredns-$COREDNS_VERSION-slim"
 local_path_dir="$cache/local-path-provisioner-$LOCAL_PATH_VERSION"
+actionlint_dir="$cache/actionlint-$ACTIONLINT_VERSION"
+registry_dir="$cache/distribution-registry-$REGISTRY_VERSION"
+readme_generator_dir="$cache/readme-generator-for-helm-${README_GENERATOR##*@}"
 
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -141,6 +152,33 @@ build_local_path() {
   mv "$tmp" "$local_path_dir"
 }
 
+build_actionlint() {
+  local tmp="$actionlint_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  "$tmp/actionlint" -version
+  mv "$tmp" "$actionlint_dir"
+}
+
+build_registry() {
+  local tmp="$registry_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+  "$tmp/registry" --version
+  mv "$tmp" "$registry_dir"
+}
+
+# The npm package with its dependencies in its own prefix; the binary is node_modules/.bin's link.
+fetch_readme_generator() {
+  local tmp="$readme_generator_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  npm install --silent --no-audit --no-fund --prefix "$tmp" "$README_GENERATOR"
+  "$tmp/node_modules/.bin/readme-generator" --version
+  mv "$tmp" "$readme_generator_dir"
+}
+
 fetch_helm() {
   local tmp="$helm_dir.tmp.$$"
   rm -rf "$tmp" && mkdir -p "$tmp"
@@ -163,20 +201,30 @@ present() {  # present DIR BIN...: every binary exists and is executable
 declare -A tool_dir=(
   [k8s]="$k8s_dir" [etcd]="$etcd_dir" [kwok]="$kwok_dir" [weaviate]="$weaviate_dir" [helm]="$helm_dir"
   [containerd]="$containerd_dir" [runc]="$runc_dir" [cni]="$cni_dir" [coredns]="$coredns_dir"
-  [local-path]="$local_path_dir"
+  [local-path]="$local_path_dir" [actionlint]="$actionlint_dir" [registry]="$registry_dir"
+  [readme-generator]="$readme_generator_dir/node_modules/.bin"
 )
 declare -A tool_bins=(
   [k8s]="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy" [etcd]="etcd" [kwok]="kwok"
   [weaviate]="weaviate-server" [helm]="helm kubectl"
   [containerd]="containerd containerd-shim-runc-v2 ctr" [runc]="runc" [cni]="bridge loopback host-local portmap"
-  [coredns]="coredns" [local-path]="local-path-provisioner"
+  [coredns]="coredns" [local-path]="local-path-provisioner" [actionlint]="actionlint" [registry]="registry"
+  [readme-generator]="readme-generator"
 )
 declare -A tool_builder=(
   [k8s]=build_k8s [etcd]=build_etcd [kwok]=build_kwok [weaviate]=build_weaviate [helm]=fetch_helm
   [containerd]=build_containerd [runc]=build_runc [cni]=build_cni [coredns]=build_coredns
-  [local-path]=build_local_path
+  [local-path]=build_local_path [actionlint]=build_actionlint [readme-generator]=fetch_readme_generator
+  [registry]=build_registry
 )
-order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path)
+order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path actionlint readme-generator registry)
+
+check_only=false
+if [ "${1:-}" = "--check" ]; then check_only=true; shift; fi
+if [ $# -gt 0 ]; then
+  for t in "$@"; do [ -n "${tool_builder[$t]:-}" ] || die "unknown tool '$t' (known: ${order[*]})"; done
+  order=("$@")
+fi
 
 missing=()
 for t in "${order[@]}"; do
@@ -184,7 +232,7 @@ for t in "${order[@]}"; do
   present "${tool_dir[$t]}" ${tool_bins[$t]} || missing+=("$t")
 done
 
-if [ "${1:-}" = "--check" ]; then
+if $check_only; then
   [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run 'make tools' to build them)"
   exit 0
 fi

@@ -1,6 +1,7 @@
 """`h2ogpt-operator`: run the operator.
 
-No flags: watch all namespaces. `--namespace NS` (repeatable): only those. Reads KUBECONFIG (or
+No flags: watch all namespaces. `--namespace NS` (repeatable): only those. At start it server-side
+applies its own CRD (`--no-apply-crd`: not). Reads KUBECONFIG (or
 ~/.kube/config), else the in-cluster service account. Serves Prometheus metrics on :8080/metrics
 and kopf's liveness on :8081/healthz; acts only while holding the leader Lease.
 """
@@ -23,7 +24,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from h2ogpt_operator import metrics
-from h2ogpt_operator.config import OperatorConfig
+from h2ogpt_operator.config import PROJECT_VERSION, OperatorConfig
+from h2ogpt_operator.crd import apply_own_crd
 from h2ogpt_operator.handlers import HandlerContext, build_registry
 from h2ogpt_operator.kube import Kube, load_api_client
 from h2ogpt_operator.leader import LeaderElector
@@ -70,6 +72,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--identity", default=None, help="this replica's name in the Lease (default: host + random)"
     )
+    parser.add_argument(
+        "--no-apply-crd",
+        dest="apply_crd",
+        action="store_false",
+        help="do not server-side apply this release's H2oGPTDeployment CRD at start (you manage it)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.workers < 1 or args.resync_seconds <= 0 or args.retry_seconds <= 0 or args.lease_seconds < 3:
@@ -80,6 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env(os.environ)
     kube = Kube(load_api_client(), count_write=metrics.count_write)
+    if args.apply_crd:
+        # Before watching: stacks are read with the schema (defaults, pruning) of this release.
+        await asyncio.to_thread(apply_own_crd, kube, PROJECT_VERSION)
     reconciler = Reconciler(kube, config)
     readiness: dict[Key, bool] = {}
 

@@ -7,10 +7,15 @@ image a stack runs without each CR repeating them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib.metadata import version
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ENV_PREFIX = "H2OGPT_OPERATOR_"
+# The project's version (pyproject.toml, through the installed package's metadata): the tag of the
+# images a release publishes and `make images` builds, so the defaults cannot drift from it.
+PROJECT_VERSION = version("h2ogpt-platform")
+PROJECT_IMAGES = "ghcr.io/h2ogpt-platform"
 
 
 class Images(BaseModel):
@@ -21,9 +26,9 @@ class Images(BaseModel):
 
     tgi: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
     vllm: str = "vllm/vllm-openai:v0.11.0"
-    llamacpp: str = "ghcr.io/h2ogpt-platform/h2ogpt-llamacpp:0.1.0"
-    weaviate: str = "ghcr.io/h2ogpt-platform/h2ogpt-weaviate:0.1.0"
-    api: str = "ghcr.io/h2ogpt-platform/h2ogpt-api:0.1.0"
+    llamacpp: str = f"{PROJECT_IMAGES}/h2ogpt-llamacpp:{PROJECT_VERSION}"
+    weaviate: str = f"{PROJECT_IMAGES}/h2ogpt-weaviate:{PROJECT_VERSION}"
+    api: str = f"{PROJECT_IMAGES}/h2ogpt-api:{PROJECT_VERSION}"
 
 
 class OperatorConfig(BaseModel):

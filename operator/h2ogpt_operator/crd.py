@@ -3,6 +3,11 @@
 `python -m h2ogpt_operator.crd > crds/h2ogptdeployments.h2ogpt.dev.yaml` regenerates the file;
 a unit test fails when the committed YAML drifts from the models.
 
+`apply_own_crd` is what the operator does at start: Helm creates crds/ on install but never
+upgrades it, so the operator server-side applies the CRD its own models define (docs/helm.md,
+"Upgrading"). It never replaces a CRD that a newer operator applied: an older schema would prune
+the newer fields from every stack the next time one is written.
+
 Pydantic writes JSON Schema 2020-12; a CRD needs a *structural* OpenAPI v3 schema: every node
 typed, no `$ref`, no `anyOf` for optionals, no `additionalProperties` beside `properties`. The
 conversion below is a small pure walk over the generated schema.
@@ -10,11 +15,13 @@ conversion below is a small pure walk over the generated schema.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 import yaml
 
+from h2ogpt_operator.kube import Kube, KubeError
 from h2ogpt_operator.models import (
     GROUP,
     KIND,
@@ -27,6 +34,10 @@ from h2ogpt_operator.models import (
 )
 
 _DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
+CRD_NAME = f"{PLURAL}.{GROUP}"
+# The operator release whose models made the CRD in the cluster (set by `apply_own_crd`).
+VERSION_ANNOTATION = f"{GROUP}/operator-version"
+log = logging.getLogger(__name__)
 
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
@@ -152,6 +163,45 @@ def build_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def _release(version: str) -> tuple[int, ...] | None:
+    """X.Y.Z as numbers; None for anything else (then it is not trusted to be newer)."""
+    parts = version.split(".")
+    return tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else None
+
+
+def apply_own_crd(kube: Kube, operator_version: str) -> str:
+    """Server-side apply this release's CRD; returns what happened: "applied", "kept-newer" (the
+    cluster's came from a newer operator) or "not-allowed" (RBAC, e.g. rbac.create=false; the
+    installed schema stays and the operator runs on). Other API errors propagate."""
+    installed = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, CRD_NAME)
+    if installed is not None:
+        theirs = _release(installed["metadata"].get("annotations", {}).get(VERSION_ANNOTATION, ""))
+        ours = _release(operator_version)
+        if theirs is not None and (ours is None or theirs > ours):
+            log.warning(
+                "CRD %s was applied by operator %s, newer than this one (%s): left as it is",
+                CRD_NAME,
+                ".".join(map(str, theirs)),
+                operator_version,
+            )
+            return "kept-newer"
+    crd = build_crd()
+    crd["metadata"]["annotations"] = {VERSION_ANNOTATION: operator_version}
+    try:
+        kube.apply(crd)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        log.warning(
+            "not allowed to update CRD %s (the chart's ClusterRole grants patch on it): "
+            "the installed schema stays; apply crds/ yourself after an upgrade",
+            CRD_NAME,
+        )
+        return "not-allowed"
+    log.info("applied CRD %s of operator %s", CRD_NAME, operator_version)
+    return "applied"
 
 
 def render_crd_yaml() -> str:

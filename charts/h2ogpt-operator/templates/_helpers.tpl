@@ -128,4 +128,10 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+# At start the operator server-side applies its own CRD (Helm never upgrades crds/): a patch of
+# that one CRD, by name. No create: `helm install` creates it from crds/.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["h2ogptdeployments.h2ogpt.dev"]
+  verbs: ["patch"]
 {{- end }}
