@@ -185,6 +185,9 @@ class LocalCluster:
                 f"--service-account-key-file={self.directory / 'sa.pub'}",
                 f"--service-account-signing-key-file={self.directory / 'sa.key'}",
                 "--allow-privileged=true", "--enable-priority-and-fairness=false",
+                # As on OpenShift: setting an ownerReference's blockOwnerDeletion needs `update` on the
+                # owner's finalizers, so the chart's RBAC is tested against the stricter apiserver.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             ])
             self._wait_ready(timeout)
             for component in ("controller-manager", "scheduler"):

@@ -24,6 +24,7 @@ from h2ogpt_operator.models import (
     ApiComponentSpec,
     H2oGPTDeploymentSpec,
     LlamaCppSpec,
+    NetworkPolicyPeer,
     ResourceRequirements,
     SecretKeyRef,
 )
@@ -44,9 +45,9 @@ OPENAI_API_KEY_KEY = "OPENAI_API_KEY"
 # The uid and gid the h2ogpt-platform images (api, weaviate, llamacpp) run as: `USER 10001:10001`.
 PLATFORM_UID = 10001
 
-# Pod Security Standard `restricted`, for the pods whose image this project builds. The uid is set
-# explicitly (not only runAsNonRoot) so that the kubelet can verify it whatever USER an overriding
-# image declares, and fsGroup makes PVC-backed volumes writable to that user.
+# Pod Security Standard `restricted`, for every pod the operator creates. The uid is set explicitly
+# (not only runAsNonRoot) so that the kubelet can verify it whatever USER an image declares (TGI's
+# and vLLM's declare none, i.e. root), and fsGroup makes PVC-backed volumes writable to that user.
 _RESTRICTED_POD = {
     "runAsNonRoot": True,
     "runAsUser": PLATFORM_UID,
@@ -60,9 +61,22 @@ _RESTRICTED_CONTAINER = {
     "capabilities": {"drop": ["ALL"]},
     "readOnlyRootFilesystem": True,
 }
-# TGI and vLLM images run as root and write to their own filesystem (kernel caches, compiled
-# graphs): they cannot pass `restricted`, but nothing in them needs setuid.
-_GPU_ENGINE_CONTAINER = {"allowPrivilegeEscalation": False}
+# TGI and vLLM also pass `restricted`. Their upstream images declare no USER (root by default) but
+# need no privilege: they write the model cache (/data, a PVC made writable by fsGroup) and caches
+# under $HOME (Triton, TorchInductor, outlines, numba), which `_GPU_ENGINE_ENV` points into the /tmp
+# emptyDir. The root filesystem stays writable for them: unlike our images, no TGI or vLLM image
+# runs on the machines that test this project, so a read-only root is unproven (and a non-root uid
+# can write nothing there outside the world-writable /var/tmp anyway).
+_GPU_ENGINE_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+# The uid has no /etc/passwd entry in those images: torch's compile cache calls getpass.getuser(),
+# which reads USER before the password database, and HOME would otherwise be `/`.
+_GPU_ENGINE_ENV = [
+    {"name": "HOME", "value": "/tmp"},  # noqa: S108 - an emptyDir, private to the pod
+    {"name": "USER", "value": "h2ogpt"},
+]
 
 _TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108 - an emptyDir, private to the pod
 _TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
@@ -422,6 +436,7 @@ def _gpu_engine_pod_spec(stack: Stack, spec: H2oGPTDeploymentSpec, config: Opera
     if spec.model.hf_token_secret_ref:
         env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref, HF_TOKEN_KEY))
     env.append({"name": "HF_HOME", "value": "/data"})
+    env.extend(_GPU_ENGINE_ENV)
     env.extend(inference.env)
     health = {"httpGet": {"path": "/health", "port": "http"}}
     container: Manifest = {
@@ -438,6 +453,7 @@ def _gpu_engine_pod_spec(stack: Stack, spec: H2oGPTDeploymentSpec, config: Opera
         "volumeMounts": [
             {"name": "model-cache", "mountPath": "/data"},
             {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108 - NCCL needs a large shared memory,
+            _TMP_MOUNT,
         ],
         "securityContext": _GPU_ENGINE_CONTAINER,
     }
@@ -450,10 +466,13 @@ def _gpu_engine_pod_spec(stack: Stack, spec: H2oGPTDeploymentSpec, config: Opera
         else {"name": "model-cache", "emptyDir": {}}
     )
     return {
+        # OnRootMismatch: a model cache of hundreds of GB is re-owned once, not on every start.
+        "securityContext": {**_RESTRICTED_POD, "fsGroupChangePolicy": "OnRootMismatch"},
         "containers": [container],
         "volumes": [
             cache_volume,
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": inference.shm_size}},
+            _TMP_VOLUME,
         ],
         # GPU nodes are commonly tainted with the GPU resource name; tolerating it is harmless elsewhere.
         "tolerations": [
@@ -844,6 +863,73 @@ def build_service_monitor(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest 
     }
 
 
+# --- NetworkPolicies -----------------------------------------------------------------------------------
+
+
+def _peers(peers: list[NetworkPolicyPeer]) -> list[Manifest]:
+    return [peer.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for peer in peers]
+
+
+def _tcp(*ports: int) -> list[Manifest]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def _stack_pods(stack: Stack, components: list[str]) -> Manifest:
+    """A podSelector for some components of this stack (labels a pod of another stack cannot carry)."""
+    return {
+        "matchLabels": {"app.kubernetes.io/name": "h2ogpt", "app.kubernetes.io/instance": stack.name},
+        "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In", "values": components}],
+    }
+
+
+def _network_policy(stack: Stack, component: str, pods: Manifest, ingress: list[Manifest]) -> Manifest:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(stack, component),
+        # Ingress only: the pods' own calls out (model downloads, an external server) stay as they are.
+        "spec": {"podSelector": pods, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+def build_network_policies(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
+    """One NetworkPolicy per component kind: the inference server and Weaviate admit this stack's API pods
+    only (Weaviate also its own peers); the API pods admit `networkPolicy.apiFrom` on their ports.
+
+    A pod selected by a policy refuses every ingress the policy does not list, so an empty `ingress`
+    would cut a component off; a rule without `from` admits any source on its ports.
+    """
+    policy = spec.network_policy
+    if not policy.enabled:
+        return []
+    api_pods = {"podSelector": _stack_pods(stack, [naming.OPENAI, naming.GRADIO])}
+    policies: list[Manifest] = []
+    if _runs_inference(spec):
+        port = naming.INFERENCE_PORTS[spec.inference.engine]
+        ingress = [{"from": [api_pods], "ports": _tcp(port)}]
+        if policy.metrics_from:
+            ingress.append({"from": _peers(policy.metrics_from), "ports": _tcp(port)})
+        policies.append(
+            _network_policy(stack, naming.INFERENCE, _stack_pods(stack, [naming.INFERENCE]), ingress)
+        )
+    if runs_weaviate(spec):
+        weaviate_pods = _stack_pods(stack, [naming.WEAVIATE])
+        ingress = [
+            {"from": [api_pods], "ports": _tcp(naming.WEAVIATE_HTTP_PORT, naming.WEAVIATE_GRPC_PORT)},
+            # Replicas gossip (memberlist: TCP and UDP), copy data and run Raft among themselves: any port.
+            {"from": [{"podSelector": weaviate_pods}]},
+        ]
+        policies.append(_network_policy(stack, naming.WEAVIATE, weaviate_pods, ingress))
+    components = [c for c in (naming.OPENAI, naming.GRADIO) if _api_component(spec, c).enabled]
+    if components:
+        ports = [naming.OPENAI_PORT if c == naming.OPENAI else naming.GRADIO_PORT for c in components]
+        rule: Manifest = {"ports": _tcp(*ports)}
+        if policy.api_from:
+            rule["from"] = _peers(policy.api_from)
+        policies.append(_network_policy(stack, naming.API, _stack_pods(stack, components), [rule]))
+    return policies
+
+
 # --- everything ----------------------------------------------------------------------------------------
 
 
@@ -867,6 +953,7 @@ def build_children(
         build_api_service(stack, spec, naming.GRADIO),
         build_api_deployment(stack, spec, naming.GRADIO, config, auth_digest),
         build_service_monitor(stack, spec),
+        *build_network_policies(stack, spec),
     ]
     return [child for child in candidates if child is not None]
 

@@ -32,6 +32,7 @@ from h2ogpt_operator.models import (
     H2oGPTDeploymentSpec,
     H2oGPTDeploymentStatus,
 )
+from h2ogpt_operator.naming import CR_NAME_RULES
 
 _DROPPED_KEYS = {"title", "additionalProperties", "$defs"}
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -150,6 +151,9 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "description": "A private h2oGPT stack: inference, Weaviate, Gradio, OpenAI API.",
                             "required": ["spec"],
+                            # CEL on the root may read metadata.name: a name whose children the
+                            # apiserver would refuse is refused at `kubectl apply` instead.
+                            "x-kubernetes-validations": CR_NAME_RULES,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -1,10 +1,10 @@
 """kopf handlers: thin. Every watch event only enqueues the stack it concerns.
 
 The CR and every labelled child (Deployments, StatefulSets, Services, ConfigMaps, Secrets, PVCs,
-pods) are watched; a child event enqueues its owner by the `app.kubernetes.io/instance` label,
-so a child deleted or edited by hand is restored within seconds. Only event-watching handlers
-are used: kopf then writes nothing to the CR (no finalizer, no progress annotations), which
-keeps deletion free of the operator and a steady state free of writes.
+pods, NetworkPolicies) are watched; a child event enqueues its owner by the
+`app.kubernetes.io/instance` label, so a child deleted or edited by hand is restored within seconds.
+Only event-watching handlers are used: kopf then writes nothing to the CR (no finalizer, no progress
+annotations), which keeps deletion free of the operator and a steady state free of writes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ CHILD_RESOURCES = [
     ("", "v1", "secrets"),
     ("", "v1", "persistentvolumeclaims"),
     ("", "v1", "pods"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 ]
 OURS: dict[str, Any] = {
     "app.kubernetes.io/managed-by": MANAGED_BY,

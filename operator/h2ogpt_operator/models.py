@@ -9,7 +9,7 @@ past an older CRD).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -23,6 +23,8 @@ SHORT_NAME = "h2ogpt"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+CIDR_PATTERN = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
+Cidr = Annotated[str, Field(pattern=CIDR_PATTERN, max_length=64)]
 
 Engine = Literal["tgi", "vllm", "llamacpp", "external"]
 # Engines that run on GPUs: `inference.gpus` (>= 1) is their GPU limit, TGI's shards, vLLM's TP size.
@@ -263,6 +265,71 @@ class MonitoringSpec(CrdModel):
     service_monitor: ServiceMonitorSpec = section(ServiceMonitorSpec)
 
 
+class LabelSelectorRequirement(CrdModel):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(CrdModel):
+    """A Kubernetes label selector; empty selects everything (in its scope)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+
+class IPBlock(CrdModel):
+    cidr: str = Field(pattern=CIDR_PATTERN, description="e.g. 10.0.0.0/8 or 2001:db8::/32")
+    except_: list[Cidr] = Field(
+        default_factory=list, alias="except", description="CIDRs inside `cidr` to leave out."
+    )
+
+
+class NetworkPolicyPeer(CrdModel):
+    """A NetworkPolicy `from` entry: pods and/or namespaces by label, or an address block."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.ipBlock) != (has(self.podSelector) || has(self.namespaceSelector))",
+                    "message": "a network policy source is either ipBlock or podSelector/namespaceSelector",
+                }
+            ]
+        }
+    )
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Without podSelector: every pod of the selected namespaces."
+    )
+    ip_block: IPBlock | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NetworkPolicyPeer:
+        selects = self.pod_selector is not None or self.namespace_selector is not None
+        if (self.ip_block is not None) == selects:
+            raise ValueError("a network policy source is either ipBlock or podSelector/namespaceSelector")
+        return self
+
+
+class NetworkPolicySpec(CrdModel):
+    """Per-stack NetworkPolicies: Weaviate and the inference server admit only this stack's API pods."""
+
+    enabled: bool = Field(default=True, description="Create the stack's NetworkPolicies.")
+    api_from: list[NetworkPolicyPeer] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Sources allowed to reach the Gradio and OpenAI ports; empty = any source.",
+    )
+    metrics_from: list[NetworkPolicyPeer] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Sources (e.g. Prometheus's namespace) allowed to reach the inference port for /metrics "
+        "as well; empty = none.",
+    )
+
+
 class H2oGPTDeploymentSpec(CrdModel):
     model: ModelSpec
     inference: InferenceSpec = section(InferenceSpec)
@@ -272,6 +339,7 @@ class H2oGPTDeploymentSpec(CrdModel):
     generation: GenerationSpec = section(GenerationSpec)
     auth: AuthSpec = section(AuthSpec)
     monitoring: MonitoringSpec = section(MonitoringSpec)
+    network_policy: NetworkPolicySpec = section(NetworkPolicySpec)
     suspend: bool = Field(default=False, description="Scale the inference to zero; keep all data.")
 
 

@@ -13,6 +13,7 @@ OPENAI = "openai"
 CONFIG = "config"
 AUTH = "auth"
 MODEL_CACHE = "model-cache"
+API = "api"  # the Gradio and OpenAI pods together (their NetworkPolicy)
 
 # Each engine's own default port, so its documentation and tooling apply unchanged.
 INFERENCE_PORTS = {"tgi": 80, "vllm": 8000, "llamacpp": 8000}
@@ -20,6 +21,31 @@ WEAVIATE_HTTP_PORT = 8080
 WEAVIATE_GRPC_PORT = 50051
 GRADIO_PORT = 7860
 OPENAI_PORT = 5000
+
+
+# How long a CR's name may be so that every child name is one the apiserver and the controllers
+# accept. Services are DNS-1035 labels (at most 63 characters, a letter first, no dots), and the
+# longest child is the Service `<cr>-weaviate-headless`: 45 characters of CR name. The StatefulSet
+# `<cr>-weaviate` is tighter: its controller labels each pod with `controller-revision-hash:
+# <statefulset>-<hash of up to 10 characters>`, a label value also capped at 63, so a longer name
+# makes a StatefulSet the apiserver stores but whose pods never get created.
+LABEL_MAX = 63
+REVISION_HASH_MAX = 10
+MAX_CR_NAME_LENGTH = LABEL_MAX - len(f"-{WEAVIATE}") - len("-") - REVISION_HASH_MAX
+# A Service name: lowercase letters, digits and '-', starting with a letter, ending alphanumeric.
+CR_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+CR_NAME_RULES = [
+    {
+        "rule": f"self.metadata.name.size() <= {MAX_CR_NAME_LENGTH}",
+        "message": f"metadata.name must be at most {MAX_CR_NAME_LENGTH} characters: children are named "
+        f"<name>-<component> (e.g. <name>-weaviate-headless, a Service name limited to {LABEL_MAX})",
+    },
+    {
+        "rule": f"self.metadata.name.matches('{CR_NAME_PATTERN}')",
+        "message": "metadata.name must start with a lowercase letter and hold only lowercase letters, digits "
+        "and '-' (no '.'): children's Service names are DNS-1035 labels",
+    },
+]
 
 
 def child_name(cr_name: str, component: str) -> str:

@@ -36,6 +36,7 @@ CHILD_KINDS: list[tuple[str, str]] = [
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "StatefulSet"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 ]
 SERVICE_MONITOR_KIND = ("monitoring.coreos.com/v1", "ServiceMonitor")
 # Never pruned: a PVC holds the model cache or documents; it goes only with the CR (ownership) or by hand.
@@ -144,7 +145,9 @@ class Reconciler:
             for path, ref in builders.referenced_secrets(spec)
             if self.kube.get("v1", "Secret", namespace, ref.name) is None
         ]
-        monitor_crd = spec.monitoring.service_monitor.enabled and self.kube.crd_exists(SERVICE_MONITOR_CRD)
+        # Listed whenever the API exists, so that turning monitoring off prunes the ServiceMonitor.
+        monitor_api = self.kube.crd_exists(SERVICE_MONITOR_CRD)
+        monitor_crd = spec.monitoring.service_monitor.enabled and monitor_api
 
         desired = builders.build_children(stack, spec, self.config, auth_digest)
         if not monitor_crd:
@@ -154,7 +157,7 @@ class Reconciler:
                 kopf.adopt(child, owner=kopf.Body(cast(kopf.RawBody, body)))
             _stamp(child)
 
-        kinds = CHILD_KINDS + ([SERVICE_MONITOR_KIND] if monitor_crd else [])
+        kinds = CHILD_KINDS + ([SERVICE_MONITOR_KIND] if monitor_api else [])
         live: dict[tuple[str, str], Manifest] = {}
         for api_version, kind in kinds:
             for item in self.kube.list(api_version, kind, namespace, naming.instance_selector(name)):

@@ -16,13 +16,29 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from hack.localcluster import find_binary
 from tests.support.cluster import Cluster, condition, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "h2ogpt-operator"
 CRD_FILE = REPO / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
 SAMPLES = REPO / "crds" / "samples"
 LEASE_NAMESPACE = "default"
+# The operator in these tests runs as the chart's ServiceAccount with exactly the chart's RBAC, from
+# `helm template` in LEASE_NAMESPACE: release `h2ogpt-operator` when it watches every namespace,
+# `h2ogpt-operator-ns` (watchNamespaces) with --namespace. A request the chart does not grant fails the
+# test that needs it, and the audit log attributes every request to one of these two users
+# (tests/cluster/test_rbac_least_privilege.py).
+ALL_NAMESPACES_RELEASE = "h2ogpt-operator"
+NAMESPACED_RELEASE = "h2ogpt-operator-ns"
+RBAC_TEMPLATES = ("templates/serviceaccount.yaml", "templates/rbac.yaml")
 
+
+def operator_user(release: str) -> str:
+    """The ServiceAccount of a release whose name holds the chart's: named like the release."""
+    return f"system:serviceaccount:{LEASE_NAMESPACE}:{release}"
 
 
 def free_port() -> int:
@@ -37,6 +53,38 @@ def install_crd(cluster: Cluster) -> None:
     cluster.kubectl(
         "wait", "--for", "condition=Established", "--timeout=30s", "crd/h2ogptdeployments.h2ogpt.dev"
     )
+
+
+def render_chart_rbac(release: str, watch_namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount, ClusterRoles, Roles and bindings, as `helm install` would create them."""
+    args = [find_binary("helm"), "template", release, str(CHART), "-n", LEASE_NAMESPACE]
+    for template in RBAC_TEMPLATES:
+        args += ["--show-only", template]
+    if watch_namespaces:
+        args += ["--set", f"watchNamespaces={{{','.join(watch_namespaces)}}}"]
+    rendered = subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def operator_kubeconfig(cluster: Cluster, directory: Path, watch_namespaces: list[str]) -> Path:
+    """A kubeconfig for the chart's ServiceAccount (its RBAC for these namespaces applied first)."""
+    release = NAMESPACED_RELEASE if watch_namespaces else ALL_NAMESPACES_RELEASE
+    manifests = render_chart_rbac(release, watch_namespaces)
+    accounts = [m["metadata"]["name"] for m in manifests if m["kind"] == "ServiceAccount"]
+    assert accounts == [release], accounts
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=tests", "-f", "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
+    )  # fmt: skip
+    token = cluster.kubectl("create", "token", release, "-n", LEASE_NAMESPACE, "--duration=6h").stdout.strip()
+    config = json.loads(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "operator"
+    path = directory / "operator.kubeconfig"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
 
 
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:
@@ -104,6 +152,9 @@ class OperatorProcess:
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.kubeconfig: Path | None = None
+        pairs = zip(self.extra_args, self.extra_args[1:], strict=False)
+        self.watch_namespaces = [value for flag, value in pairs if flag == "--namespace"]
 
     @property
     def log_path(self) -> Path:
@@ -123,7 +174,13 @@ class OperatorProcess:
             "--identity", self.identity,
             *self.extra_args,
         ]  # fmt: skip
-        env = {**self.cluster.env, "PYTHONPATH": f"{REPO / 'operator'}{os.pathsep}{REPO}"}
+        if self.kubeconfig is None:
+            self.kubeconfig = operator_kubeconfig(self.cluster, self.log_dir, self.watch_namespaces)
+        env = {
+            **self.cluster.env,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONPATH": f"{REPO / 'operator'}{os.pathsep}{REPO}",
+        }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._live, 30, f"operator {self.identity} liveness")

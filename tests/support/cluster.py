@@ -63,7 +63,11 @@ def want_real_node() -> bool:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    local = LocalCluster(directory=tmp_path_factory.mktemp("cluster"), real_node=want_real_node())
+    # The audit log records who made each request: the least-privilege test compares the operator's
+    # requests over the whole session with the chart's RBAC.
+    local = LocalCluster(
+        directory=tmp_path_factory.mktemp("cluster"), real_node=want_real_node(), audit_log=True
+    )
     local.up()
     try:
         yield Cluster(local)

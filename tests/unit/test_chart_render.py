@@ -62,23 +62,29 @@ def expand(
     return {(g, r, v, name) for g in groups for r in resources for v in verbs.split()}
 
 
-# What the operator's reconcile loop uses in a watched namespace (the contract in docs/helm.md).
-WRITE = "get list watch create patch update delete"
+# What the operator's reconcile loop uses in a watched namespace, as measured from the audit log by
+# tests/cluster/test_rbac_least_privilege.py (docs/security.md); the chart grants exactly this.
+CHILD = "list watch create patch"
 OPERATOR_NAMESPACED_RULES = (
-    expand(("h2ogpt.dev",), ("h2ogptdeployments",), "get list watch patch update")
-    | expand(("h2ogpt.dev",), ("h2ogptdeployments/status",), "get patch update")
+    expand(("h2ogpt.dev",), ("h2ogptdeployments",), "get list watch")
+    | expand(("h2ogpt.dev",), ("h2ogptdeployments/status",), "patch")
     | expand(("h2ogpt.dev",), ("h2ogptdeployments/finalizers",), "update")
-    | expand(("",), ("configmaps", "secrets", "services", "persistentvolumeclaims"), WRITE)
-    | expand(("",), ("pods",), "get list watch")
-    | expand(("", "events.k8s.io"), ("events",), "create patch")
-    | expand(("apps",), ("deployments", "statefulsets"), WRITE)
-    | expand(("monitoring.coreos.com",), ("servicemonitors",), WRITE)
+    | expand(("",), ("configmaps", "persistentvolumeclaims"), CHILD)
+    | expand(("",), ("secrets",), "get list watch create patch")
+    | expand(("",), ("services",), f"{CHILD} delete")
+    | expand(("",), ("pods",), "list watch")
+    | expand(("",), ("events",), "create")
+    | expand(("apps",), ("deployments", "statefulsets"), f"{CHILD} delete")
+    | expand(("networking.k8s.io",), ("networkpolicies",), f"{CHILD} delete")
+    | expand(("monitoring.coreos.com",), ("servicemonitors",), "list create patch delete")
 )
 # Reading every CRD (is ServiceMonitor served?), patching only its own (the CRD applied at start).
 CRD_READ_RULES = expand(("apiextensions.k8s.io",), ("customresourcedefinitions",), "get list watch") | expand(
     ("apiextensions.k8s.io",), ("customresourcedefinitions",), "patch", "h2ogptdeployments.h2ogpt.dev"
 )
-LEASE_RULES = expand(("coordination.k8s.io",), ("leases",), "get create update patch")
+# Given namespaces, kopf lists and watches Namespace objects (measured: test_rbac_least_privilege.py).
+NAMESPACE_READ_RULES = expand(("",), ("namespaces",), "list watch")
+LEASE_RULES = expand(("coordination.k8s.io",), ("leases",), "get create update")
 
 
 def test_chart_lints_clean_in_strict_mode() -> None:
@@ -167,10 +173,10 @@ def test_all_namespaces_mode_grants_exactly_the_operator_rules_cluster_wide() ->
     ]
 
 
-def test_namespaced_mode_grants_nothing_cluster_wide_but_reading_crds() -> None:
+def test_namespaced_mode_grants_nothing_cluster_wide_but_reading_crds_and_namespaces() -> None:
     manifests = render("watchNamespaces={team-a,team-b}")
     (cluster_role,) = by_kind(manifests, "ClusterRole")
-    assert rules_as_set(cluster_role["rules"]) == CRD_READ_RULES
+    assert rules_as_set(cluster_role["rules"]) == CRD_READ_RULES | NAMESPACE_READ_RULES
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(manifests, "Role")}
     assert set(roles) == {
         ("team-a", "rel-h2ogpt-operator"),

@@ -67,6 +67,9 @@ def test_children_are_named_and_labelled() -> None:
         ("Deployment", "demo-openai"),
         ("Service", "demo-gradio"),
         ("Deployment", "demo-gradio"),
+        ("NetworkPolicy", "demo-inference"),
+        ("NetworkPolicy", "demo-weaviate"),
+        ("NetworkPolicy", "demo-api"),
     }
     for child in children:
         labels = child["metadata"]["labels"]
@@ -245,8 +248,13 @@ def test_disabled_components_have_no_children() -> None:
         frontend={"enabled": False},
         inference={"engine": "external", "gpus": 0, "external": {"url": "http://x"}},
     )
-    names = {c["metadata"]["name"] for c in builders.build_children(STACK, spec, CONFIG, "")}
-    assert names == {"demo-config", "demo-openai"}
+    names = {(c["kind"], c["metadata"]["name"]) for c in builders.build_children(STACK, spec, CONFIG, "")}
+    assert names == {
+        ("ConfigMap", "demo-config"),
+        ("Service", "demo-openai"),
+        ("Deployment", "demo-openai"),
+        ("NetworkPolicy", "demo-api"),
+    }
     assert builders.build_settings(STACK, spec)["H2OGPT_LANGCHAIN_MODES"] == '["LLM"]'
 
 

@@ -1,4 +1,4 @@
-"""Pod Security Standards: the pods of a llamacpp stack pass `restricted`; TGI/vLLM pods cannot.
+"""Pod Security Standards: every pod of every sample's stack (TGI and vLLM included) passes `restricted`.
 
 `restricted_violations` spells out the checks of the Kubernetes Pod Security Standard `restricted`
 (which includes `baseline`) that a pod template can fail, as the PodSecurity admission plugin
@@ -92,9 +92,14 @@ def _pods(sample: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_every_pod_of_a_llamacpp_stack_passes_restricted() -> None:
-    pods = _pods("llamacpp-cpu")
-    assert set(pods) == {"demo-inference", "demo-weaviate", "demo-openai", "demo-gradio"}
+SAMPLES = ["llamacpp-cpu", "tgi-gpu", "vllm", "external-openai"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_every_pod_of_every_sample_passes_restricted(sample: str) -> None:
+    pods = _pods(sample)
+    assert {"demo-weaviate", "demo-openai"} <= set(pods)
+    assert ("demo-inference" in pods) is (sample != "external-openai")
     for name, pod in pods.items():
         assert restricted_violations(pod) == [], name
 
@@ -122,14 +127,43 @@ def test_our_images_run_as_10001_on_a_read_only_root(workload: str) -> None:
 
 
 @pytest.mark.parametrize("sample", ["tgi-gpu", "vllm"])
-def test_gpu_engine_pods_are_the_only_ones_that_cannot_pass(sample: str) -> None:
-    pods = _pods(sample)
-    failing = {name for name, pod in pods.items() if restricted_violations(pod)}
-    assert failing == {"demo-inference"}
-    # The upstream images run as root; still, nothing in them may gain privileges.
-    container = pods["demo-inference"]["containers"][0]
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False}
-    assert "securityContext" not in pods["demo-inference"]
+def test_gpu_engines_run_as_10001_with_home_and_caches_in_volumes(sample: str) -> None:
+    """The upstream TGI/vLLM images declare root; the pod sets a uid, and what they write has a volume."""
+    pod = _pods(sample)["demo-inference"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    # HOME holds Triton/TorchInductor/outlines caches; USER answers getpass.getuser() for a uid
+    # without a passwd entry; HF_HOME is the model cache volume.
+    assert (env["HOME"], env["USER"], env["HF_HOME"]) == ("/tmp", "h2ogpt", "/data")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {"/data": "model-cache", "/dev/shm": "shm", "/tmp": "tmp"}
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+
+
+def test_spec_env_still_overrides_the_gpu_engine_home() -> None:
+    """`inference.env` comes last: an image that needs another HOME can have it."""
+    manifest = load_sample("vllm")
+    manifest["spec"]["inference"]["env"] = [{"name": "HOME", "value": "/data/home"}]
+    spec = H2oGPTDeploymentSpec.model_validate(manifest["spec"])
+    deployment = next(
+        c
+        for c in builders.build_children(STACK, spec, CONFIG, "digest")
+        if c["kind"] == "Deployment" and c["metadata"]["name"] == "demo-inference"
+    )
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [item["value"] for item in env if item["name"] == "HOME"][-1] == "/data/home"
 
 
 def test_checker_catches_what_restricted_forbids() -> None:
