@@ -7,17 +7,29 @@ the store calls these before it writes anything, so a refused document stores no
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from h2ogpt_api.retrieval.base import DocumentError
+from h2ogpt_api.retrieval.url_guard import (
+    Resolver,
+    UrlPolicy,
+    check_scheme,
+    choose_address,
+    host_header,
+    pinned_url,
+    resolve_host,
+)
 
 MIN_CHUNK_SIZE = 64
 MAX_CHUNK_SIZE = 16_000
@@ -52,6 +64,8 @@ class IngestLimits:
 
 
 DEFAULT_LIMITS = IngestLimits()
+# Public addresses only, no exceptions: what a server without --allowed_url_hosts fetches.
+DEFAULT_URL_POLICY = UrlPolicy()
 
 
 @dataclass(frozen=True)
@@ -234,9 +248,7 @@ def load_file(path: str | Path, *, source: str | None = None,
 # ---------------------------------------------------------------------------------------------
 
 def validate_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DocumentError(f"{url!r} is not an http(s) URL; give a full http:// or https:// address")
+    check_scheme(url)
     return url.strip()
 
 
@@ -252,34 +264,76 @@ def url_document_kind(content_type: str, url: str) -> str:
     return kind
 
 
-async def fetch_url(url: str, *, limits: IngestLimits = DEFAULT_LIMITS) -> LoadedDocument:
-    """Download and parse one http(s) URL, refusing it early when it is too big or of the wrong type."""
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+async def fetch_url(
+    url: str, *, limits: IngestLimits = DEFAULT_LIMITS, policy: UrlPolicy = DEFAULT_URL_POLICY,
+    resolve: Resolver = resolve_host,
+) -> LoadedDocument:
+    """Download and parse one http(s) URL, refusing it early when it is too big or of the wrong type.
+
+    Every hop (the URL and each redirect) is checked by `policy` on the addresses its host resolves
+    to, and the connection goes to the checked address (the Host header and TLS name stay the
+    URL's), so a DNS answer that changes between check and connect is never used. `resolve` is
+    the resolver (tests inject one); the size and time limits apply as before.
+    """
     url = validate_url(url)
     timeout = httpx.Timeout(limits.url_timeout_s)
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
-                                     max_redirects=limits.max_redirects) as client, \
-                client.stream("GET", url, headers={"Accept": ", ".join(CONTENT_TYPE_KINDS)}) as response:
-            if response.status_code >= 400:
-                raise DocumentError(f"{url}: the server answered HTTP {response.status_code}; "
-                                    "check the address")
-            kind = url_document_kind(response.headers.get("content-type", ""), str(response.url))
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limits.max_url_bytes:
-                raise DocumentError(f"{url}: the document is {declared} bytes, over the limit of "
-                                    f"{limits.max_url_bytes} bytes")
-            body = bytearray()
-            async for piece in response.aiter_bytes():
-                body.extend(piece)
-                if len(body) > limits.max_url_bytes:
-                    raise DocumentError(f"{url}: the document is over the limit of "
-                                        f"{limits.max_url_bytes} bytes")
+        # trust_env=False: a proxy from the environment would connect on our behalf to an
+        # address we never checked.
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            current = url
+            for _hop in range(limits.max_redirects + 1):
+                async with _open_checked(client, current, limits, policy, resolve) as response:
+                    location = response.headers.get("location")
+                    if response.status_code in REDIRECT_STATUSES and location:
+                        current = urljoin(current, location)
+                        continue
+                    return await _read_document(response, url, current, limits)
+            raise DocumentError(f"{url}: more than {limits.max_redirects} redirects; give the final address")
     except httpx.TimeoutException as exc:
         raise DocumentError(f"{url}: no answer within {limits.url_timeout_s:g} s; check the address "
                             "or try again later") from exc
     except httpx.HTTPError as exc:
         raise DocumentError(f"{url}: the URL is unreachable ({type(exc).__name__}: {exc}); "
                             "check the address and that this server can reach it") from exc
+
+
+@asynccontextmanager
+async def _open_checked(client: httpx.AsyncClient, url: str, limits: IngestLimits, policy: UrlPolicy,
+                        resolve: Resolver) -> AsyncIterator[httpx.Response]:
+    """A streamed GET of `url` over a connection to an address `policy` allows."""
+    scheme, host, port = check_scheme(url)
+    try:
+        addresses = await asyncio.wait_for(resolve(host, port), limits.url_timeout_s)
+    except TimeoutError:
+        raise DocumentError(f"{url}: resolving {host!r} took over {limits.url_timeout_s:g} s") from None
+    address = choose_address(url, host, addresses, policy)
+    headers = {"Accept": ", ".join(CONTENT_TYPE_KINDS), "Host": host_header(url)}
+    # httpx's documented `sni_hostname` extension: TLS (SNI and certificate check) uses the
+    # URL's host name while the socket goes to the checked address.
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    async with client.stream("GET", pinned_url(url, address), headers=headers,
+                             extensions=extensions) as response:
+        yield response
+
+
+async def _read_document(response: httpx.Response, url: str, final_url: str,
+                         limits: IngestLimits) -> LoadedDocument:
+    if response.status_code >= 400:
+        raise DocumentError(f"{url}: the server answered HTTP {response.status_code}; check the address")
+    kind = url_document_kind(response.headers.get("content-type", ""), final_url)
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_url_bytes:
+        raise DocumentError(f"{url}: the document is {declared} bytes, over the limit of "
+                            f"{limits.max_url_bytes} bytes")
+    body = bytearray()
+    async for piece in response.aiter_bytes():
+        body.extend(piece)
+        if len(body) > limits.max_url_bytes:
+            raise DocumentError(f"{url}: the document is over the limit of {limits.max_url_bytes} bytes")
     return parse_document(bytes(body), kind, url)
 
 

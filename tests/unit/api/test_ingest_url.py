@@ -15,8 +15,11 @@ import pytest
 from fpdf import FPDF
 from h2ogpt_api.retrieval.base import DocumentError
 from h2ogpt_api.retrieval.ingest import IngestLimits, LoadedDocument, fetch_url
+from h2ogpt_api.retrieval.url_guard import UrlPolicy
 
 LIMITS = IngestLimits(max_url_bytes=10_000, url_timeout_s=1.0)
+# These tests are about fetching; the server is on loopback, which only an allow-list opens.
+LOOPBACK_ALLOWED = UrlPolicy.from_settings(["127.0.0.1"])
 
 
 def pdf_bytes(tmp: Path) -> bytes:
@@ -79,7 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def fetch(url: str) -> LoadedDocument:
-    return asyncio.run(fetch_url(url, limits=LIMITS))
+    return asyncio.run(fetch_url(url, limits=LIMITS, policy=LOOPBACK_ALLOWED))
 
 
 def test_html_page(server: str) -> None:
