@@ -44,6 +44,7 @@ from h2ogpt_api.retrieval.base import (
     Hit,
     Identity,
     UnknownCollectionError,
+    token_window_of,
 )
 from h2ogpt_api.retrieval.embeddings import load_embedder
 from h2ogpt_api.retrieval.ingest import (
@@ -295,7 +296,7 @@ class WeaviateDocumentStore:
         """Write the chunks of a parsed document that are not stored yet, then drop the source's
         chunks that the new version no longer has. A failure part-way removes what this call
         wrote, so the collection is as before."""
-        chunks = chunk_document(document, chunk_size)
+        chunks = self.chunks_of(document, chunk_size)
         handle, name, tenant = await self._writable(collection, identity)
         ids = [chunk_uuid(name, tenant, chunk) for chunk in chunks]
         existing = await self._existing_ids(handle, ids)
@@ -333,6 +334,10 @@ class WeaviateDocumentStore:
                  name, len(new), len(chunks) - len(new), len(stale))
         return AddResult(source=document.source, chunks_added=len(new),
                          duplicate_chunks_skipped=len(chunks) - len(new))
+
+    def chunks_of(self, document: LoadedDocument, chunk_size: int) -> list[Chunk]:
+        """The chunks stored for a document: none longer than this store's embedder reads."""
+        return chunk_document(document, chunk_size, window=token_window_of(self.embedder))
 
     async def _existing_ids(self, handle: Any, ids: list[str]) -> set[str]:
         found: set[str] = set()
