@@ -63,6 +63,7 @@ async def _open_documents(settings: Settings, stack: contextlib.AsyncExitStack) 
             embedding_server=settings.embedding_server,
             embedding_model=settings.hf_embedding_model,
             collections=settings.document_modes,
+            url_policy=settings.url_policy(),
         )
     )
     return store

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from h2ogpt_api.retrieval.url_guard import UrlPolicy
+
 ENV_PREFIX = "H2OGPT_"
 NO_DOCUMENT_MODES = frozenset({"LLM", "Disabled"})
 # Names of the one embedding model this package runs in-process ("" = the default).
@@ -73,6 +75,12 @@ class Settings(BaseModel):
     # comment on OpenAI streams, so proxies with idle timeouts (often 60 s) keep the stream open.
     keepalive_seconds: float = Field(10.0, gt=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # URL ingestion fetches only public addresses; these host names (`*.domain` too), addresses
+    # or CIDRs are allowed besides (e.g. an intranet wiki). Comma-separated or a list literal.
+    allowed_url_hosts: list[str] = Field(default_factory=list)
+    # Ranges URL ingestion also refuses: a cluster's Service and Pod CIDRs when they are not in
+    # the private ranges refused anyway.
+    blocked_url_cidrs: list[str] = Field(default_factory=list)
 
     @field_validator("h2ogpt_api_keys", mode="before")
     @classmethod
@@ -84,9 +92,9 @@ class Settings(BaseModel):
             return parsed
         return value
 
-    @field_validator("langchain_modes", mode="before")
+    @field_validator("langchain_modes", "allowed_url_hosts", "blocked_url_cidrs", mode="before")
     @classmethod
-    def _modes_list(cls, value: object) -> object:
+    def _comma_separated_list(cls, value: object) -> object:
         if isinstance(value, str):
             parsed = _literal_or_none(value)
             if parsed is None:
@@ -103,6 +111,21 @@ class Settings(BaseModel):
                 "must be empty (embedded model), http://host:port (TGI), vllm:host:port or openai:<base_url>"
             )
         return value
+
+    @field_validator("allowed_url_hosts")
+    @classmethod
+    def _allowed_hosts_parse(cls, value: list[str]) -> list[str]:
+        UrlPolicy.from_settings(allowed_url_hosts=value)  # a bad entry fails at start-up, by name
+        return value
+
+    @field_validator("blocked_url_cidrs")
+    @classmethod
+    def _blocked_cidrs_parse(cls, value: list[str]) -> list[str]:
+        UrlPolicy.from_settings(blocked_url_cidrs=value)
+        return value
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy.from_settings(self.allowed_url_hosts, self.blocked_url_cidrs)
 
     @model_validator(mode="after")
     def _embedding_model_available(self) -> Settings:

@@ -276,6 +276,8 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_WEAVIATE_URL": weaviate_url(stack, spec),
         "H2OGPT_EMBEDDING_SERVER": spec.retrieval.embedding.server or "",
         "H2OGPT_HF_EMBEDDING_MODEL": spec.retrieval.embedding.model,
+        "H2OGPT_ALLOWED_URL_HOSTS": ",".join(spec.retrieval.allowed_url_hosts),
+        "H2OGPT_BLOCKED_URL_CIDRS": ",".join(spec.retrieval.blocked_url_cidrs),
         "H2OGPT_SAVE_DIR": API_SAVE_DIR,
         "H2OGPT_SERVER_NAME": "0.0.0.0",
         "H2OGPT_OPENAI_PORT": str(naming.OPENAI_PORT),

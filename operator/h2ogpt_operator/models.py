@@ -38,6 +38,14 @@ Quantize = Literal[
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 
+# Entries of the URL-ingestion lists: the apiserver refuses what cannot be a host, address or CIDR
+# (no commas: the api pods read the list comma-separated); the api pods parse each entry fully.
+URLHostEntry = Annotated[str, Field(
+    min_length=1, max_length=253,
+    pattern=r"^((\*\.)?[A-Za-z0-9.-]+|[0-9A-Fa-f.:]+(/[0-9]{1,3})?|\[[0-9A-Fa-f:.]+\])$")]
+CIDREntry = Annotated[str, Field(min_length=2, max_length=49, pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")]
+
+
 class CrdModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are ignored (the apiserver prunes them)."""
 
@@ -220,6 +228,18 @@ class RetrievalSpec(CrdModel):
         default=None, pattern=r"^https?://[^\s]+$", description="Use this Weaviate instead of running one."
     )
     embedding: EmbeddingSpec = section(EmbeddingSpec)
+    # URL ingestion (/add_url) fetches only public addresses; the api pods check every resolved
+    # address and redirect. These open exceptions (an intranet wiki) or add refused ranges.
+    allowed_url_hosts: list[URLHostEntry] = Field(
+        default_factory=list, max_length=256,
+        description="Host names (*.domain too), addresses or CIDRs that URL ingestion may fetch from "
+        "besides public addresses (H2OGPT_ALLOWED_URL_HOSTS).",
+    )
+    blocked_url_cidrs: list[CIDREntry] = Field(
+        default_factory=list, max_length=256,
+        description="Ranges URL ingestion also refuses: the cluster's Service and Pod CIDRs when they are "
+        "not private ranges, which are refused anyway (H2OGPT_BLOCKED_URL_CIDRS).",
+    )
 
 
 class ServiceSpec(CrdModel):

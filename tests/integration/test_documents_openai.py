@@ -44,9 +44,11 @@ VAULT = "Alice keeps the spare key to the greenhouse under the blue flowerpot by
 
 
 def chronicle(markers: list[str]) -> str:
-    """Paragraphs of about 1,050 characters (one chunk each at chunk_size 1200), one per marker word."""
+    """Paragraphs of about 1,080 characters and at most 256 MiniLM word pieces (one chunk each at
+    chunk_size 1200), one per marker word."""
     return "\n\n".join(
-        " ".join(f"In year {year} the {marker} guild rebuilt bridge {year}." for year in range(20))
+        " ".join(f"Throughout calendar year {year} the {marker} guild rebuilt bridge {year}."
+                 for year in range(4, 20))
         for marker in markers
     )
 

@@ -64,7 +64,9 @@ def server(
     api_server_factory: ApiServerFactory, tgi_fake: RunningFake, weaviate_server: WeaviateServer
 ) -> ApiServer:
     return api_server_factory(
-        ["--gradio", "True", "--inference_server", tgi_fake.url, "--weaviate_url", weaviate_server.url]
+        ["--gradio", "True", "--inference_server", tgi_fake.url, "--weaviate_url", weaviate_server.url,
+         # The PDF is served on 127.0.0.1; URL ingestion refuses loopback unless it is allowed.
+         "--allowed_url_hosts", "127.0.0.1"]
     )
 
 
@@ -180,3 +182,6 @@ def test_list_models_and_errors(client: GradioClient) -> None:
         client.query("anything", langchain_mode="Nope")
     with pytest.raises(H2oGPTClientError, match="unreachable"):
         client.query("anything", url="http://127.0.0.1:9/missing.pdf")
+    # Allowing 127.0.0.1 opens nothing else on loopback (docs/security.md).
+    with pytest.raises(H2oGPTClientError, match=r"refused to fetch from 127\.0\.0\.2: a loopback address"):
+        client.query("anything", url="http://127.0.0.2:9/missing.pdf")

@@ -24,6 +24,7 @@ from h2ogpt_api.retrieval.store import (
     parse_weaviate_url,
     weaviate_collection_name,
 )
+from h2ogpt_api.retrieval.url_guard import UrlPolicy
 
 from tests.support.weaviate import WeaviateServer
 
@@ -97,7 +98,7 @@ def web(files: dict[str, Path]) -> Iterator[str]:
 async def store_on(server: WeaviateServer, *modes: str) -> AsyncIterator[WeaviateDocumentStore]:
     async with open_document_store(weaviate_url=server.url, weaviate_api_key="", save_dir=Path("unused"),
                                    embedding_server="", collections=["LLM", "MyData", *modes],
-                                   limits=LIMITS) as store:
+                                   limits=LIMITS, url_policy=UrlPolicy.from_settings(["127.0.0.1"])) as store:
         yield store
 
 

@@ -18,7 +18,7 @@ from h2ogpt_api.gradio_api.service import Caller, GradioService, failure_message
 from h2ogpt_api.params import GenerationParams
 
 ACTIONS = ["Query", "Summarize", "Extract"]
-UPLOAD_TYPES = [".pdf", ".txt", ".md", ".html", ".htm"]
+UPLOAD_TYPES = [".pdf", ".txt", ".md", ".html", ".htm", ".docx"]
 THEME_CSS = """
 #h2ogpt-header h1 { margin-bottom: 0.2em; }
 #h2ogpt-model { opacity: 0.8; }

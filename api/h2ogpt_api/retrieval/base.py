@@ -8,7 +8,7 @@ tests stay independent of Weaviate.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class DocumentError(ValueError):
@@ -25,6 +25,27 @@ class UnknownCollectionError(DocumentError):
 class DocumentStoreUnavailableError(Exception):
     """The store itself failed or cannot be reached (Weaviate down or restarting): not the
     client's fault, and worth a retry. Not a `DocumentError`, which is bad input."""
+
+
+@dataclass(frozen=True)
+class TokenWindow:
+    """What an embedding model reads of a text: at most `max_tokens` of `tokenizer`'s tokens,
+    special tokens included; the rest is cut off unseen. Chunking measures chunks with it so
+    that none is longer than the model reads."""
+
+    tokenizer: Any  # a `tokenizers.Tokenizer` WITHOUT truncation (a truncating one never counts past the cut)
+    max_tokens: int
+
+    def count(self, text: str) -> int:
+        """Tokens the model would be given for `text`, special tokens ([CLS], [SEP]) included."""
+        return len(self.tokenizer.encode(text).ids)
+
+
+def token_window_of(embedder: object) -> TokenWindow | None:
+    """The embedder's `token_window` when it knows its tokenizer (the in-process model), else None
+    (a remote endpoint: its tokenizer is not known here, so chunks are measured in characters)."""
+    window = getattr(embedder, "token_window", None)
+    return window if isinstance(window, TokenWindow) else None
 
 
 class Embedder(Protocol):

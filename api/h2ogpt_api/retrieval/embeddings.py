@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from h2ogpt_api.retrieval.base import DocumentError, Embedder
+from h2ogpt_api.retrieval.base import DocumentError, Embedder, TokenWindow
 
 MINILM_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -176,6 +176,11 @@ class MiniLMEmbedder:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MINILM_MAX_TOKENS)
         self.tokenizer.no_padding()
+        # Chunking counts with a second copy that never truncates (ingest.chunk_text).
+        counting = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        counting.no_truncation()
+        counting.no_padding()
+        self.token_window = TokenWindow(counting, MINILM_MAX_TOKENS)
         # One forward pass at a time: numpy already uses every core for a matmul, and running
         # two batches side by side only doubles peak memory.
         self._lock = threading.Lock()

@@ -44,10 +44,12 @@ from h2ogpt_api.retrieval.base import (
     Hit,
     Identity,
     UnknownCollectionError,
+    token_window_of,
 )
 from h2ogpt_api.retrieval.embeddings import load_embedder
 from h2ogpt_api.retrieval.ingest import (
     DEFAULT_LIMITS,
+    DEFAULT_URL_POLICY,
     Chunk,
     IngestLimits,
     LoadedDocument,
@@ -57,6 +59,7 @@ from h2ogpt_api.retrieval.ingest import (
     load_text,
     validate_chunk_size,
 )
+from h2ogpt_api.retrieval.url_guard import Resolver, UrlPolicy, resolve_host
 from h2ogpt_api.retrieval.weaviate_process import LOOPBACK, WeaviateProcess
 
 log = logging.getLogger(__name__)
@@ -163,7 +166,8 @@ class WeaviateDocumentStore:
     """`DocumentStore` on a connected async Weaviate client."""
 
     def __init__(self, client: weaviate.WeaviateAsyncClient, embedder: Embedder, collections: list[str],
-                 *, limits: IngestLimits = DEFAULT_LIMITS) -> None:
+                 *, limits: IngestLimits = DEFAULT_LIMITS, url_policy: UrlPolicy = DEFAULT_URL_POLICY,
+                 resolve: Resolver = resolve_host) -> None:
         for mode in collections:
             if mode != NO_DOCUMENTS_MODE and not _COLLECTION_NAME.match(mode):
                 raise ValueError(f"collection name {mode!r} must start with a letter and hold only "
@@ -171,6 +175,8 @@ class WeaviateDocumentStore:
         self.client = client
         self.embedder = embedder
         self.limits = limits
+        self.url_policy = url_policy
+        self._resolve_host = resolve
         self._modes = list(dict.fromkeys(collections))
         self._checked: set[str] = set()  # Weaviate collections whose embedding model matched ours
         self._create_lock = asyncio.Lock()
@@ -273,7 +279,8 @@ class WeaviateDocumentStore:
                       chunk_size: int = 512) -> AddResult:
         self._resolve(collection, identity)
         validate_chunk_size(chunk_size)
-        document = await fetch_url(url, limits=self.limits)
+        document = await fetch_url(url, limits=self.limits, policy=self.url_policy,
+                                   resolve=self._resolve_host)
         return await self._store(document, collection=collection, identity=identity, chunk_size=chunk_size)
 
     @store_failures_unavailable
@@ -289,7 +296,7 @@ class WeaviateDocumentStore:
         """Write the chunks of a parsed document that are not stored yet, then drop the source's
         chunks that the new version no longer has. A failure part-way removes what this call
         wrote, so the collection is as before."""
-        chunks = chunk_document(document, chunk_size)
+        chunks = self.chunks_of(document, chunk_size)
         handle, name, tenant = await self._writable(collection, identity)
         ids = [chunk_uuid(name, tenant, chunk) for chunk in chunks]
         existing = await self._existing_ids(handle, ids)
@@ -327,6 +334,10 @@ class WeaviateDocumentStore:
                  name, len(new), len(chunks) - len(new), len(stale))
         return AddResult(source=document.source, chunks_added=len(new),
                          duplicate_chunks_skipped=len(chunks) - len(new))
+
+    def chunks_of(self, document: LoadedDocument, chunk_size: int) -> list[Chunk]:
+        """The chunks stored for a document: none longer than this store's embedder reads."""
+        return chunk_document(document, chunk_size, window=token_window_of(self.embedder))
 
     async def _existing_ids(self, handle: Any, ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -459,9 +470,11 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
                               embedding_server: str, collections: list[str],
                               embedding_model: str = "",
                               limits: IngestLimits = DEFAULT_LIMITS,
+                              url_policy: UrlPolicy = DEFAULT_URL_POLICY,
                               embedder: Embedder | None = None) -> AsyncIterator[WeaviateDocumentStore]:
     """A connected store; with no `weaviate_url`, also a local weaviate-server under `save_dir`,
-    restarted if it dies and stopped on exit. `embedder` overrides `embedding_server` (tests)."""
+    restarted if it dies and stopped on exit. `embedder` overrides `embedding_server` (tests);
+    `url_policy` says which hosts `add_url` may fetch from."""
     if embedder is None:
         embedder = await asyncio.to_thread(functools.partial(load_embedder, embedding_server,
                                                              model=embedding_model))
@@ -483,6 +496,6 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
         if not await client.is_ready():
             raise DocumentError(f"Weaviate at {endpoint.http_host}:{endpoint.http_port} is not ready; "
                                 "check --weaviate_url and that the server is up")
-        store = WeaviateDocumentStore(client, embedder, collections, limits=limits)
+        store = WeaviateDocumentStore(client, embedder, collections, limits=limits, url_policy=url_policy)
         store.local_weaviate = process
         yield store

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 from fpdf import FPDF
-from h2ogpt_api.retrieval.base import DocumentError
+from h2ogpt_api.retrieval.base import DocumentError, TokenWindow, token_window_of
+from h2ogpt_api.retrieval.embeddings import EndpointEmbedder, MiniLMEmbedder, load_embedder
 from h2ogpt_api.retrieval.ingest import (
     IngestLimits,
     LoadedDocument,
     Page,
     chunk_document,
     chunk_text,
+    docx_text,
     html_to_text,
     load_file,
     load_text,
@@ -59,7 +61,8 @@ class TestChunking:
 
     def test_consecutive_chunks_overlap_a_little(self) -> None:
         chunks = chunk_text(PROSE, 300)
-        overlapping = [a for a, b in itertools.pairwise(chunks) if b.split(" ")[0] in a[-40:]]
+        # The splitter overlaps whole sentences: the next chunk starts with the previous one's last.
+        overlapping = [a for a, b in itertools.pairwise(chunks) if b.split(". ")[0] + "." in a]
         assert len(overlapping) >= len(chunks) // 2
         # the overlap is small: most of each chunk is new text
         assert sum(len(c) for c in chunks) < 1.3 * len(PROSE)
@@ -128,10 +131,10 @@ class TestLoaders:
             (1, "Alpha page talks about apples."), (3, "Gamma page about grapes.")]
 
     def test_unsupported_type_lists_supported_ones(self, tmp_path: Path) -> None:
-        (tmp_path / "x.docx").write_bytes(b"PK\x03\x04")
-        message = r"x\.docx: unsupported file type '\.docx'; supported: .*\.pdf"
+        (tmp_path / "x.xlsx").write_bytes(b"PK\x03\x04")
+        message = r"x\.xlsx: unsupported file type '\.xlsx'; supported: \.docx, .*\.pdf"
         with pytest.raises(DocumentError, match=message):
-            load_file(tmp_path / "x.docx")
+            load_file(tmp_path / "x.xlsx")
 
     def test_file_over_the_limit_is_refused(self, tmp_path: Path) -> None:
         (tmp_path / "big.txt").write_text("word " * 1000)
@@ -166,6 +169,120 @@ class TestLoaders:
             load_text("123456", limits=IngestLimits(max_text_chars=5))
 
 
+@pytest.fixture(scope="module")
+def minilm_window() -> TokenWindow:
+    embedder = load_embedder("")
+    assert isinstance(embedder, MiniLMEmbedder)
+    window = token_window_of(embedder)
+    assert window is not None
+    return window
+
+
+# Prose with long numbers and rare words: many word pieces per character.
+DENSE = "\n\n".join(
+    " ".join(f"Sample {p}-{s} of batch XQ{p * 7919 + s} measured 0.{p * s:04d}7 units." for s in range(40))
+    for p in range(6)
+)
+
+
+class TestTokenChunks:
+    """Chunks are measured in the embedder's own word pieces as well as in characters."""
+
+    def test_no_chunk_is_longer_than_the_model_reads(self, minilm_window: TokenWindow) -> None:
+        assert minilm_window.max_tokens == 256
+        by_characters = chunk_text(DENSE, 16_000)
+        assert max(minilm_window.count(c) for c in by_characters) > 256  # the old failure: cut off unseen
+        chunks = chunk_text(DENSE, 16_000, window=minilm_window)
+        assert len(chunks) > len(by_characters)
+        assert all(minilm_window.count(c) <= 256 for c in chunks)
+        assert words(DENSE) == set().union(*(words(c) for c in chunks))
+        # Full: the splitter packs up to the window, not far below it.
+        assert sum(minilm_window.count(c) for c in chunks) / len(chunks) > 150
+
+    def test_the_character_limit_still_applies_below_the_window(self, minilm_window: TokenWindow) -> None:
+        chunks = chunk_text(PROSE, 300, window=minilm_window)
+        assert all(len(c) <= 300 for c in chunks)
+        assert chunks == chunk_text(PROSE, 300)  # 300 characters are far fewer than 256 word pieces
+
+    def test_counting_never_truncates(self, minilm_window: TokenWindow) -> None:
+        assert minilm_window.count(DENSE) > 1000
+        assert minilm_window.count("") == 2  # [CLS] and [SEP] are counted too
+
+    def test_a_remote_embedder_has_no_window(self) -> None:
+        assert token_window_of(EndpointEmbedder("http://127.0.0.1:9", "m", 8)) is None
+
+    def test_chunk_document_passes_the_window(self, minilm_window: TokenWindow) -> None:
+        doc = LoadedDocument("d.txt", "text", [Page(DENSE)])
+        assert all(minilm_window.count(c.content) <= 256
+                   for c in chunk_document(doc, 16_000, window=minilm_window))
+
+
+PAGE_WITH_BOILERPLATE = """<html><head><title>Rivers of Europe</title></head><body>
+<div class="cookie-banner" id="cookie-consent"><p>We use cookies to improve your experience.
+Accept all cookies or manage your preferences.</p><button>Accept</button></div>
+<header><nav><ul><li><a href="/">Home</a></li><li><a href="/news">News</a></li>
+<li><a href="/about">About us</a></li><li><a href="/contact">Contact</a></li></ul></nav></header>
+<main><article><h1>The Danube</h1>
+<p>The Danube is the second-longest river in Europe, flowing through ten countries from the
+Black Forest to the Black Sea.</p>
+<p>Its delta is a UNESCO World Heritage Site and home to more than 300 species of birds,
+including pelicans and cormorants.</p>
+<table><tr><td>Length</td><td>2850 km</td></tr></table></article></main>
+<footer><p>Copyright 2026 River Facts Ltd. All rights reserved. Privacy policy.</p></footer>
+</body></html>"""
+
+
+def make_docx(path: Path) -> Path:
+    import docx  # noqa: PLC0415
+
+    document = docx.Document()
+    document.add_heading("Quarterly report", level=1)
+    document.add_paragraph("Revenue grew by twelve percent in the northern region.")
+    table = document.add_table(rows=2, cols=2)
+    for row, (name, value) in enumerate([("Region", "Growth"), ("North", "12%")]):
+        table.cell(row, 0).text = name
+        table.cell(row, 1).text = value
+    document.add_paragraph("")
+    document.add_paragraph("Costs fell in the south.")
+    document.save(str(path))
+    return path
+
+
+class TestMainContentAndDocx:
+    def test_html_keeps_the_article_and_leaves_out_menus_footers_and_cookie_banners(self) -> None:
+        text = html_to_text(PAGE_WITH_BOILERPLATE)
+        assert text.startswith("Rivers of Europe\n\n")
+        assert "second-longest river in Europe" in text
+        assert "300 species of birds" in text
+        assert "2850 km" in text  # tables are content
+        for boilerplate in ("cookies", "Home", "About us", "Contact", "Copyright", "Privacy"):
+            assert boilerplate not in text, boilerplate
+        # Paragraphs stay paragraphs, so chunks can end at them.
+        assert "\n\nIts delta" in text
+
+    def test_html_without_main_content_keeps_its_visible_text(self) -> None:
+        assert html_to_text("<ul><li>Only</li><li>a list</li></ul>") == "Only\n\na list"
+
+    def test_docx_paragraphs_and_tables_in_order(self, tmp_path: Path) -> None:
+        doc = load_file(make_docx(tmp_path / "report.docx"))
+        assert (doc.source, doc.kind) == ("report.docx", "docx")
+        assert doc.pages[0].text == ("Quarterly report\n\nRevenue grew by twelve percent in the northern "
+                                     "region.\n\nRegion | Growth\n\nNorth | 12%\n\nCosts fell in the south.")
+
+    def test_broken_docx_is_refused_clearly(self, tmp_path: Path) -> None:
+        (tmp_path / "bad.docx").write_bytes(b"PK\x03\x04 not really a zip")
+        with pytest.raises(DocumentError, match=r"bad\.docx: not a readable \.docx"):
+            load_file(tmp_path / "bad.docx")
+        (tmp_path / "other.docx").write_bytes(make_pdf(tmp_path / "x.pdf", ["text"]).read_bytes())
+        with pytest.raises(DocumentError, match=r"other\.docx: not a readable \.docx"):
+            load_file(tmp_path / "other.docx")
+
+    def test_docx_that_unpacks_too_large_is_refused_before_parsing(self, tmp_path: Path) -> None:
+        data = make_docx(tmp_path / "r.docx").read_bytes()
+        with pytest.raises(DocumentError, match=r"r\.docx: the \.docx unpacks to \d+ bytes, over the limit"):
+            docx_text(data, "r.docx", max_unpacked_bytes=1000)
+
+
 class TestUrlChecks:
     @pytest.mark.parametrize("url", ["ftp://example.com/a.pdf", "file:///etc/passwd", "example.com", "http://"])
     def test_only_http_urls(self, url: str) -> None:
@@ -177,6 +294,8 @@ class TestUrlChecks:
         ("application/pdf", "http://h/x", "pdf"),
         ("text/markdown", "http://h/x", "markdown"),
         ("text/plain", "http://h/x", "text"),
+        ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "http://h/x", "docx"),
+        ("application/octet-stream", "http://h/r.docx", "docx"),
         ("application/octet-stream", "http://h/report.PDF", "pdf"),
         ("", "http://h/readme.md", "markdown"),
     ])

@@ -15,8 +15,13 @@ import pytest
 from fpdf import FPDF
 from h2ogpt_api.retrieval.base import DocumentError
 from h2ogpt_api.retrieval.ingest import IngestLimits, LoadedDocument, fetch_url
+from h2ogpt_api.retrieval.url_guard import UrlPolicy
+
+from tests.unit.api.test_ingest import make_docx
 
 LIMITS = IngestLimits(max_url_bytes=10_000, url_timeout_s=1.0)
+# These tests are about fetching; the server is on loopback, which only an allow-list opens.
+LOOPBACK_ALLOWED = UrlPolicy.from_settings(["127.0.0.1"])
 
 
 def pdf_bytes(tmp: Path) -> bytes:
@@ -65,6 +70,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                        b"<html><title>Rivers</title><body><p>The Nile is long.</p></body></html>"),
         "/doc.pdf": (200, "application/pdf", pdf_bytes(tmp_path_factory.mktemp("pdf"))),
         "/notes.md": (200, "text/markdown", b"# Notes\n\nMarkdown body."),
+        "/report": (200, "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                    make_docx(tmp_path_factory.mktemp("docx") / "r.docx").read_bytes()),
         "/image.png": (200, "image/png", b"\x89PNG...."),
         "/big.txt": (200, "text/plain", b"x " * 6000),
         "/empty.html": (200, "text/html", b"<html><body>  </body></html>"),
@@ -79,7 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def fetch(url: str) -> LoadedDocument:
-    return asyncio.run(fetch_url(url, limits=LIMITS))
+    return asyncio.run(fetch_url(url, limits=LIMITS, policy=LOOPBACK_ALLOWED))
 
 
 def test_html_page(server: str) -> None:
@@ -92,6 +99,14 @@ def test_pdf_keeps_pages(server: str) -> None:
     doc = fetch(f"{server}/doc.pdf")
     assert [(p.number, p.text) for p in doc.pages] == [
         (1, "Page one is about rivers."), (2, "Page two is about mountains.")]
+
+
+def test_docx_by_its_content_type(server: str) -> None:
+    # python-docx's empty template alone is about 36 KB.
+    doc = asyncio.run(fetch_url(f"{server}/report", limits=IngestLimits(max_url_bytes=100_000),
+                                policy=LOOPBACK_ALLOWED))
+    assert doc.kind == "docx"
+    assert doc.pages[0].text.startswith("Quarterly report\n\nRevenue grew")
 
 
 def test_markdown_and_redirect(server: str) -> None:

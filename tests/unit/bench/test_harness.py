@@ -99,3 +99,22 @@ def test_summarize_parts_are_deterministic_and_sized() -> None:
     assert parts == summarize.document_parts(summarize.PARTS, summarize.PART_CHARS)
     assert len(parts) == summarize.PARTS
     assert all(summarize.PART_CHARS <= len(part) < summarize.PART_CHARS + 200 for part in parts)
+
+
+def test_retrieval_corpus_is_deterministic_and_only_its_own_article_holds_a_fact() -> None:
+    from h2ogpt_api.retrieval.ingest import html_to_text, visible_text  # noqa: PLC0415
+
+    from bench import retrieval_quality  # noqa: PLC0415
+
+    pages = retrieval_quality.generate_site(10, retrieval_quality.SEED)
+    assert pages == retrieval_quality.generate_site(10, retrieval_quality.SEED)
+    assert len({page.question for page in pages}) == len(pages)
+    main_texts = [html_to_text(page.html) for page in pages]
+    visible_texts = [visible_text(page.html) for page in pages]
+    for page, main in zip(pages, main_texts, strict=True):
+        assert page.fact in main
+        assert sum(page.fact in text for text in main_texts) == 1
+        # Other pages' sidebars quote it: what all-visible-text ingestion stores in the wrong place.
+        assert sum(page.fact in text for text in visible_texts) > 1
+    text = "\n\n".join(main_texts[:3])
+    assert all(len(chunk) <= 512 for chunk in retrieval_quality.character_chunks(text, 512))

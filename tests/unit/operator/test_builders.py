@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import pytest
+from h2ogpt_api.settings import parse_settings
 from h2ogpt_operator import builders, naming
 from h2ogpt_operator.builders import Stack
 from h2ogpt_operator.config import OperatorConfig
@@ -115,6 +116,26 @@ def test_config_map_holds_settings_and_no_secret() -> None:
     assert data["H2OGPT_ENFORCE_H2OGPT_API_KEY"] == "True"
     assert all(key.startswith("H2OGPT_") for key in data)
     assert not {"H2OGPT_H2OGPT_API_KEYS", "H2OGPT_AUTH", "H2OGPT_WEAVIATE_API_KEY"} & set(data)
+
+
+def test_url_ingestion_lists_reach_the_api_settings_the_api_parses() -> None:
+    spec = spec_of(retrieval={"allowedUrlHosts": ["wiki.corp", "*.intranet", "10.20.0.0/16"],
+                              "blockedUrlCidrs": ["34.118.224.0/20", "2600:1900::/28"]})
+    data = builders.build_settings(STACK, spec)
+    assert data["H2OGPT_ALLOWED_URL_HOSTS"] == "wiki.corp,*.intranet,10.20.0.0/16"
+    assert data["H2OGPT_BLOCKED_URL_CIDRS"] == "34.118.224.0/20,2600:1900::/28"
+    settings = parse_settings([], data)  # what the api pod reads from the ConfigMap
+    assert settings.url_policy().host_allowed("docs.intranet")
+    assert settings.blocked_url_cidrs == ["34.118.224.0/20", "2600:1900::/28"]
+    assert builders.build_settings(STACK, spec_of())["H2OGPT_ALLOWED_URL_HOSTS"] == ""
+
+
+@pytest.mark.parametrize(("field", "entry"), [("allowedUrlHosts", "a.example,b.example"),
+                                              ("allowedUrlHosts", "http://x/"),
+                                              ("blockedUrlCidrs", "corp.example")])
+def test_url_ingestion_entries_the_api_cannot_read_are_refused(field: str, entry: str) -> None:
+    with pytest.raises(ValueError, match="should match pattern"):
+        spec_of(retrieval={field: [entry]})
 
 
 def test_auth_secret_generates_only_what_is_not_referenced() -> None:
