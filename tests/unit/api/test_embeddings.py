@@ -102,7 +102,7 @@ def test_gelu_is_the_exact_erf_form() -> None:
     assert _gelu(x.copy()).tolist() == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.slow  # the numpy reference takes about 10 s on 2 idle cores
+@pytest.mark.slow  # the numpy reference embeds about 80 texts
 def test_onnx_runtime_gives_the_numpy_vectors_on_a_realistic_corpus(
         embedder: MiniLMEmbedder, numpy_reference: MiniLMEmbedder) -> None:
     # The chunks the RAG benchmark ingests (generated prose cut by the store's own chunker), plus
