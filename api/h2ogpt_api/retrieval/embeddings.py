@@ -249,13 +249,14 @@ def build_onnx_graph(config: BertConfig, weights: dict[str, FloatArray]) -> byte
 
 class OnnxBertEncoder:
     """The graph of `build_onnx_graph` in an ONNX Runtime CPU session (all cores, full graph
-    optimisation). Same `forward` as `NumpyBertEncoder`."""
+    optimisation; `threads` > 0 caps its thread pool). Same `forward` as `NumpyBertEncoder`."""
 
-    def __init__(self, config: BertConfig, weights: dict[str, FloatArray]) -> None:
+    def __init__(self, config: BertConfig, weights: dict[str, FloatArray], *, threads: int = 0) -> None:
         import onnxruntime  # noqa: PLC0415
 
         self.config = config
         options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: its optimizer's notes are not the user's concern
         self.session = onnxruntime.InferenceSession(build_onnx_graph(config, weights), options,
@@ -294,7 +295,7 @@ class MiniLMEmbedder:
 
     model_name = MINILM_MODEL_NAME
 
-    def __init__(self, model_dir: Path, runtime: Runtime | None = None) -> None:
+    def __init__(self, model_dir: Path, runtime: Runtime | None = None, *, onnx_threads: int = 0) -> None:
         # Imported here so that an endpoint-only deployment never loads them.
         from safetensors.numpy import load_file  # noqa: PLC0415
         from tokenizers import Tokenizer  # noqa: PLC0415
@@ -309,8 +310,8 @@ class MiniLMEmbedder:
         weights = {name: array.astype(np.float32, copy=False)
                    for name, array in load_file(str(model_dir / "model.safetensors")).items()
                    if array.dtype != np.int64}
-        self.encoder: BertEncoder = (OnnxBertEncoder(config, weights) if self.runtime == "onnx"
-                                     else NumpyBertEncoder(config, weights))
+        self.encoder: BertEncoder = (OnnxBertEncoder(config, weights, threads=onnx_threads)
+                                     if self.runtime == "onnx" else NumpyBertEncoder(config, weights))
         self.dimension = config.hidden_size
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MINILM_MAX_TOKENS)
