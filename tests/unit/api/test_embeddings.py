@@ -1,4 +1,5 @@
-"""all-MiniLM-L6-v2 on numpy: checked against the model's published reference similarities."""
+"""all-MiniLM-L6-v2 in-process: checked against the model's published reference similarities, and
+the ONNX Runtime graph (the default runtime) against the numpy implementation, vector for vector."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import math
 
 import numpy as np
 import pytest
-from h2ogpt_api.retrieval.embeddings import MINILM_MODEL_NAME, MiniLMEmbedder, _gelu, load_embedder
+from h2ogpt_api.retrieval.embeddings import (
+    MINILM_MODEL_NAME,
+    MiniLMEmbedder,
+    _gelu,
+    load_embedder,
+    minilm_model_dir,
+)
+from h2ogpt_api.retrieval.ingest import chunk_text
+
+from bench.rag import CHUNK_SIZE, SEED, generate_pages
+
+# "Same vectors to 4 decimals": the largest difference allowed in any component of any vector.
+RUNTIME_AGREEMENT = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +30,15 @@ def embedder() -> MiniLMEmbedder:
     return loaded
 
 
+@pytest.fixture(scope="module")
+def numpy_reference() -> MiniLMEmbedder:
+    return MiniLMEmbedder(minilm_model_dir(), runtime="numpy")
+
+
 def test_identity(embedder: MiniLMEmbedder) -> None:
     assert embedder.model_name == MINILM_MODEL_NAME
+    # The dev install has the `onnx` extra, so the default is the ONNX Runtime graph.
+    assert embedder.runtime == "onnx"
     assert embedder.dimension == 384
     assert load_embedder() is embedder  # the weights are loaded once per process
 
@@ -80,3 +100,34 @@ def test_gelu_is_the_exact_erf_form() -> None:
     x = np.linspace(-6, 6, 241, dtype=np.float32)
     expected = [0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()]
     assert _gelu(x.copy()).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow  # the numpy reference embeds about 80 texts
+def test_onnx_runtime_gives_the_numpy_vectors_on_a_realistic_corpus(
+        embedder: MiniLMEmbedder, numpy_reference: MiniLMEmbedder) -> None:
+    # The chunks the RAG benchmark ingests (generated prose cut by the store's own chunker), plus
+    # the edge cases: an empty text, a single word, and one past the 256 word-piece truncation.
+    pages = generate_pages(12, SEED, "T")
+    chunks = [chunk for page in pages for chunk in chunk_text(page.text, CHUNK_SIZE)]
+    texts = [*chunks, *(page.question for page in pages), "", "river", "flood " * 400]
+    assert len(texts) > 60
+    onnx_vectors = embedder.embed_sync(texts)
+    numpy_vectors = numpy_reference.embed_sync(texts)
+    assert onnx_vectors.shape == numpy_vectors.shape == (len(texts), 384)
+    assert float(np.abs(onnx_vectors - numpy_vectors).max()) < RUNTIME_AGREEMENT
+
+
+def test_onnx_token_embeddings_match_numpy_with_padding(
+        embedder: MiniLMEmbedder, numpy_reference: MiniLMEmbedder) -> None:
+    # The encoders' own output, before pooling, on a padded batch: padded rows must not leak.
+    input_ids = np.array([[101, 2054, 2003, 1037, 3899, 102], [101, 7592, 102, 0, 0, 0]], dtype=np.int64)
+    attention_mask = (input_ids != 0).astype(np.int64)
+    onnx_hidden = embedder.encoder.forward(input_ids, attention_mask)
+    numpy_hidden = numpy_reference.encoder.forward(input_ids, attention_mask)
+    real = attention_mask.astype(bool)
+    assert float(np.abs(onnx_hidden[real] - numpy_hidden[real]).max()) < RUNTIME_AGREEMENT
+
+
+def test_unknown_runtime_is_refused() -> None:
+    with pytest.raises(ValueError, match="embedding runtime must be one of onnx, numpy, not 'torch'"):
+        MiniLMEmbedder(minilm_model_dir(), runtime="torch")  # type: ignore[arg-type]
