@@ -53,6 +53,10 @@ class OpenAICompatBackend:
             max_retries=0,
         )
 
+    @property
+    def supports_min_new_tokens(self) -> bool:
+        return self.kind == "vllm"  # vLLM's `min_tokens`; OpenAI's API has no such parameter
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -74,6 +78,8 @@ class OpenAICompatBackend:
             extra: dict[str, Any] = {"repetition_penalty": sampling.repetition_penalty}
             if sampling.top_k > 0 and not sampling.greedy:
                 extra["top_k"] = sampling.top_k
+            if sampling.min_new_tokens:
+                extra["min_tokens"] = sampling.min_new_tokens
             args["extra_body"] = extra
         return args
 
