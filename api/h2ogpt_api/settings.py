@@ -79,7 +79,8 @@ class Settings(BaseModel):
     )
     enforce_h2ogpt_api_key: bool = Field(False, description="refuse requests without a valid API key")
     auth_access: Literal["open", "closed"] = Field(
-        "open", description="open = anyone (unknown users are guests); closed = listed users only"
+        "open",
+        description="open = no login is the guest and a new name registers; closed = listed users only",
     )
     # A JSON file {"user": {"password": "..."}}, or a literal [("user", "pass")] / JSON dict.
     auth: str = Field(
