@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -19,6 +20,7 @@ from openai import OpenAI
 
 from tests.support.api_server import ApiServer, ApiServerFactory, llm_only_args
 from tests.support.tgi_fake import RunningFake, TgiFake
+from tests.support.weaviate import WeaviateServer
 
 MODEL = "h2oai/h2ogpt-4096-llama2-70b-chat"
 # Flags from h2oGPT's documented command lines that have no meaning here.
@@ -311,3 +313,39 @@ def test_a_non_streamed_request_whose_client_leaves_is_cancelled_and_frees_its_s
     assert answer.json()["choices"][0]["message"]["content"] == "user: hi"
     metrics = httpx.get(f"{api.base_url}/metrics", timeout=10).text
     assert re.search(r'h2ogpt_api_requests_total\{route="/v1/chat/completions",status="499"\} 1\.0', metrics)
+
+
+# -- --user_path --------------------------------------------------------------------------------------
+
+
+def test_user_path_files_are_in_userdata_before_the_first_question(
+    api_server_factory: ApiServerFactory,
+    tgi_fake: RunningFake,
+    weaviate_server: WeaviateServer,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "zorbon.txt").write_text("The zorbon engine runs on purple quartz crystals.")
+    (tmp_path / "broken.pdf").write_bytes(b"not a pdf")  # skipped by name, not fatal
+    args = [
+        "--inference_server", tgi_fake.url, "--base_model", MODEL,
+        "--weaviate_url", weaviate_server.url, "--langchain_modes", "['UserData', 'LLM']",
+        f"--user_path={tmp_path}", "--top_k_docs=1",
+    ]  # fmt: skip
+    api = api_server_factory(args)
+    assert "--user_path: skipped" in api.log()
+    assert "broken.pdf" in api.log()
+    assert "2 files, 1 new chunks in UserData" in api.log()
+    with OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0) as client:
+        answer = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What does the zorbon engine run on?"}],
+            max_tokens=200,
+            extra_body={"langchain_mode": "UserData"},
+        )
+    assert "purple quartz crystals" in (answer.choices[0].message.content or "")
+    sources = (answer.usage.model_extra or {})["sources"]  # type: ignore[union-attr]
+    assert [source["source"] for source in sources] == ["notes/zorbon.txt"]
+    # A restart adds nothing twice (the store skips stored chunks).
+    again = api_server_factory(args)
+    assert "2 files, 0 new chunks in UserData" in again.log()
