@@ -212,6 +212,19 @@ def test_max_new_tokens_is_lowered_to_the_context_left(
         assert "TGI's context is 40" in caught.value.body["message"]  # type: ignore[index]
 
 
+def test_openai_compatible_servers_get_max_tokens_lowered_too(
+    api_server_factory: ApiServerFactory, small_tgi: RunningFake
+) -> None:
+    # TGI's own OpenAI route, reached as any OpenAI-compatible server (openai:<base_url>).
+    api = api_server_factory(llm_only_args(f"openai:{small_tgi.url}/v1", MODEL))
+    with OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0) as client:
+        answer = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "count these words"}], max_tokens=1000
+        )
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 36)
+
+
 @pytest.fixture(scope="module")
 def old_tgi() -> Iterator[RunningFake]:
     """A TGI without /v1/chat/completions (TGI before 1.4)."""
