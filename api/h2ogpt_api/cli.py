@@ -17,10 +17,13 @@ import uvicorn
 from h2ogpt_api.auth import ApiKeys, parse_users
 from h2ogpt_api.backends import create_backend
 from h2ogpt_api.core import Core
-from h2ogpt_api.retrieval.base import DocumentStore
-from h2ogpt_api.settings import HELP_TEXT, Settings, SettingsError, parse_settings
+from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Identity
+from h2ogpt_api.settings import Settings, SettingsError, help_text, parse_settings_and_warnings
 
 log = logging.getLogger("h2ogpt_api")
+USER_DATA = "UserData"
+# Who --user_path files are added as (UserData is shared: the name only labels the ingestion).
+USER_PATH_IDENTITY = "user_path"
 
 
 class _Server(uvicorn.Server):
@@ -69,6 +72,37 @@ async def _open_documents(settings: Settings, stack: contextlib.AsyncExitStack) 
     return store
 
 
+async def _add_user_path(settings: Settings, documents: DocumentStore | None) -> None:
+    """h2oGPT's --user_path: every file under the folder into the shared UserData collection.
+
+    Done before serving, so the first question already sees them; files already stored are
+    skipped by the store's de-duplication, so a restart adds only what is new. A file that
+    cannot be read is reported by name and skipped, never fatal.
+    """
+    assert settings.user_path is not None
+    folder = settings.user_path
+    if not folder.is_dir():
+        raise SystemExit(f"h2ogpt-api: --user_path {folder} is not a folder")
+    if documents is None or USER_DATA not in settings.document_modes:
+        raise SystemExit(f"h2ogpt-api: --user_path needs the {USER_DATA} collection in --langchain_modes")
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    added = 0
+    for path in files:
+        try:
+            result = await documents.add_file(
+                str(path),
+                collection=USER_DATA,
+                identity=Identity(username=USER_PATH_IDENTITY, authenticated=True),
+                chunk_size=settings.chunk_size,
+                source=str(path.relative_to(folder)),
+            )
+        except (DocumentError, OSError) as exc:
+            log.warning("--user_path: skipped %s: %s", path, exc)
+            continue
+        added += result.chunks_added
+    log.info("--user_path %s: %d files, %d new chunks in %s", folder, len(files), added, USER_DATA)
+
+
 async def serve(settings: Settings) -> None:
     """Build the core and the apps, serve until SIGINT/SIGTERM, then shut everything down."""
     if not settings.openai_server and not settings.gradio:
@@ -83,6 +117,8 @@ async def serve(settings: Settings) -> None:
         backend = create_backend(settings)
         stack.push_async_callback(backend.aclose)
         documents = await _open_documents(settings, stack)
+        if settings.user_path is not None:
+            await _add_user_path(settings, documents)
         # The store's embedder also serves /v1/embeddings: one model in memory, not two.
         core = Core(settings, backend, documents, embedder=getattr(documents, "embedder", None))
 
@@ -159,16 +195,18 @@ def _stop_all(servers: Sequence[uvicorn.Server]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in args):
-        print(HELP_TEXT)
+        print(help_text())
         return
     try:
-        settings = parse_settings(args, os.environ)
+        settings, warnings = parse_settings_and_warnings(args, os.environ)
     except SettingsError as exc:
         print(f"h2ogpt-api: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for warning in warnings:  # once each, at start-up
+        log.warning("%s", warning)
     log.info("settings: %s", settings.redacted())
     try:
         import uvloop  # noqa: PLC0415

@@ -132,6 +132,33 @@ def sources_text(hits: Sequence[Hit]) -> str:
     return "Sources:\n" + "\n".join(lines)
 
 
+# Request parameters whose default is the server's flag of the same name (h2oGPT's rule: the
+# command line sets what a request leaves out).
+SERVER_DEFAULTED = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "max_time",
+    "top_k_docs",
+)
+
+
+def with_server_settings(params: GenerationParams, settings: Settings) -> GenerationParams:
+    """`params` with the server's defaults for what the request did not set, and its caps
+    (--max_max_new_tokens, --max_max_time) on what it did."""
+    update: dict[str, Any] = {
+        name: getattr(settings, name) for name in SERVER_DEFAULTED if name not in params.model_fields_set
+    }
+    max_new_tokens = update.get("max_new_tokens", params.max_new_tokens)
+    update["max_new_tokens"] = min(max_new_tokens, settings.max_max_new_tokens)
+    max_time = update.get("max_time", params.max_time)
+    update["max_time"] = min(max_time, settings.max_max_time)
+    return params.model_copy(update=update)
+
+
 class AdmissionGate:
     """At most `max_concurrency` generations run; at most `max_queue` wait; others are refused."""
 
@@ -187,6 +214,8 @@ class _Usage:
     completion_tokens: int = 0
     finish_reason: FinishReason = "stop"
     last_prompt: str = ""
+    # time.monotonic() after which generation stops (the request's max_time).
+    deadline: float = float("inf")
 
 
 class Core:
@@ -259,10 +288,11 @@ class Core:
     async def stream(
         self, params: GenerationParams, identity: Identity
     ) -> AsyncGenerator[GenerationEvent, None]:
+        params = with_server_settings(params, self.settings)
         mode = self._checked_mode(params)
         async with self._gate.slot():
             started = time.perf_counter()
-            usage = _Usage()
+            usage = _Usage(deadline=time.monotonic() + params.max_time)
             token_times = _TokenTimes()
             pieces: list[str] = []
             hits: list[Hit] = []
@@ -281,7 +311,7 @@ class Core:
                     lambda report: mapreduce.map_summaries(
                         [hit.content for hit in hits],
                         lambda text: prompts.summary_prompt(
-                            text, params.instruction, params.pre_prompt_summary, params.prompt_summary
+                            text, params.question, params.pre_prompt_summary, params.prompt_summary
                         ),
                         lambda text: self._generate_text(text, params, usage),
                         self._map_parallelism(),
@@ -295,7 +325,7 @@ class Core:
                         yield update
                 texts = summaries[0]
                 final = prompts.summary_prompt(
-                    "\n\n".join(texts), params.instruction, params.pre_prompt_summary, params.prompt_summary
+                    "\n\n".join(texts), params.question, params.pre_prompt_summary, params.prompt_summary
                 )
                 async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
                     async for delta in deltas:
@@ -310,7 +340,7 @@ class Core:
                     lambda report: mapreduce.extract(
                         [hit.content for hit in hits],
                         lambda text: prompts.extraction_prompt(
-                            text, params.instruction, params.pre_prompt_extraction, params.prompt_extraction
+                            text, params.question, params.pre_prompt_extraction, params.prompt_extraction
                         ),
                         lambda text: self._generate_text(text, params, usage),
                         self._map_parallelism(),
@@ -386,6 +416,12 @@ class Core:
                 f"{self.settings.langchain_modes}",
                 param="langchain_mode",
             )
+        if params.min_new_tokens > 1 and not self.backend.supports_min_new_tokens:
+            raise InvalidRequestError(
+                f"min_new_tokens={params.min_new_tokens}: the {self.backend.kind} backend cannot force a "
+                "minimum answer length; send 0 or 1",
+                param="min_new_tokens",
+            )
         if params.prompt_type:
             try:
                 prompts.template_for(params.prompt_type)
@@ -420,7 +456,7 @@ class Core:
                 for index, text in enumerate(params.text_context_list)
             ]
         elif mode in NO_DOCUMENT_MODES:
-            return [], params.instruction
+            return [], params.question
         else:
             k = params.top_k_docs if params.top_k_docs > 0 else 100
             try:
@@ -434,9 +470,9 @@ class Core:
             except DocumentError as exc:
                 raise InvalidRequestError(str(exc), param="langchain_mode") from None
             if not hits:
-                return [], params.instruction
+                return [], params.question
         context = prompts.join_context([hit.content for hit in hits], self._context_chars(params))
-        text = prompts.query_prompt(params.instruction, context, params.pre_prompt_query, params.prompt_query)
+        text = prompts.query_prompt(params.question, context, params.pre_prompt_query, params.prompt_query)
         return hits, text
 
     async def _parts(self, params: GenerationParams, identity: Identity, mode: str) -> list[Hit]:
@@ -485,6 +521,7 @@ class Core:
             seed=params.seed,
             greedy=params.sampling_is_greedy,
             stop=tuple(params.stop),
+            min_new_tokens=params.min_new_tokens if params.min_new_tokens > 1 else 0,
         )
         if not prompt_type:
             # The backend applies the model's chat template; ChatML shows what was sent.
@@ -501,13 +538,22 @@ class Core:
         usage.last_prompt = prompt_raw
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as events:
+                deltas = 0
                 async for event in events:
                     if isinstance(event, StreamEnd):
                         usage.prompt_tokens += event.prompt_tokens
                         usage.completion_tokens += event.completion_tokens
                         usage.finish_reason = event.finish_reason
-                    else:
-                        yield event
+                        continue
+                    yield event
+                    deltas += 1
+                    if time.monotonic() > usage.deadline:
+                        # h2oGPT's max_time: the answer ends here, with what it has (closing the
+                        # stream cancels the upstream generation). Tokens are counted as the
+                        # pieces received, which backends stream one token at a time.
+                        usage.completion_tokens += deltas
+                        usage.finish_reason = "length"
+                        return
         except BackendError as exc:
             metrics.BACKEND_ERRORS.labels(backend=self.backend.kind, kind=exc.kind).inc()
             raise

@@ -30,7 +30,9 @@ class GenerationParams(BaseModel):
     instruction: str = ""
     # h2oGPT's no-chat API sends the question here; it is copied to `instruction`.
     instruction_nochat: str = ""
+    # h2oGPT's "input": text the instruction works on, sent after it (see `question`).
     iinput: str = ""
+    iinput_nochat: str = ""
     system_prompt: str | None = Field(None, description="None = the server's --system_prompt")
     # Earlier turns as (user, assistant) pairs.
     chat_conversation: list[tuple[str, str]] = Field(default_factory=list)
@@ -69,6 +71,8 @@ class GenerationParams(BaseModel):
         data = {key: value for key, value in data.items() if value is not None or key == "system_prompt"}
         if not data.get("instruction") and data.get("instruction_nochat"):
             data["instruction"] = data["instruction_nochat"]
+        if not data.get("iinput") and data.get("iinput_nochat"):
+            data["iinput"] = data["iinput_nochat"]
         action = data.get("langchain_action")
         if isinstance(action, str):
             data["langchain_action"] = _ACTION_ALIASES.get(action, action)
@@ -88,6 +92,13 @@ class GenerationParams(BaseModel):
         if isinstance(value, list):
             return [tuple(pair) if isinstance(pair, list) else pair for pair in value]
         return value
+
+    @property
+    def question(self) -> str:
+        """What the model is asked: the instruction, then h2oGPT's `iinput` on its own paragraph."""
+        if not self.iinput:
+            return self.instruction
+        return f"{self.instruction}\n\n{self.iinput}" if self.instruction else self.iinput
 
     @property
     def sampling_is_greedy(self) -> bool:

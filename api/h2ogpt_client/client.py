@@ -52,9 +52,11 @@ class GradioClient:
 
     `auth=(user, password)` logs in (needed for personal collections when the server has users,
     and for any call when its access is closed). `h2ogpt_key` is sent with every call.
-    Other keyword arguments go to `gradio_client.Client`; `persist` is accepted for
-    compatibility: this client always keeps one session, so an anonymous user's MyData lasts as
-    long as the client.
+    Other keyword arguments go to `gradio_client.Client`. `persist=True` (h2oGPT's meaning) keeps
+    the conversation: each question, query, summary or extraction is sent with the earlier
+    (question, answer) pairs as `chat_conversation`, and `clear_conversation()` starts afresh;
+    with `persist=False` (h2oGPT's default) every call stands alone. Either way this client keeps
+    one session, so an anonymous user's MyData lasts as long as the client.
     """
 
     def __init__(
@@ -63,13 +65,15 @@ class GradioClient:
         h2ogpt_key: str | None = None,
         auth: tuple[str, str] | None = None,
         *,
-        persist: bool = True,
+        persist: bool = False,
         verbose: bool = False,
         **client_kwargs: Any,
     ) -> None:
         self.src = src
         self.h2ogpt_key = h2ogpt_key
         self.persist = persist
+        # (question, answer) pairs so far, sent with each call when `persist`.
+        self.chat_conversation: list[tuple[str, str]] = []
         # The whole answer dict (response, sources, save_dict, ...) of the latest generation.
         self.last_answer: dict[str, Any] | None = None
         client_kwargs.setdefault("analytics_enabled", False)
@@ -182,13 +186,30 @@ class GradioClient:
         kwargs.update(extra)
         return kwargs
 
+    def clear_conversation(self) -> None:
+        """Forget the conversation kept with `persist=True`."""
+        self.chat_conversation = []
+
+    def _with_history(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if not self.persist or "chat_conversation" in kwargs:
+            return kwargs
+        return {**kwargs, "chat_conversation": list(self.chat_conversation)}
+
+    def _remember(self, kwargs: dict[str, Any], answer: dict[str, Any]) -> None:
+        if self.persist:
+            turn = (str(kwargs.get("instruction", "")), str(answer.get("response", "")))
+            self.chat_conversation.append(turn)
+
     def _complete(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = self._with_history(kwargs)
         text = self.client.predict(str({**kwargs, "stream_output": False}), api_name="/submit_nochat_api")
         self.last_answer = parse_answer(text)
+        self._remember(kwargs, self.last_answer)
         return self.last_answer
 
     def _stream(self, kwargs: dict[str, Any]) -> Iterator[str]:
         """New text as the server streams it; the final answer is checked for an error."""
+        kwargs = self._with_history(kwargs)
         job = self.client.submit(str({**kwargs, "stream_output": True}), api_name="/submit_nochat_api")
         sent = ""
         seen = 0
@@ -207,6 +228,8 @@ class GradioClient:
                 break
             time.sleep(POLL_INTERVAL_S)
         job.result()  # raises what the job raised, if anything
+        if self.last_answer is not None:
+            self._remember(kwargs, self.last_answer)
 
     def question(self, instruction: str, **kwargs: Any) -> str:
         """Ask the LLM alone (no documents)."""

@@ -185,3 +185,16 @@ def test_list_models_and_errors(client: GradioClient) -> None:
     # Allowing 127.0.0.1 opens nothing else on loopback (docs/security.md).
     with pytest.raises(H2oGPTClientError, match=r"refused to fetch from 127\.0\.0\.2: a loopback address"):
         client.query("anything", url="http://127.0.0.2:9/missing.pdf")
+
+
+def test_persist_keeps_the_conversation_as_h2ogpts_client_does(host: str) -> None:
+    with GradioClient(host, persist=True) as client:
+        assert client.question("Who are you?") == "user: Who are you?"
+        # The fake echoes the whole chat it was sent: the first turn came with the second.
+        second = client.question("And then?")
+        assert second == "user: Who are you? assistant: user: Who are you? user: And then?"
+        client.clear_conversation()
+        assert client.question("Fresh start") == "user: Fresh start"
+    with GradioClient(host) as client:  # persist=False, h2oGPT's default: every call stands alone
+        client.question("Who are you?")
+        assert client.question("And then?") == "user: And then?"

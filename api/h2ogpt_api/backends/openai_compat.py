@@ -1,17 +1,21 @@
 """vLLM and any OpenAI-compatible server, through the official `openai` async client.
 
 Chat messages go to `/v1/chat/completions` (the server applies the model's template); a
-prompt rendered with `--prompt_type` goes to `/v1/completions`. Usage comes from the
-server (`stream_options.include_usage`); a server that ignores that option (llama-cpp-python's)
-ends its stream with a finish reason and no usage: the tokens are then counted as the chunks
-that carried text (such servers stream one token per chunk) and the prompt as 0, unknown. The
-key is read from `OPENAI_API_KEY` ('EMPTY' when unset, which vLLM accepts).
+prompt rendered with `--prompt_type` goes to `/v1/completions`. A refusal of `max_tokens` as
+over the context (vLLM's or TGI's words) is sent again once with `max_tokens` lowered to the
+room the server reports. Usage comes from the server (`stream_options.include_usage`); a server
+that ignores that option (llama-cpp-python's) ends its stream with a finish reason and no usage:
+the tokens are then counted as the chunks that carried text (such servers stream one token per
+chunk) and the prompt as 0, unknown. The key is read from `OPENAI_API_KEY` ('EMPTY' when
+unset, which vLLM accepts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -22,6 +26,7 @@ from h2ogpt_api.backends.base import (
     BackendError,
     BackendEvent,
     BackendRequest,
+    Sampling,
     StreamEnd,
     TokenDelta,
     finish_reason_from,
@@ -39,6 +44,24 @@ def vllm_base_url(server: str) -> str:
     return f"http://{host}:{port}/v1"
 
 
+# How servers say "prompt + max_tokens is over the context", with (limit, prompt tokens): vLLM's
+# older and newer wording, and TGI's OpenAI route.
+_CONTEXT_REFUSALS = (
+    re.compile(r"maximum context length is (\d+) tokens\. However, you requested \d+ tokens \((\d+) in the"),
+    re.compile(r"maximum context length is (\d+) tokens and your request has (\d+) input tokens"),
+    re.compile(r"must be <= (\d+)\. Given: (\d+) `inputs` tokens"),
+)
+
+
+def context_room(message: str) -> int | None:
+    """The tokens a server says its context leaves for the answer, from its refusal of a too
+    large max_tokens; None when the message is not such a refusal."""
+    for pattern in _CONTEXT_REFUSALS:
+        if match := pattern.search(message):
+            return int(match.group(1)) - int(match.group(2))
+    return None
+
+
 class OpenAICompatBackend:
     supports_chat = True
     default_system_prompt = ""  # the server's chat template decides
@@ -52,6 +75,10 @@ class OpenAICompatBackend:
             timeout=timeout,
             max_retries=0,
         )
+
+    @property
+    def supports_min_new_tokens(self) -> bool:
+        return self.kind == "vllm"  # vLLM's `min_tokens`; OpenAI's API has no such parameter
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -74,20 +101,36 @@ class OpenAICompatBackend:
             extra: dict[str, Any] = {"repetition_penalty": sampling.repetition_penalty}
             if sampling.top_k > 0 and not sampling.greedy:
                 extra["top_k"] = sampling.top_k
+            if sampling.min_new_tokens:
+                extra["min_tokens"] = sampling.min_new_tokens
             args["extra_body"] = extra
         return args
+
+    async def _create(self, request: BackendRequest, sampling: Sampling) -> Any:
+        args = self._common(dataclasses.replace(request, sampling=sampling))
+        if request.prompt is None:
+            messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+            return await self._client.chat.completions.create(messages=messages, **args)
+        return await self._client.completions.create(prompt=request.prompt, **args)
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         finish: str | None = None
         text_chunks = 0
         async with _translate_errors():
-            if request.prompt is None:
-                messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
-                chunks: Any = await self._client.chat.completions.create(
-                    messages=messages, **self._common(request)
-                )
-            else:
-                chunks = await self._client.completions.create(prompt=request.prompt, **self._common(request))
+            try:
+                chunks = await self._create(request, request.sampling)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                # max_tokens over the context the prompt leaves: once more, lowered to it.
+                # The words are in the message (OpenAI-shaped errors) or only in the body (TGI's).
+                room = context_room(f"{exc.message} {exc.body}")
+                if room is None:
+                    raise
+                if room < 1:
+                    raise BackendError(
+                        "rejected", f"the prompt leaves no room in the model's context: {exc.message}"
+                    ) from None
+                lowered = dataclasses.replace(request.sampling, max_new_tokens=room)
+                chunks = await self._create(request, lowered)
             async with chunks:
                 async for chunk in chunks:
                     for choice in chunk.choices:

@@ -5,13 +5,24 @@ With a `--prompt_type` the core renders the prompt and we call `POST /generate_s
 from TGI's `/tokenize`, asked concurrently so it adds nothing to time-to-first-token.
 Without one we use TGI's `POST /v1/chat/completions`, which applies the model's chat
 template and reports `usage`.
+
+Older TGI has no chat route: the first chat call that gets a 404 there switches this backend to
+`/generate_stream` with the messages rendered as ChatML (logged once). A chat stream that ends
+without `usage` (servers that ignore `stream_options`) is still answered: the answer's tokens are
+the chunks that carried text (TGI streams one token per chunk) and the prompt's are counted by
+`/tokenize` on the ChatML rendering. A request whose prompt plus `max_new_tokens` is over TGI's
+`max_total_tokens` is refused by TGI with both numbers; it is sent again once with
+`max_new_tokens` lowered to the room the prompt leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -27,6 +38,25 @@ from h2ogpt_api.backends.base import (
     TokenDelta,
     finish_reason_from,
 )
+from h2ogpt_api.prompts import render, stop_sequences
+
+log = logging.getLogger("h2ogpt_api.backends.tgi")
+
+# The start of the error for a route the server does not have.
+NO_ROUTE = "TGI has no route"
+# The template for chat messages when the server has no chat route.
+FALLBACK_PROMPT_TYPE = "chatml"
+# TGI's validation message when prompt + max_new_tokens is over max_total_tokens.
+_TOTAL_TOKENS_REFUSAL = re.compile(r"must be <= (\d+)\. Given: (\d+) `inputs` tokens")
+
+
+class ContextOverflowError(BackendError):
+    """TGI refused prompt + max_new_tokens as over its `max_total_tokens`; the numbers are TGI's."""
+
+    def __init__(self, message: str, *, limit: int, input_tokens: int) -> None:
+        super().__init__("rejected", message)
+        self.limit = limit
+        self.input_tokens = input_tokens
 
 
 def generate_parameters(sampling: Sampling) -> dict[str, Any]:
@@ -86,6 +116,7 @@ class TgiBackend:
 
     kind = "tgi"
     supports_chat = True
+    supports_min_new_tokens = False  # TGI's parameters have no minimum length
     default_system_prompt = ""  # TGI's chat template decides
 
     def __init__(self, base_url: str, *, model_name: str, timeout: float) -> None:
@@ -95,6 +126,8 @@ class TgiBackend:
         # httpx's read timeout did; total=None lets a long generation run as long as it streams.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=min(timeout, 10.0), sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
+        # Whether the server has `/v1/chat/completions`: None until the first chat call tells.
+        self.chat_route: bool | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
@@ -114,8 +147,35 @@ class TgiBackend:
     def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         # Hand back the route's generator itself: one generator layer less per token.
         if request.prompt is None:
+            if self.chat_route is False:
+                return self._stream_generate(*_as_generate(request))
             return self._stream_chat(request)
         return self._stream_generate(request.prompt, request.sampling)
+
+    async def _post(
+        self, stack: contextlib.AsyncExitStack, path: str, body_for: Any, sampling: Sampling
+    ) -> aiohttp.ClientResponse:
+        """POST `body_for(sampling)`, checked. When TGI refuses prompt + max_new_tokens as over its
+        context, POST once more with max_new_tokens lowered to the room the prompt leaves."""
+        response = await stack.enter_async_context(
+            self._client().post(f"{self._base_url}{path}", json=body_for(sampling))
+        )
+        try:
+            await _raise_for_status(response)
+        except ContextOverflowError as exc:
+            room = exc.limit - exc.input_tokens
+            if room < 1:
+                raise BackendError(
+                    "rejected",
+                    f"the prompt has {exc.input_tokens} tokens and TGI's context is {exc.limit}: "
+                    "shorten the messages, or give fewer documents (top_k_docs)",
+                ) from None
+            lowered = dataclasses.replace(sampling, max_new_tokens=room)
+            response = await stack.enter_async_context(
+                self._client().post(f"{self._base_url}{path}", json=body_for(lowered))
+            )
+            await _raise_for_status(response)
+        return response
 
     async def _count_prompt_tokens(self, prompt: str) -> int:
         async with self._client().post(f"{self._base_url}/tokenize", json={"inputs": prompt}) as response:
@@ -127,15 +187,16 @@ class TgiBackend:
         return len(tokens)
 
     async def _stream_generate(self, prompt: str, sampling: Sampling) -> AsyncGenerator[BackendEvent, None]:
-        body = {"inputs": prompt, "parameters": generate_parameters(sampling)}
         prompt_tokens = asyncio.ensure_future(self._count_prompt_tokens(prompt))
         trimmer = StopTrimmer(sampling.stop)
         try:
-            async with (
-                _translate_errors(),
-                self._client().post(f"{self._base_url}/generate_stream", json=body) as response,
-            ):
-                await _raise_for_status(response)
+            async with _translate_errors(), contextlib.AsyncExitStack() as stack:
+                response = await self._post(
+                    stack,
+                    "/generate_stream",
+                    lambda chosen: {"inputs": prompt, "parameters": generate_parameters(chosen)},
+                    sampling,
+                )
                 async for line in response.content:
                     payload = _sse_data(line)
                     if not payload:
@@ -172,14 +233,31 @@ class TgiBackend:
                 await prompt_tokens
 
     async def _stream_chat(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
-        body = chat_body(request, self.model_name)
         finish: str | None = None
+        text_chunks = 0
         trimmer = StopTrimmer(request.sampling.stop)
-        async with (
-            _translate_errors(),
-            self._client().post(f"{self._base_url}/v1/chat/completions", json=body) as response,
-        ):
-            await _raise_for_status(response)
+        async with _translate_errors(), contextlib.AsyncExitStack() as stack:
+            try:
+                response = await self._post(
+                    stack,
+                    "/v1/chat/completions",
+                    lambda chosen: chat_body(dataclasses.replace(request, sampling=chosen), self.model_name),
+                    request.sampling,
+                )
+            except BackendError as exc:
+                if exc.kind != "rejected" or not exc.message.startswith(NO_ROUTE) or self.chat_route:
+                    raise
+                self.chat_route = False
+                log.warning(
+                    "TGI has no /v1/chat/completions (older TGI): chat goes to /generate_stream "
+                    "with the messages rendered as %s; pass --prompt_type to choose the template",
+                    FALLBACK_PROMPT_TYPE,
+                )
+                async with contextlib.aclosing(self._stream_generate(*_as_generate(request))) as events:
+                    async for event in events:
+                        yield event
+                return
+            self.chat_route = True
             async for line in response.content:
                 payload = _sse_data(line)
                 if not payload:
@@ -190,7 +268,9 @@ class TgiBackend:
                 if "error" in chunk:
                     raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
                 for choice in chunk.get("choices") or ():
-                    text = trimmer.feed((choice.get("delta") or {}).get("content") or "")
+                    content = (choice.get("delta") or {}).get("content") or ""
+                    text_chunks += 1 if content else 0
+                    text = trimmer.feed(content)
                     if text:
                         yield TokenDelta(text)
                     finish = choice.get("finish_reason") or finish
@@ -208,7 +288,35 @@ class TgiBackend:
                     await response.content.read()
                     yield end
                     return
-        raise BackendError("bad_response", "TGI's chat stream ended without usage")
+        end = await self._counted_end(request, finish, text_chunks)
+        if rest := trimmer.flush():
+            yield TokenDelta(rest)
+        yield end
+
+    async def _counted_end(self, request: BackendRequest, finish: str | None, text_chunks: int) -> StreamEnd:
+        """The end of a complete chat answer that came without usage, counted here: the answer's
+        chunks, and the prompt by TGI's /tokenize on its ChatML rendering (0 when it cannot say)."""
+        if finish is None:
+            raise BackendError("bad_response", "TGI's chat stream ended without a finish reason or usage")
+        try:
+            async with _translate_errors():
+                rendered = render(request.messages, FALLBACK_PROMPT_TYPE)
+                prompt_tokens = await self._count_prompt_tokens(rendered)
+        except BackendError as exc:
+            log.warning("cannot count the prompt's tokens (%s); usage reports 0", exc.message)
+            prompt_tokens = 0
+        return StreamEnd(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=text_chunks,
+            finish_reason=finish_reason_from(finish),
+        )
+
+
+def _as_generate(request: BackendRequest) -> tuple[str, Sampling]:
+    """Chat messages as a ChatML prompt for `/generate_stream`, with ChatML's stop sequences."""
+    template_stops = tuple(s for s in stop_sequences(FALLBACK_PROMPT_TYPE) if s not in request.sampling.stop)
+    sampling = dataclasses.replace(request.sampling, stop=request.sampling.stop + template_stops)
+    return render(request.messages, FALLBACK_PROMPT_TYPE), sampling
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
@@ -220,6 +328,14 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     except (ValueError, AttributeError):
         detail = body
     status = response.status
+    if status in (404, 405):
+        raise BackendError("rejected", f"{NO_ROUTE} {response.url.path} ({status})")
+    if status == 422 and isinstance(detail, str) and (numbers := _TOTAL_TOKENS_REFUSAL.search(detail)):
+        raise ContextOverflowError(
+            f"TGI refused the request ({status}): {detail}",
+            limit=int(numbers.group(1)),
+            input_tokens=int(numbers.group(2)),
+        )
     if status in (429, 503):
         raise BackendError("unavailable", f"TGI is overloaded or not ready ({status}): {detail}")
     if 400 <= status < 500:

@@ -183,7 +183,7 @@ class H2oGPTEndpoints:
             try:
                 identity = self.service.identity(Caller.of(request), key_of(h2ogpt_key))
                 _, mode = self.service.document_store(langchain_mode)
-                size = chunk_size_of(chunk_size)
+                size = chunk_size_of(chunk_size, self.service.settings.chunk_size)
                 results = await add_many(text_list(content, "the content"), mode, identity, size)
                 sources = await self.service.list_sources(mode, identity)
             except Exception as exc:
@@ -203,7 +203,7 @@ class H2oGPTEndpoints:
         text: object,
         langchain_mode: object = None,
         chunk: object = True,
-        chunk_size: object = 512,
+        chunk_size: object = None,
         embed: object = True,
         image_audio_loaders: object = None,
         pdf_loaders: object = None,
@@ -223,7 +223,7 @@ class H2oGPTEndpoints:
         url: object,
         langchain_mode: object = None,
         chunk: object = True,
-        chunk_size: object = 512,
+        chunk_size: object = None,
         embed: object = True,
         image_audio_loaders: object = None,
         pdf_loaders: object = None,
@@ -243,7 +243,7 @@ class H2oGPTEndpoints:
         server_path: object,
         langchain_mode: object = None,
         chunk: object = True,
-        chunk_size: object = 512,
+        chunk_size: object = None,
         embed: object = True,
         image_audio_loaders: object = None,
         pdf_loaders: object = None,
@@ -356,7 +356,7 @@ class H2oGPTEndpoints:
             content = gr.Textbox(label="text, URL or server path (or a list of them)")
             mode = gr.Textbox(label="langchain_mode")
             chunk = gr.Checkbox(label="chunk", value=True)
-            chunk_size = gr.Number(label="chunk_size", value=512, precision=0)
+            chunk_size = gr.Number(label="chunk_size", value=self.service.settings.chunk_size, precision=0)
             embed = gr.Checkbox(label="embed", value=True)
             loaders = [gr.JSON(label=name) for name in LOADER_OPTION_NAMES]
             key = gr.Textbox(label="h2ogpt_key")

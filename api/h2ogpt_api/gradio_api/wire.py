@@ -121,9 +121,10 @@ def text_list(value: object, name: str) -> list[str]:
     return cleaned
 
 
-def chunk_size_of(value: object) -> int:
+def chunk_size_of(value: object, default: int) -> int:
+    """A document API's chunk_size; absent = the server's --chunk_size."""
     if value is None or value == "":
-        return 512
+        return default
     if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
         raise InvalidRequestError(f"chunk_size must be a whole number, got {value!r}")
     return int(value)

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -21,7 +22,7 @@ from h2ogpt_api.core import Core, EmbeddingsUnavailableError, InvalidRequestErro
 from h2ogpt_api.errors import ApiError, as_api_error
 from h2ogpt_api.openai_api.routes import OpenAIRoutes
 from h2ogpt_api.openai_api.streaming import ASGIApp, Receive, Scope, Send
-from h2ogpt_api.ops import ops_router
+from h2ogpt_api.ops import ops_router, package_version
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
 from h2ogpt_api.settings import Settings
 
@@ -31,7 +32,13 @@ log = logging.getLogger("h2ogpt_api.openai")
 def create_app(core: Core, settings: Settings) -> FastAPI:
     """The OpenAI-compatible FastAPI app over `core`."""
     routes = OpenAIRoutes(core, settings)
-    app = FastAPI(title="h2oGPT OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="h2oGPT OpenAI-compatible API",
+        version=package_version(),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     app.state.routes = routes
 
     @app.exception_handler(ApiError)
@@ -72,8 +79,21 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
         return as_api_error(exc).response()
 
     routes.add_to(app)
+    # h2oGPT's internal model routes (its own clients and UIs read them).
+    app.add_api_route("/v1/internal/model/info", routes.internal_model_info, methods=["GET"])
+    app.add_api_route("/v1/internal/model/list", routes.internal_model_list, methods=["GET"])
     app.include_router(ops_router())
     app.add_middleware(MetricsMiddleware, routes=app.router.routes)
+    if settings.cors_origins:
+        # As h2oGPT's OpenAI server: any method and header, credentials allowed (with "*" the
+        # request's own origin is echoed, which browsers require when credentials are sent).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
     return app
 
 

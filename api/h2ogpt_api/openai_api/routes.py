@@ -32,7 +32,16 @@ from h2ogpt_api.openai_api.protocol import (
     sum_usage,
     usage_of,
 )
-from h2ogpt_api.openai_api.streaming import DONE, ChunkWriter, EventStream, relay, sse, start_stream
+from h2ogpt_api.openai_api.streaming import (
+    DONE,
+    ChunkWriter,
+    ClientGoneError,
+    EventStream,
+    relay,
+    sse,
+    start_stream,
+    unless_client_leaves,
+)
 from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import Settings
 
@@ -102,7 +111,10 @@ class OpenAIRoutes:
         params = params_from_openai(body, chat_to_h2ogpt(body.messages))
         route = "/v1/chat/completions"
         if not body.stream:
-            result = await self.core.complete(params, identity)
+            try:
+                result = await unless_client_leaves(request.receive, self.core.complete(params, identity))
+            except ClientGoneError:
+                return _client_gone(route)
             _observe_result(route, result, started)
             return JSONResponse(
                 {
@@ -188,7 +200,12 @@ class OpenAIRoutes:
         all_params = [params_from_openai(body, {"instruction": text}) for text in prompts]
         route = "/v1/completions"
         if not body.stream:
-            results = [await self.core.complete(params, identity) for params in all_params]
+            try:
+                results = await unless_client_leaves(
+                    request.receive, self._complete_each(all_params, identity)
+                )
+            except ClientGoneError:
+                return _client_gone(route)
             for result in results:
                 _observe_result(route, result, started)
             return JSONResponse(
@@ -262,6 +279,9 @@ class OpenAIRoutes:
 
         return EventStream(chunks())
 
+    async def _complete_each(self, all_params: list[Any], identity: Identity) -> list[GenerationResult]:
+        return [await self.core.complete(params, identity) for params in all_params]
+
     async def list_models(self, request: Request) -> Response:
         self.auth.check_key(_bearer(request), None)
         self.auth.require_listing_access(_bearer(request))
@@ -286,6 +306,20 @@ class OpenAIRoutes:
             "owned_by": "h2ogpt-platform",
             **entry,
         }
+
+    async def internal_model_info(self, request: Request) -> Response:
+        """h2oGPT's `/v1/internal/model/info`: `{"model_names": [<its /model_names dicts>]}`."""
+        self.auth.check_key(_bearer(request), None)
+        self.auth.require_listing_access(_bearer(request))
+        return JSONResponse({"model_names": self.core.model_names()})
+
+    async def internal_model_list(self, request: Request) -> Response:
+        """h2oGPT's `/v1/internal/model/list`: `[{"id": <base_model>}, ...]` (what its handler's
+        `[dict(id=x) for x in ...]` means; h2oGPT itself iterates a dict there and answers
+        `[{"id": "model_names"}]`)."""
+        self.auth.check_key(_bearer(request), None)
+        self.auth.require_listing_access(_bearer(request))
+        return JSONResponse([{"id": entry["base_model"]} for entry in self.core.model_names()])
 
     async def embeddings(self, request: Request) -> Response:
         try:
@@ -330,6 +364,13 @@ def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _client_gone(route: str) -> Response:
+    """The answer to a client that left: nobody reads it; 499 (nginx's "client closed request")
+    is what the request metrics record."""
+    log.info("client left before its answer route=%s: generation cancelled", route)
+    return Response(status_code=499)
 
 
 def _observe_result(route: str, result: GenerationResult, started: float) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
 
@@ -21,6 +21,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -102,6 +103,37 @@ class EventStream(StreamingResponse):
                 if last:
                     return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its (non-streamed) answer was ready."""
+
+
+async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client disconnects first, `work` is cancelled (which closes the
+    upstream generation and frees its slot) and ClientGoneError is raised.
+
+    For non-streamed answers, whose body is read before the work starts: the next message on
+    `receive` can only be the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def client_left() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientGoneError
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def start_stream(

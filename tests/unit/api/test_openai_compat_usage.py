@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from h2ogpt_api.backends.base import BackendError, BackendRequest, Sampling, StreamEnd, TokenDelta
-from h2ogpt_api.backends.openai_compat import OpenAICompatBackend
+from h2ogpt_api.backends.openai_compat import OpenAICompatBackend, context_room
 from h2ogpt_api.prompts import ChatMessage
 
 TOKENS = ["Hello", ",", " I", " am", " Smol"]
@@ -93,3 +93,26 @@ def test_a_stream_cut_before_its_finish_is_an_error(server: str) -> None:
     with pytest.raises(BackendError, match="ended without a finish reason or usage") as caught:
         _events(server, "cut-short")
     assert caught.value.kind == "bad_response"
+
+
+@pytest.mark.parametrize(
+    ("message", "room"),
+    [
+        (
+            "This model's maximum context length is 2048 tokens. However, you requested 2100 tokens "
+            "(100 in the messages, 2000 in the completion). Please reduce the length of the messages or "
+            "completion.",
+            1948,
+        ),
+        (
+            "'max_tokens' or 'max_completion_tokens' is too large: 3000. This model's maximum context length "
+            "is 4096 tokens and your request has 1500 input tokens (3000 > 4096 - 1500).",
+            2596,
+        ),
+        ("Error code: 422 - {'error': '`inputs` tokens + `max_new_tokens` must be <= 40. Given: 4 `inputs` "
+         "tokens and 1000 `max_new_tokens`', 'error_type': 'validation'}", 36),
+        ("model 'x' not found", None),
+    ],
+)
+def test_context_room_reads_vllms_and_tgis_refusals(message: str, room: int | None) -> None:
+    assert context_room(message) == room
