@@ -45,6 +45,7 @@ PERSON_SCHEMA = {
     "type": "object",
     "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "maximum": 150}},
     "required": ["name", "age"],
+    "additionalProperties": False,
 }
 
 
@@ -164,8 +165,8 @@ def test_penalties_reach_the_backend(target: Target, client: OpenAI) -> None:
 def test_json_object_mode_returns_json(target: Target, client: OpenAI) -> None:
     answer = client.chat.completions.create(
         model=target.model,
-        messages=ask("Describe a cat as a JSON object."),  # type: ignore[arg-type]
-        max_tokens=120,
+        messages=ask('Reply with a JSON object with one key, "colour", naming a colour.'),  # type: ignore[arg-type]
+        max_tokens=60,
         temperature=0,
         response_format={"type": "json_object"},
     )
@@ -176,7 +177,7 @@ def test_json_schema_mode_matches_the_schema(target: Target, client: OpenAI) -> 
     answer = client.chat.completions.create(
         model=target.model,
         messages=ask("Give a person with a name and an age, as JSON."),  # type: ignore[arg-type]
-        max_tokens=120,
+        max_tokens=60,
         temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA}},
     )
@@ -324,7 +325,7 @@ def test_responses_json_format(target: Target, client: OpenAI) -> None:
     answer = client.responses.create(
         model=target.model,
         input="Give a person with a name and an age, as JSON.",
-        max_output_tokens=120,
+        max_output_tokens=60,
         temperature=0,
         text={"format": {"type": "json_schema", "name": "person", "schema": PERSON_SCHEMA}},
     )

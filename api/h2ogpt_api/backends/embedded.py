@@ -66,7 +66,7 @@ def json_grammar(options: OutputOptions) -> Any:
     schema = options.json_schema
     if schema is None:
         return None
-    from llama_cpp import LlamaGrammar  # noqa: PLC0415
+    from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
 
     try:
         return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
