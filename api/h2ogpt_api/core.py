@@ -19,13 +19,17 @@ from typing import Any
 
 from h2ogpt_api import mapreduce, metrics, prompts
 from h2ogpt_api.backends.base import (
+    NO_OUTPUT_OPTIONS,
     Backend,
     BackendError,
     BackendRequest,
     FinishReason,
+    OutputOptions,
     Sampling,
     StreamEnd,
     TokenDelta,
+    TokenLogprob,
+    ToolCallDelta,
 )
 from h2ogpt_api.params import GenerationParams
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Embedder, Hit, Identity
@@ -72,6 +76,10 @@ class GenerationResult:
     tokens_persecond: float
     finish_reason: FinishReason
     error: str | None = None
+    # OpenAI tool calls ({"id", "type": "function", "function": {"name", "arguments"}}) and
+    # per-token logprobs, when the request asked for them and the backend returned them.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_h2ogpt_dict(
         self, *, display_name: str | None = None, save_dir: str = "", extra: dict[str, Any] | None = None
@@ -121,7 +129,23 @@ class Progress:
     total: int
 
 
-GenerationEvent = TextDelta | Progress | Completed
+GenerationEvent = TextDelta | ToolCallDelta | Progress | Completed
+
+
+def assemble_tool_calls(pieces: Sequence[ToolCallDelta]) -> tuple[dict[str, Any], ...]:
+    """Streamed tool-call pieces as whole OpenAI tool calls, in index order."""
+    calls: dict[int, dict[str, Any]] = {}
+    for piece in pieces:
+        call = calls.setdefault(
+            piece.index,
+            {"id": f"call_{piece.index}", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if piece.id:
+            call["id"] = piece.id
+        if piece.name:
+            call["function"]["name"] = piece.name
+        call["function"]["arguments"] += piece.arguments
+    return tuple(calls[index] for index in sorted(calls))
 
 
 def sources_text(hits: Sequence[Hit]) -> str:
@@ -278,30 +302,39 @@ class Core:
 
     # -- generation --------------------------------------------------------------------------
 
-    async def complete(self, params: GenerationParams, identity: Identity) -> GenerationResult:
-        async with contextlib.aclosing(self.stream(params, identity)) as events:
+    async def complete(
+        self, params: GenerationParams, identity: Identity, options: OutputOptions = NO_OUTPUT_OPTIONS
+    ) -> GenerationResult:
+        async with contextlib.aclosing(self.stream(params, identity, options)) as events:
             async for event in events:
                 if isinstance(event, Completed):
                     return event.result
         raise RuntimeError("generation ended without a result")  # stream() always completes or raises
 
     async def stream(
-        self, params: GenerationParams, identity: Identity
+        self, params: GenerationParams, identity: Identity, options: OutputOptions = NO_OUTPUT_OPTIONS
     ) -> AsyncGenerator[GenerationEvent, None]:
         params = with_server_settings(params, self.settings)
         mode = self._checked_mode(params)
+        self._check_options(params, options)
         async with self._gate.slot():
             started = time.perf_counter()
             usage = _Usage(deadline=time.monotonic() + params.max_time)
             token_times = _TokenTimes()
             pieces: list[str] = []
+            calls: list[ToolCallDelta] = []
+            logprobs: list[TokenLogprob] = []
             hits: list[Hit] = []
             if params.langchain_action == "Query":
                 hits, user_text = await self._query_text(params, identity, mode)
-                async with contextlib.aclosing(self._generate(user_text, params, usage)) as deltas:
+                async with contextlib.aclosing(self._generate(user_text, params, usage, options)) as deltas:
                     async for delta in deltas:
-                        token_times.tick()
-                        pieces.append(delta.text)
+                        if isinstance(delta, ToolCallDelta):
+                            calls.append(delta)
+                        else:
+                            token_times.tick()
+                            pieces.append(delta.text)
+                            logprobs.extend(delta.logprobs)
                         yield delta
             elif params.langchain_action == "Summarize":
                 hits = await self._parts(params, identity, mode)
@@ -329,9 +362,10 @@ class Core:
                 )
                 async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
                     async for delta in deltas:
-                        token_times.tick()
-                        pieces.append(delta.text)
-                        yield delta
+                        if isinstance(delta, TextDelta):
+                            token_times.tick()
+                            pieces.append(delta.text)
+                            yield delta
             else:  # Extract
                 hits = await self._parts(params, identity, mode)
                 extracted: list[list[str]] = []
@@ -366,6 +400,8 @@ class Core:
                     t_generate=elapsed,
                     tokens_persecond=usage.completion_tokens / elapsed if elapsed > 0 else 0.0,
                     finish_reason=usage.finish_reason,
+                    tool_calls=assemble_tool_calls(calls),
+                    logprobs=tuple(logprobs),
                 )
             )
 
@@ -407,6 +443,27 @@ class Core:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    def _check_options(self, params: GenerationParams, options: OutputOptions) -> None:
+        """A 400 naming the first OpenAI output option this request's backend route cannot honour."""
+        requested = options.requested()
+        if not requested:
+            return
+        if params.langchain_action != "Query":
+            raise InvalidRequestError(
+                f"{requested[0]} works with langchain_action 'Query' only, not "
+                f"{params.langchain_action!r} (its answer is built from several model calls)",
+                param=requested[0],
+            )
+        chat = not (params.prompt_type or self.prompt_type)
+        unsupported = self.backend.unsupported_option(options, chat=chat)
+        if unsupported is not None:
+            route = "" if chat else f" with prompt_type {(params.prompt_type or self.prompt_type)!r}"
+            raise InvalidRequestError(
+                f"{unsupported} is not supported by this server's {self.backend.kind} backend{route}; "
+                "see docs/openai-api.md for the parameter support matrix",
+                param=unsupported,
+            )
 
     def _checked_mode(self, params: GenerationParams) -> str:
         mode = params.langchain_mode or self.settings.langchain_mode
@@ -504,7 +561,9 @@ class Core:
             )
         return hits
 
-    def _backend_request(self, user_text: str, params: GenerationParams) -> tuple[BackendRequest, str]:
+    def _backend_request(
+        self, user_text: str, params: GenerationParams, options: OutputOptions = NO_OUTPUT_OPTIONS
+    ) -> tuple[BackendRequest, str]:
         """The backend call for one user message, and the prompt text to report as `prompt_raw`."""
         system_prompt = self.settings.system_prompt if params.system_prompt is None else params.system_prompt
         if system_prompt in AUTO_SYSTEM_PROMPTS:
@@ -525,16 +584,23 @@ class Core:
         )
         if not prompt_type:
             # The backend applies the model's chat template; ChatML shows what was sent.
-            return BackendRequest(messages=messages, sampling=sampling), prompts.render(messages, "chatml")
+            return (
+                BackendRequest(messages=messages, sampling=sampling, options=options),
+                prompts.render(messages, "chatml"),
+            )
         prompt = prompts.render(messages, prompt_type)
         template_stops = tuple(s for s in prompts.stop_sequences(prompt_type) if s not in sampling.stop)
         sampling = dataclasses.replace(sampling, stop=sampling.stop + template_stops)
-        return BackendRequest(messages=messages, sampling=sampling, prompt=prompt), prompt
+        return BackendRequest(messages=messages, sampling=sampling, prompt=prompt, options=options), prompt
 
     async def _generate(
-        self, user_text: str, params: GenerationParams, usage: _Usage
-    ) -> AsyncGenerator[TextDelta, None]:
-        request, prompt_raw = self._backend_request(user_text, params)
+        self,
+        user_text: str,
+        params: GenerationParams,
+        usage: _Usage,
+        options: OutputOptions = NO_OUTPUT_OPTIONS,
+    ) -> AsyncGenerator[TextDelta | ToolCallDelta, None]:
+        request, prompt_raw = self._backend_request(user_text, params, options)
         usage.last_prompt = prompt_raw
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as events:
@@ -560,4 +626,4 @@ class Core:
 
     async def _generate_text(self, user_text: str, params: GenerationParams, usage: _Usage) -> str:
         async with contextlib.aclosing(self._generate(user_text, params, usage)) as deltas:
-            return "".join([delta.text async for delta in deltas])
+            return "".join([delta.text async for delta in deltas if isinstance(delta, TextDelta)])

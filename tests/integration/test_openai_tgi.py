@@ -488,3 +488,55 @@ def test_health_version_and_metrics(server: ApiServer, client: OpenAI) -> None:
     assert samples[("h2ogpt_api_time_per_output_token_seconds_count", ())] >= 1  # "count me" streamed tokens
     assert samples[("h2ogpt_api_requests_waiting", ())] == 0  # nothing is waiting or running now
     assert samples[("h2ogpt_api_generations_running", ())] == 0
+
+
+# -- OpenAI output options on TGI's /generate_stream route (a prompt_type set) ---------------------
+
+
+def test_generate_route_takes_a_json_grammar_and_logprobs(client: OpenAI) -> None:
+    plain = {"prompt_type": "plain"}
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "a person"}],
+        max_tokens=40,
+        response_format={"type": "json_object"},
+        extra_body=plain,
+    )
+    assert isinstance(json.loads(answer.choices[0].message.content or ""), dict)
+    scored = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "one two"}],
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body=plain,
+    )
+    content = scored.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None
+    assert "".join(entry.token for entry in content) == scored.choices[0].message.content
+    assert [len(entry.top_logprobs) for entry in content] == [2] * len(content)
+
+
+@pytest.mark.parametrize(
+    ("extra", "options", "param"),
+    [
+        ({"prompt_type": "plain"}, {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (
+            {"langchain_action": "Summarize", "text_context_list": ["some text"]},
+            {"response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+    ],
+)
+def test_options_a_route_cannot_serve_are_refused_by_name(
+    client: OpenAI, extra: dict[str, object], options: dict[str, object], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            extra_body=extra,
+            **options,  # type: ignore[arg-type]
+        )
+    assert caught.value.body["param"] == param  # type: ignore[index]

@@ -10,6 +10,19 @@ Its "model" echoes the words of the prompt, one word per token, so answers are
 deterministic and show what the prompt contained (grounding tests read them). Token counts
 are word counts, consistently across `/tokenize`, `details` and `usage`.
 
+Guidance, modelled on TGI's (docs: "Guidance", using_guidance.md): a JSON grammar
+(`parameters.grammar` on /generate*, `response_format` on the chat route, both
+`{"type": "json", "value": <schema>}`; TGI answers 422 to other grammar types it does not know)
+constrains the answer to JSON matching the schema: the fake writes the schema's instance, its
+strings filled with the prompt's words. Tools on the chat route: `tool_choice` `none` answers
+text; a named function, or `required`, calls that (or the first) tool; `auto` calls the first
+tool whose name appears in the prompt, else answers text (TGI's "no tool" choice). A call comes
+back as OpenAI `tool_calls` with JSON `arguments` from the tool's parameter schema, streamed as
+a first delta with id and name, then argument pieces. Logprobs: every token has logprob -0.5;
+`logprobs`/`top_logprobs` on the chat route and `top_n_tokens` on /generate_stream add them
+(the alternatives are `<alt0>`, `<alt1>`, ... at -1.5, -2.5, ...). TGI validates penalties to
+[-2, 2] (422 otherwise); they do not change an echo.
+
 Failure modes, set for every request (constructor / CLI) or per request by a marker in the
 prompt text: `FAKE:500` answers HTTP 500, `FAKE:HANG` never answers, `FAKE:DROP` drops the
 connection after a few tokens, `FAKE:DELAY=<seconds>` sets that request's per-token delay.
@@ -59,6 +72,102 @@ class FakeStats:
     requests: dict[str, int] = field(default_factory=dict)
 
 
+FAKE_LOGPROB = -0.5
+
+
+def json_instance(schema: dict[str, Any], words: list[str]) -> Any:
+    """A value matching `schema` (the subset of JSON schema a grammar usually gets), strings
+    taken from `words` in turn: what a grammar-constrained echo model would write."""
+    pool = iter(words or ["empty"])
+
+    def word() -> str:
+        return next(pool, "word")
+
+    def build(node: dict[str, Any]) -> Any:  # noqa: PLR0911 (one answer per JSON type)
+        if "enum" in node:
+            return node["enum"][0]
+        if "const" in node:
+            return node["const"]
+        for key in ("anyOf", "oneOf", "allOf"):
+            if node.get(key):
+                return build(node[key][0])
+        kind = node.get("type", "object")
+        if isinstance(kind, list):
+            kind = kind[0]
+        if kind == "object":
+            properties = node.get("properties") or {}
+            if not properties:
+                return {"echo": " ".join(words)}
+            return {name: build(sub) for name, sub in properties.items()}
+        if kind == "array":
+            return [build(node.get("items") or {"type": "string"})]
+        if kind == "string":
+            return word()
+        if kind == "integer":
+            return len(words)
+        if kind == "number":
+            return float(len(words))
+        if kind == "boolean":
+            return True
+        return None
+
+    return build(schema)
+
+
+def json_pieces(value: Any) -> list[str]:
+    """A JSON text cut into token-like pieces (at most 8 characters each)."""
+    text = json.dumps(value)
+    return [text[start : start + 8] for start in range(0, len(text), 8)]
+
+
+class GrammarError(ValueError):
+    """A grammar TGI would refuse with 422."""
+
+
+def grammar_pieces(grammar: Any, words: list[str]) -> list[str] | None:
+    """The answer's pieces under a TGI grammar; None without one."""
+    if grammar is None:
+        return None
+    if not isinstance(grammar, dict) or grammar.get("type") not in ("json", "json_object", "regex"):
+        raise GrammarError(f"unknown grammar type: {grammar!r}")
+    if grammar["type"] == "regex":
+        raise GrammarError("the fake models JSON grammars only (regex is not modelled)")
+    value = grammar.get("value")
+    return json_pieces(json_instance(value if isinstance(value, dict) else {"type": "object"}, words))
+
+
+def chosen_tool(request: dict[str, Any], prompt: str) -> dict[str, Any] | None:
+    """The tool TGI's tool grammar would make the model call; None = answer with text."""
+    tools = [tool.get("function") or {} for tool in request.get("tools") or []]
+    choice = request.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((tool for tool in tools if tool.get("name") == name), None)
+    named = next((tool for tool in tools if tool.get("name") and tool["name"] in prompt), None)
+    if choice == "required":
+        return named or tools[0]
+    return named  # auto: "no tool" unless the prompt asks for one
+
+
+def check_penalties(values: dict[str, Any]) -> None:
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = values.get(name)
+        if value is not None and not -2.0 <= float(value) <= 2.0:
+            raise GrammarError(f"`{name}` must be >= -2.0 and <= 2.0")
+
+
+def fake_logprobs(token: str, top: int) -> dict[str, Any]:
+    return {
+        "token": token,
+        "logprob": FAKE_LOGPROB,
+        "top_logprobs": [
+            {"token": f"<alt{rank}>", "logprob": FAKE_LOGPROB - 1 - rank} for rank in range(top)
+        ],
+    }
+
+
 @dataclass
 class FakePlan:
     """What one generation will do."""
@@ -69,9 +178,21 @@ class FakePlan:
     delay: float
     failure: Failure
     seed: int
+    # A grammar's answer, cut into tokens: written exactly, up to max_new_tokens pieces.
+    pieces: list[str] | None = None
+    top_n: int = 0  # alternatives listed per token (top_n_tokens / top_logprobs)
 
     def tokens(self, repeat: bool) -> Iterator[tuple[str, str | None]]:
         """(token text, finish reason or None) for each token; the last carries the reason."""
+        if self.pieces is not None:
+            count = min(self.max_new_tokens, len(self.pieces))
+            for index in range(count):
+                last = index == count - 1
+                yield (
+                    self.pieces[index],
+                    (("length" if count < len(self.pieces) else "eos_token") if last else None),
+                )
+            return
         words = self.words or ["empty"]
         text = ""
         count = self.max_new_tokens if repeat else min(self.max_new_tokens, len(words))
@@ -165,7 +286,10 @@ class TgiFake:
         if path != "/tokenize" and (refusal := self._too_long(path, request)):
             await _json(send, 422, {"error": refusal, "error_type": "validation"})
             return
-        await handler(request, receive, send)
+        try:
+            await handler(request, receive, send)
+        except GrammarError as exc:  # TGI's validation answer, before any generation
+            await _json(send, 422, {"error": str(exc), "error_type": "validation"})
 
     def _too_long(self, path: str, request: dict[str, Any]) -> str | None:
         """TGI's validation of prompt + max_new_tokens against max_total_tokens, in its words."""
@@ -228,12 +352,16 @@ class TgiFake:
 
     def _generate_plan(self, request: dict[str, Any]) -> FakePlan:
         params = request.get("parameters") or {}
-        return self.plan(
+        check_penalties(params)
+        plan = self.plan(
             str(request.get("inputs", "")),
             int(params.get("max_new_tokens") or 20),
             params.get("stop"),
             params.get("seed"),
         )
+        plan.pieces = grammar_pieces(params.get("grammar"), plan.words)
+        plan.top_n = int(params.get("top_n_tokens") or 0)
+        return plan
 
     async def _tokenize(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
         tokens, offset = [], 0
@@ -278,17 +406,32 @@ class TgiFake:
     async def _generate_stream(self, request: dict[str, Any], receive: Receive, send: Send) -> None:
         plan = self._generate_plan(request)
 
+        top_tokens = b""
+        if plan.top_n:
+            alternatives = [
+                {
+                    "id": 1000 + rank,
+                    "text": f"<alt{rank}>",
+                    "logprob": FAKE_LOGPROB - 1 - rank,
+                    "special": False,
+                }
+                for rank in range(plan.top_n)
+            ]
+            top_tokens = b',"top_tokens":' + json.dumps(alternatives).encode()
+
         def event(index: int, piece: str, reason: str | None, text: str) -> bytes:
-            token = f'{{"id":{index},"text":{json.dumps(piece)},"logprob":-0.5,"special":false}}'
+            token = f'{{"id":{index},"text":{json.dumps(piece)},"logprob":{FAKE_LOGPROB},"special":false}}'
             if reason is None:
-                return b'data:{"index":%d,"token":%s,"generated_text":null,"details":null}\n\n' % (
+                return b'data:{"index":%d,"token":%s%s,"generated_text":null,"details":null}\n\n' % (
                     index + 1,
                     token.encode(),
+                    top_tokens,
                 )
             details = {"finish_reason": reason, "generated_tokens": index + 1, "seed": plan.seed}
-            return b'data:{"index":%d,"token":%s,"generated_text":%s,"details":%s}\n\n' % (
+            return b'data:{"index":%d,"token":%s%s,"generated_text":%s,"details":%s}\n\n' % (
                 index + 1,
                 token.encode(),
+                top_tokens,
                 json.dumps(text).encode(),
                 json.dumps(details).encode(),
             )
@@ -322,19 +465,32 @@ class TgiFake:
         send: Send,
     ) -> None:
         stop = request.get("stop")
+        check_penalties(request)
         plan = self.plan(
             prompt,
             int(request.get("max_tokens") or 20),
             [stop] if isinstance(stop, str) else stop,
             request.get("seed"),
         )
+        tool = chosen_tool(request, prompt) if kind == "chat" else None
+        if tool is not None:
+            # TGI constrains the answer to the tool's call: its arguments are the generated tokens.
+            plan.pieces = json_pieces(json_instance(tool.get("parameters") or {}, plan.words))
+        else:
+            plan.pieces = grammar_pieces(request.get("response_format"), plan.words)
+        logprobs = kind == "chat" and bool(request.get("logprobs"))
+        plan.top_n = int(request.get("top_logprobs") or 0) if logprobs else 0
         prompt_tokens = len(prompt.split())
         created = int(time.time())
         ident = f"fake-{created}-{self.stats.started}"
         obj = "chat.completion" if kind == "chat" else "text_completion"
+        call_id = f"call-{ident}"
 
         def finish(reason: str) -> str:
             return "length" if reason == "length" else "stop"
+
+        def choice_logprobs(tokens: list[str]) -> Any:
+            return {"content": [fake_logprobs(token, plan.top_n) for token in tokens]} if logprobs else None
 
         if not request.get("stream"):
             result = await self._run_whole(plan, receive, send)
@@ -343,7 +499,17 @@ class TgiFake:
             text, reason, count, _ = result
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish(reason), "logprobs": None}
             if kind == "chat":
-                choice["message"] = {"role": "assistant", "content": text}
+                if tool is not None:
+                    call = {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": tool["name"], "arguments": text},
+                    }
+                    choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+                else:
+                    choice["message"] = {"role": "assistant", "content": text}
+                    tokens = [piece for piece, _ in plan.tokens(self.repeat)][:count]
+                    choice["logprobs"] = choice_logprobs(tokens)
             else:
                 choice["text"] = text
             await _json(
@@ -374,19 +540,32 @@ class TgiFake:
         )[:-1].encode()
 
         def event(index: int, piece: str, reason: str | None, text: str) -> bytes:
-            if kind == "chat":
-                choice = b'{"index":0,"delta":{"role":"assistant","content":%s},'
-                choice += b'"logprobs":null,"finish_reason":%s}'
-            else:
-                choice = b'{"index":0,"text":%s,"logprobs":null,"finish_reason":%s}'
             reason_json = json.dumps(finish(reason) if reason else None).encode()
-            out = (
-                b"data: "
-                + head
-                + b',"choices":['
-                + (choice % (json.dumps(piece).encode(), reason_json))
-                + b"]}\n\n"
-            )
+            if tool is not None:
+                call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+                if index == 0:  # the first delta names the call, as OpenAI servers do
+                    call.update(id=call_id, type="function")
+                    call["function"]["name"] = tool["name"]
+                delta = {"role": "assistant", "content": None, "tool_calls": [call]}
+                choice = b'{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}' % (
+                    json.dumps(delta).encode(),
+                    reason_json,
+                )
+            elif kind == "chat":
+                choice = (
+                    b'{"index":0,"delta":{"role":"assistant","content":%s},"logprobs":%s,"finish_reason":%s}'
+                    % (
+                        json.dumps(piece).encode(),
+                        json.dumps(choice_logprobs([piece])).encode(),
+                        reason_json,
+                    )
+                )
+            else:
+                choice = b'{"index":0,"text":%s,"logprobs":null,"finish_reason":%s}' % (
+                    json.dumps(piece).encode(),
+                    reason_json,
+                )
+            out = b"data: " + head + b',"choices":[' + choice + b"]}\n\n"
             if reason is not None and include_usage:
                 usage = {
                     "prompt_tokens": prompt_tokens,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from h2ogpt_api.prompts import ChatMessage
 
 BackendErrorKind = Literal["unavailable", "timeout", "bad_response", "rejected"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class BackendError(Exception):
@@ -44,17 +44,92 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """What an OpenAI client asks of the output beyond sampling: tools, a JSON format, logprobs,
+    penalties. A backend serves them or names the one it cannot (`unsupported_option`): the API
+    answers 400 naming it rather than accept the field and drop it."""
+
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI function tools, as the client sent them
+    tool_choice: str | dict[str, Any] | None = None  # "none" | "auto" | "required" | {"function": ...}
+    response_format: dict[str, Any] | None = None  # {"type": "json_object" | "json_schema", ...}
+    logprobs: bool = False
+    top_logprobs: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    @property
+    def wants_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must match (`{"type": "object"}` for json_object); None = text."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "json_object":
+            return {"type": "object"}
+        if kind == "json_schema":
+            spec = (self.response_format or {}).get("json_schema") or {}
+            return dict(spec.get("schema") or {"type": "object"})
+        return None
+
+    def requested(self) -> list[str]:
+        """The OpenAI parameter names set to something other than their no-op default."""
+        names = []
+        if self.tools and self.tool_choice != "none":
+            names.append("tools")
+        if self.json_schema is not None:
+            names.append("response_format")
+        if self.logprobs:
+            names.append("logprobs")
+        if self.frequency_penalty:
+            names.append("frequency_penalty")
+        if self.presence_penalty:
+            names.append("presence_penalty")
+        return names
+
+
+NO_OUTPUT_OPTIONS = OutputOptions()
+
+
+@dataclass(frozen=True)
 class BackendRequest:
     """`prompt` is the rendered text for plain-generate calls; None means send `messages` as chat."""
 
     messages: tuple[ChatMessage, ...]
     sampling: Sampling
     prompt: str | None = None
+    options: OutputOptions = NO_OUTPUT_OPTIONS
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the most likely alternatives when asked."""
+
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class TokenDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of the `index`th tool call: its id and name once (first piece), then arguments text."""
+
+    index: int
+    arguments: str
+    id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +139,7 @@ class StreamEnd:
     finish_reason: FinishReason
 
 
-BackendEvent = TokenDelta | StreamEnd
+BackendEvent = TokenDelta | ToolCallDelta | StreamEnd
 
 
 class Backend(Protocol):
@@ -92,6 +167,11 @@ class Backend(Protocol):
         render its prompt ourselves, '' where the server's chat template supplies its own."""
         ...
 
+    def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
+        """The first OpenAI parameter in `options` this backend cannot honour (on its chat route when
+        `chat`, else on its plain-generate route), or None when it serves them all."""
+        ...
+
     def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         """Generate; closing the iterator early cancels the upstream generation."""
         ...
@@ -100,8 +180,14 @@ class Backend(Protocol):
 
 
 def finish_reason_from(upstream: str | None) -> FinishReason:
-    """TGI says length/eos_token/stop_sequence, OpenAI servers length/stop: only `length` differs."""
-    return "length" if upstream == "length" else "stop"
+    """TGI says length/eos_token/stop_sequence, OpenAI servers length/stop/tool_calls."""
+    if upstream in ("length", "tool_calls"):
+        return upstream  # type: ignore[return-value]
+    return "stop"
+
+
+def first_unsupported(options: OutputOptions, supported: frozenset[str]) -> str | None:
+    return next((name for name in options.requested() if name not in supported), None)
 
 
 class StopTrimmer:

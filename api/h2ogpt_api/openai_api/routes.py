@@ -9,7 +9,9 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,16 +20,26 @@ from starlette.responses import JSONResponse, Response
 
 from h2ogpt_api import metrics
 from h2ogpt_api.auth import Authenticator
+from h2ogpt_api.backends.base import OutputOptions
 from h2ogpt_api.core import Core, GenerationEvent, GenerationResult
 from h2ogpt_api.errors import ApiError, as_api_error, validation_error
 from h2ogpt_api.openai_api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    MessageIn,
+    ResponsesRequest,
+    chat_logprobs,
+    chat_message,
     chat_to_h2ogpt,
+    completion_logprobs,
     encode_vector,
+    finish_reason_of,
     new_id,
     params_from_openai,
+    response_object,
+    responses_input_messages,
+    responses_params,
     stream_usage,
     sum_usage,
     usage_of,
@@ -37,6 +49,7 @@ from h2ogpt_api.openai_api.streaming import (
     ChunkWriter,
     ClientGoneError,
     EventStream,
+    ResponseEvents,
     relay,
     sse,
     start_stream,
@@ -47,6 +60,48 @@ from h2ogpt_api.settings import Settings
 
 log = logging.getLogger("h2ogpt_api.openai")
 
+# /v1/responses keeps each stored response's conversation in this process's memory, so that
+# `previous_response_id` can continue it: the newest RESPONSES_KEPT, each for RESPONSES_TTL_S.
+RESPONSES_KEPT = 1024
+RESPONSES_TTL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class StoredConversation:
+    owner: str  # who may continue it (the identity's name)
+    messages: tuple[MessageIn, ...]  # every turn so far, the stored answer last; not instructions
+    stored_at: float
+
+
+class ConversationStore:
+    """Bounded, in-memory: the oldest entry goes when full, any entry after its time to live.
+    State lives in one process: behind several replicas a continuation must reach the same one."""
+
+    def __init__(self, capacity: int = RESPONSES_KEPT, ttl_s: float = RESPONSES_TTL_S) -> None:
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[str, StoredConversation] = OrderedDict()
+
+    def put(self, response_id: str, conversation: StoredConversation) -> None:
+        self._entries[response_id] = conversation
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def get(self, response_id: str, owner: str) -> StoredConversation:
+        entry = self._entries.get(response_id)
+        if entry is not None and time.monotonic() - entry.stored_at > self.ttl_s:
+            del self._entries[response_id]
+            entry = None
+        if entry is None or entry.owner != owner:
+            raise ApiError(
+                400,
+                f"previous response {response_id!r} is not stored here (kept {self.ttl_s:.0f} s, "
+                f"the newest {self.capacity}, in this server's memory)",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        return entry
+
 
 class OpenAIRoutes:
     """The `/v1/*` handlers, holding the core, the settings and the authenticator."""
@@ -56,6 +111,7 @@ class OpenAIRoutes:
         self.settings = settings
         self.auth = Authenticator(settings)
         self.created = int(time.time())
+        self.conversations = ConversationStore()
 
     # -- request plumbing --------------------------------------------------------------------
 
@@ -106,13 +162,17 @@ class OpenAIRoutes:
             body = ChatCompletionRequest.model_validate(await self.read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
+        body.refuse_unsupported()
         identity = self.identity(request, body.h2ogpt_key, body.user)
         model = self.check_model(body.model)
         params = params_from_openai(body, chat_to_h2ogpt(body.messages))
+        options = body.output_options()
         route = "/v1/chat/completions"
         if not body.stream:
             try:
-                result = await unless_client_leaves(request.receive, self.core.complete(params, identity))
+                result = await unless_client_leaves(
+                    request.receive, self.core.complete(params, identity, options)
+                )
             except ClientGoneError:
                 return _client_gone(route)
             _observe_result(route, result, started)
@@ -125,9 +185,9 @@ class OpenAIRoutes:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": result.response},
-                            "logprobs": None,
-                            "finish_reason": result.finish_reason,
+                            "message": chat_message(result),
+                            "logprobs": chat_logprobs(result.logprobs) if body.logprobs else None,
+                            "finish_reason": finish_reason_of(result),
                         }
                     ],
                     "usage": usage_of(result),
@@ -140,9 +200,11 @@ class OpenAIRoutes:
             "model": model,
         }
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events, first = await start_stream(self.core.stream(params, identity))
+        events, first = await start_stream(self.core.stream(params, identity, options))
         metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - started)
-        writer = ChunkWriter(envelope, "delta", 0)
+        writer = ChunkWriter(
+            envelope, "delta", 0, (lambda logprobs, _: chat_logprobs(logprobs)) if body.logprobs else None
+        )
 
         async def chunks() -> AsyncGenerator[bytes, None]:
             # Fewer, larger writes: the role chunk leaves with the first text, and the final
@@ -175,7 +237,7 @@ class OpenAIRoutes:
                                     "index": 0,
                                     "delta": {},
                                     "logprobs": None,
-                                    "finish_reason": result.finish_reason,
+                                    "finish_reason": finish_reason_of(result),
                                 }
                             ],
                         }
@@ -192,8 +254,11 @@ class OpenAIRoutes:
             body = CompletionRequest.model_validate(await self.read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
+        body.refuse_unsupported()
         identity = self.identity(request, body.h2ogpt_key, body.user)
         model = self.check_model(body.model)
+        options = body.output_options()
+        want_logprobs = body.logprobs is not None
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise ApiError(400, "prompt must not be an empty list", param="prompt", code="invalid_parameter")
@@ -202,7 +267,7 @@ class OpenAIRoutes:
         if not body.stream:
             try:
                 results = await unless_client_leaves(
-                    request.receive, self._complete_each(all_params, identity)
+                    request.receive, self._complete_each(all_params, identity, options)
                 )
             except ClientGoneError:
                 return _client_gone(route)
@@ -218,7 +283,7 @@ class OpenAIRoutes:
                         {
                             "index": index,
                             "text": result.response,
-                            "logprobs": None,
+                            "logprobs": completion_logprobs(result.logprobs) if want_logprobs else None,
                             "finish_reason": result.finish_reason,
                         }
                         for index, result in enumerate(results)
@@ -233,7 +298,7 @@ class OpenAIRoutes:
             "model": model,
         }
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events, first = await start_stream(self.core.stream(all_params[0], identity))
+        events, first = await start_stream(self.core.stream(all_params[0], identity, options))
         metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - started)
 
         async def chunks() -> AsyncGenerator[bytes, None]:
@@ -242,12 +307,15 @@ class OpenAIRoutes:
             for index, params in enumerate(all_params):
                 if current is None:
                     try:
-                        current = await start_stream(self.core.stream(params, identity))
+                        current = await start_stream(self.core.stream(params, identity, options))
                     except Exception as exc:
                         yield as_api_error(exc).sse_event()
                         break
                 async with contextlib.aclosing(
-                    relay(*current, ChunkWriter(envelope, "text", index))
+                    relay(
+                        *current,
+                        ChunkWriter(envelope, "text", index, completion_logprobs if want_logprobs else None),
+                    )
                 ) as relayed:
                     async for result in relayed:
                         if isinstance(result, bytes):
@@ -279,8 +347,68 @@ class OpenAIRoutes:
 
         return EventStream(chunks())
 
-    async def _complete_each(self, all_params: list[Any], identity: Identity) -> list[GenerationResult]:
-        return [await self.core.complete(params, identity) for params in all_params]
+    async def _complete_each(
+        self, all_params: list[Any], identity: Identity, options: OutputOptions
+    ) -> list[GenerationResult]:
+        return [await self.core.complete(params, identity, options) for params in all_params]
+
+    async def responses(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = ResponsesRequest.model_validate(await self.read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        body.refuse_unsupported()
+        identity = self.identity(request, body.h2ogpt_key, body.user)
+        model = self.check_model(body.model)
+        history: tuple[MessageIn, ...] = ()
+        if body.previous_response_id:
+            history = self.conversations.get(body.previous_response_id, identity.username).messages
+        messages = responses_input_messages(body)
+        params = responses_params(body, list(history), messages)
+        options = body.output_options()
+        route = "/v1/responses"
+        response_id, item_id, created = new_id("resp"), new_id("msg"), int(time.time())
+
+        def shaped(result: GenerationResult | None) -> dict[str, Any]:
+            return response_object(
+                body, response_id=response_id, item_id=item_id, model=model, created=created, result=result
+            )
+
+        def remember(result: GenerationResult) -> None:
+            if body.store:
+                answer = MessageIn(role="assistant", content=result.response)
+                self.conversations.put(
+                    response_id,
+                    StoredConversation(identity.username, (*history, *messages, answer), time.monotonic()),
+                )
+
+        if not body.stream:
+            try:
+                result = await unless_client_leaves(
+                    request.receive, self.core.complete(params, identity, options)
+                )
+            except ClientGoneError:
+                return _client_gone(route)
+            _observe_result(route, result, started)
+            remember(result)
+            return JSONResponse(shaped(result))
+        events, first = await start_stream(self.core.stream(params, identity, options))
+        metrics.TIME_TO_FIRST_TOKEN.labels(route=route).observe(time.perf_counter() - started)
+        writer = ResponseEvents(item_id)
+
+        async def stream_events() -> AsyncGenerator[bytes, None]:
+            yield writer.opening(shaped(None))
+            async with contextlib.aclosing(relay(events, first, writer)) as relayed:
+                async for result in relayed:
+                    if isinstance(result, bytes):
+                        yield result
+                        continue
+                    _observe_result(route, result, started)
+                    remember(result)
+                    yield writer.closing(shaped(result), result.response)
+
+        return EventStream(stream_events())
 
     async def list_models(self, request: Request) -> Response:
         self.auth.check_key(_bearer(request), None)
@@ -355,6 +483,7 @@ class OpenAIRoutes:
     def add_to(self, app: FastAPI) -> None:
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/responses", self.responses, methods=["POST"])
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
         app.add_api_route("/v1/models/{model:path}", self.retrieve_model, methods=["GET"])
         app.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"])

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
 
+from h2ogpt_api.backends.base import TokenLogprob, ToolCallDelta
 from h2ogpt_api.core import Completed, GenerationEvent, GenerationResult, Progress, TextDelta
-from h2ogpt_api.errors import as_api_error
+from h2ogpt_api.errors import ApiError, as_api_error
 
 log = logging.getLogger("h2ogpt_api.openai")
 
@@ -36,10 +37,26 @@ def progress_comment(progress: Progress) -> bytes:
     return f": {progress.action} part {progress.done} of {progress.total}\n\n".encode()
 
 
-class ChunkWriter:
-    """Pre-serialized chunk envelopes: per token only the text is JSON-encoded (the hot path)."""
+LogprobsShape = Callable[[tuple[TokenLogprob, ...], int], dict[str, Any]]
 
-    def __init__(self, envelope: dict[str, Any], choice_key: str, index: int) -> None:
+
+class ChunkWriter:
+    """Pre-serialized chunk envelopes: per token only the text is JSON-encoded (the hot path).
+    Tokens with logprobs and tool-call pieces, which only some requests have, are whole chunks
+    built by `event` and `tool_call` (`logprobs_shape` gives the route's logprobs format)."""
+
+    def __init__(
+        self,
+        envelope: dict[str, Any],
+        choice_key: str,
+        index: int,
+        logprobs_shape: LogprobsShape | None = None,
+    ) -> None:
+        self._envelope = envelope
+        self._choice_key = choice_key
+        self._index = index
+        self._logprobs_shape = logprobs_shape
+        self._offset = 0  # characters written so far (the legacy logprobs' text_offset)
         marker = "\u0000TEXT\u0000"
         choice: dict[str, Any] = {"index": index, choice_key: marker, "logprobs": None, "finish_reason": None}
         if choice_key == "delta":
@@ -52,6 +69,91 @@ class ChunkWriter:
 
     def text(self, piece: str) -> bytes:
         return (self._head + json.dumps(piece) + self._tail).encode()
+
+    def _chunk(self, content: dict[str, Any] | str, logprobs: dict[str, Any] | None) -> bytes:
+        choice = {
+            "index": self._index,
+            self._choice_key: content,
+            "logprobs": logprobs,
+            "finish_reason": None,
+        }
+        return sse({**self._envelope, "choices": [choice]})
+
+    def with_logprobs(self, delta: TextDelta) -> bytes:
+        shaped = self._logprobs_shape(delta.logprobs, self._offset) if self._logprobs_shape else None
+        self._offset += len(delta.text)
+        return self._chunk({"content": delta.text} if self._choice_key == "delta" else delta.text, shaped)
+
+    def tool_call(self, piece: ToolCallDelta) -> bytes:
+        call: dict[str, Any] = {"index": piece.index}
+        if piece.id:
+            call["id"] = piece.id
+            call["type"] = "function"
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        if piece.name:
+            function["name"] = piece.name
+        call["function"] = function
+        return self._chunk({"tool_calls": [call]}, None)
+
+    def error(self, error: ApiError) -> bytes:
+        return error.sse_event()
+
+
+class ResponseEvents:
+    """The Responses API's stream for one message output item with one `output_text` part:
+    named events (`event: <type>`), numbered from 0 in `sequence_number`."""
+
+    def __init__(self, item_id: str) -> None:
+        self.sequence = 0
+        self.where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        self.item_id = item_id
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        payload = json.dumps(
+            {"type": kind, "sequence_number": self.sequence, **fields}, separators=(",", ":")
+        )
+        self.sequence += 1
+        return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+    def opening(self, response: dict[str, Any]) -> bytes:
+        item = {
+            "id": self.item_id,
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        return (
+            self.event("response.created", response=response)
+            + self.event("response.in_progress", response=response)
+            + self.event("response.output_item.added", output_index=0, item=item)
+            + self.event("response.content_part.added", part=_output_text(""), **self.where)
+        )
+
+    def text(self, piece: str) -> bytes:
+        return self.event("response.output_text.delta", delta=piece, logprobs=[], **self.where)
+
+    def with_logprobs(self, delta: TextDelta) -> bytes:
+        return self.text(delta.text)  # /v1/responses refuses `include` (no logprobs are asked)
+
+    def tool_call(self, piece: ToolCallDelta) -> bytes:
+        raise RuntimeError("a tool call on /v1/responses, which refuses tools")
+
+    def closing(self, response: dict[str, Any], text: str) -> bytes:
+        """The text's end, then `response.completed` (or `.incomplete`) with the whole response."""
+        return (
+            self.event("response.output_text.done", text=text, logprobs=[], **self.where)
+            + self.event("response.content_part.done", part=_output_text(text), **self.where)
+            + self.event("response.output_item.done", output_index=0, item=response["output"][0])
+            + self.event(f"response.{response['status']}", response=response)
+        )
+
+    def error(self, error: ApiError) -> bytes:
+        return self.event("error", code=error.code, message=error.message, param=error.param)
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 class EventStream(StreamingResponse):
@@ -149,7 +251,9 @@ async def start_stream(
 
 
 async def relay(
-    events: AsyncGenerator[GenerationEvent, None], first: GenerationEvent, writer: ChunkWriter
+    events: AsyncGenerator[GenerationEvent, None],
+    first: GenerationEvent,
+    writer: ChunkWriter | ResponseEvents,
 ) -> AsyncGenerator[bytes | GenerationResult, None]:
     """SSE bytes for each text delta (and a comment for each map-step progress) and, last, the
     result; a failure becomes one error event."""
@@ -158,8 +262,12 @@ async def relay(
         try:
             while event is not None:
                 if isinstance(event, TextDelta):
-                    if event.text:
+                    if event.logprobs:
+                        yield writer.with_logprobs(event)
+                    elif event.text:
                         yield writer.text(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    yield writer.tool_call(event)
                 elif isinstance(event, Progress):
                     yield progress_comment(event)
                 elif isinstance(event, Completed):
@@ -169,4 +277,4 @@ async def relay(
         except Exception as exc:
             error = as_api_error(exc)
             log.warning("stream failed after it started: %s", error.message)
-            yield error.sse_event()
+            yield writer.error(error)
