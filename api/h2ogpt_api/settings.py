@@ -40,8 +40,9 @@ class Settings(BaseModel):
     gradio: bool = True
     gradio_port: int = Field(7860, ge=0, le=65535)
     server_name: str = "0.0.0.0"
-    # A list of keys, or the path of a JSON file holding one (re-read when it changes).
-    h2ogpt_api_keys: list[str] | str = Field(default_factory=list)
+    # A list of keys, a dict {name: key} (the name is the caller's identity), or the path of a JSON
+    # file holding either (re-read when it changes).
+    h2ogpt_api_keys: list[str] | dict[str, str] | str = Field(default_factory=list)
     enforce_h2ogpt_api_key: bool = False
     auth_access: Literal["open", "closed"] = "open"
     # A JSON file {"user": {"password": "..."}}, or a literal [("user", "pass")] / JSON dict.
@@ -69,6 +70,12 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Seconds to wait for the backend's next byte (first token included) before answering 504.
     backend_timeout: float = Field(600.0, gt=0)
+    # Per-key limits (0 = none): counted per API key name, else per login, else for all anonymous
+    # callers together; in each replica. Over a limit: 429 with Retry-After.
+    requests_per_minute: int = Field(0, ge=0, le=100_000_000)
+    tokens_per_minute: int = Field(0, ge=0, le=10_000_000_000)
+    # Seconds after its last document was added that an anonymous Gradio session's MyData is deleted.
+    anonymous_mydata_ttl: float = Field(86_400.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("h2ogpt_api_keys", mode="before")
@@ -118,7 +125,7 @@ class Settings(BaseModel):
     def redacted(self) -> dict[str, Any]:
         """The settings for logs: keys and passwords replaced by their count or a mask."""
         shown = self.model_dump(mode="json")
-        if isinstance(self.h2ogpt_api_keys, list):
+        if isinstance(self.h2ogpt_api_keys, list | dict):
             shown["h2ogpt_api_keys"] = f"<{len(self.h2ogpt_api_keys)} keys>"
         if shown["weaviate_api_key"]:
             shown["weaviate_api_key"] = "<set>"

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from h2ogpt_api import metrics
-from h2ogpt_api.auth import Authenticator
+from h2ogpt_api.auth import Authenticator, Principal
 from h2ogpt_api.core import Core, GenerationEvent, GenerationResult
 from h2ogpt_api.errors import ApiError, as_api_error, validation_error
 from h2ogpt_api.openai_api.protocol import (
@@ -33,7 +33,7 @@ from h2ogpt_api.openai_api.protocol import (
     usage_of,
 )
 from h2ogpt_api.openai_api.streaming import DONE, ChunkWriter, EventStream, relay, sse, start_stream
-from h2ogpt_api.retrieval.base import Identity
+from h2ogpt_api.ratelimit import RateLimits
 from h2ogpt_api.settings import Settings
 
 log = logging.getLogger("h2ogpt_api.openai")
@@ -45,7 +45,8 @@ class OpenAIRoutes:
     def __init__(self, core: Core, settings: Settings) -> None:
         self.core = core
         self.settings = settings
-        self.auth = Authenticator(settings)
+        self.auth = Authenticator(settings, core.logins)
+        self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
         self.created = int(time.time())
 
     # -- request plumbing --------------------------------------------------------------------
@@ -70,10 +71,23 @@ class OpenAIRoutes:
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")
         return data
 
-    def identity(self, request: Request, body_key: str | None, user: str | None) -> Identity:
-        bearer = _bearer(request)
-        self.auth.check_key(bearer, body_key)
-        return self.auth.identify(user)
+    async def principal(self, request: Request, body_key: str | None, user: str | None) -> Principal:
+        """Who is asking (key, then login), admitted by the per-key limits."""
+        principal = await self.auth.authenticate(_bearer(request), body_key, user)
+        if self.limits.enabled:
+            self.limits.admit(principal.limit_subject)
+        return principal
+
+    def observe(self, route: str, result: GenerationResult, started: float, principal: Principal) -> None:
+        """Metrics and the log line of one finished generation; its tokens count against the limits."""
+        tokens = result.num_prompt_tokens + result.ntokens
+        if self.limits.enabled:
+            self.limits.charge(principal.limit_subject, tokens)
+        if principal.key_name is not None:
+            key_tokens = metrics.KEY_TOKENS
+            key_tokens.labels(key_name=principal.key_name, kind="prompt").inc(result.num_prompt_tokens)
+            key_tokens.labels(key_name=principal.key_name, kind="completion").inc(result.ntokens)
+        _observe_result(route, result, started)
 
     def check_model(self, model: str | None) -> str:
         """The model that will answer: the one asked for, or (h2oGPT's behaviour, on by default
@@ -97,13 +111,14 @@ class OpenAIRoutes:
             body = ChatCompletionRequest.model_validate(await self.read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        identity = self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        identity = principal.identity
         model = self.check_model(body.model)
         params = params_from_openai(body, chat_to_h2ogpt(body.messages))
         route = "/v1/chat/completions"
         if not body.stream:
             result = await self.core.complete(params, identity)
-            _observe_result(route, result, started)
+            self.observe(route, result, started, principal)
             return JSONResponse(
                 {
                     "id": new_id("chatcmpl"),
@@ -154,7 +169,7 @@ class OpenAIRoutes:
                         yield pending + result if pending else result
                         pending = b""
                         continue
-                    _observe_result(route, result, started)
+                    self.observe(route, result, started, principal)
                     pending += sse(
                         {
                             **envelope,
@@ -180,7 +195,8 @@ class OpenAIRoutes:
             body = CompletionRequest.model_validate(await self.read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        identity = self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        identity = principal.identity
         model = self.check_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
@@ -190,7 +206,7 @@ class OpenAIRoutes:
         if not body.stream:
             results = [await self.core.complete(params, identity) for params in all_params]
             for result in results:
-                _observe_result(route, result, started)
+                self.observe(route, result, started, principal)
             return JSONResponse(
                 {
                     "id": new_id("cmpl"),
@@ -237,7 +253,7 @@ class OpenAIRoutes:
                             yield result
                             continue
                         results.append(result)
-                        _observe_result(route, result, started)
+                        self.observe(route, result, started, principal)
                         yield sse(
                             {
                                 **envelope,
@@ -292,7 +308,7 @@ class OpenAIRoutes:
             body = EmbeddingRequest.model_validate(await self.read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or any(not text for text in texts):
             raise ApiError(
@@ -309,6 +325,10 @@ class OpenAIRoutes:
         ]
         count = getattr(embedder, "count_tokens", None)
         tokens = sum(count(text) for text in texts) if callable(count) else 0
+        if self.limits.enabled:
+            self.limits.charge(principal.limit_subject, tokens)
+        if principal.key_name is not None:
+            metrics.KEY_TOKENS.labels(key_name=principal.key_name, kind="prompt").inc(tokens)
         return JSONResponse(
             {
                 "object": "list",
