@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from h2ogpt_api.errors import as_api_error
-from h2ogpt_api.ratelimit import RateLimitedError, RateLimits
+from h2ogpt_api.ratelimit import RateLimitedError, RateLimits, SlidingWindowCounter
 
 
 def test_requests_per_minute_are_counted_per_subject() -> None:
@@ -39,3 +39,19 @@ def test_a_limit_is_a_429_with_retry_after_in_openai_shape() -> None:
 
 def test_no_limits_configured_is_disabled() -> None:
     assert not RateLimits(0, 0).enabled
+
+
+def test_the_sliding_window_weighs_last_minute_by_its_overlap() -> None:
+    counter = SlidingWindowCounter(10)
+    counter.add("s", 59.0, 10)  # the whole limit, at the end of minute 0
+    assert not counter.has_room("s", 59.5)
+    # Retry-After from 59.5: the first whole second at which one more unit fits (6.5 s: 66 s).
+    wait = counter.retry_after("s", 59.5)
+    assert wait == 7
+    assert not counter.has_room("s", 65.0)
+    assert counter.has_room("s", 59.5 + wait)
+    # 15 s into minute 1, 3/4 of minute 0 still overlaps: 7.5 used, room for 2.
+    assert counter.used("s", 75.0) == 7.5
+    assert counter.has_room("s", 75.0, 2)
+    assert not counter.has_room("s", 75.0, 3)
+    assert counter.used("s", 130.0) == 0  # two minutes on, nothing is left
