@@ -54,7 +54,8 @@ class GradioClient:
     and for any call when its access is closed). `h2ogpt_key` is sent with every call.
     Other keyword arguments go to `gradio_client.Client`; `persist` is accepted for
     compatibility: this client always keeps one session, so an anonymous user's MyData lasts as
-    long as the client.
+    long as the client (the server deletes it `--anonymous_mydata_ttl` after its last addition,
+    a day by default).
     """
 
     def __init__(
