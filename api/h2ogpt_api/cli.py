@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from h2ogpt_api.auth import ApiKeys, parse_users
+from h2ogpt_api.auth import ApiKeys, anonymous_session_prefix, parse_users
 from h2ogpt_api.backends import create_backend
 from h2ogpt_api.core import Core
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Identity
@@ -119,8 +119,26 @@ async def serve(settings: Settings) -> None:
         documents = await _open_documents(settings, stack)
         if settings.user_path is not None:
             await _add_user_path(settings, documents)
+        if documents is not None and settings.gradio and "MyData" in settings.document_modes:
+            from h2ogpt_api.retrieval.store import sweep_anonymous_mydata  # noqa: PLC0415
+
+            sweeper = asyncio.create_task(
+                sweep_anonymous_mydata(
+                    documents,  # type: ignore[arg-type]
+                    anonymous_session_prefix(settings),
+                    settings.anonymous_mydata_ttl,
+                ),
+                name="anonymous-mydata-sweeper",
+            )
+            stack.callback(sweeper.cancel)
         # The store's embedder also serves /v1/embeddings: one model in memory, not two.
-        core = Core(settings, backend, documents, embedder=getattr(documents, "embedder", None))
+        core = Core(
+            settings,
+            backend,
+            documents,
+            embedder=getattr(documents, "embedder", None),
+            logins=getattr(documents, "logins", None),
+        )
 
         apps: list[tuple[str, str, Any, int]] = []
         if settings.openai_server:

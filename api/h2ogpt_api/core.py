@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from h2ogpt_api import mapreduce, metrics, prompts
+from h2ogpt_api.auth import LoginRegistry, MemoryLogins
 from h2ogpt_api.backends.base import (
     NO_OUTPUT_OPTIONS,
     Backend,
@@ -249,8 +250,11 @@ class Core:
         backend: Backend,
         documents: DocumentStore | None,
         embedder: Embedder | None = None,
+        logins: LoginRegistry | None = None,
     ) -> None:
         self.settings = settings
+        # Open-access registrations, shared by both front doors (Weaviate's when there is a store).
+        self.logins: LoginRegistry = logins if logins is not None else MemoryLogins()
         self.backend = backend
         self.documents = documents
         self._embedder = embedder

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from h2ogpt_api.auth import AuthError
 from h2ogpt_api.backends.base import BackendError
 from h2ogpt_api.core import EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
+from h2ogpt_api.ratelimit import RateLimitedError
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
 
 _BACKEND_STATUS = {"unavailable": 503, "timeout": 504, "bad_response": 502, "rejected": 400}
@@ -25,6 +26,7 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: int = 1,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -32,12 +34,13 @@ class ApiError(Exception):
         self.type = type_
         self.param = param
         self.code = code
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": "1"} if self.status == 429 else None
+        headers = {"Retry-After": str(self.retry_after)} if self.status == 429 else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
     def sse_event(self) -> bytes:
@@ -67,6 +70,10 @@ def as_api_error(exc: BaseException) -> ApiError:  # noqa: PLR0911 (one answer p
         return ApiError(400, exc.message, param=exc.param, code="invalid_parameter")
     if isinstance(exc, DocumentError):
         return ApiError(400, str(exc), param="langchain_mode", code="invalid_parameter")
+    if isinstance(exc, RateLimitedError):
+        return ApiError(
+            429, str(exc), type_="rate_limit_error", code="rate_limit_exceeded", retry_after=exc.retry_after
+        )
     if isinstance(exc, QueueFullError):
         return ApiError(429, str(exc), type_="rate_limit_error", code="queue_full")
     if isinstance(exc, ValidationError):

@@ -38,6 +38,11 @@ REQUESTS_WAITING = Gauge(
     "h2ogpt_api_requests_waiting", "Generations waiting for a slot (--max_concurrency); past --max_queue: 429"
 )
 GENERATIONS_RUNNING = Gauge("h2ogpt_api_generations_running", "Generations holding a slot")
+# Labelled by the key's NAME (key-1.. for a list of keys, the dict's names otherwise), never the key.
+KEY_TOKENS = Counter(
+    "h2ogpt_api_key_tokens_total", "Tokens used by requests with an API key", ["key_name", "kind"]
+)
+RATE_LIMITED = Counter("h2ogpt_api_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 IN_FLIGHT = Gauge("h2ogpt_api_in_flight_requests", "Requests being handled", ["route"])
 BACKEND_ERRORS = Counter("h2ogpt_api_backend_errors_total", "Inference backend failures", ["backend", "kind"])
 

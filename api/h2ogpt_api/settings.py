@@ -74,9 +74,12 @@ class Settings(BaseModel):
     server_name: str = Field(
         "0.0.0.0", description="bind address of both apps (also read from GRADIO_SERVER_NAME)"
     )
-    # A list of keys, or the path of a JSON file holding one (re-read when it changes).
-    h2ogpt_api_keys: list[str] | str = Field(
-        default_factory=list, description="API keys: a list literal, or the path of a JSON file holding one"
+    # A list of keys, a dict {name: key} (the name is the caller's identity), or the path of a JSON
+    # file holding either (re-read when it changes).
+    h2ogpt_api_keys: list[str] | dict[str, str] | str = Field(
+        default_factory=list,
+        description="API keys: a list literal, a dict {name: key} (the name is the caller's identity), "
+        "or the path of a JSON file holding either (re-read when it changes)",
     )
     enforce_h2ogpt_api_key: bool = Field(False, description="refuse requests without a valid API key")
     auth_access: Literal["open", "closed"] = Field(
@@ -176,6 +179,21 @@ class Settings(BaseModel):
         description="while a Summarize/Extract map step runs, a progress event at least this often "
         "(an SSE comment on OpenAI streams, so idle proxies keep the stream open)",
     )
+    requests_per_minute: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="per-key limit (0 = none), counted per API key name, else per login, else for all "
+        "anonymous callers together, in each replica; over it: 429 with Retry-After",
+    )
+    tokens_per_minute: int = Field(
+        0, ge=0, le=10_000_000_000, description="per-key token limit per minute (0 = none), counted as above"
+    )
+    anonymous_mydata_ttl: float = Field(
+        86_400.0,
+        gt=0,
+        description="seconds after its last addition that an anonymous Gradio session's MyData is deleted",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
     allowed_url_hosts: list[str] = Field(
         default_factory=list,
@@ -253,7 +271,7 @@ class Settings(BaseModel):
     def redacted(self) -> dict[str, Any]:
         """The settings for logs: keys and passwords replaced by their count or a mask."""
         shown = self.model_dump(mode="json")
-        if isinstance(self.h2ogpt_api_keys, list):
+        if isinstance(self.h2ogpt_api_keys, list | dict):
             shown["h2ogpt_api_keys"] = f"<{len(self.h2ogpt_api_keys)} keys>"
         if shown["weaviate_api_key"]:
             shown["weaviate_api_key"] = "<set>"

@@ -56,7 +56,8 @@ class GradioClient:
     the conversation: each question, query, summary or extraction is sent with the earlier
     (question, answer) pairs as `chat_conversation`, and `clear_conversation()` starts afresh;
     with `persist=False` (h2oGPT's default) every call stands alone. Either way this client keeps
-    one session, so an anonymous user's MyData lasts as long as the client.
+    one session, so an anonymous user's MyData lasts as long as the client (the server deletes it
+    `--anonymous_mydata_ttl` after its last addition, a day by default).
     """
 
     def __init__(

@@ -300,8 +300,9 @@ def test_my_data_of_one_user_is_invisible_to_another(client: OpenAI, documents: 
     chosen = ask(client, question, user="bob:pw-b", langchain_mode="MyData", top_k_docs=3,
                  document_choice=["alice-notes.txt"])
     assert sources_of(chosen) == []
-    # Guests (no login) have their own MyData, which is empty too.
-    assert sources_of(ask(client, question, langchain_mode="MyData", top_k_docs=3)) == []
+    # Anonymous callers (no login, no named key) have no MyData at all: a 400 says how to get one.
+    with pytest.raises(openai.BadRequestError, match="log in"):
+        ask(client, question, langchain_mode="MyData", top_k_docs=3)
 
     # Bob's own document is his alone.
     documents.add_text("Bob parks his bicycle behind the old bakery.", "MyData", BOB, source="bob-notes.txt")

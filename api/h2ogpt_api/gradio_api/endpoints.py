@@ -439,7 +439,7 @@ class H2oGPTEndpoints:
             login = _basic_login(request)
             username = None
             if login is not None:
-                if not self.service.check_login(*login):
+                if not await self.service.check_login(*login):
                     return JSONResponse({"error": "wrong username or password"}, status_code=401)
                 username = login[0]
             output = await handler(*data, request=gr.Request(username=username))

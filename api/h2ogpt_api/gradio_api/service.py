@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from h2ogpt_api.auth import Authenticator, AuthError
+from h2ogpt_api.auth import ANONYMOUS, KEY_IDENTITY_PREFIX, Authenticator, AuthError
 from h2ogpt_api.core import Core, GenerationEvent, InvalidRequestError
 from h2ogpt_api.errors import as_api_error
 from h2ogpt_api.params import GenerationParams
@@ -55,7 +55,7 @@ class GradioService:
     def __init__(self, core: Core, settings: Settings) -> None:
         self.core = core
         self.settings = settings
-        self.auth = Authenticator(settings)
+        self.auth = Authenticator(settings, core.logins)
         self.upload_dir = Path(gr.utils.get_upload_folder()).resolve()
 
     # -- who is asking ---------------------------------------------------------------------------
@@ -65,26 +65,30 @@ class GradioService:
         """Gradio's login page is on when users are configured or access is closed."""
         return self.settings.auth_access == "closed" or bool(self.settings.auth.strip())
 
-    def check_login(self, username: str, password: str) -> bool:
+    async def check_login(self, username: str, password: str) -> bool:
         """Gradio's `auth` callable: known users, or (open access) a new name registers."""
         if not username or ":" in username:
             return False
         try:
-            self.auth.identify(f"{username}:{password}")
+            await self.auth.identify(f"{username}:{password}")
         except AuthError:
             return False
         return True
 
     def identity(self, caller: Caller, key: str | None, *, check_key: bool = True) -> Identity:
-        if check_key:
-            self.auth.check_key(None, key)
+        """A Gradio login, else the user a named API key carries, else an anonymous session (its
+        MyData is its own scratch space, h2oGPT's behaviour, deleted after --anonymous_mydata_ttl),
+        else (no session: the REST route) anonymous, without MyData."""
+        entry = self.auth.check_key(None, key) if check_key else None
         if caller.username:
             return Identity(username=caller.username, authenticated=True)
+        if entry is not None and entry.names_user:
+            return Identity(username=KEY_IDENTITY_PREFIX + entry.name, authenticated=True)
         if self.settings.auth_access == "closed":
             raise AuthError("access is closed on this server: log in first")
-        guest = self.settings.guest_name or "guest"
-        # An anonymous session's MyData is its own scratch space (h2oGPT's behaviour).
-        return Identity(username=f"{guest}-session-{caller.session}" if caller.session else guest)
+        if caller.session:
+            return Identity(username=self.auth.reserved_prefix + caller.session)
+        return ANONYMOUS
 
     # -- generation ------------------------------------------------------------------------------
 

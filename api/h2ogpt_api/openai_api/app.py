@@ -23,6 +23,7 @@ from h2ogpt_api.errors import ApiError, as_api_error
 from h2ogpt_api.openai_api.routes import OpenAIRoutes
 from h2ogpt_api.openai_api.streaming import ASGIApp, Receive, Scope, Send
 from h2ogpt_api.ops import ops_router, package_version
+from h2ogpt_api.ratelimit import RateLimitedError
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
 from h2ogpt_api.settings import Settings
 
@@ -69,6 +70,7 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
         EmbeddingsUnavailableError,
         InvalidRequestError,
         QueueFullError,
+        RateLimitedError,
         ValidationError,
     ):
         app.add_exception_handler(expected, _mapped_error)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from h2ogpt_api import metrics
-from h2ogpt_api.auth import Authenticator
+from h2ogpt_api.auth import Authenticator, Principal
 from h2ogpt_api.backends.base import OutputOptions
 from h2ogpt_api.core import Core, GenerationEvent, GenerationResult
 from h2ogpt_api.errors import ApiError, as_api_error, validation_error
@@ -55,6 +55,7 @@ from h2ogpt_api.openai_api.streaming import (
     start_stream,
     unless_client_leaves,
 )
+from h2ogpt_api.ratelimit import RateLimits
 from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import Settings
 
@@ -109,7 +110,8 @@ class OpenAIRoutes:
     def __init__(self, core: Core, settings: Settings) -> None:
         self.core = core
         self.settings = settings
-        self.auth = Authenticator(settings)
+        self.auth = Authenticator(settings, core.logins)
+        self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
         self.created = int(time.time())
         self.conversations = ConversationStore()
 
@@ -135,10 +137,23 @@ class OpenAIRoutes:
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")
         return data
 
-    def identity(self, request: Request, body_key: str | None, user: str | None) -> Identity:
-        bearer = _bearer(request)
-        self.auth.check_key(bearer, body_key)
-        return self.auth.identify(user)
+    async def principal(self, request: Request, body_key: str | None, user: str | None) -> Principal:
+        """Who is asking (key, then login), admitted by the per-key limits."""
+        principal = await self.auth.authenticate(_bearer(request), body_key, user)
+        if self.limits.enabled:
+            self.limits.admit(principal.limit_subject)
+        return principal
+
+    def observe(self, route: str, result: GenerationResult, started: float, principal: Principal) -> None:
+        """Metrics and the log line of one finished generation; its tokens count against the limits."""
+        tokens = result.num_prompt_tokens + result.ntokens
+        if self.limits.enabled:
+            self.limits.charge(principal.limit_subject, tokens)
+        if principal.key_name is not None:
+            key_tokens = metrics.KEY_TOKENS
+            key_tokens.labels(key_name=principal.key_name, kind="prompt").inc(result.num_prompt_tokens)
+            key_tokens.labels(key_name=principal.key_name, kind="completion").inc(result.ntokens)
+        _observe_result(route, result, started)
 
     def check_model(self, model: str | None) -> str:
         """The model that will answer: the one asked for, or (h2oGPT's behaviour, on by default
@@ -163,7 +178,8 @@ class OpenAIRoutes:
         except ValidationError as exc:
             raise validation_error(exc) from None
         body.refuse_unsupported()
-        identity = self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        identity = principal.identity
         model = self.check_model(body.model)
         params = params_from_openai(body, chat_to_h2ogpt(body.messages))
         options = body.output_options()
@@ -175,7 +191,7 @@ class OpenAIRoutes:
                 )
             except ClientGoneError:
                 return _client_gone(route)
-            _observe_result(route, result, started)
+            self.observe(route, result, started, principal)
             return JSONResponse(
                 {
                     "id": new_id("chatcmpl"),
@@ -228,7 +244,7 @@ class OpenAIRoutes:
                         yield pending + result if pending else result
                         pending = b""
                         continue
-                    _observe_result(route, result, started)
+                    self.observe(route, result, started, principal)
                     pending += sse(
                         {
                             **envelope,
@@ -255,7 +271,8 @@ class OpenAIRoutes:
         except ValidationError as exc:
             raise validation_error(exc) from None
         body.refuse_unsupported()
-        identity = self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        identity = principal.identity
         model = self.check_model(body.model)
         options = body.output_options()
         want_logprobs = body.logprobs is not None
@@ -272,7 +289,7 @@ class OpenAIRoutes:
             except ClientGoneError:
                 return _client_gone(route)
             for result in results:
-                _observe_result(route, result, started)
+                self.observe(route, result, started, principal)
             return JSONResponse(
                 {
                     "id": new_id("cmpl"),
@@ -322,7 +339,7 @@ class OpenAIRoutes:
                             yield result
                             continue
                         results.append(result)
-                        _observe_result(route, result, started)
+                        self.observe(route, result, started, principal)
                         yield sse(
                             {
                                 **envelope,
@@ -359,7 +376,8 @@ class OpenAIRoutes:
         except ValidationError as exc:
             raise validation_error(exc) from None
         body.refuse_unsupported()
-        identity = self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        identity = principal.identity
         model = self.check_model(body.model)
         history: tuple[MessageIn, ...] = ()
         if body.previous_response_id:
@@ -390,7 +408,7 @@ class OpenAIRoutes:
                 )
             except ClientGoneError:
                 return _client_gone(route)
-            _observe_result(route, result, started)
+            self.observe(route, result, started, principal)
             remember(result)
             return JSONResponse(shaped(result))
         events, first = await start_stream(self.core.stream(params, identity, options))
@@ -404,7 +422,7 @@ class OpenAIRoutes:
                     if isinstance(result, bytes):
                         yield result
                         continue
-                    _observe_result(route, result, started)
+                    self.observe(route, result, started, principal)
                     remember(result)
                     yield writer.closing(shaped(result), result.response)
 
@@ -454,7 +472,7 @@ class OpenAIRoutes:
             body = EmbeddingRequest.model_validate(await self.read_json(request))
         except ValidationError as exc:
             raise validation_error(exc) from None
-        self.identity(request, body.h2ogpt_key, body.user)
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or any(not text for text in texts):
             raise ApiError(
@@ -471,6 +489,10 @@ class OpenAIRoutes:
         ]
         count = getattr(embedder, "count_tokens", None)
         tokens = sum(count(text) for text in texts) if callable(count) else 0
+        if self.limits.enabled:
+            self.limits.charge(principal.limit_subject, tokens)
+        if principal.key_name is not None:
+            metrics.KEY_TOKENS.labels(key_name=principal.key_name, kind="prompt").inc(tokens)
         return JSONResponse(
             {
                 "object": "list",

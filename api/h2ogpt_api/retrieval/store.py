@@ -14,6 +14,7 @@ what changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -59,6 +60,7 @@ from h2ogpt_api.retrieval.ingest import (
     load_text,
     validate_chunk_size,
 )
+from h2ogpt_api.retrieval.logins import WeaviateLogins
 from h2ogpt_api.retrieval.url_guard import Resolver, UrlPolicy, resolve_host
 from h2ogpt_api.retrieval.weaviate_process import LOOPBACK, WeaviateProcess
 
@@ -112,7 +114,8 @@ def weaviate_collection_name(mode: str) -> str:
 def tenant_name(username: str) -> str:
     """A valid Weaviate tenant name for a user: readable prefix plus a hash, so no two users share one."""
     if not username:
-        raise DocumentError(f"{PERSONAL_MODE} is personal and needs a user name: log in first")
+        raise DocumentError(f"{PERSONAL_MODE} is personal and anonymous callers have none: log in "
+                            "(user='name:password') or use an API key that names a user")
     readable = re.sub(r"[^A-Za-z0-9_-]", "_", username)[:40]
     digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
     return f"{readable}-{digest}"
@@ -182,6 +185,8 @@ class WeaviateDocumentStore:
         self._create_lock = asyncio.Lock()
         # The weaviate-server this store started itself (no --weaviate_url), else None.
         self.local_weaviate: WeaviateProcess | None = None
+        # Open-access registrations, on the same Weaviate (every replica sees them).
+        self.logins: WeaviateLogins | None = None
 
     def collections(self) -> list[str]:
         return list(self._modes)
@@ -398,6 +403,34 @@ class WeaviateDocumentStore:
                 pass
         return await self.list_sources(collection=collection, identity=identity)
 
+    # ---- leftovers ---------------------------------------------------------------------------
+
+    @store_failures_unavailable
+    async def expire_personal_tenants(self, username_prefix: str, idle_seconds: float) -> list[str]:
+        """Delete the MyData tenants of users whose name starts with `username_prefix` (anonymous
+        Gradio sessions) when nothing was added to them for `idle_seconds`; their tenant names."""
+        name = weaviate_collection_name(PERSONAL_MODE)
+        if PERSONAL_MODE not in self._modes or not await self.client.collections.exists(name):
+            return []
+        collection = self.client.collections.get(name)
+        # Sanitising keeps '-', letters and digits as they are, so only names that start with the
+        # prefix give tenant names that do (login names with it are refused: auth.py).
+        readable = tenant_name(username_prefix).rsplit("-", 1)[0]
+        cutoff = time.time() - idle_seconds
+        expired = []
+        for tenant in await collection.tenants.get():
+            if not tenant.startswith(readable):
+                continue
+            newest = await collection.with_tenant(tenant).query.fetch_objects(
+                limit=1, sort=Sort.by_property("added_at", ascending=False), return_properties=["added_at"])
+            added = [_number(obj.properties.get("added_at")) for obj in newest.objects]
+            if not added or added[0] < cutoff:
+                expired.append(tenant)
+        if expired:
+            await collection.tenants.remove(expired)
+            log.info("deleted %d idle anonymous MyData tenants", len(expired))
+        return expired
+
     @store_failures_unavailable
     async def get_document(self, source: str, *, collection: str, identity: Identity) -> list[Hit]:
         handle = await self._readable(collection, identity)
@@ -465,6 +498,27 @@ def _connect(endpoint: WeaviateEndpoint, api_key: str) -> weaviate.WeaviateAsync
     )
 
 
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def sweep_interval(idle_seconds: float) -> float:
+    """How often the sweeper looks: a tenth of the idle time, between 1 s and 10 minutes, so a
+    tenant is deleted at most idle_seconds + this after its last addition."""
+    return min(max(idle_seconds / 10, 1.0), 600.0)
+
+
+async def sweep_anonymous_mydata(store: WeaviateDocumentStore, username_prefix: str,
+                                 idle_seconds: float) -> None:
+    """Run until cancelled: expire idle anonymous MyData tenants (every replica may sweep; deleting
+    a tenant twice is harmless)."""
+    while True:
+        await asyncio.sleep(sweep_interval(idle_seconds))
+        # A failure is logged by the store; the next sweep tries again.
+        with contextlib.suppress(DocumentStoreUnavailableError):
+            await store.expire_personal_tenants(username_prefix, idle_seconds)
+
+
 @asynccontextmanager
 async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_dir: Path,
                               embedding_server: str, collections: list[str],
@@ -498,4 +552,5 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
                                 "check --weaviate_url and that the server is up")
         store = WeaviateDocumentStore(client, embedder, collections, limits=limits, url_policy=url_policy)
         store.local_weaviate = process
+        store.logins = WeaviateLogins(client)
         yield store

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
 
 import pytest
-from h2ogpt_api.auth import ApiKeys, Authenticator, AuthError, parse_users
+from h2ogpt_api.auth import ApiKeys, Authenticator, AuthError, MemoryLogins, keys_from, parse_users
+from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import parse_settings
 
 
@@ -48,6 +50,12 @@ def test_key_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     os.utime(keys_file, (stat.st_atime, stat.st_mtime + 5))
     assert keys.accepts("new")
     assert not keys.accepts("old")
+    # The dict form, written in place of the list: names come with it.
+    keys_file.write_text('{"alice": "ka"}')
+    entry = keys.match("ka")
+    assert entry is not None
+    assert (entry.name, entry.names_user) == ("alice", True)
+    assert not keys.accepts("new")
 
 
 def test_keys_are_not_checked_unless_enforced() -> None:
@@ -66,30 +74,93 @@ def test_enforced_keys_accept_bearer_or_body_key() -> None:
         auth.check_key("EMPTY", None)
 
 
-def test_open_access_gives_the_guest_and_checks_known_users() -> None:
+def identify(auth: Authenticator, user: str | None) -> Identity:
+    return asyncio.run(auth.identify(user))
+
+
+def test_open_access_gives_anonymous_callers_no_personal_identity_and_checks_known_users() -> None:
     auth = authenticator("--auth", "[('alice', 'pw1')]", "--guest_name", "visitor")
-    guest = auth.identify(None)
-    assert (guest.username, guest.authenticated) == ("visitor", False)
-    alice = auth.identify("alice:pw1")
+    for user in (None, "just-an-end-user-id"):
+        anonymous = identify(auth, user)
+        # No user name: MyData is refused for them (tenant_name needs one), never one shared tenant.
+        assert (anonymous.username, anonymous.authenticated) == ("", False)
+    alice = identify(auth, "alice:pw1")
     assert (alice.username, alice.authenticated) == ("alice", True)
     with pytest.raises(AuthError, match="wrong username or password"):
-        auth.identify("alice:nope")
+        identify(auth, "alice:nope")
 
 
-def test_open_access_registers_a_new_user_with_its_first_password() -> None:
-    auth = authenticator()
-    assert auth.identify("dave:pw").username == "dave"
-    assert auth.identify("dave:pw").authenticated
+def test_open_access_registers_a_new_user_with_its_first_password_as_an_argon2_hash() -> None:
+    logins = MemoryLogins()
+    auth = Authenticator(parse_settings([], {}), logins)
+    assert identify(auth, "dave:pw").username == "dave"
+    assert identify(auth, "dave:pw").authenticated
     with pytest.raises(AuthError):
-        auth.identify("dave:other")
+        identify(auth, "dave:other")
+    stored = asyncio.run(logins.password_hash("dave"))
+    assert stored is not None
+    assert stored.startswith("$argon2id$")
+    # Another process on the same registry (a restart, a replica) checks the same hash.
+    other = Authenticator(parse_settings([], {}), logins)
+    assert identify(other, "dave:pw").username == "dave"
+    with pytest.raises(AuthError):
+        identify(other, "dave:wrong")
+
+
+def test_login_names_shaped_like_anonymous_sessions_are_refused() -> None:
+    auth = authenticator()
+    with pytest.raises(AuthError, match="reserved"):
+        identify(auth, "guest-session-abc:pw")
 
 
 def test_closed_access_needs_a_known_user() -> None:
     auth = authenticator("--auth", "[('alice', 'pw1')]", "--auth_access", "closed")
-    assert auth.identify("alice:pw1").username == "alice"
+    assert identify(auth, "alice:pw1").username == "alice"
     for user in (None, "eve:pw", "alice", "alice:wrong"):
         with pytest.raises(AuthError):
-            auth.identify(user)
+            identify(auth, user)
+
+
+def test_named_keys_carry_their_user_and_list_keys_are_named_by_position() -> None:
+    named = authenticator(
+        "--h2ogpt_api_keys", "{'alice': 'ka', 'ci-bot': 'kc'}", "--enforce_h2ogpt_api_key", "1"
+    )
+    principal = asyncio.run(named.authenticate("ka", None, None))
+    assert principal.identity == Identity("key:alice", authenticated=True)
+    assert (principal.key_name, principal.limit_subject) == ("alice", "key:alice")
+    # A login sent with the key wins: it proves who the person is.
+    assert asyncio.run(named.authenticate("kc", None, "bob:pw")).identity.username == "bob"
+    listed = authenticator("--h2ogpt_api_keys", "['k1', 'k2']")
+    principal = asyncio.run(listed.authenticate("k2", None, None))
+    assert (principal.key_name, principal.identity.username) == ("key-2", "")
+    anonymous = asyncio.run(listed.authenticate(None, None, None))
+    assert (anonymous.key_name, anonymous.limit_subject) == (None, "anonymous")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ('{"a": "same", "b": "same"}', "share one key"),
+        ('{"a:b": "k"}', "without ':'"),
+        ('[1, 2]', "expected a JSON list"),
+    ],
+)
+def test_bad_key_specs_are_refused_clearly(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        keys_from(json.loads(spec))
+
+
+def test_users_file_is_reread_and_a_broken_rewrite_keeps_the_last_good_users(tmp_path: Path) -> None:
+    users_file = tmp_path / "users.json"
+    users_file.write_text(json.dumps({"alice": {"password": "old"}}))
+    auth = authenticator("--auth", str(users_file), "--auth_access", "closed")
+    assert identify(auth, "alice:old").username == "alice"
+    users_file.write_text(json.dumps({"alice": {"password": "new"}}))
+    assert identify(auth, "alice:new").username == "alice"
+    with pytest.raises(AuthError):
+        identify(auth, "alice:old")
+    users_file.write_text("{not json")
+    assert identify(auth, "alice:new").username == "alice"
 
 
 def test_closed_access_hides_model_listing_without_a_valid_key() -> None:
