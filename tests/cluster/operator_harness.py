@@ -24,7 +24,6 @@ SAMPLES = REPO / "crds" / "samples"
 LEASE_NAMESPACE = "default"
 
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -34,9 +33,18 @@ def free_port() -> int:
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for", "condition=Established", "--timeout=30s", "crd/h2ogptdeployments.h2ogpt.dev"
-    )
+    wait_established(cluster, "h2ogptdeployments.h2ogpt.dev")
+
+
+def wait_established(cluster: Cluster, crd: str) -> None:
+    """Polled rather than `kubectl wait`: right after a create a CRD has no status.conditions yet,
+    and `kubectl wait --for condition=Established` fails on that instead of waiting."""
+
+    def established() -> bool:
+        found = condition(get_json(cluster, "crd", crd), "Established")
+        return bool(found and found["status"] == "True")
+
+    wait_for(established, 30, f"CRD {crd} to be Established")
 
 
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:
