@@ -101,8 +101,10 @@ def resource_version(obj: Mapping[str, Any] | None) -> str | None:
 
 @dataclass
 class _Written:
-    replaced: str | None  # the resourceVersion our write replaced; None: the object was absent
-    result: Manifest | None  # what the apiserver answered; None: we deleted it
+    # The resourceVersions our writes replaced since the watch last caught up (None: the object
+    # was absent): two writes in a row before the watch shows the first replace two versions.
+    replaced: frozenset[str | None]
+    result: Manifest | None  # what the apiserver answered last; None: we deleted it
 
 
 class WatchCache:
@@ -146,19 +148,24 @@ class WatchCache:
         `result`: the apiserver's answer (None: deleted).
         """
         with self._lock:
-            self._written.setdefault(stack, {})[(kind, name)] = _Written(replaced, result)
+            written = self._written.setdefault(stack, {})
+            before = written.get((kind, name))
+            chained = before is not None and replaced == resource_version(before.result)
+            versions = (before.replaced if before is not None and chained else frozenset()) | {replaced}
+            written[(kind, name)] = _Written(versions, result)
 
     def forget(self, stack: StackKey) -> None:
         with self._lock:
             self._written.pop(stack, None)
 
-    def _fresh(self, stack: StackKey, kind: str, name: str, watched: Manifest | None) -> Manifest | None:
+    def fresh(self, stack: StackKey, kind: str, name: str, watched: Manifest | None) -> Manifest | None:
+        """The newer of the watched object and this process's last write of it."""
         with self._lock:
             written = self._written.get(stack, {})
             entry = written.get((kind, name))
             if entry is None:
                 return watched
-            if resource_version(watched) == entry.replaced:
+            if resource_version(watched) in entry.replaced:
                 return entry.result  # the watch has not caught up with our write yet
             del written[(kind, name)]
             return watched
@@ -172,14 +179,14 @@ class WatchCache:
     def view(self, namespace: str, name: str) -> StackView:
         stack = (namespace, name)
         found = self._store(STACKS_INDEX, stack)
-        body = self._fresh(stack, KIND, name, found[0] if found else None)
+        body = self.fresh(stack, KIND, name, found[0] if found else None)
         children: dict[tuple[str, str], Manifest] = {}
         for _group, _version, plural, kind in CHILD_RESOURCES:
             watched = {item["metadata"]["name"]: item for item in self._store(child_index(plural), stack)}
             with self._lock:
                 pending = [n for (k, n) in self._written.get(stack, {}) if k == kind]
             for child_name in set(watched) | set(pending):
-                item = self._fresh(stack, kind, child_name, watched.get(child_name))
+                item = self.fresh(stack, kind, child_name, watched.get(child_name))
                 if item is not None:
                     children[(kind, child_name)] = {**item, "kind": item.get("kind", kind)}
         secrets = {facts.name: facts for facts in self._store(SECRETS_INDEX, namespace)}
@@ -188,7 +195,7 @@ class WatchCache:
         for secret_name in pending_secrets:
             facts = secrets.get(secret_name)
             replaced = {"metadata": {"resourceVersion": facts.resource_version}} if facts else None
-            fresh = self._fresh(stack, "Secret", secret_name, replaced)
+            fresh = self.fresh(stack, "Secret", secret_name, replaced)
             if fresh is not replaced:
                 if fresh is None:
                     secrets.pop(secret_name, None)
