@@ -662,7 +662,7 @@ def report(results: Sequence[SizeResult], quick: bool) -> str:
     agents = Counter[str]()
     for r in results:
         agents.update(r.user_agents)
-    sizes = ", ".join(str(r.count) for r in results)
+    sizes = ", ".join(dict.fromkeys(str(r.count) for r in results))
     children_per_cr = results[0].children // results[0].count
     baseline_note = ""
     if any(r.side_by_side for r in results):
