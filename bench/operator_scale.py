@@ -8,6 +8,10 @@ ServiceAccount and RBAC (rendered with `helm template`), so that every request i
 audit log under its own user name: attribution is exact, not inferred. Only `--resync-seconds` is
 shortened, so that the steady-state window holds several resyncs.
 
+With H2OGPT_BENCH_OPERATOR_BASELINE=<git ref> each size runs twice, side by side: first the
+operator package of that commit (`git archive`, run with `python -m h2ogpt_operator.cli` on the
+same virtualenv), then this tree's, each on its own fresh control plane.
+
 Measured: from `kubectl apply` of N CRs to all their children created (the operator's last
 create, from the audit log) and to all N Ready (a watch on the CRs); the operator's requests
 per CR by verb; every write in a steady-state window after everything is Ready; the operator's
@@ -62,11 +66,16 @@ STEADY_S = {10: 30.0, 100: 60.0, 300: 30.0}
 QUICK_STEADY_S = 16.0
 RESYNC_S = 15.0  # the default is 60 s; shortened so one steady minute holds four full resyncs
 SETTLE_S = 3.0  # after the last CR turns Ready, before the steady-state window opens
-READY_TIMEOUT_S = 300.0
+READY_TIMEOUT_S = 900.0  # generous: on a shared 2-core machine the control plane alone can take minutes
 TARGET_N = 100
 DEFAULT_WORKERS = 4  # the operator's default --workers
 LEASE_S = 15  # the operator's default --lease-seconds; it renews every third of it
 TARGET_READY_S = 60.0
+# Issue 16's targets for an operator served from its watches.
+TARGET_READY_LAG_S = 2.0  # the last CR Ready after its last pod, at the largest size
+TARGET_STEADY_READS_PER_RECONCILE = 1.0
+BASELINE_ENV = "H2OGPT_BENCH_OPERATOR_BASELINE"
+SIZES_ENV = "H2OGPT_BENCH_OPERATOR_SIZES"  # e.g. "300,100": these sizes, in this order
 
 CRD_FILE = REPO_ROOT / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
 SAMPLE_FILE = REPO_ROOT / "crds" / "samples" / "external-openai.yaml"
@@ -218,19 +227,49 @@ def operator_workers(extra_args: Sequence[str]) -> int:
     return DEFAULT_WORKERS
 
 
-def operator_command(metrics_port: int, liveness_port: int, extra_args: Sequence[str] = ()) -> list[str]:
-    executable = Path(sys.executable).parent / "h2ogpt-operator"
+@dataclass(frozen=True)
+class OperatorBuild:
+    """Which operator runs: this tree's console script, or the package of an earlier commit."""
+
+    label: str
+    source: Path | None = None  # a folder holding that commit's `operator/`; None: this tree
+
+
+THIS_TREE = OperatorBuild("this tree")
+
+
+@contextlib.contextmanager
+def baseline_build(ref: str) -> Iterator[OperatorBuild]:
+    """The operator package as it was at `ref`, extracted from git into a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="bench-operator-baseline-") as folder:
+        archive = subprocess.run(["git", "archive", ref, "operator"], cwd=REPO_ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, check=True,
+                                capture_output=True, text=True).stdout.strip()
+        yield OperatorBuild(f"baseline {commit}", Path(folder))
+
+
+def operator_command(metrics_port: int, liveness_port: int, extra_args: Sequence[str] = (),
+                     build: OperatorBuild = THIS_TREE) -> list[str]:
+    if build.source is None:
+        program = [str(Path(sys.executable).parent / "h2ogpt-operator")]
+    else:
+        program = [sys.executable, "-m", "h2ogpt_operator.cli"]
     # The chart's arguments (templates/deployment.yaml), ports of our own, a shorter resync.
-    return [str(executable), f"--identity={RELEASE}-operator-0", "--log-level=info",
+    return [*program, f"--identity={RELEASE}-operator-0", "--log-level=info",
             f"--metrics-port={metrics_port}", f"--liveness-port={liveness_port}",
             f"--resync-seconds={RESYNC_S:g}", *extra_args]
 
 
 @contextlib.contextmanager
-def operator_process(kubeconfig: Path, extra_args: Sequence[str] = ()) -> Iterator[OperatorRun]:
+def operator_process(kubeconfig: Path, extra_args: Sequence[str] = (),
+                     build: OperatorBuild = THIS_TREE) -> Iterator[OperatorRun]:
     metrics_port, liveness_port = free_port(), free_port()
     env = {"KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": OPERATOR_NAMESPACE}
-    command = operator_command(metrics_port, liveness_port, extra_args)
+    if build.source is not None:
+        env["PYTHONPATH"] = str(build.source / "operator")
+    command = operator_command(metrics_port, liveness_port, extra_args, build)
     with background_process("h2ogpt-operator", command, env) as running:
         wait_http_ok(f"http://127.0.0.1:{liveness_port}/healthz", running)
         run = OperatorRun(running, metrics_port)
@@ -446,28 +485,41 @@ class SizeResult:
     peak_rss_mib: float
     user_agents: Counter[str] = field(default_factory=Counter)
     busiest: list[ClientLoad] = field(default_factory=list)  # the control plane's, while converging
+    label: str = THIS_TREE.label
+    side_by_side: bool = False  # a baseline ran too: name the build in every row
+
+    @property
+    def row(self) -> str:
+        return f"{self.count} ({self.label})" if self.side_by_side else str(self.count)
+
+    @property
+    def steady_reads(self) -> list[Request]:
+        """GET and LIST in the steady window, the Lease's left out (watches are not reads here)."""
+        return [q for q in self.steady if q.verb in ("get", "list") and q.family != "lease"]
 
     def per_cr(self, requests: Sequence[Request], verb: str) -> float:
         return sum(1 for r in requests if r.verb == verb) / self.count
 
 
-def measure(count: int, steady_s: float, extra_args: Sequence[str] = ()) -> SizeResult:
+def measure(count: int, steady_s: float, extra_args: Sequence[str] = (),
+            build: OperatorBuild = THIS_TREE) -> SizeResult:
     """One size on a fresh control plane; `extra_args` go to the operator (for experiments)."""
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as work:
         workdir = Path(work)
         cluster = LocalCluster(directory=workdir / "cluster", audit_log=True)
         cluster.up()
         try:
-            return _measure_on(cluster, workdir, count, steady_s, extra_args)
+            return _measure_on(cluster, workdir, count, steady_s, extra_args, build=build)
         finally:
             cluster.down()
 
 
 def _measure_on(
-    cluster: LocalCluster, workdir: Path, count: int, steady_s: float, extra_args: Sequence[str]
+    cluster: LocalCluster, workdir: Path, count: int, steady_s: float, extra_args: Sequence[str],
+    *, build: OperatorBuild,
 ) -> SizeResult:
     operator_config = prepare(cluster, count, workdir)
-    with (operator_process(operator_config, extra_args) as operator,
+    with (operator_process(operator_config, extra_args, build) as operator,
           ReadyWatch(cluster.kubeconfig) as ready_watch):
         cpu_before = cpu_seconds(operator.pid)
         applied_at = time.time()
@@ -524,6 +576,7 @@ def _measure_on(
         user_agents=Counter(r.user_agent.split(" ", 1)[0] for r in ours),
         busiest=busiest_clients([r for r in between(requests, applied_at, last_ready)
                                  if r.user != OPERATOR_USER and r.verb != "watch"]),
+        label=build.label,
     )
 
 
@@ -549,7 +602,7 @@ def _verdict(result: SizeResult | None) -> str:
 def report(results: Sequence[SizeResult], quick: bool) -> str:
     versions = package_versions(["kopf", "kubernetes"])
     timing_rows = [[
-        r.count, secs(r.apply_s), secs(r.children_s), secs(r.pods_ready_s), secs(r.ready_p50_s),
+        r.row, secs(r.apply_s), secs(r.children_s), secs(r.pods_ready_s), secs(r.ready_p50_s),
         secs(r.ready_s), f"{r.count / r.ready_s:.1f}", f"{r.converge_cpu_s:.1f}",
     ] for r in results]
     request_rows = []
@@ -558,7 +611,7 @@ def report(results: Sequence[SizeResult], quick: bool) -> str:
         writes = [q for q in r.converge if q.is_write]
         families = Counter(q.family for q in writes)
         request_rows.append([
-            r.count, *(_per_cr(r.per_cr(r.converge, verb)) for verb in VERB_COLUMNS),
+            r.row, *(_per_cr(r.per_cr(r.converge, verb)) for verb in VERB_COLUMNS),
             _per_cr(len(reads) / r.count), _per_cr(families["child"] / r.count),
             _per_cr(families["status"] / r.count), _per_cr(families["event"] / r.count),
             _per_cr(len(writes) / r.count),
@@ -567,51 +620,60 @@ def report(results: Sequence[SizeResult], quick: bool) -> str:
     for r in results:
         latencies = [q.completed - q.received for q in r.converge if q.verb != "watch"]
         time_rows.append([
-            r.count, f"{r.converge_reconciles / r.count:.1f}",
+            r.row, f"{r.converge_reconciles / r.count:.1f}",
             f"{1000 * r.converge_reconcile_s / r.converge_reconciles:.0f}",
             f"{len(latencies) / r.converge_reconciles:.0f}",
             f"{1000 * median(latencies):.1f}", f"{1000 * _p90(latencies):.1f}",
             f"{100 * r.converge_reconcile_s / (r.workers * r.converge_s):.0f}%",
             f"{100 * r.converge_cpu_s / r.converge_s:.0f}%",
         ])
-    client_rows = [[r.count, load.client, load.requests, load.writes, f"{load.requests / r.ready_s:.1f}",
+    client_rows = [[r.row, load.client, load.requests, load.writes, f"{load.requests / r.ready_s:.1f}",
                     load.peak_per_s] for r in results for load in r.busiest]
     steady_rows = []
     for r in results:
         writes = [q for q in r.steady if q.is_write]
-        steady_reads = len(r.steady) - len(writes)
+        steady_reads = len(r.steady_reads)
         not_lease = [q for q in writes if q.family != "lease"]
         kinds = Counter(f"{q.verb} {q.resource}" for q in not_lease)
         steady_rows.append([
-            r.count, f"{r.steady_s:.0f}", f"{r.steady_reconciles:.0f}",
+            r.row, f"{r.steady_s:.0f}", f"{r.steady_reconciles:.0f}",
             f"{r.steady_reconciles / r.count / (r.steady_s / RESYNC_S):.2f}",
             steady_reads, f"{steady_reads / r.steady_s:.1f}",
+            f"{steady_reads / r.steady_reconciles:.2f}" if r.steady_reconciles else "-",
             len(not_lease), f"{r.steady_metric_writes:.0f}",
             ", ".join(f"{k}: {v}" for k, v in kinds.most_common(4)) or "-",
             len(writes) - len(not_lease),
             f"{100 * r.steady_cpu_s / r.steady_s:.0f}%",
         ])
-    memory_rows = [[r.count, f"{r.rss_mib:.0f}", f"{r.peak_rss_mib:.0f}"] for r in results]
-    if len(results) > 1:
-        first, last = results[0], results[-1]
-        slope = (last.rss_mib - first.rss_mib) / (last.count - first.count)
-        memory_note = (f"RSS grows by about {slope * 1024:.0f} KiB per stack between {first.count} and "
-                       f"{last.count} CRs.")
-    else:
-        memory_note = ""
-    target = next((r for r in results if r.count == TARGET_N), None)
-    steady_writes = {r.count: sum(1 for q in r.steady if q.is_write and q.family != "lease") for r in results}
+    memory_rows = [[r.row, f"{r.rss_mib:.0f}", f"{r.peak_rss_mib:.0f}"] for r in results]
+    memory_notes = []
+    for label in dict.fromkeys(r.label for r in results):
+        built = [r for r in results if r.label == label]
+        if len(built) > 1:
+            first, last = built[0], built[-1]
+            slope = (last.rss_mib - first.rss_mib) / (last.count - first.count)
+            memory_notes.append(f"RSS grows by about {slope * 1024:.0f} KiB per stack between {first.count} "
+                                f"and {last.count} CRs" + (f" ({label})" if first.side_by_side else "") + ".")
+    memory_note = " ".join(memory_notes)
+    current = [r for r in results if r.label == THIS_TREE.label]
+    target = next((r for r in current if r.count == TARGET_N), None)
+    steady_writes = {r.row: sum(1 for q in r.steady if q.is_write and q.family != "lease") for r in results}
     zero = all(v == 0 for v in steady_writes.values())
     agents = Counter[str]()
     for r in results:
         agents.update(r.user_agents)
-    sizes = ", ".join(str(r.count) for r in results)
+    sizes = ", ".join(dict.fromkeys(str(r.count) for r in results))
     children_per_cr = results[0].children // results[0].count
-    reads_per_reconcile = _steady_reads_per_reconcile(results)
+    baseline_note = ""
+    if any(r.side_by_side for r in results):
+        baseline = next(r.label for r in results if r.label != THIS_TREE.label)
+        baseline_note = (f"\n**Side by side**: each size ran twice on fresh control planes, first the "
+                         f"operator of {baseline.removeprefix('baseline ')} (`{BASELINE_ENV}`), then "
+                         "this tree's.\n")
     mode_note = (f"\n**Quick mode**: {sizes} CRs and a {QUICK_STEADY_S:g} s window only: a smoke run, "
                  "not numbers to quote.\n" if quick else "")
     return f"""## {TITLE}
-{mode_note}
+{mode_note}{baseline_note}
 `.venv/bin/python -m bench.operator_scale` (`--quick`: 10 CRs only). kopf {versions['kopf']},
 kubernetes client {versions['kubernetes']}; the control plane is `hack/localcluster.py`
 (etcd, kube-apiserver, controller-manager and scheduler of the version listed above, kwok fake
@@ -626,7 +688,8 @@ with room for {EXTRA_NODE_PODS} pods (the three standard ones hold 330; each sta
 one hostPath PersistentVolume per stack (no provisioner), nothing else.
 
 **The operator** is the `h2ogpt-operator` console script with the Helm chart's arguments
-(`--identity`, `--log-level=info`, `POD_NAMESPACE`; all namespaces, 4 workers, `--retry-seconds 5`),
+(`--identity`, `--log-level=info`, `POD_NAMESPACE`; all namespaces, 4 workers, the default retry
+backoff),
 authenticated as the chart's ServiceAccount with the chart's RBAC (`helm template`), so the
 audit log names it: every request counted below is the operator's own, by user name, not
 inferred. `--resync-seconds` is {RESYNC_S:g} (default 60) so the steady-state window holds
@@ -646,22 +709,25 @@ Target: 100 CRs Ready within {TARGET_READY_S:.0f} s: {_verdict(target)}.
 
 {_pace(results)}
 
+{_watch_targets(results)}
+
 ### API requests per CR while converging
 
 The operator's requests from `kubectl apply` until the steady-state window opens, divided by N,
 by verb; writes split into children (server-side apply / create), status patches and Events.
-Each reconcile reads the CR, the generated Secret, the referenced Secrets, lists five child kinds
-and the pods; a stack is reconciled again on every event of its children (coalesced), each
-`--retry-seconds` (5) until Ready, and at every resync (each {RESYNC_S:g} s here): reads per CR grow
-with the time to converge, writes do not.
+A reconcile reads the CR, its children, pods and Secrets from the operator's watches (kopf
+indexes), not from the apiserver (the baseline, where shown, read the CR, the generated Secret,
+the referenced Secrets, listed five child kinds and the pods: about 9 requests); a stack is
+reconciled again on every event of its children (coalesced), after a retry delay that doubles
+from 1 s while it is not Ready, and at every resync (each {RESYNC_S:g} s here).
 
 {markdown_table(["CRs", *VERB_COLUMNS, "reads", "child writes", "status writes", "event writes", "writes"],
                 request_rows)}
 
 ### Where the operator's time goes while converging
 
-A reconcile is a sequence of synchronous requests (about 9 reads, then only the writes that are
-needed), and `--workers` of them run at a time. *apiserver ms*: the apiserver's own time per
+A reconcile is the writes that are needed and nothing else (the baseline read about 9 times
+first), and `--workers` of them run at a time. *apiserver ms*: the apiserver's own time per
 request (audit log, received to completed); *workers busy*: reconcile time summed over the
 convergence, as a share of {results[0].workers} workers x its wall time (100% means the work queue, not the
 apiserver's capacity, sets the pace); *operator CPU*: of one core.
@@ -682,19 +748,18 @@ near 20/s over the whole span is what the pods wait for.
 Every request the operator made in the window (opened {SETTLE_S:g} s after the last CR went Ready).
 *reconciles per CR per resync*: the operator's `h2ogpt_operator_reconciles_total` over the
 window, per CR and per {RESYNC_S:g} s resync (about 1 means each resync looked at every stack once).
-*writes*: from the audit log, the Lease excluded; *by its counter*: the operator's own
+*reads*: GET and LIST from the audit log, the Lease's excluded (the watches stay open and are
+not counted); *writes*: from the audit log, the Lease excluded; *by its counter*: the operator's own
 `h2ogpt_operator_api_writes_total` (Lease excluded) over the same window, which must agree.
 The Lease renewals are the leader election's, one per {LEASE_S / 3:g} s whatever N.
 
 {markdown_table(["CRs", "window s", "reconciles", "reconciles per CR per resync", "reads", "reads/s",
-                 "writes", "by its counter", "what was written", "Lease renewals", "operator CPU"],
+                 "reads per reconcile", "writes", "by its counter", "what was written", "Lease renewals",
+                 "operator CPU"],
                 steady_rows)}
 
 Target: zero writes in a steady-state minute: **{"met" if zero else "missed"}**
 ({", ".join(f"{n} CRs: {w}" for n, w in steady_writes.items())} writes besides the Lease).
-Reads at rest scale with N / resync period: each resync of a stack costs about
-{reads_per_reconcile:.0f} reads (GET and LIST; the watches stay open), so at the default 60 s
-resync a stack costs {reads_per_reconcile / 60:.2f} reads/s.
 
 ### Operator memory at rest
 
@@ -707,16 +772,38 @@ resync a stack costs {reads_per_reconcile / 60:.2f} reads/s.
 def _pace(results: Sequence[SizeResult]) -> str:
     """Who set the pace, read from the measured times."""
     lines = [
-        f"- {r.count} CRs: every child created at {secs(r.children_s)} s, the last pod Ready at "
+        f"- {r.row} CRs: every child created at {secs(r.children_s)} s, the last pod Ready at "
         f"{secs(r.pods_ready_s)} s, the last CR Ready at {secs(r.ready_s)} s: the operator saw and "
         f"reported the last pod {secs(r.ready_s - r.pods_ready_s)} s after it went Ready."
         for r in results
     ]
     return (
         "Who sets the pace (the tables below say why):\n\n" + "\n".join(lines) + "\n\n"
-        "Serving the reconciler's reads (about 9 GET/LIST per reconcile) from the watches the operator "
-        "already holds would shorten each reconcile and free its workers; the pods' share moves only "
-        "with kube-controller-manager's client rate limits."
+        "The pods' share moves only with kube-controller-manager's client rate limits."
+    )
+
+
+def _watch_targets(results: Sequence[SizeResult]) -> str:
+    """Issue 16's targets for the operator served from its watches, for this tree's largest size."""
+    current = [r for r in results if r.label == THIS_TREE.label]
+    if not current:
+        return ""
+    largest = current[-1]
+    lag = largest.ready_s - largest.pods_ready_s
+    reads = len(largest.steady_reads)
+    per_reconcile = reads / largest.steady_reconciles if largest.steady_reconciles else float("nan")
+
+    def verdict(met: bool) -> str:
+        return "**met**" if met else "**missed**"
+
+    return (
+        f"Targets for an operator served from its watches, at {largest.count} CRs:\n\n"
+        f"- The last CR Ready at most {TARGET_READY_LAG_S:g} s after its last pod: "
+        f"{verdict(lag <= TARGET_READY_LAG_S)}: {secs(lag)} s.\n"
+        f"- At most {TARGET_STEADY_READS_PER_RECONCILE:g} apiserver read per reconcile in the steady state: "
+        f"{verdict(per_reconcile <= TARGET_STEADY_READS_PER_RECONCILE)}: {reads} reads over "
+        f"{largest.steady_reconciles:.0f} reconciles ({per_reconcile:.2f} per reconcile; "
+        f"{reads / largest.steady_s:.2f} reads/s at rest besides the Lease)."
     )
 
 
@@ -724,21 +811,26 @@ def _p90(values: Sequence[float]) -> float:
     return percentile(values, 90)
 
 
-def _steady_reads_per_reconcile(results: Sequence[SizeResult]) -> float:
-    reads = sum(sum(1 for q in r.steady if q.verb in ("get", "list")) for r in results)
-    reconciles = sum(r.steady_reconciles for r in results)
-    return reads / reconciles if reconciles else float("nan")
-
-
 def run(quick: bool = False) -> str:
-    sizes = QUICK_SIZES if quick else SIZES
+    chosen = os.environ.get(SIZES_ENV, "")
+    sizes = tuple(int(size) for size in chosen.split(",")) if chosen else QUICK_SIZES if quick else SIZES
+    ref = os.environ.get(BASELINE_ENV, "")
     results = []
-    for count in sizes:
-        started = time.monotonic()
-        print(f"operator_scale: {count} CRs ...", file=sys.stderr, flush=True)
-        results.append(measure(count, QUICK_STEADY_S if quick else STEADY_S[count]))
-        print(f"operator_scale: {count} CRs done in {time.monotonic() - started:.0f} s "
-              f"(all Ready after {results[-1].ready_s:.1f} s)", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        builds = [stack.enter_context(baseline_build(ref)), THIS_TREE] if ref else [THIS_TREE]
+        for count in sizes:
+            for build in builds:
+                started = time.monotonic()
+                print(f"operator_scale: {count} CRs, {build.label} ...", file=sys.stderr, flush=True)
+                steady_s = QUICK_STEADY_S if quick else STEADY_S.get(count, STEADY_S[TARGET_N])
+                result = measure(count, steady_s, build=build)
+                result.side_by_side = len(builds) > 1
+                results.append(result)
+                print(f"operator_scale: {count} CRs, {build.label}, done in "
+                      f"{time.monotonic() - started:.0f} s (all Ready after {result.ready_s:.1f} s)",
+                      file=sys.stderr, flush=True)
+                # What is measured so far, in case a later size does not finish.
+                print(report(results, quick), file=sys.stderr, flush=True)
     return report(results, quick)
 
 

@@ -26,10 +26,11 @@ from prometheus_client import start_http_server
 from h2ogpt_operator import metrics
 from h2ogpt_operator.config import PROJECT_VERSION, OperatorConfig
 from h2ogpt_operator.crd import apply_own_crd
-from h2ogpt_operator.handlers import HandlerContext, build_registry
+from h2ogpt_operator.handlers import HandlerContext, SecretWaiters, build_registry
 from h2ogpt_operator.kube import Kube, load_api_client
 from h2ogpt_operator.leader import LeaderElector
 from h2ogpt_operator.reconcile import Reconciler
+from h2ogpt_operator.watchcache import WatchCache
 from h2ogpt_operator.workqueue import Key, WorkQueue
 
 log = logging.getLogger("h2ogpt_operator")
@@ -60,7 +61,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="stacks reconciled concurrently")
     parser.add_argument("--resync-seconds", type=float, default=60.0, help="re-check every stack this often")
     parser.add_argument(
-        "--retry-seconds", type=float, default=5.0, help="re-check a stack not Ready this often"
+        "--retry-seconds",
+        type=float,
+        default=1.0,
+        help="first re-check of a stack not Ready; doubles each time, up to --retry-max-seconds",
+    )
+    parser.add_argument(
+        "--retry-max-seconds", type=float, default=300.0, help="longest delay between re-checks"
     )
     parser.add_argument(
         "--leader-election-namespace",
@@ -87,17 +94,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env(os.environ)
-    kube = Kube(load_api_client(), count_write=metrics.count_write)
+    kube = Kube(load_api_client(), count_write=metrics.count_write, count_read=metrics.count_read)
     if args.apply_crd:
         # Before watching: stacks are read with the schema (defaults, pruning) of this release.
         await asyncio.to_thread(apply_own_crd, kube, PROJECT_VERSION)
-    reconciler = Reconciler(kube, config)
+    cache = WatchCache()
+    reconciler = Reconciler(kube, config, cache)
+    secret_waiters = SecretWaiters()
     readiness: dict[Key, bool] = {}
 
     async def reconcile(key: Key) -> bool:
         started = time.monotonic()
         try:
-            outcome = await asyncio.to_thread(reconciler.reconcile, *key)
+            # Copied on the event loop, where kopf writes its indexes; the thread only reads the copy.
+            view = cache.view(*key)
+            outcome = await asyncio.to_thread(reconciler.reconcile, view, *key)
         except Exception:
             metrics.RECONCILES.labels(result="error").inc()
             raise
@@ -106,9 +117,14 @@ async def run(args: argparse.Namespace) -> int:
         metrics.RECONCILES.labels(result="error" if outcome.errors else "success").inc()
         if not outcome.exists:
             queue.forget(key)
+            cache.forget(key)
+            secret_waiters.wait(key, ())
             readiness.pop(key, None)
+            metrics.publish_stack_ready(*key, None)
         else:
             readiness[key] = outcome.ready
+            secret_waiters.wait(key, outcome.missing_secrets)
+            metrics.publish_stack_ready(*key, outcome.ready)
         metrics.publish_readiness(readiness)
         if outcome.writes:
             log.info(
@@ -120,7 +136,11 @@ async def run(args: argparse.Namespace) -> int:
         return not outcome.exists or (outcome.ready and not outcome.errors)
 
     queue = WorkQueue(
-        reconcile, workers=args.workers, resync_seconds=args.resync_seconds, retry_seconds=args.retry_seconds
+        reconcile,
+        workers=args.workers,
+        resync_seconds=args.resync_seconds,
+        retry_seconds=args.retry_seconds,
+        retry_max_seconds=args.retry_max_seconds,
     )
     identity = args.identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     elector = LeaderElector(
@@ -138,7 +158,8 @@ async def run(args: argparse.Namespace) -> int:
     ]
     try:
         await kopf.operator(
-            registry=build_registry(HandlerContext(queue=queue)),
+            registry=build_registry(HandlerContext(queue=queue, cache=cache, secret_waiters=secret_waiters)),
+            indexers=cache.indexers,
             standalone=True,
             clusterwide=not args.namespace,
             namespaces=args.namespace,

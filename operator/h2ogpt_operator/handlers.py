@@ -1,49 +1,76 @@
 """kopf handlers: thin. Every watch event only enqueues the stack it concerns.
 
 The CR and every labelled child (Deployments, StatefulSets, Services, ConfigMaps, Secrets, PVCs,
-pods, NetworkPolicies) are watched; a child event enqueues its owner by the
-`app.kubernetes.io/instance` label, so a child deleted or edited by hand is restored within seconds.
-Only event-watching handlers are used: kopf then writes nothing to the CR (no finalizer, no progress
-annotations), which keeps deletion free of the operator and a steady state free of writes.
+ServiceMonitors, NetworkPolicies, pods) are watched; a child event enqueues its owner by the
+`app.kubernetes.io/instance` label, so a child deleted or edited by hand is restored within
+seconds. A Secret a stack is waiting for (referenced, not there yet) enqueues that stack when it
+appears. The same watches feed the indexes the reconciler reads (watchcache.py). Only
+event-watching and indexing handlers are used: kopf then writes nothing to the CR (no
+finalizer, no progress annotations), which keeps deletion free of the operator and a steady
+state free of writes.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from h2ogpt_operator.models import GROUP, PLURAL, VERSION
-from h2ogpt_operator.naming import MANAGED_BY
-from h2ogpt_operator.workqueue import WorkQueue
+from h2ogpt_operator.watchcache import (
+    CHILD_RESOURCES as CACHED_CHILDREN,
+)
+from h2ogpt_operator.watchcache import (
+    OURS,
+    POD_RESOURCE,
+    SECRET_RESOURCE,
+    WatchCache,
+)
+from h2ogpt_operator.workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
 
 CHILD_RESOURCES = [
-    ("apps", "v1", "deployments"),
-    ("apps", "v1", "statefulsets"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "secrets"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("", "v1", "pods"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
+    *[(group, version, plural) for group, version, plural, _kind in CACHED_CHILDREN],
+    SECRET_RESOURCE,
+    POD_RESOURCE,
 ]
-OURS: dict[str, Any] = {
-    "app.kubernetes.io/managed-by": MANAGED_BY,
-    "app.kubernetes.io/instance": kopf.PRESENT,
-}
+
+
+@dataclass
+class SecretWaiters:
+    """Which stacks wait for which missing Secret ((namespace, secret name) -> stacks)."""
+
+    waiting: dict[tuple[str, str], set[Key]] = field(default_factory=dict)
+
+    def wait(self, stack: Key, secret_names: Iterable[str]) -> None:
+        """Record the Secrets a stack still misses (replacing what it missed before)."""
+        namespace = stack[0]
+        wanted = {(namespace, secret_name) for secret_name in secret_names}
+        for secret_key in [k for k, stacks in self.waiting.items() if stack in stacks and k not in wanted]:
+            self.waiting[secret_key].discard(stack)
+            if not self.waiting[secret_key]:
+                del self.waiting[secret_key]
+        for secret_key in wanted:
+            self.waiting.setdefault(secret_key, set()).add(stack)
+
+    def waiters(self, namespace: str, secret_name: str) -> set[Key]:
+        return set(self.waiting.get((namespace, secret_name), ()))
 
 
 @dataclass
 class HandlerContext:
     queue: WorkQueue
+    cache: WatchCache = field(default_factory=WatchCache)
+    secret_waiters: SecretWaiters = field(default_factory=SecretWaiters)
 
 
 def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    context.cache.register(registry)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -69,5 +96,10 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
         @kopf.on.event(group, version, plural, labels=OURS, id=f"child-{plural}", registry=registry)
         def on_child(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
             context.queue.add((namespace or "", labels["app.kubernetes.io/instance"]))
+
+    @kopf.on.event(*SECRET_RESOURCE, id="awaited-secrets", registry=registry)
+    def on_secret(name: str, namespace: str | None, **_: Any) -> None:
+        for stack in context.secret_waiters.waiters(namespace or "", name):
+            context.queue.add(stack)
 
     return registry

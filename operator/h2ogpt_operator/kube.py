@@ -3,7 +3,8 @@
 Manifests stay plain dicts end to end (the builders produce them, server-side apply takes them),
 so this sends JSON over the kubernetes client's own connection pool with REST paths instead of
 the generated per-kind models (whose call signatures changed across client releases).
-Every write is counted (metrics, and the zero-writes-at-rest guarantee).
+Every write and every read is counted (metrics, the zero-writes-at-rest guarantee, and the
+reads that the watch cache leaves: the Lease, and rare fallbacks).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from h2ogpt_operator.naming import FIELD_MANAGER
 
 Manifest = dict[str, Any]
 WriteCounter = Callable[[str, str], None]  # (verb, kind)
+ReadCounter = Callable[[str, str], None]  # (verb, kind)
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +104,15 @@ def error_message(exc: KubeError) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, count_write: WriteCounter | None = None) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        count_write: WriteCounter | None = None,
+        count_read: ReadCounter | None = None,
+    ) -> None:
         self.api = api_client
         self._count_write = count_write or (lambda verb, kind: None)
+        self._count_read = count_read or (lambda verb, kind: None)
 
     def _authorization(self) -> str | None:
         """The bearer token, re-read each call (in-cluster tokens rotate; the client's hook refreshes)."""
@@ -147,6 +155,7 @@ class Kube:
     # --- reads ---
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest | None:
+        self._count_read("get", kind)
         try:
             return dict(self._call("GET", resource_path(api_version, kind, namespace, name)))
         except KubeError as exc:
@@ -155,6 +164,7 @@ class Kube:
             raise
 
     def list(self, api_version: str, kind: str, namespace: str | None, label_selector: str) -> list[Manifest]:
+        self._count_read("list", kind)
         result = self._call(
             "GET", resource_path(api_version, kind, namespace), query=[("labelSelector", label_selector)]
         )
@@ -165,6 +175,7 @@ class Kube:
         return items
 
     def crd_exists(self, name: str) -> bool:
+        self._count_read("get", "CustomResourceDefinition")
         try:
             self._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         except KubeError as exc:

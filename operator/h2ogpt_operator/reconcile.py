@@ -1,16 +1,19 @@
 """One level-based reconcile of one H2oGPTDeployment: desired children, compare, apply, status.
 
-Runs in a worker thread (the kubernetes client is synchronous). It is idempotent: run it twice
-on an unchanged cluster and the second run makes no write at all, which is what keeps a
-steady-state resync free.
+Runs in a worker thread (the kubernetes client is synchronous). It reads nothing from the
+apiserver: the CR, its children, pods and Secrets come in a `StackView` copied from the
+operator's watches (watchcache.py), and each write is handed back to the cache so the next run
+sees it before the watch does. It is idempotent: run it twice on an unchanged cluster and the
+second run makes no write and no read at all, which is what keeps a steady-state resync free.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -23,22 +26,15 @@ from h2ogpt_operator.builders import Stack
 from h2ogpt_operator.config import OperatorConfig
 from h2ogpt_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError, error_message, now_rfc3339
 from h2ogpt_operator.models import GROUP, KIND, VERSION, H2oGPTDeploymentSpec
+from h2ogpt_operator.watchcache import SecretFacts, StackView, WatchCache, resource_version, secret_digest
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
 
 CR_API_VERSION = f"{GROUP}/{VERSION}"
 APPLIED_HASH_ANNOTATION = "h2ogpt.dev/applied-hash"
-# Kinds the reconciler lists to compare and to prune; the auth Secret is create-once and kept apart.
-CHILD_KINDS: list[tuple[str, str]] = [
-    ("v1", "ConfigMap"),
-    ("v1", "PersistentVolumeClaim"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-]
-SERVICE_MONITOR_KIND = ("monitoring.coreos.com/v1", "ServiceMonitor")
+# Whether the ServiceMonitor CRD exists is asked at most this often (one GET for all stacks).
+CRD_RECHECK_SECONDS = 60.0
 # Never pruned: a PVC holds the model cache or documents; it goes only with the CR (ownership) or by hand.
 NEVER_PRUNED = {"PersistentVolumeClaim"}
 
@@ -52,6 +48,7 @@ class Outcome:
     writes: int = 0
     applied: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    missing_secrets: list[str] = field(default_factory=list)  # referenced Secrets that do not exist
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -97,36 +94,42 @@ def _owned_by(manifest: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in manifest.get("metadata", {}).get("ownerReferences") or [])
 
 
-def _secret_digest(secret: Mapping[str, Any] | None) -> str:
-    if not secret:
-        return ""
-    data = secret.get("data") or {}
-    return hashlib.sha256("\n".join(f"{k}={data[k]}" for k in sorted(data)).encode()).hexdigest()
-
-
 class Reconciler:
     def __init__(
         self,
         kube: Kube,
         config: OperatorConfig,
+        cache: WatchCache,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
         now: Callable[[], str] = now_rfc3339,
     ) -> None:
         self.kube = kube
         self.config = config
+        self.cache = cache
         self.new_token = new_token
         self.now = now
+        self._crd_lock = threading.Lock()
+        self._crd_checked: tuple[float, bool] | None = None
 
-    def reconcile(self, namespace: str, name: str) -> Outcome:
+    def service_monitors_served(self) -> bool:
+        """Whether the ServiceMonitor CRD exists, asked of the apiserver once a minute for all stacks."""
+        with self._crd_lock:
+            if self._crd_checked and time.monotonic() - self._crd_checked[0] < CRD_RECHECK_SECONDS:
+                return self._crd_checked[1]
+            exists = self.kube.crd_exists(SERVICE_MONITOR_CRD)
+            self._crd_checked = (time.monotonic(), exists)
+            return exists
+
+    def reconcile(self, view: StackView, namespace: str, name: str) -> Outcome:
         try:
-            return self._reconcile(namespace, name)
+            return self._reconcile(view, namespace, name)
         except KubeError as exc:
             if exc.namespace_terminating:  # the namespace is going away, and the stack with it
                 return Outcome(exists=False)
             raise
 
-    def _reconcile(self, namespace: str, name: str) -> Outcome:
-        body = self.kube.get(CR_API_VERSION, KIND, namespace, name)
+    def _reconcile(self, view: StackView, namespace: str, name: str) -> Outcome:
+        body = view.body
         if body is None or body["metadata"].get("deletionTimestamp"):
             return Outcome(exists=False)  # the garbage collector removes the children
         outcome = Outcome()
@@ -139,15 +142,15 @@ class Reconciler:
             return outcome
         stack = Stack(name=name, namespace=namespace)
 
-        auth_digest = self._ensure_auth_secret(body, stack, spec, outcome)
+        auth_secret = view.secrets.get(naming.child_name(name, naming.AUTH))
+        auth_digest = self._ensure_auth_secret(body, stack, spec, auth_secret, outcome)
         missing = [
             (path, ref.name)
             for path, ref in builders.referenced_secrets(spec)
-            if self.kube.get("v1", "Secret", namespace, ref.name) is None
+            if ref.name not in view.secrets
         ]
-        # Listed whenever the API exists, so that turning monitoring off prunes the ServiceMonitor.
-        monitor_api = self.kube.crd_exists(SERVICE_MONITOR_CRD)
-        monitor_crd = spec.monitoring.service_monitor.enabled and monitor_api
+        outcome.missing_secrets = [secret_name for _, secret_name in missing]
+        monitor_crd = spec.monitoring.service_monitor.enabled and self.service_monitors_served()
 
         desired = builders.build_children(stack, spec, self.config, auth_digest)
         if not monitor_crd:
@@ -157,11 +160,10 @@ class Reconciler:
                 kopf.adopt(child, owner=kopf.Body(cast(kopf.RawBody, body)))
             _stamp(child)
 
-        kinds = CHILD_KINDS + ([SERVICE_MONITOR_KIND] if monitor_api else [])
-        live: dict[tuple[str, str], Manifest] = {}
-        for api_version, kind in kinds:
-            for item in self.kube.list(api_version, kind, namespace, naming.instance_selector(name)):
-                live[_key(item)] = item
+        # Every child the watches hold, ServiceMonitors included whatever the spec says now: one
+        # made while monitoring was on is pruned when it is turned off.
+        live: dict[tuple[str, str], Manifest] = dict(view.children)
+        stack_key = (namespace, name)
 
         current: dict[tuple[str, str], Manifest] = dict(live)
         apply_errors: dict[str, str] = {}
@@ -171,6 +173,7 @@ class Reconciler:
                 continue
             try:
                 current[key] = self.kube.apply(child)
+                self.cache.wrote(stack_key, *key, resource_version(live.get(key)), current[key])
             except KubeError as exc:
                 component = child["metadata"]["labels"]["app.kubernetes.io/component"]
                 message = f"{child['kind']} {child['metadata']['name']} was refused: {error_message(exc)}"
@@ -186,7 +189,7 @@ class Reconciler:
         for message in outcome.errors:
             self.kube.post_event(body, "ApplyFailed", message, warning=True)
 
-        pods = self.kube.list("v1", "Pod", namespace, naming.instance_selector(name))
+        pods = view.pods
         workloads = {
             naming.INFERENCE: current.get(("Deployment", naming.child_name(name, naming.INFERENCE))),
             naming.WEAVIATE: current.get(("StatefulSet", naming.child_name(name, naming.WEAVIATE))),
@@ -207,32 +210,40 @@ class Reconciler:
         return outcome
 
     def _ensure_auth_secret(
-        self, body: Manifest, stack: Stack, spec: H2oGPTDeploymentSpec, outcome: Outcome
+        self,
+        body: Manifest,
+        stack: Stack,
+        spec: H2oGPTDeploymentSpec,
+        existing: SecretFacts | None,
+        outcome: Outcome,
     ) -> str:
         """Create `<cr>-auth` once; add a key a newly enabled feature needs; never rotate one."""
         wanted = builders.build_auth_secret(stack, spec, self.new_token)
         if wanted is None:
             return ""
         secret_name = wanted["metadata"]["name"]
-        existing = self.kube.get("v1", "Secret", stack.namespace, secret_name)
+        stack_key = (stack.namespace, stack.name)
         if existing is None:
             kopf.adopt(wanted, owner=kopf.Body(cast(kopf.RawBody, body)))
             created = self.kube.create(wanted)
             if created is not None:
+                self.cache.wrote(stack_key, "Secret", secret_name, None, created)
                 outcome.writes += 1
                 self.kube.post_event(body, "GeneratedSecret", f"generated Secret {secret_name}")
-            return _secret_digest(created or self.kube.get("v1", "Secret", stack.namespace, secret_name))
-        have = existing.get("data") or {}
-        absent = {k: v for k, v in wanted["stringData"].items() if k not in have}
-        if absent:
-            existing = self.kube.merge_patch(
-                "v1", "Secret", stack.namespace, secret_name, {"stringData": absent}
-            )
-            outcome.writes += 1
-            self.kube.post_event(
-                body, "GeneratedSecret", f"added {', '.join(sorted(absent))} to Secret {secret_name}"
-            )
-        return _secret_digest(existing)
+                return secret_digest(created.get("data"))
+            # It exists and the watch has not shown it yet (a restart mid-create): ask once.
+            found = self.kube.get("v1", "Secret", stack.namespace, secret_name)
+            return secret_digest((found or {}).get("data"))
+        absent = {k: v for k, v in wanted["stringData"].items() if k not in existing.keys}
+        if not absent:
+            return existing.digest
+        patched = self.kube.merge_patch("v1", "Secret", stack.namespace, secret_name, {"stringData": absent})
+        self.cache.wrote(stack_key, "Secret", secret_name, existing.resource_version, patched)
+        outcome.writes += 1
+        self.kube.post_event(
+            body, "GeneratedSecret", f"added {', '.join(sorted(absent))} to Secret {secret_name}"
+        )
+        return secret_digest(patched.get("data"))
 
     def _prune(
         self,
@@ -248,7 +259,11 @@ class Reconciler:
             kind, child_name = key
             if key in wanted or kind in NEVER_PRUNED or not _owned_by(item, uid):
                 continue
-            self.kube.delete(item["apiVersion"], kind, body["metadata"]["namespace"], child_name)
+            namespace = body["metadata"]["namespace"]
+            self.kube.delete(item["apiVersion"], kind, namespace, child_name)
+            self.cache.wrote(
+                (namespace, body["metadata"]["name"]), kind, child_name, resource_version(item), None
+            )
             outcome.writes += 1
             self.kube.post_event(body, "Deleted", f"deleted {kind}/{child_name}: no longer in the spec")
 
@@ -261,8 +276,11 @@ class Reconciler:
         old_endpoints = current.get("endpoints") or {}
         patch["endpoints"] = {**dict.fromkeys(old_endpoints), **new_status["endpoints"]}
         meta = body["metadata"]
-        self.kube.merge_patch(
+        written = self.kube.merge_patch(
             CR_API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch}, subresource="status"
+        )
+        self.cache.wrote(
+            (meta["namespace"], meta["name"]), KIND, meta["name"], resource_version(body), written
         )
         outcome.writes += 1
         was_ready = status.is_ready(current)

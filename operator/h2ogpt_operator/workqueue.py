@@ -2,15 +2,22 @@
 
 Events arrive in bursts (a rollout touches a Deployment, a ReplicaSet's pods, the status); keys
 already waiting are coalesced, and a key that changes while it is being reconciled runs once
-more afterwards. Every known key is re-queued each `resync_seconds` (level-based safety net),
-and a stack that is not Ready yet is looked at again after `retry_seconds`.
+more afterwards. Every known key is re-queued each `resync_seconds` (level-based safety net).
+A stack that did not settle (not Ready, or a write refused) is looked at again after a per-key
+delay that doubles with each unsettled run, from `retry_seconds` up to `retry_max_seconds`
+(client-go's per-item exponential backoff): a stack broken for an hour costs a look every few
+minutes, not every few seconds. A settled run, or the stack's deletion, resets it; a watch
+event still runs the key at once whatever its delay, so a fix is seen without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from h2ogpt_operator import metrics
 
 Key = tuple[str, str]  # (namespace, name)
 Worker = Callable[[Key], Awaitable[bool]]  # returns whether the stack settled (no retry needed)
@@ -19,34 +26,64 @@ log = logging.getLogger(__name__)
 
 
 class WorkQueue:
-    def __init__(self, worker: Worker, *, workers: int, resync_seconds: float, retry_seconds: float) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        *,
+        workers: int,
+        resync_seconds: float,
+        retry_seconds: float,
+        retry_max_seconds: float = 300.0,
+    ) -> None:
         self._worker = worker
         self._workers = workers
         self._resync_seconds = resync_seconds
         self._retry_seconds = retry_seconds
+        self._retry_max_seconds = max(retry_max_seconds, retry_seconds)
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
-        self._waiting: set[Key] = set()
+        self._waiting: dict[Key, float] = {}  # key -> when it was enqueued (monotonic)
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
+        self._failures: dict[Key, int] = {}  # unsettled runs in a row
+        self._retry_timers: dict[Key, asyncio.TimerHandle] = {}
         self.known: set[Key] = set()
 
     def add(self, key: Key) -> None:
         self.known.add(key)
+        self._cancel_retry(key)  # it runs now; a pending retry would only repeat it
         if key in self._running:
             self._dirty.add(key)
         elif key not in self._waiting:
-            self._waiting.add(key)
+            self._waiting[key] = time.monotonic()
             self._queue.put_nowait(key)
+            metrics.WORKQUEUE_DEPTH.set(len(self._waiting))
+
+    def retry_delay(self, key: Key) -> float:
+        """The delay before the next look at an unsettled key: doubles with each failure in a row."""
+        failures = max(self._failures.get(key, 1), 1)
+        return float(min(self._retry_seconds * 2 ** min(failures - 1, 30), self._retry_max_seconds))
 
     def add_later(self, key: Key, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self._add_if_known, key)
+        self._cancel_retry(key)
+        self._retry_timers[key] = asyncio.get_running_loop().call_later(delay, self._retry, key)
+        metrics.WORKQUEUE_RETRYING.set(len(self._retry_timers))
 
-    def _add_if_known(self, key: Key) -> None:
+    def _retry(self, key: Key) -> None:
+        self._retry_timers.pop(key, None)
+        metrics.WORKQUEUE_RETRYING.set(len(self._retry_timers))
         if key in self.known:
             self.add(key)
 
+    def _cancel_retry(self, key: Key) -> None:
+        timer = self._retry_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+            metrics.WORKQUEUE_RETRYING.set(len(self._retry_timers))
+
     def forget(self, key: Key) -> None:
         self.known.discard(key)
+        self._failures.pop(key, None)
+        self._cancel_retry(key)
 
     async def run(self, may_work: asyncio.Event) -> None:
         """Process keys (only while `may_work` is set: the leader Lease is held)."""
@@ -66,12 +103,15 @@ class WorkQueue:
         while True:
             await asyncio.sleep(self._resync_seconds)
             for key in list(self.known):
-                self.add(key)
+                if key not in self._retry_timers:  # a backing-off key keeps its own pace
+                    self.add(key)
 
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
-            self._waiting.discard(key)
+            enqueued = self._waiting.pop(key, time.monotonic())
+            metrics.WORKQUEUE_DEPTH.set(len(self._waiting))
+            metrics.WORKQUEUE_QUEUE_DURATION.observe(time.monotonic() - enqueued)
             self._running.add(key)
             settled = True
             try:
@@ -81,8 +121,13 @@ class WorkQueue:
                 settled = False
             finally:
                 self._running.discard(key)
+            if settled or key not in self.known:
+                self._failures.pop(key, None)
+            else:
+                self._failures[key] = self._failures.get(key, 0) + 1
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)
             elif not settled and key in self.known:
-                self.add_later(key, self._retry_seconds)
+                metrics.WORKQUEUE_RETRIES.inc()
+                self.add_later(key, self.retry_delay(key))

@@ -50,9 +50,18 @@ def free_port() -> int:
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for", "condition=Established", "--timeout=30s", "crd/h2ogptdeployments.h2ogpt.dev"
-    )
+    wait_established(cluster, "h2ogptdeployments.h2ogpt.dev")
+
+
+def wait_established(cluster: Cluster, crd: str) -> None:
+    """Polled rather than `kubectl wait`: right after a create a CRD has no status.conditions yet,
+    and `kubectl wait --for condition=Established` fails on that instead of waiting."""
+
+    def established() -> bool:
+        found = condition(get_json(cluster, "crd", crd), "Established")
+        return bool(found and found["status"] == "True")
+
+    wait_for(established, 30, f"CRD {crd} to be Established")
 
 
 def render_chart_rbac(release: str, watch_namespaces: list[str] | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from h2ogpt_operator.workqueue import Key, WorkQueue
 
@@ -65,3 +66,64 @@ def test_nothing_runs_before_the_lease_and_unsettled_stacks_retry() -> None:
     before_lease, total = asyncio.run(scenario())
     assert before_lease == 0
     assert total >= 3
+
+
+def test_an_unsettled_stack_backs_off_exponentially_up_to_the_cap_and_a_success_resets_it() -> None:
+    base, cap = 0.02, 0.08
+
+    async def scenario() -> tuple[list[float], list[float], float]:
+        times: list[float] = []
+        delays: list[float] = []
+        settle_at = 6  # runs 1..5 fail, run 6 settles
+
+        async def worker(key: Key) -> bool:
+            times.append(asyncio.get_running_loop().time())
+            return len(times) >= settle_at
+
+        queue = WorkQueue(worker, workers=1, resync_seconds=3600, retry_seconds=base, retry_max_seconds=cap)
+        leader = asyncio.Event()
+        leader.set()
+        task = asyncio.create_task(queue.run(leader))
+        key = ("ns", "broken")
+        queue.add(key)
+        while len(times) < settle_at:
+            await asyncio.sleep(0.005)
+            if len(delays) < len(times) and len(times) < settle_at:
+                delays.append(queue.retry_delay(key))
+        await asyncio.sleep(0.3)  # settled: no retry is scheduled any more
+        after_success = queue.retry_delay(key)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert len(times) == settle_at, "a settled stack was retried"
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        return delays, gaps, after_success
+
+    delays, gaps, after_success = asyncio.run(scenario())
+    assert delays == [0.02, 0.04, 0.08, 0.08, 0.08]
+    for gap, delay in zip(gaps, delays, strict=True):
+        assert gap >= delay * 0.95  # a timer never fires early (loop clock granularity aside)
+    assert after_success == base
+
+
+def test_an_event_runs_a_backing_off_stack_at_once() -> None:
+    async def scenario() -> float:
+        times: list[float] = []
+
+        async def worker(key: Key) -> bool:
+            times.append(asyncio.get_running_loop().time())
+            return False
+
+        queue = WorkQueue(worker, workers=1, resync_seconds=3600, retry_seconds=30, retry_max_seconds=60)
+        leader = asyncio.Event()
+        leader.set()
+        task = asyncio.create_task(queue.run(leader))
+        queue.add(("ns", "c"))
+        await asyncio.sleep(0.05)
+        queue.add(("ns", "c"))  # a watch event while it waits out 30 s
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert len(times) == 2
+        return times[1] - times[0]
+
+    assert asyncio.run(scenario()) < 1.0
