@@ -76,7 +76,7 @@ OPERATOR_NAMESPACED_RULES = (
     | expand(("",), ("events",), "create")
     | expand(("apps",), ("deployments", "statefulsets"), f"{CHILD} delete")
     | expand(("networking.k8s.io",), ("networkpolicies",), f"{CHILD} delete")
-    | expand(("monitoring.coreos.com",), ("servicemonitors",), "list create patch delete")
+    | expand(("monitoring.coreos.com",), ("servicemonitors",), "list watch create patch delete")
 )
 # Reading every CRD (is ServiceMonitor served?), patching only its own (the CRD applied at start).
 CRD_READ_RULES = expand(("apiextensions.k8s.io",), ("customresourcedefinitions",), "get list watch") | expand(

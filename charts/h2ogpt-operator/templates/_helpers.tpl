@@ -128,10 +128,10 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# Not watched: the API may not exist; listed on each reconcile when it does.
+# Watched like every child (kopf serves it once the Prometheus Operator's CRD exists).
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}
 
 {{/* The cluster-scoped rule: the operator reads the CRDs to learn whether ServiceMonitor exists. */}}
