@@ -151,7 +151,16 @@ def remove_volumes(cluster: Cluster, tag: str) -> None:
 class OperatorProcess:
     """`h2ogpt-operator` as a subprocess with the cluster's kubeconfig; killable and restartable."""
 
-    def __init__(self, cluster: Cluster, log_dir: Path, lease_name: str, *extra_args: str) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        log_dir: Path,
+        lease_name: str,
+        *extra_args: str,
+        kubeconfig: Path | None = None,
+    ) -> None:
+        """`kubeconfig`: whose credentials it runs with (default: the chart's ServiceAccount, its
+        RBAC rendered and applied here)."""
         self.cluster = cluster
         self.log_dir = log_dir
         self.lease_name = lease_name
@@ -161,7 +170,7 @@ class OperatorProcess:
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        self.kubeconfig: Path | None = None
+        self.kubeconfig: Path | None = kubeconfig
         pairs = zip(self.extra_args, self.extra_args[1:], strict=False)
         self.watch_namespaces = [value for flag, value in pairs if flag == "--namespace"]
 

@@ -116,11 +116,12 @@ def test_helm_upgrade_brings_the_new_crd_and_keeps_the_stack(
     # ...until the new operator starts, with the chart's ServiceAccount and nothing more.
     account = AsServiceAccount(cluster, namespace, f"{release}-h2ogpt-operator", tmp_path)
     operator = OperatorProcess(
-        account,  # type: ignore[arg-type]  # the harness uses only .env
+        cluster,
         tmp_path,
         f"lease-{release}",
         "--leader-election-namespace",
         namespace,
+        kubeconfig=account.kubeconfig,
     )
     operator.start()
     try:

@@ -67,6 +67,10 @@ Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 # blocks the owner's deletion (kopf.adopt sets blockOwnerDeletion). Without it every adopted child is
 # refused, which the other cluster tests would show.
 CHECKED_IN_ADMISSION: set[Permission] = {("h2ogpt.dev", "h2ogptdeployments/finalizers", "update")}
+# Granted for a path the tests cannot provoke on purpose: the generated auth Secret's create answers
+# "already exists" before the watch shows the Secret (an operator restarted mid-create), and the
+# operator reads it once (reconcile.Reconciler._ensure_auth_secret).
+RARE_PATHS: set[Permission] = {("", "secrets", "get")}
 
 
 def granted_permissions(release: str, watch_namespaces: list[str]) -> set[Permission]:
@@ -198,5 +202,5 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
     assert not used - granted, f"used but not granted: {sorted(used - granted)}"
     # The figures docs/security.md quotes (pytest -s shows them).
     print(f"operator requests: {len(requests)}; permissions used: {len(used)}; granted: {len(granted)}")
-    unused = granted - used - CHECKED_IN_ADMISSION
+    unused = granted - used - CHECKED_IN_ADMISSION - RARE_PATHS
     assert not unused, f"granted but never used: {sorted(unused)}; used: {sorted(used)}"

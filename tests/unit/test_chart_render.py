@@ -66,7 +66,7 @@ def expand(
 # tests/cluster/test_rbac_least_privilege.py (docs/security.md); the chart grants exactly this.
 CHILD = "list watch create patch"
 OPERATOR_NAMESPACED_RULES = (
-    expand(("h2ogpt.dev",), ("h2ogptdeployments",), "get list watch")
+    expand(("h2ogpt.dev",), ("h2ogptdeployments",), "list watch")
     | expand(("h2ogpt.dev",), ("h2ogptdeployments/status",), "patch")
     | expand(("h2ogpt.dev",), ("h2ogptdeployments/finalizers",), "update")
     | expand(("",), ("configmaps", "persistentvolumeclaims"), CHILD)

@@ -98,7 +98,7 @@ watches all namespaces and by one Role per namespace otherwise.
 # for which the apiserver also checks `create` when the object does not exist yet.
 - apiGroups: ["h2ogpt.dev"]
   resources: ["h2ogptdeployments"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["h2ogpt.dev"]
   resources: ["h2ogptdeployments/status"]
   verbs: ["patch"]
@@ -110,6 +110,8 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: [""]
   resources: ["configmaps", "persistentvolumeclaims"]
   verbs: ["list", "watch", "create", "patch"]
+# get: only when creating the generated auth Secret finds it exists before the watch shows it
+# (an operator restarted mid-create).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
