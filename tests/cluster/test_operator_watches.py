@@ -178,8 +178,9 @@ def test_a_refused_child_is_retried_with_growing_delays(
     cr = wait_for(refused, 30, "the refusal in the status")
     assert "exceeded quota" in json.dumps(cr["status"])
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # A fixed 0.5 s retry would fail about 36 times in 18 s; doubling up to 4 s, about 6.
-    assert 3 <= len(times) <= 10, times
+    # A fixed 0.5 s retry would fail about 36 times in 18 s; doubling up to 4 s, about 6 retries,
+    # plus the reconciles that watch events (the CR, its other children) bring at the start.
+    assert 3 <= len(times) <= 16, times
     assert gaps[-1] >= 3.5, gaps  # at the cap
     assert max(gaps) <= 4.5, gaps  # never beyond it
     assert gaps[-1] > 2 * min(gaps), gaps  # it grew

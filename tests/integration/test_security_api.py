@@ -208,7 +208,9 @@ def test_request_and_token_limits_answer_429_with_retry_after_and_metrics_name_k
         ask(server, api_key="k-ivy-secret")
     response = caught.value.response
     assert response.status_code == 429
-    assert 1 <= int(response.headers["retry-after"]) <= 60
+    # A sliding-window counter: this minute's rest plus the share of the next minute until this
+    # minute's requests, weighted down, leave room (at most two minutes).
+    assert 1 <= int(response.headers["retry-after"]) <= 120
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert ask(server, api_key="k-jack-secret").choices[0].message.content  # jack has his own window

@@ -13,8 +13,21 @@ def test_requests_per_minute_are_counted_per_subject() -> None:
         limits.admit("key:alice")
     with pytest.raises(RateLimitedError, match="3 requests per minute") as caught:
         limits.admit("key:alice")
-    assert 1 <= caught.value.retry_after <= 60
+    # This minute's rest plus the part of the next one until the 3 requests, weighted down by the
+    # sliding window, leave room for one more: 20 s of it here (never past two minutes).
+    assert 1 <= caught.value.retry_after <= 120
     limits.admit("key:bob")  # another key has its own window
+
+
+def test_retry_after_is_when_the_sliding_window_next_has_room() -> None:
+    counter = SlidingWindowCounter(3)
+    start = 6000.0  # a minute boundary
+    for _ in range(3):
+        counter.add("k", start + 10)
+    # 50 s left in this minute, then 20 s into the next: 3 * (1 - 20/60) + 1 = 3.
+    assert counter.retry_after("k", start + 10) == 70
+    assert not counter.has_room("k", start + 60 + 19)
+    assert counter.has_room("k", start + 60 + 20.5)
 
 
 def test_tokens_per_minute_admit_until_the_window_is_spent() -> None:
