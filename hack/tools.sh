@@ -8,6 +8,7 @@
 #                                 that `make run` needs; `actionlint readme-generator`, what
 #                                 `make lint` needs); names: etcd kwok helm weaviate k8s containerd
 #                                 runc cni coredns local-path actionlint readme-generator registry
+#                                 prometheus
 #
 # Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
 # plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
@@ -37,6 +38,8 @@ ACTIONLINT_VERSION=v1.7.12
 # An OCI registry on loopback, for the release path's tests (helm push, helm install oci://).
 REGISTRY_VERSION=v3.1.2
 README_GENERATOR=@bitnami/readme-generator-for-helm@2.7.2
+# Prometheus v3.16.0 and promtool (Go module v0.316.0): the tests' real scraper and rule checker.
+PROMETHEUS_VERSION=v0.316.0
 
 k8s_dir="$cache/k8s-$K8S_VERSION"
 etcd_dir="$cache/etcd-$ETCD_VERSION"
@@ -51,6 +54,7 @@ local_path_dir="$cache/local-path-provisioner-$LOCAL_PATH_VERSION"
 actionlint_dir="$cache/actionlint-$ACTIONLINT_VERSION"
 registry_dir="$cache/distribution-registry-$REGISTRY_VERSION"
 readme_generator_dir="$cache/readme-generator-for-helm-${README_GENERATOR##*@}"
+prometheus_dir="$cache/prometheus-$PROMETHEUS_VERSION"
 
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -172,6 +176,20 @@ build_registry() {
   mv "$tmp" "$registry_dir"
 }
 
+# Both commands in one `go install` so they share one compile of the module's packages. Of the
+# 27 service discoveries only Kubernetes' is built (the tests find pods through the apiserver):
+# the cloud SDKs of the others would double the compile.
+build_prometheus() {
+  local tmp="$prometheus_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" -tags remove_all_sd,enable_kubernetes_sd \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  "$tmp/prometheus" --version
+  "$tmp/promtool" --version
+  mv "$tmp" "$prometheus_dir"
+}
+
 # The npm package with its dependencies in its own prefix; the binary is node_modules/.bin's link.
 fetch_readme_generator() {
   local tmp="$readme_generator_dir.tmp.$$"
@@ -204,6 +222,7 @@ declare -A tool_dir=(
   [k8s]="$k8s_dir" [etcd]="$etcd_dir" [kwok]="$kwok_dir" [weaviate]="$weaviate_dir" [helm]="$helm_dir"
   [containerd]="$containerd_dir" [runc]="$runc_dir" [cni]="$cni_dir" [coredns]="$coredns_dir"
   [local-path]="$local_path_dir" [actionlint]="$actionlint_dir" [registry]="$registry_dir"
+  [prometheus]="$prometheus_dir"
   [readme-generator]="$readme_generator_dir/node_modules/.bin"
 )
 declare -A tool_bins=(
@@ -211,15 +230,17 @@ declare -A tool_bins=(
   [weaviate]="weaviate-server" [helm]="helm kubectl"
   [containerd]="containerd containerd-shim-runc-v2 ctr" [runc]="runc" [cni]="bridge loopback host-local portmap"
   [coredns]="coredns" [local-path]="local-path-provisioner" [actionlint]="actionlint" [registry]="registry"
+  [prometheus]="prometheus promtool"
   [readme-generator]="readme-generator"
 )
 declare -A tool_builder=(
   [k8s]=build_k8s [etcd]=build_etcd [kwok]=build_kwok [weaviate]=build_weaviate [helm]=fetch_helm
   [containerd]=build_containerd [runc]=build_runc [cni]=build_cni [coredns]=build_coredns
   [local-path]=build_local_path [actionlint]=build_actionlint [readme-generator]=fetch_readme_generator
-  [registry]=build_registry
+  [registry]=build_registry [prometheus]=build_prometheus
 )
-order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path actionlint readme-generator registry)
+order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path actionlint readme-generator registry
+  prometheus)
 
 check_only=false
 if [ "${1:-}" = "--check" ]; then check_only=true; shift; fi
