@@ -585,6 +585,13 @@ def _weaviate_headless_name(stack: Stack) -> str:
     return naming.child_name(stack.name, f"{naming.WEAVIATE}-headless")
 
 
+def weaviate_replication_factor(replicas: int) -> int:
+    """Copies of each shard: every pod up to three. Three already survive losing any one pod at
+    quorum; more copies would only multiply the writes of a larger cluster, whose extra pods
+    hold other tenants' shards instead."""
+    return min(replicas, 3)
+
+
 def build_weaviate_statefulset(
     stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, auth_digest: str
 ) -> Manifest | None:
@@ -601,6 +608,9 @@ def build_weaviate_statefulset(
         {"name": "CLUSTER_JOIN", "value": f"{_weaviate_headless_name(stack)}.{stack.namespace}.svc"},
         {"name": "RAFT_JOIN", "value": peers},
         {"name": "RAFT_BOOTSTRAP_EXPECT", "value": str(retrieval.replicas)},
+        # Every collection (documents, MyData tenants, logins) keeps this many copies, so losing a
+        # pod loses nothing and, from 3 up, reads and writes (at quorum) go on meanwhile.
+        {"name": "REPLICATION_MINIMUM_FACTOR", "value": str(weaviate_replication_factor(retrieval.replicas))},
         {"name": "PERSISTENCE_DATA_PATH", "value": WEAVIATE_DATA_DIR},
         {"name": "DEFAULT_VECTORIZER_MODULE", "value": "none"},
         {"name": "DISABLE_TELEMETRY", "value": "true"},

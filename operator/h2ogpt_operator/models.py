@@ -40,9 +40,14 @@ ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 
 # Entries of the URL-ingestion lists: the apiserver refuses what cannot be a host, address or CIDR
 # (no commas: the api pods read the list comma-separated); the api pods parse each entry fully.
-URLHostEntry = Annotated[str, Field(
-    min_length=1, max_length=253,
-    pattern=r"^((\*\.)?[A-Za-z0-9.-]+|[0-9A-Fa-f.:]+(/[0-9]{1,3})?|\[[0-9A-Fa-f:.]+\])$")]
+URLHostEntry = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^((\*\.)?[A-Za-z0-9.-]+|[0-9A-Fa-f.:]+(/[0-9]{1,3})?|\[[0-9A-Fa-f:.]+\])$",
+    ),
+]
 CIDREntry = Annotated[str, Field(min_length=2, max_length=49, pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")]
 
 
@@ -77,7 +82,8 @@ class ModelSpec(CrdModel):
     max_seq_len: int = Field(default=4096, ge=128, le=1_048_576, description="Context length in tokens.")
     prompt_type: str = Field(default="", max_length=64)
     system_prompt: str = Field(
-        default="auto", max_length=65_536,
+        default="auto",
+        max_length=65_536,
         description="'auto' = the model's default system prompt; '' = none; anything else is used as is.",
     )
     hf_token_secret_ref: SecretKeyRef | None = Field(
@@ -216,6 +222,22 @@ class EmbeddingSpec(CrdModel):
 
 
 class RetrievalSpec(CrdModel):
+    # CEL only: a transition rule needs the old object, which the operator never sees.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!has(oldSelf.replicas) || !has(self.replicas) || self.replicas >= oldSelf.replicas"
+                    ),
+                    "message": "retrieval.replicas cannot be lowered: collections keep the replication "
+                    "factor they were made with (up to 3), and fewer Weaviate pods than that lose quorum; "
+                    "to shrink, back up the documents and recreate the stack",
+                }
+            ]
+        }
+    )
+
     enabled: bool = True
     image: str | None = Field(default=None, min_length=1)
     replicas: int = Field(default=1, ge=1, le=9)
@@ -231,12 +253,14 @@ class RetrievalSpec(CrdModel):
     # URL ingestion (/add_url) fetches only public addresses; the api pods check every resolved
     # address and redirect. These open exceptions (an intranet wiki) or add refused ranges.
     allowed_url_hosts: list[URLHostEntry] = Field(
-        default_factory=list, max_length=256,
+        default_factory=list,
+        max_length=256,
         description="Host names (*.domain too), addresses or CIDRs that URL ingestion may fetch from "
         "besides public addresses (H2OGPT_ALLOWED_URL_HOSTS).",
     )
     blocked_url_cidrs: list[CIDREntry] = Field(
-        default_factory=list, max_length=256,
+        default_factory=list,
+        max_length=256,
         description="Ranges URL ingestion also refuses: the cluster's Service and Pod CIDRs when they are "
         "not private ranges, which are refused anyway (H2OGPT_BLOCKED_URL_CIDRS).",
     )

@@ -134,6 +134,31 @@ def test_invalid_crs_are_refused_by_kubectl_apply(
     assert items(cluster, "all", namespace, f"{INSTANCE}=bad") == []
 
 
+def test_weaviate_replicas_cannot_be_lowered(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """Collections keep the replication factor they were made with: fewer pods would lose quorum, or
+    the shards placed on the removed pods."""
+    manifest = {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": "replicated"},
+        "spec": {"model": {"name": "m"}, "inference": {"engine": "llamacpp"}, "retrieval": {"replicas": 3}},
+    }
+    apply_cr(cluster, namespace, manifest)
+    try:
+        manifest["spec"]["retrieval"]["replicas"] = 2
+        lowered = apply_cr(cluster, namespace, manifest, check=False)
+        assert lowered.returncode != 0
+        assert "retrieval.replicas cannot be lowered" in lowered.stderr
+        manifest["spec"]["retrieval"]["replicas"] = 4
+        apply_cr(cluster, namespace, manifest)
+        cr = must_get(cluster, "h2ogpt", "replicated", "-n", namespace)
+        assert cr["spec"]["retrieval"]["replicas"] == 4
+    finally:
+        cluster.kubectl("delete", "h2ogpt", "replicated", "-n", namespace, "--wait=false", check=False)
+
+
 # --- the samples -------------------------------------------------------------------------------------------
 
 

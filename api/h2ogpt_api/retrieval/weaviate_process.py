@@ -5,6 +5,9 @@ send our own vectors). Its data lives under `<save_dir>/weaviate/data`, so docum
 restart of the process and of `h2ogpt-api`. Every port it opens (REST, gRPC, gossip, data,
 Raft, Raft RPC, profiling) is chosen free at first start and remembered next to the data, so
 several servers can run on one machine and a restarted one comes back at the same addresses.
+
+A `ClusterMembership` makes the process one node of a multi-node cluster on loopback instead
+(the replication tests run three); `h2ogpt-api` itself only ever starts the single node.
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def _free_pair() -> int:
+    """A free port whose successor is free too."""
+    while True:
+        port = free_port()
+        if port < 65535 and port_is_free(port + 1):
+            return port
+
+
 @dataclass(frozen=True)
 class WeaviatePorts:
     http: int
@@ -98,12 +109,43 @@ class WeaviatePorts:
             values.append(port)
         return cls(*values)
 
+    @classmethod
+    def pick_free_pairs(cls) -> WeaviatePorts:
+        """Free ports where data = gossip + 1 and Raft RPC = Raft + 1 (a cluster node's ports)."""
+        gossip, raft = _free_pair(), _free_pair()
+        while raft in (gossip, gossip + 1) or raft + 1 == gossip:
+            raft = _free_pair()
+        taken = {gossip, gossip + 1, raft, raft + 1}
+        others: list[int] = []
+        while len(others) < 3:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                others.append(port)
+        http, grpc, profiling = others
+        return cls(http, grpc, gossip, gossip + 1, raft, raft + 1, profiling)
+
     def all_free(self) -> bool:
         return all(port_is_free(port) for port in asdict(self).values())
 
 
-def weaviate_environment(data_dir: Path, ports: WeaviatePorts) -> dict[str, str]:
-    """The environment of a single-node, loopback, anonymous, vectorizer-less weaviate-server."""
+@dataclass(frozen=True)
+class ClusterMembership:
+    """One node's place in a multi-node Weaviate on loopback. Weaviate finds a peer's data port
+    at its gossip port + 1 and its Raft RPC port at its Raft port + 1, so each node's ports must
+    come in those pairs (`WeaviatePorts.pick_free_pairs`)."""
+
+    node_name: str
+    join: str  # a peer's gossip address (host:port); "" for the first node
+    raft_join: str  # every voter, "name:raft_port,..."
+    bootstrap_expect: int
+    minimum_replication_factor: int
+
+
+def weaviate_environment(data_dir: Path, ports: WeaviatePorts,
+                         membership: ClusterMembership | None = None) -> dict[str, str]:
+    """The environment of a loopback, anonymous, vectorizer-less weaviate-server: a single node,
+    or one node of `membership`'s cluster."""
     env = {key: os.environ[key] for key in ("PATH", "HOME", "TMPDIR", "LANG") if key in os.environ}
     env.update({
         "PERSISTENCE_DATA_PATH": str(data_dir),
@@ -126,6 +168,16 @@ def weaviate_environment(data_dir: Path, ports: WeaviatePorts) -> dict[str, str]
         "LOG_LEVEL": "warning",
         "QUERY_DEFAULTS_LIMIT": "100",
     })
+    if membership is not None:
+        env.update({
+            "CLUSTER_HOSTNAME": membership.node_name,
+            "CLUSTER_IN_LOCALHOST": "true",
+            "RAFT_JOIN": membership.raft_join,
+            "RAFT_BOOTSTRAP_EXPECT": str(membership.bootstrap_expect),
+            "REPLICATION_MINIMUM_FACTOR": str(membership.minimum_replication_factor),
+        })
+        if membership.join:
+            env["CLUSTER_JOIN"] = membership.join
     return env
 
 
@@ -133,8 +185,11 @@ class WeaviateProcess:
     """Start, watch, restart and stop one local weaviate-server."""
 
     def __init__(self, root_dir: Path, *, binary: Path | None = None,
-                 startup_timeout_s: float = 90.0) -> None:
+                 startup_timeout_s: float = 90.0, membership: ClusterMembership | None = None,
+                 ports: WeaviatePorts | None = None) -> None:
         self.root_dir = root_dir
+        self.membership = membership
+        self._fixed_ports = ports  # a cluster node's ports, known to its peers before it starts
         self.data_dir = root_dir / "data"
         self.binary = binary
         self.startup_timeout_s = startup_timeout_s
@@ -162,6 +217,8 @@ class WeaviateProcess:
 
     def _choose_ports(self) -> WeaviatePorts:
         """The previous run's ports when all are still free (Raft remembers its address), else new ones."""
+        if self._fixed_ports is not None:
+            return self._fixed_ports
         try:
             remembered = WeaviatePorts(**json.loads(self._ports_file().read_text()))
         except (OSError, ValueError, TypeError):
@@ -186,7 +243,7 @@ class WeaviateProcess:
                  self.data_dir)
         self._process = subprocess.Popen(
             [str(binary), "--host", LOOPBACK, "--port", str(self.ports.http), "--scheme", "http"],
-            env=weaviate_environment(self.data_dir, self.ports),
+            env=weaviate_environment(self.data_dir, self.ports, self.membership),
             stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in our terminal reaches us, and we stop it cleanly
         )

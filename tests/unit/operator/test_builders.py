@@ -119,8 +119,12 @@ def test_config_map_holds_settings_and_no_secret() -> None:
 
 
 def test_url_ingestion_lists_reach_the_api_settings_the_api_parses() -> None:
-    spec = spec_of(retrieval={"allowedUrlHosts": ["wiki.corp", "*.intranet", "10.20.0.0/16"],
-                              "blockedUrlCidrs": ["34.118.224.0/20", "2600:1900::/28"]})
+    spec = spec_of(
+        retrieval={
+            "allowedUrlHosts": ["wiki.corp", "*.intranet", "10.20.0.0/16"],
+            "blockedUrlCidrs": ["34.118.224.0/20", "2600:1900::/28"],
+        }
+    )
     data = builders.build_settings(STACK, spec)
     assert data["H2OGPT_ALLOWED_URL_HOSTS"] == "wiki.corp,*.intranet,10.20.0.0/16"
     assert data["H2OGPT_BLOCKED_URL_CIDRS"] == "34.118.224.0/20,2600:1900::/28"
@@ -130,9 +134,14 @@ def test_url_ingestion_lists_reach_the_api_settings_the_api_parses() -> None:
     assert builders.build_settings(STACK, spec_of())["H2OGPT_ALLOWED_URL_HOSTS"] == ""
 
 
-@pytest.mark.parametrize(("field", "entry"), [("allowedUrlHosts", "a.example,b.example"),
-                                              ("allowedUrlHosts", "http://x/"),
-                                              ("blockedUrlCidrs", "corp.example")])
+@pytest.mark.parametrize(
+    ("field", "entry"),
+    [
+        ("allowedUrlHosts", "a.example,b.example"),
+        ("allowedUrlHosts", "http://x/"),
+        ("blockedUrlCidrs", "corp.example"),
+    ],
+)
 def test_url_ingestion_entries_the_api_cannot_read_are_refused(field: str, entry: str) -> None:
     with pytest.raises(ValueError, match="should match pattern"):
         spec_of(retrieval={field: [entry]})
@@ -245,6 +254,17 @@ def test_weaviate_keeps_its_data_unless_told() -> None:
     assert dropped["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
     env = {e["name"]: e.get("value") for e in kept["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED"] == "false"
+
+
+@pytest.mark.parametrize(("replicas", "factor"), [(1, 1), (2, 2), (3, 3), (5, 3), (9, 3)])
+def test_weaviate_replicas_replicate_every_collection(replicas: int, factor: int) -> None:
+    statefulset = builders.build_weaviate_statefulset(
+        STACK, spec_of(retrieval={"replicas": replicas}), CONFIG, ""
+    )
+    assert statefulset is not None
+    env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["REPLICATION_MINIMUM_FACTOR"], env["RAFT_BOOTSTRAP_EXPECT"]) == (str(factor), str(replicas))
+    assert env["RAFT_JOIN"].split(",") == [f"demo-weaviate-{i}" for i in range(replicas)]
 
 
 def test_model_cache_is_kept_unless_told() -> None:
