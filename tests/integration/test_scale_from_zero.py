@@ -157,3 +157,23 @@ def test_without_hold_seconds_an_absent_server_is_503_at_once(api_server_factory
     assert caught.value.status_code == 503
     assert caught.value.response.json()["error"]["code"] == "backend_unavailable"
     assert "retry-after" not in caught.value.response.headers
+
+
+def test_a_stream_cut_after_its_first_token_is_never_sent_again(api_server_factory: ApiServerFactory) -> None:
+    """Holding retries only what never reached a model: a drop mid-answer is an error, not a resend."""
+    fake = RunningFake(TgiFake()).start()
+    try:
+        server = api_server_factory(
+            [*llm_only_args(fake.url, MODEL), "--hold_seconds", "30", "--keepalive_seconds", "0.3"]
+        )
+        lines = raw_stream_lines(server, "FAKE:DROP one two three four five six")
+        assert sum('"error"' in line for line in lines) == 1
+        assert fake.fake.stats.started == 1
+        with pytest.raises(openai.APIStatusError) as caught:
+            chat(server, "FAKE:500 fails before any token")
+        assert caught.value.status_code == 502  # a server error is not "no replica": not held
+        assert fake.fake.stats.started == 2
+        with pytest.raises(AssertionError, match="not in /metrics"):  # no request was ever held
+            metric(server, "h2ogpt_api_held_wait_seconds_count")
+    finally:
+        fake.stop()
