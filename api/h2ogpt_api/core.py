@@ -25,6 +25,7 @@ from h2ogpt_api.backends.base import (
     BackendError,
     BackendRequest,
     FinishReason,
+    Held,
     OutputOptions,
     Sampling,
     StreamEnd,
@@ -130,7 +131,8 @@ class Progress:
     total: int
 
 
-GenerationEvent = TextDelta | ToolCallDelta | Progress | Completed
+# `Held`: no inference replica is ready yet and the request waits for one (backends/holding.py).
+GenerationEvent = TextDelta | ToolCallDelta | Held | Progress | Completed
 
 
 def assemble_tool_calls(pieces: Sequence[ToolCallDelta]) -> tuple[dict[str, Any], ...]:
@@ -335,6 +337,8 @@ class Core:
                     async for delta in deltas:
                         if isinstance(delta, ToolCallDelta):
                             calls.append(delta)
+                        elif isinstance(delta, Held):
+                            pass  # passed on as it is: a keepalive, not output
                         else:
                             token_times.tick()
                             pieces.append(delta.text)
@@ -603,7 +607,7 @@ class Core:
         params: GenerationParams,
         usage: _Usage,
         options: OutputOptions = NO_OUTPUT_OPTIONS,
-    ) -> AsyncGenerator[TextDelta | ToolCallDelta, None]:
+    ) -> AsyncGenerator[TextDelta | ToolCallDelta | Held, None]:
         request, prompt_raw = self._backend_request(user_text, params, options)
         usage.last_prompt = prompt_raw
         try:
@@ -616,6 +620,8 @@ class Core:
                         usage.finish_reason = event.finish_reason
                         continue
                     yield event
+                    if isinstance(event, Held):
+                        continue
                     deltas += 1
                     if time.monotonic() > usage.deadline:
                         # h2oGPT's max_time: the answer ends here, with what it has (closing the

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from h2ogpt_api.auth import AuthError
 from h2ogpt_api.backends.base import BackendError
+from h2ogpt_api.backends.holding import NoReplicaError
 from h2ogpt_api.core import EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
 from h2ogpt_api.ratelimit import RateLimitedError
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
@@ -26,7 +27,7 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
-        retry_after: int = 1,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -40,7 +41,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": str(self.retry_after)} if self.status == 429 else None
+        # Every 429 says when to come back (1 s unless the limit knows better); a 503 does when it knows.
+        retry_after = self.retry_after if self.retry_after is not None else 1 if self.status == 429 else None
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
     def sse_event(self) -> bytes:
@@ -78,6 +81,10 @@ def as_api_error(exc: BaseException) -> ApiError:  # noqa: PLR0911 (one answer p
         return ApiError(429, str(exc), type_="rate_limit_error", code="queue_full")
     if isinstance(exc, ValidationError):
         return validation_error(exc)
+    if isinstance(exc, NoReplicaError):
+        return ApiError(
+            503, exc.message, type_="server_error", code="no_replica", retry_after=exc.retry_after
+        )
     if isinstance(exc, BackendError):
         status = _BACKEND_STATUS[exc.kind]
         type_ = "invalid_request_error" if status == 400 else "server_error"

@@ -44,6 +44,14 @@ KEY_TOKENS = Counter(
 )
 RATE_LIMITED = Counter("h2ogpt_api_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
 IN_FLIGHT = Gauge("h2ogpt_api_in_flight_requests", "Requests being handled", ["route"])
+# Scale from zero (backends/holding.py): the operator's autoscaler reads held > 0 as "start a replica".
+HELD_REQUESTS = Gauge("h2ogpt_api_held_requests", "Requests held while no inference replica is ready")
+HELD_WAIT = Histogram(
+    "h2ogpt_api_held_wait_seconds",
+    "How long held requests waited for an inference replica, by outcome (forwarded, timed_out, cancelled)",
+    ["outcome"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+)
 BACKEND_ERRORS = Counter("h2ogpt_api_backend_errors_total", "Inference backend failures", ["backend", "kind"])
 
 

@@ -172,6 +172,17 @@ class Settings(BaseModel):
         default_factory=lambda: ["*"],
         description="origins the OpenAI API answers cross-origin (h2oGPT: every origin); [] = no CORS",
     )
+    # Scale from zero: requests wait for an inference replica instead of failing (backends/holding.py).
+    hold_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="while no inference replica is ready (connection refused, 503), hold a request up to "
+        "this many seconds, then 503 with Retry-After; 0 = answer 503 at once",
+    )
+    max_held: int = Field(
+        256, ge=1, le=100_000, description="requests held at once while no replica is ready; more get 503"
+    )
     keepalive_seconds: float = Field(
         10.0,
         gt=0,

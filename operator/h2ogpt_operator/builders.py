@@ -282,7 +282,30 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_SERVER_NAME": "0.0.0.0",
         "H2OGPT_OPENAI_PORT": str(naming.OPENAI_PORT),
         "H2OGPT_GRADIO_PORT": str(naming.GRADIO_PORT),
+        **hold_settings(spec),
     }
+
+
+def hold_settings(spec: H2oGPTDeploymentSpec) -> dict[str, str]:
+    """With autoscaling, the api pods hold requests while no inference replica is ready (scale from zero)."""
+    scaling = spec.inference.autoscaling
+    if scaling is None:
+        return {}
+    return {"H2OGPT_HOLD_SECONDS": str(scaling.hold_seconds), "H2OGPT_MAX_HELD": str(scaling.max_held)}
+
+
+def inference_replicas(spec: H2oGPTDeploymentSpec, decided: int | None = None) -> int:
+    """The inference Deployment's replicas: 0 when suspended; `replicas` without autoscaling; with it,
+    the autoscaler's last decision (`status.autoscaling.desiredReplicas`, passed as `decided`), or
+    `replicas` before its first, always within minReplicas .. maxReplicas. The reconciler is the only
+    writer of the count, so the autoscaler and the reconcile never fight over it."""
+    if spec.suspend:
+        return 0
+    scaling = spec.inference.autoscaling
+    if scaling is None:
+        return spec.inference.replicas
+    wanted = spec.inference.replicas if decided is None else decided
+    return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
 
 
 def build_config_map(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest:
@@ -521,7 +544,7 @@ def _llamacpp_pod_spec(spec: H2oGPTDeploymentSpec, config: OperatorConfig) -> Ma
 
 
 def build_inference_deployment(
-    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig
+    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, decided_replicas: int | None = None
 ) -> Manifest | None:
     if not _runs_inference(spec):
         return None
@@ -548,7 +571,7 @@ def build_inference_deployment(
         "kind": "Deployment",
         "metadata": _metadata(stack, naming.INFERENCE),
         "spec": {
-            "replicas": 0 if spec.suspend else inference.replicas,
+            "replicas": inference_replicas(spec, decided_replicas),
             "strategy": strategy,
             "selector": {"matchLabels": naming.selector_labels(stack.name, naming.INFERENCE)},
             "template": {
@@ -946,18 +969,23 @@ def build_network_policies(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Man
 
 
 def build_children(
-    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, auth_digest: str
+    stack: Stack,
+    spec: H2oGPTDeploymentSpec,
+    config: OperatorConfig,
+    auth_digest: str,
+    decided_replicas: int | None = None,
 ) -> list[Manifest]:
     """Every child the reconciler server-side applies, in apply order (config before its consumers).
 
     `auth_digest` is a hash of the generated `<cr>-auth` Secret's data (empty when none): a new key
     must roll the pods that read it. The Secret itself is created once, elsewhere.
+    `decided_replicas`: the autoscaler's last decision (`inference_replicas`).
     """
     candidates: list[Manifest | None] = [
         build_config_map(stack, spec),
         build_model_cache_pvc(stack, spec),
         build_inference_service(stack, spec),
-        build_inference_deployment(stack, spec, config),
+        build_inference_deployment(stack, spec, config, decided_replicas),
         *build_weaviate_services(stack, spec),
         build_weaviate_statefulset(stack, spec, config, auth_digest),
         build_api_service(stack, spec, naming.OPENAI),

@@ -24,6 +24,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from h2ogpt_operator import metrics
+from h2ogpt_operator.autoscaler import Autoscaler
 from h2ogpt_operator.config import PROJECT_VERSION, OperatorConfig
 from h2ogpt_operator.crd import apply_own_crd
 from h2ogpt_operator.handlers import HandlerContext, SecretWaiters, build_registry
@@ -85,10 +86,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="do not server-side apply this release's H2oGPTDeployment CRD at start (you manage it)",
     )
+    parser.add_argument(
+        "--autoscale-interval-seconds",
+        type=float,
+        default=15.0,
+        help="how often stacks with spec.inference.autoscaling have their API pods' metrics read",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.workers < 1 or args.resync_seconds <= 0 or args.retry_seconds <= 0 or args.lease_seconds < 3:
         parser.error("--workers must be >= 1, --resync/--retry-seconds > 0, --lease-seconds >= 3")
+    if args.autoscale_interval_seconds <= 0:
+        parser.error("--autoscale-interval-seconds must be > 0")
     return args
 
 
@@ -151,10 +160,14 @@ async def run(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         renew_seconds=args.lease_seconds / 3,
     )
+    autoscaler = Autoscaler(kube, cache)
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(elector.run(on_lost=stop.set), name="leader-election"),
         asyncio.create_task(queue.run(elector.is_leader), name="work-queue"),
+        asyncio.create_task(
+            autoscaler.run(args.autoscale_interval_seconds, elector.is_leader, queue.add), name="autoscaler"
+        ),
     ]
     try:
         await kopf.operator(

@@ -123,6 +123,23 @@ class Kube:
                 return str(value) if str(value).lower().startswith("bearer ") else f"Bearer {value}"
         return None
 
+    def pod_proxy_text(self, namespace: str, pod: str, port: int, path: str, timeout: float = 5.0) -> str:
+        """GET `path` on a pod's port through the apiserver's pod proxy (the operator needs no route
+        to the pod network, in a cluster or outside one); the answer as text."""
+        url = f"{self.api.configuration.host}/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path}"
+        headers = {"Accept": "text/plain"}
+        token = self._authorization()
+        if token:
+            headers["Authorization"] = token
+        self._count_read("get", "pods/proxy")
+        response = self.api.rest_client.pool_manager.request(
+            "GET", url, headers=headers, timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False
+        )
+        text = response.data.decode(errors="replace") if response.data else ""
+        if response.status >= 400:
+            raise KubeError(response.status, response.reason or "", text[:512])
+        return text
+
     def _call(
         self,
         method: str,

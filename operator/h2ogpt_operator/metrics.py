@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("h2ogpt_operator_reconciles_total", "Reconciles of H2oGPTDeployments.", ["result"])
@@ -37,6 +39,26 @@ WORKQUEUE_QUEUE_DURATION = Histogram(
     "Time a stack waited in the work queue before a worker took it.",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+AUTOSCALER_DESIRED = Gauge(
+    "h2ogpt_operator_autoscaler_desired_replicas",
+    "Inference replicas the autoscaler last decided on (stacks with spec.inference.autoscaling).",
+    ["namespace", "name"],
+)
+AUTOSCALER_CURRENT = Gauge(
+    "h2ogpt_operator_autoscaler_current_replicas",
+    "Inference replicas the Deployment had when the autoscaler last looked.",
+    ["namespace", "name"],
+)
+
+
+def publish_autoscaling(namespace: str, name: str, replicas: tuple[int, int] | None) -> None:
+    """One autoscaled stack's (desired, current); None (not autoscaled any more, or gone) removes them."""
+    for gauge, value in zip((AUTOSCALER_DESIRED, AUTOSCALER_CURRENT), replicas or (None, None), strict=True):
+        if value is None:
+            with contextlib.suppress(KeyError):  # never published
+                gauge.remove(namespace, name)
+        else:
+            gauge.labels(namespace=namespace, name=name).set(value)
 
 
 def count_write(verb: str, kind: str) -> None:

@@ -124,6 +124,55 @@ class ExternalInferenceSpec(CrdModel):
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Key default OPENAI_API_KEY.")
 
 
+class AutoscalingSpec(CrdModel):
+    """The operator sets the inference replicas from the API pods' load (docs/operator.md, "Autoscaling")."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    "message": "inference.autoscaling.minReplicas must not be above maxReplicas",
+                }
+            ]
+        }
+    )
+
+    min_replicas: int = Field(
+        default=1, ge=0, le=64, description="Fewest inference replicas; 0 = scale to zero when idle."
+    )
+    max_replicas: int = Field(ge=1, le=64, description="Most inference replicas.")
+    target_in_flight: int = Field(
+        default=8, ge=1, le=10_000,
+        description="Generation requests in flight per replica (running, waiting or held in the API pods) "
+        "the autoscaler aims at.",
+    )
+    target_queue_size: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="Requests waiting inside the engine per replica (TGI tgi_queue_size, vLLM "
+        "vllm:num_requests_waiting) above which it adds a replica; tgi and vllm only.",
+    )
+    scale_down_delay_seconds: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Load must stay low this long, and no stream be in flight, before a replica is removed.",
+    )
+    hold_seconds: int = Field(
+        default=300, ge=1, le=3600,
+        description="How long the API pods hold a request while no inference replica is ready "
+        "(then 503 with Retry-After); H2OGPT_HOLD_SECONDS.",
+    )
+    max_held: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Requests the API pods hold at most, each; one more gets 503 at once (H2OGPT_MAX_HELD).",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("inference.autoscaling.minReplicas must not be above maxReplicas")
+        return self
+
+
 class InferenceSpec(CrdModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -140,6 +189,19 @@ class InferenceSpec(CrdModel):
                         "|| !has(self.gpus) || self.gpus > 0"
                     ),
                     "message": "inference.gpus must be at least 1 when inference.engine is tgi or vllm",
+                },
+                {
+                    "rule": "!has(self.autoscaling) || !has(self.engine) || self.engine != 'external'",
+                    "message": "inference.autoscaling needs an engine the operator runs "
+                    "(tgi, vllm, llamacpp)",
+                },
+                {
+                    "rule": (
+                        "!has(self.autoscaling) || !has(self.autoscaling.targetQueueSize) "
+                        "|| !has(self.engine) || self.engine in ['tgi', 'vllm']"
+                    ),
+                    "message": "inference.autoscaling.targetQueueSize needs an engine that exports its queue "
+                    "(tgi, vllm)",
                 },
             ]
         }
@@ -166,6 +228,11 @@ class InferenceSpec(CrdModel):
         default=None, description="Settings of the llamacpp engine (defaults apply when absent)."
     )
     external: ExternalInferenceSpec | None = None
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="Set the replicas from the load instead of `replicas` (which is then only the count "
+        "at creation, kept within min and max).",
+    )
 
     @model_validator(mode="after")
     def _engine_needs(self) -> InferenceSpec:
@@ -173,6 +240,16 @@ class InferenceSpec(CrdModel):
             raise ValueError("inference.external.url is required when inference.engine is external")
         if self.engine in GPU_ENGINES and self.gpus < 1:
             raise ValueError("inference.gpus must be at least 1 when inference.engine is tgi or vllm")
+        if self.autoscaling is not None and self.engine not in IN_CLUSTER_ENGINES:
+            raise ValueError("inference.autoscaling needs an engine the operator runs (tgi, vllm, llamacpp)")
+        if (
+            self.autoscaling is not None
+            and self.autoscaling.target_queue_size is not None
+            and self.engine not in GPU_ENGINES
+        ):
+            raise ValueError(
+                "inference.autoscaling.targetQueueSize needs an engine that exports its queue (tgi, vllm)"
+            )
         return self
 
 
@@ -401,9 +478,19 @@ class Endpoints(CrdModel):
     gradio: str | None = None
 
 
+class AutoscalingStatus(CrdModel):
+    """The autoscaler's last decision (written only when it changes)."""
+
+    desired_replicas: int
+    current_replicas: int
+    reason: str
+    last_scale_time: str | None = None
+
+
 class H2oGPTDeploymentStatus(CrdModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     endpoints: Endpoints | None = None
+    autoscaling: AutoscalingStatus | None = None

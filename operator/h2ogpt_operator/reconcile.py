@@ -152,7 +152,8 @@ class Reconciler:
         outcome.missing_secrets = [secret_name for _, secret_name in missing]
         monitor_crd = spec.monitoring.service_monitor.enabled and self.service_monitors_served()
 
-        desired = builders.build_children(stack, spec, self.config, auth_digest)
+        decided = autoscaled_replicas(body)
+        desired = builders.build_children(stack, spec, self.config, auth_digest, decided)
         if not monitor_crd:
             desired = [child for child in desired if child["kind"] != "ServiceMonitor"]
         for child in desired:
@@ -203,6 +204,7 @@ class Reconciler:
             missing_secrets=missing,
             service_monitor_crd=monitor_crd or not spec.monitoring.service_monitor.enabled,
             apply_errors=apply_errors,
+            inference_replicas=builders.inference_replicas(spec, decided),
         )
         new_status = status.compute_status(stack, spec, observed, body.get("status"), self.now())
         self._write_status(body, new_status, outcome)
@@ -313,6 +315,12 @@ class Reconciler:
             "endpoints": {},
         }
         self._write_status(body, new_status, outcome)
+
+
+def autoscaled_replicas(body: Manifest) -> int | None:
+    """The autoscaler's last decision, recorded in the CR's status (None before its first)."""
+    decided = ((body.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas")
+    return decided if isinstance(decided, int) else None
 
 
 def decode_secret_value(secret: Mapping[str, Any], key: str) -> str:

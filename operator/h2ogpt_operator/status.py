@@ -45,6 +45,7 @@ class Observed:
     missing_secrets: Sequence[tuple[str, str]] = ()  # (spec path, Secret name)
     service_monitor_crd: bool = True
     apply_errors: Mapping[str, str] = field(default_factory=dict)  # component -> apiserver's refusal
+    inference_replicas: int | None = None  # what the reconciler applied (autoscaled); None = spec's
 
 
 # --- one component ---------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def inference_verdict(stack: Stack, spec: H2oGPTDeploymentSpec, observed: Observ
     return _workload_verdict(
         "Deployment",
         observed.workloads.get(naming.INFERENCE),
-        spec.inference.replicas,
+        spec.inference.replicas if observed.inference_replicas is None else observed.inference_replicas,
         _component_pods(observed.pods, naming.INFERENCE),
         builders.inference_request_summary(spec),
     )

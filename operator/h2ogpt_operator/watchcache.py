@@ -177,6 +177,10 @@ class WatchCache:
         index = self.indexers.indices[index_id]
         return list(index[key]) if key in index else []
 
+    def stack_keys(self) -> list[StackKey]:
+        """Every stack the watch has seen (and not seen deleted)."""
+        return list(self.indexers.indices[STACKS_INDEX].keys())
+
     def view(self, namespace: str, name: str) -> StackView:
         stack = (namespace, name)
         found = self._store(STACKS_INDEX, stack)

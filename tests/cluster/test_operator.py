@@ -116,6 +116,27 @@ def pods_by_component(cluster: Cluster, namespace: str, name: str) -> dict[str, 
             "retrieval.embedding.server is required",
         ),
         ({"inference": {}}, "spec.model: Required value"),
+        (
+            {"model": {"name": "m"}, "inference": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}},
+            "inference.autoscaling.minReplicas must not be above maxReplicas",
+        ),
+        (
+            {
+                "model": {"name": "m"},
+                "inference": {"engine": "external", "external": {"url": "http://x"},
+                              "autoscaling": {"maxReplicas": 2}},
+            },
+            "inference.autoscaling needs an engine the operator runs",
+        ),
+        (
+            {"model": {"name": "m"},
+             "inference": {"engine": "llamacpp", "autoscaling": {"maxReplicas": 2, "targetQueueSize": 4}}},
+            "targetQueueSize needs an engine that exports its queue",
+        ),
+        (
+            {"model": {"name": "m"}, "inference": {"autoscaling": {"minReplicas": 0}}},
+            "maxReplicas: Required value",
+        ),
     ],
 )
 def test_invalid_crs_are_refused_by_kubectl_apply(

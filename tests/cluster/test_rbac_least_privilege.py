@@ -148,6 +148,7 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
     watched = [namespace] if mode == "watch-namespaces" else []
     release = NAMESPACED_RELEASE if watched else ALL_NAMESPACES_RELEASE
     args = [arg for watched_namespace in watched for arg in ("--namespace", watched_namespace)]
+    args += ["--autoscale-interval-seconds", "1"]
     operator = OperatorProcess(cluster, tmp_path_factory.mktemp("rbac"), f"h2ogpt-rbac-{tag}", *args)
     operator.start()
 
@@ -162,8 +163,16 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
         wait_ready(cluster, namespace, "least", timeout=90)
         assert get_json(cluster, "servicemonitor", "least-metrics", "-n", namespace) is not None
         # 2. Weaviate on: its key is added to the existing Secret (a patch, never a new Secret).
-        apply(stack(monitoring=monitored))
+        # Autoscaling on: the operator reads the API pods' metrics through the pod proxy (kwok pods
+        # answer nothing, so the decision records that and keeps the count).
+        apply(stack(monitoring=monitored, inference={"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}))
         wait_ready(cluster, namespace, "least", timeout=90)
+
+        def autoscaled() -> bool:
+            found = get_json(cluster, "h2ogpt", "least", "-n", namespace) or {}
+            return "autoscaling" in (found.get("status") or {})
+
+        wait_for(autoscaled, 60, "the autoscaler's first decision in status.autoscaling")
         # 3. Components off: their children are pruned (deleted) one kind each.
         apply(
             stack(

@@ -73,6 +73,7 @@ OPERATOR_NAMESPACED_RULES = (
     | expand(("",), ("secrets",), "get list watch create patch")
     | expand(("",), ("services",), f"{CHILD} delete")
     | expand(("",), ("pods",), "list watch")
+    | expand(("",), ("pods/proxy",), "get")
     | expand(("",), ("events",), "create")
     | expand(("apps",), ("deployments", "statefulsets"), f"{CHILD} delete")
     | expand(("networking.k8s.io",), ("networkpolicies",), f"{CHILD} delete")

@@ -13,6 +13,22 @@ __all__ = ["Backend", "BackendError", "create_backend"]
 
 
 def create_backend(settings: Settings) -> Backend:
+    """The backend `--inference_server` names, holding requests while it has no ready replica when
+    `--hold_seconds` is set (the embedded model is always there: never held)."""
+    backend = _server_backend(settings)
+    if settings.hold_seconds > 0 and settings.inference_server:
+        from h2ogpt_api.backends.holding import HoldingBackend  # noqa: PLC0415
+
+        return HoldingBackend(
+            backend,
+            hold_seconds=settings.hold_seconds,
+            max_held=settings.max_held,
+            keepalive_seconds=settings.keepalive_seconds,
+        )
+    return backend
+
+
+def _server_backend(settings: Settings) -> Backend:
     """The backend `--inference_server` names. Heavy imports happen only for the one chosen."""
     server = settings.inference_server
     timeout = settings.backend_timeout

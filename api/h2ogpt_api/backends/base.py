@@ -139,7 +139,15 @@ class StreamEnd:
     finish_reason: FinishReason
 
 
-BackendEvent = TokenDelta | ToolCallDelta | StreamEnd
+@dataclass(frozen=True)
+class Held:
+    """No inference replica is ready: the request has been held `seconds` so far (backends/holding.py
+    sends one every --keepalive_seconds; the OpenAI door writes it as an SSE comment)."""
+
+    seconds: float
+
+
+BackendEvent = TokenDelta | ToolCallDelta | StreamEnd | Held
 
 
 class Backend(Protocol):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
 
-from h2ogpt_api.backends.base import TokenLogprob, ToolCallDelta
+from h2ogpt_api.backends.base import Held, TokenLogprob, ToolCallDelta
 from h2ogpt_api.core import Completed, GenerationEvent, GenerationResult, Progress, TextDelta
 from h2ogpt_api.errors import ApiError, as_api_error
 
@@ -35,6 +35,11 @@ DONE = b"data: [DONE]\n\n"
 def progress_comment(progress: Progress) -> bytes:
     """An SSE comment line: clients skip it; proxies with idle timeouts see bytes moving."""
     return f": {progress.action} part {progress.done} of {progress.total}\n\n".encode()
+
+
+def held_comment(held: Held) -> bytes:
+    """While no inference replica is ready (scale from zero): clients skip it, proxies see bytes."""
+    return f": waiting for an inference replica ({held.seconds:.0f} s)\n\n".encode()
 
 
 LogprobsShape = Callable[[tuple[TokenLogprob, ...], int], dict[str, Any]]
@@ -270,6 +275,8 @@ async def relay(
                     yield writer.tool_call(event)
                 elif isinstance(event, Progress):
                     yield progress_comment(event)
+                elif isinstance(event, Held):
+                    yield held_comment(event)
                 elif isinstance(event, Completed):
                     yield event.result
                     return

@@ -121,6 +121,10 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# The autoscaler reads the API pods' /metrics through the apiserver (stacks with autoscaling only).
+- apiGroups: [""]
+  resources: ["pods/proxy"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

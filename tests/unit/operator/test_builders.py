@@ -316,3 +316,48 @@ def test_service_monitor_selects_metrics_services() -> None:
     assert metrics_port in services[0]["spec"]["ports"]
     assert naming.WEAVIATE in monitor["spec"]["selector"]["matchExpressions"][0]["values"]
     assert builders.build_service_monitor(STACK, spec_of()) is None
+
+
+# -- autoscaling ------------------------------------------------------------------------------------
+
+
+def _inference_replicas(spec: H2oGPTDeploymentSpec, decided: int | None = None) -> int:
+    children = builders.build_children(STACK, spec, CONFIG, auth_digest="", decided_replicas=decided)
+    deployment = next(
+        c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == "demo-inference"
+    )
+    return int(deployment["spec"]["replicas"])
+
+
+@pytest.mark.parametrize(
+    ("inference", "decided", "replicas"),
+    [
+        ({"replicas": 3}, 7, 3),  # no autoscaling: the spec's count, a stray decision ignored
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, None, 1),  # before a decision
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, 0, 0),  # scaled to zero
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, 3, 3),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, 9, 4),  # max lowered since
+        ({"replicas": 1, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}, None, 2),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}, 1, 2),  # min raised since
+    ],
+)
+def test_inference_replicas_follow_the_autoscaler_within_bounds(
+    inference: dict[str, Any], decided: int | None, replicas: int
+) -> None:
+    assert _inference_replicas(spec_of(inference=inference), decided) == replicas
+
+
+def test_suspend_wins_over_the_autoscaler() -> None:
+    spec = spec_of(inference={"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}, suspend=True)
+    assert _inference_replicas(spec, 3) == 0
+
+
+def test_autoscaled_stacks_hold_requests_in_the_api_pods() -> None:
+    spec = spec_of(inference={"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "holdSeconds": 120,
+                                              "maxHeld": 64}})
+    data = builders.build_settings(STACK, spec)
+    assert data["H2OGPT_HOLD_SECONDS"] == "120"
+    assert data["H2OGPT_MAX_HELD"] == "64"
+    settings = parse_settings([], data)  # what the api pod reads from the ConfigMap
+    assert (settings.hold_seconds, settings.max_held) == (120.0, 64)
+    assert "H2OGPT_HOLD_SECONDS" not in builders.build_settings(STACK, spec_of())

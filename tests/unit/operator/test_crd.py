@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from h2ogpt_operator.crd import build_crd, render_crd_yaml
-from h2ogpt_operator.models import EmbeddingSpec, H2oGPTDeploymentSpec, InferenceSpec
+from h2ogpt_operator.models import AutoscalingSpec, EmbeddingSpec, H2oGPTDeploymentSpec, InferenceSpec
 from pydantic import ValidationError
 
 from tests.unit.operator.samples import REPO, SAMPLES, load_sample
@@ -61,7 +61,7 @@ def test_crd_names_columns_and_status() -> None:
     ]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status["x-kubernetes-preserve-unknown-fields"] is True
-    assert set(status["properties"]) == {"observedGeneration", "conditions", "endpoints"}
+    assert set(status["properties"]) == {"observedGeneration", "conditions", "endpoints", "autoscaling"}
 
 
 def test_cel_rules_cover_dependent_fields() -> None:
@@ -87,7 +87,8 @@ def test_cel_rules_cover_dependent_fields() -> None:
 def cel_holds(rule: str, obj: dict[str, Any]) -> bool:
     """One of our CEL rules on an object, for rules that use only has(), field access, `in` a list
     literal, comparisons, !, && and ||: those read the same as Python once spelled as Python."""
-    expr = re.sub(r"has\(self\.(\w+)\)", r"('\1' in obj)", rule)
+    expr = re.sub(r"has\(self\.(\w+)\.(\w+)\)", r"('\2' in obj['\1'])", rule)
+    expr = re.sub(r"has\(self\.(\w+)\)", r"('\1' in obj)", expr)
     expr = re.sub(r"self\.(\w+)", r"obj['\1']", expr)
     expr = re.sub(r"!(?!=)", " not ", expr.replace("&&", " and ").replace("||", " or "))
     return bool(eval(expr, {}, {"obj": obj}))  # noqa: S307 - our own rule strings
@@ -104,6 +105,11 @@ def _rules(section: type[Any]) -> list[str]:
         {}, {"gpus": 0}, {"engine": "tgi", "gpus": 0}, {"engine": "vllm", "gpus": 0}, {"engine": "vllm"},
         {"engine": "llamacpp", "gpus": 0}, {"engine": "llamacpp"}, {"engine": "llamacpp", "gpus": 2},
         {"engine": "external", "gpus": 0}, {"engine": "external", "external": {"url": "http://x"}},
+        {"autoscaling": {"maxReplicas": 2}}, {"engine": "llamacpp", "autoscaling": {"maxReplicas": 2}},
+        {"engine": "external", "external": {"url": "http://x"}, "autoscaling": {"maxReplicas": 2}},
+        {"autoscaling": {"maxReplicas": 2, "targetQueueSize": 4}},
+        {"engine": "vllm", "autoscaling": {"maxReplicas": 2, "targetQueueSize": 4}},
+        {"engine": "llamacpp", "autoscaling": {"maxReplicas": 2, "targetQueueSize": 4}},
     ],
 )  # fmt: skip
 def test_cel_rules_decide_like_the_models(inference: dict[str, Any]) -> None:
@@ -115,6 +121,40 @@ def test_cel_rules_decide_like_the_models(inference: dict[str, Any]) -> None:
     except ValidationError:
         by_model = False
     assert by_cel == by_model
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "accepted"),
+    [
+        ({"maxReplicas": 1}, True),
+        ({"minReplicas": 0, "maxReplicas": 4}, True),
+        ({"minReplicas": 4, "maxReplicas": 4}, True),
+        ({"minReplicas": 5, "maxReplicas": 4}, False),
+        ({"minReplicas": 2, "maxReplicas": 1}, False),
+    ],
+)
+def test_autoscaling_range_rule_decides_like_the_model(autoscaling: dict[str, Any], accepted: bool) -> None:
+    assert all(cel_holds(rule, autoscaling) for rule in _rules(AutoscalingSpec)) is accepted
+    try:
+        AutoscalingSpec.model_validate(autoscaling)
+        by_model = True
+    except ValidationError:
+        by_model = False
+    assert by_model is accepted
+
+
+def test_autoscaling_schema_bounds() -> None:
+    """The apiserver refuses what the fields' bounds refuse: no negative floor, a ceiling required."""
+    autoscaling = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["inference"]["properties"]["autoscaling"]
+    assert autoscaling["required"] == ["maxReplicas"]
+    fields = autoscaling["properties"]
+    assert fields["minReplicas"]["minimum"] == 0
+    assert fields["maxReplicas"]["minimum"] == 1
+    assert fields["targetInFlight"]["minimum"] == 1
+    assert fields["scaleDownDelaySeconds"]["minimum"] == 0
+    assert "default" not in fields["targetQueueSize"]
 
 
 @pytest.mark.parametrize(
@@ -166,6 +206,29 @@ def test_samples_parse(sample: str) -> None:
         ),
         ({"model": {"name": "m"}, "openai": {"replicas": -1}}, "greater than or equal to 0"),
         ({"inference": {}}, "Field required"),
+        (
+            {"model": {"name": "m"}, "inference": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}},
+            "minReplicas must not be above maxReplicas",
+        ),
+        ({"model": {"name": "m"}, "inference": {"autoscaling": {"minReplicas": 0}}}, "Field required"),
+        (
+            {
+                "model": {"name": "m"},
+                "inference": {
+                    "engine": "external",
+                    "external": {"url": "http://x"},
+                    "autoscaling": {"maxReplicas": 2},
+                },
+            },
+            "autoscaling needs an engine the operator runs",
+        ),
+        (
+            {
+                "model": {"name": "m"},
+                "inference": {"engine": "llamacpp", "autoscaling": {"maxReplicas": 2, "targetQueueSize": 2}},
+            },
+            "targetQueueSize needs an engine that exports its queue",
+        ),
     ],
 )
 def test_invalid_specs_are_refused(spec: dict[str, Any], message: str) -> None:

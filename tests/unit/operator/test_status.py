@@ -153,3 +153,15 @@ def test_missing_workload_and_service_monitor_crd() -> None:
     found = conditions(status)
     assert found["RetrievalReady"]["reason"] == "NotCreated"
     assert found["MonitoringReady"]["reason"] == "ServiceMonitorCRDMissing"
+
+
+def test_an_autoscaled_stack_is_judged_by_the_replicas_applied() -> None:
+    """Scaled to zero by the autoscaler, a stack is Ready (requests are held); scaled up, it waits
+    for the new count, not the spec's `replicas`."""
+    spec = spec_of(inference={"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}})
+    at_zero = compute_status(STACK, spec, Observed(1, all_workloads(0), inference_replicas=0), None, T0)
+    assert conditions(at_zero)["InferenceReady"]["reason"] == "ScaledToZero"
+    assert is_ready(at_zero)
+    growing = compute_status(STACK, spec, Observed(1, all_workloads(1), inference_replicas=3), None, T0)
+    assert conditions(growing)["InferenceReady"]["reason"] == "Progressing"
+    assert "1/3 replicas ready" in conditions(growing)["InferenceReady"]["message"]

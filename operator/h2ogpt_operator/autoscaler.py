@@ -1,0 +1,218 @@
+"""The autoscaler's timer work for one stack: read the load, decide, record the decision.
+
+Every `--autoscale-interval-seconds`, for each stack with `spec.inference.autoscaling`, the
+operator reads each serving API pod's /metrics through the apiserver's pod proxy
+(`/api/v1/namespaces/N/pods/P:port/proxy/metrics`: no route to the pod network needed, no
+metrics adapter), and, with `targetQueueSize`, the inference pods' own queue gauge. The pure
+`autoscale.decide` turns that into a replica count and a reason. A new decision is written to
+`status.autoscaling` (and posted as an Event when the count changes); the stack is then
+reconciled, and the reconciler applies the count to the inference Deployment
+(`builders.inference_replicas`): one writer of the replicas, so nothing fights over them.
+A decision that changes nothing writes nothing, so an idle stack costs reads only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import urllib3
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
+
+from h2ogpt_operator import builders, metrics, naming
+from h2ogpt_operator.autoscale import Load, Memory, PodLoad, decide
+from h2ogpt_operator.kube import Kube, KubeError
+from h2ogpt_operator.models import GROUP, KIND, VERSION, H2oGPTDeploymentSpec
+from h2ogpt_operator.watchcache import StackView, WatchCache, resource_version
+
+log = logging.getLogger(__name__)
+Manifest = dict[str, Any]
+Key = tuple[str, str]
+# (namespace, pod, port, path) -> the page's text; the apiserver's pod proxy unless a test says otherwise.
+MetricsReader = Callable[[str, str, int, str], str]
+
+API_PORTS = {naming.OPENAI: naming.OPENAI_PORT, naming.GRADIO: naming.GRADIO_PORT}
+# The API's figures: generations admitted or waiting for a slot (held ones are among them), and held.
+IN_FLIGHT_SERIES = ("h2ogpt_api_generations_running", "h2ogpt_api_requests_waiting")
+HELD_SERIES = "h2ogpt_api_held_requests"
+ENGINE_QUEUE_SERIES = {"tgi": "tgi_queue_size", "vllm": "vllm:num_requests_waiting"}
+
+
+def _samples(text: str) -> Iterable[tuple[str, float]]:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, float(sample.value)
+
+
+def api_pod_load(text: str) -> PodLoad:
+    """One API pod's figures from its /metrics page; ValueError when the page is not h2ogpt-api's."""
+    in_flight = held = 0.0
+    seen = False
+    for name, value in _samples(text):
+        if name in IN_FLIGHT_SERIES:
+            in_flight += value
+            seen = True
+        elif name == HELD_SERIES:
+            held += value
+    if not seen:
+        raise ValueError(f"no {' / '.join(IN_FLIGHT_SERIES)} on the page: not an h2ogpt-api /metrics")
+    return PodLoad(in_flight=in_flight, held=held)
+
+
+def engine_queue(text: str, engine: str) -> float:
+    """Requests waiting inside one engine pod (TGI's tgi_queue_size, vLLM's vllm:num_requests_waiting)."""
+    series = ENGINE_QUEUE_SERIES[engine]
+    values = [value for name, value in _samples(text) if name == series]
+    if not values:
+        raise ValueError(f"no {series} on the engine's /metrics")
+    return sum(values)
+
+
+def serving_pods(pods: Sequence[Manifest], component: str) -> list[Manifest]:
+    """The component's pods that are Ready and not going away: those the Service sends requests to."""
+    serving = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get("app.kubernetes.io/component") != component:
+            continue
+        if meta.get("deletionTimestamp"):
+            continue
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            serving.append(pod)
+    return serving
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def autoscaling_status(
+    previous: Mapping[str, Any], desired: int, current: int, reason: str, now: float
+) -> dict[str, Any] | None:
+    """The new `status.autoscaling`, or None when the last one recorded already says this."""
+    if previous.get("desiredReplicas") == desired and previous.get("currentReplicas") == current:
+        return None
+    return {
+        "desiredReplicas": desired,
+        "currentReplicas": current,
+        "reason": reason,
+        "lastScaleTime": rfc3339(now) if desired != current else previous.get("lastScaleTime"),
+    }
+
+
+def applied_yet(spec: H2oGPTDeploymentSpec, previous: Mapping[str, Any], current: int) -> bool | None:
+    """Whether the last recorded decision is on the Deployment (None: no decision yet). Deciding again
+    before it is would judge the old count and could undo the decision."""
+    decided = previous.get("desiredReplicas")
+    if not isinstance(decided, int):
+        return None
+    return builders.inference_replicas(spec, decided) == current
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        kube: Kube,
+        cache: WatchCache,
+        read: MetricsReader | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.read: MetricsReader = read or kube.pod_proxy_text
+        self.clock = clock
+        self.memory: dict[Key, Memory] = {}
+
+    def _read_all(self, namespace: str, pods: Sequence[Manifest], port: Callable[[Manifest], int],
+                  parse: Callable[[str], Any]) -> tuple[list[Any], int]:
+        found, unreadable = [], 0
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            try:
+                found.append(parse(self.read(namespace, pod_name, port(pod), "metrics")))
+            except (KubeError, ValueError, OSError, urllib3.exceptions.HTTPError) as exc:
+                unreadable += 1
+                log.info("autoscaler: cannot read %s/%s metrics: %s", namespace, pod_name, exc)
+        return found, unreadable
+
+    def load(self, namespace: str, pods: Sequence[Manifest], spec: H2oGPTDeploymentSpec) -> Load:
+        api_pods = [pod for component in API_PORTS for pod in serving_pods(pods, component)]
+        loads, unreadable = self._read_all(
+            namespace,
+            api_pods,
+            lambda pod: API_PORTS[pod["metadata"]["labels"]["app.kubernetes.io/component"]],
+            api_pod_load,
+        )
+        queue: float | None = None
+        scaling = spec.inference.autoscaling
+        engine = spec.inference.engine
+        if scaling is not None and scaling.target_queue_size is not None and engine in ENGINE_QUEUE_SERIES:
+            queues, missed = self._read_all(
+                namespace,
+                serving_pods(pods, naming.INFERENCE),
+                lambda _pod: naming.INFERENCE_PORTS[engine],
+                lambda text: engine_queue(text, engine),
+            )
+            queue = None if missed else sum(queues)
+        return Load(api_pods=loads, unreadable=unreadable, engine_queue=queue)
+
+    async def run(self, interval: float, leading: asyncio.Event, reconcile: Callable[[Key], None]) -> None:
+        """Look at every autoscaled stack each `interval`, while leading; a new decision is reconciled."""
+        while True:
+            await asyncio.sleep(interval)
+            if not leading.is_set():
+                continue
+            for key in self.cache.stack_keys():
+                view = self.cache.view(*key)  # copied on the event loop, where kopf writes the indexes
+                try:
+                    if await asyncio.to_thread(self.step, view, *key):
+                        reconcile(key)
+                except Exception:  # one stack's failure must not stop the others' scaling
+                    log.exception("autoscaler: %s/%s failed", *key)
+
+    def step(self, view: StackView, namespace: str, name: str) -> bool:
+        """One look at one stack; True when a new decision was recorded (the stack needs a reconcile)."""
+        key = (namespace, name)
+        body = view.body
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.memory.pop(key, None)
+            metrics.publish_autoscaling(namespace, name, None)
+            return False
+        try:
+            spec = H2oGPTDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return False  # the reconciler reports it
+        policy = spec.inference.autoscaling
+        deployment = view.children.get(("Deployment", naming.child_name(name, naming.INFERENCE)))
+        if policy is None or spec.suspend or deployment is None:
+            self.memory.pop(key, None)
+            metrics.publish_autoscaling(namespace, name, None)
+            return False
+        current = int((deployment.get("spec") or {}).get("replicas", 1))
+        previous = (body.get("status") or {}).get("autoscaling") or {}
+        if applied_yet(spec, previous, current) is False:
+            return True  # the last decision is not on the Deployment yet: reconcile, decide next time
+        now = self.clock()
+        decision = decide(policy, current, self.load(namespace, view.pods, spec),
+                          self.memory.get(key, Memory()), now)
+        self.memory[key] = decision.memory
+        metrics.publish_autoscaling(namespace, name, (decision.desired, current))
+        record = autoscaling_status(previous, decision.desired, current, decision.reason, now)
+        if record is None:
+            return False
+        written = self.kube.merge_patch(
+            f"{GROUP}/{VERSION}", KIND, namespace, name, {"status": {"autoscaling": record}},
+            subresource="status",
+        )
+        self.cache.wrote(key, KIND, name, resource_version(body), written)
+        if decision.desired != current:
+            reason = "ScaledUp" if decision.desired > current else "ScaledDown"
+            self.kube.post_event(body, reason, decision.reason)
+            log.info("autoscaler: %s/%s %s", namespace, name, decision.reason)
+        return True

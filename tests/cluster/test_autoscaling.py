@@ -1,0 +1,170 @@
+"""Autoscaling against the real control plane: a decision becomes status, an Event and the inference
+Deployment's replicas; scaled to zero the stack stays Ready; held requests bring a replica back.
+
+The kwok pods run no process, and the apiserver will not proxy to a loopback address, so no pod
+proxy can reach an API pod here (the least-privilege test shows the operator asking it anyway).
+The API pod's /metrics is therefore served by a real `h2ogpt-api` started here, holding real
+requests for a TGI address where nothing listens yet; the test runs the operator's `Autoscaler`
+with that page as the pod's (only the transport differs) while the operator process, its own
+autoscaler timer set out of the way, reconciles what the decisions record.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from h2ogpt_operator.autoscaler import Autoscaler
+from h2ogpt_operator.kube import Kube, load_api_client
+from h2ogpt_operator.watchcache import StackView, WatchCache
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cluster.operator_harness import OperatorProcess, get_json, install_crd, items, wait_for, wait_ready
+from tests.support.api_server import ApiServer, run_api_server
+from tests.support.cluster import Cluster
+from tests.support.tgi_fake import RunningFake, TgiFake, free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+NAME = "scaled"
+INSTANCE = "app.kubernetes.io/instance"
+
+
+@pytest.fixture
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install_crd(cluster)
+    process = OperatorProcess(
+        cluster, tmp_path_factory.mktemp("autoscaling"), f"h2ogpt-autoscaling-{uuid.uuid4().hex[:6]}",
+        "--autoscale-interval-seconds", "86400",  # this test takes the autoscaler's turns itself
+    )  # fmt: skip
+    process.start()
+    wait_for(process.is_leader, 30, "the operator to take the Lease")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def view_of(cluster: Cluster, namespace: str) -> StackView:
+    """The stack as the operator's watches would show it."""
+    body = get_json(cluster, "h2ogpt", NAME, "-n", namespace)
+    deployment = get_json(cluster, "deployment", f"{NAME}-inference", "-n", namespace)
+    assert body is not None
+    assert deployment is not None
+    return StackView(
+        body={**body, "kind": "H2oGPTDeployment"},
+        children={("Deployment", f"{NAME}-inference"): deployment},
+        pods=items(cluster, "pods", namespace, f"{INSTANCE}={NAME}"),
+    )
+
+
+def replicas(cluster: Cluster, namespace: str) -> int:
+    deployment = get_json(cluster, "deployment", f"{NAME}-inference", "-n", namespace) or {}
+    return int(deployment.get("spec", {}).get("replicas", -1))
+
+
+def status_autoscaling(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    return dict(((get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}).get("status") or {}).get(
+        "autoscaling") or {})  # fmt: skip
+
+
+def event_reasons(cluster: Cluster, namespace: str) -> list[str]:
+    events = items(cluster, "events", namespace, "")
+    return [e["reason"] for e in events if e["involvedObject"]["name"] == NAME]
+
+
+def held(api: ApiServer) -> float:
+    text = httpx.get(api.base_url + "/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "h2ogpt_api_held_requests":
+                return float(sample.value)
+    return 0.0
+
+
+def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"name": "org/model"},
+            "inference": {
+                "engine": "llamacpp",
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "scaleDownDelaySeconds": 0,
+                                "holdSeconds": 120, "maxHeld": 32},
+            },
+            "retrieval": {"enabled": False},
+            "frontend": {"enabled": False},
+        },
+    }  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
+    wait_ready(cluster, namespace, NAME, timeout=90)
+    config = get_json(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}
+    assert config["data"]["H2OGPT_HOLD_SECONDS"] == "120"
+    assert replicas(cluster, namespace) == 1  # `replicas` (1) until the first decision
+
+    port = free_port()  # the inference Service's stand-in: nothing listens until the "replica" starts
+    api_args = ["--inference_server", f"http://127.0.0.1:{port}", "--base_model", "org/model",
+                "--langchain_modes", "['LLM']", "--hold_seconds", "120"]
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    kube = Kube(load_api_client())
+    with run_api_server(api_args) as api:
+        autoscaler = Autoscaler(
+            kube, WatchCache(), read=lambda _ns, _pod, _port, path: httpx.get(f"{api.base_url}/{path}").text
+        )
+        # 1. Idle, no delay: the one replica goes.
+        assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
+        record = status_autoscaling(cluster, namespace)
+        assert record["desiredReplicas"] == 0
+        assert record["currentReplicas"] == 1
+        assert record["reason"] == "scale in 1 -> 0: low for 0s and nothing in flight"
+        assert record["lastScaleTime"].endswith("Z")
+        wait_for(lambda: replicas(cluster, namespace) == 0, 30, "the operator to apply 0 replicas")
+        assert "ScaledDown" in event_reasons(cluster, namespace)
+        ready = wait_ready(cluster, namespace, NAME, timeout=30)
+        inference = next(c for c in ready["status"]["conditions"] if c["type"] == "InferenceReady")
+        assert inference["reason"] == "ScaledToZero"
+
+        # 2. Nothing changed: nothing is written.
+        before = get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}
+        assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True  # current 0 recorded
+        settled = get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}
+        assert settled["status"]["autoscaling"]["currentReplicas"] == 0
+        assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is False
+        after = get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}
+        assert after["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"]
+        assert before["metadata"]["resourceVersion"] != settled["metadata"]["resourceVersion"]
+
+        # 3. Requests arrive at zero replicas: held by the API, and a replica is asked for.
+        with OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0, timeout=120) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:  # fmt: skip
+
+            def ask(index: int) -> str:
+                answer = client.chat.completions.create(
+                    model="org/model", messages=[{"role": "user", "content": f"held {index}"}], max_tokens=4
+                )
+                return answer.choices[0].message.content or ""
+
+            answers = [pool.submit(ask, index) for index in range(3)]
+            wait_for(lambda: held(api) == 3, 30, "three held requests")
+            assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
+            record = status_autoscaling(cluster, namespace)
+            assert record["desiredReplicas"] == 1
+            assert record["reason"] == "scale up 0 -> 1: 3 in flight, target 8 per replica, 3 held"
+            wait_for(lambda: replicas(cluster, namespace) == 1, 30, "the operator to apply 1 replica")
+            assert "ScaledUp" in event_reasons(cluster, namespace)
+            # The replica "starts": the held requests are answered, none lost.
+            fake = RunningFake(TgiFake(), port=port).start()
+            try:
+                assert [f"held {i}" in f.result(timeout=60) for i, f in enumerate(answers)] == [True] * 3
+            finally:
+                fake.stop()

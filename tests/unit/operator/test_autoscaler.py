@@ -1,0 +1,111 @@
+"""The autoscaler's reading of metrics pages and pods, and what it records: pure parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from h2ogpt_operator.autoscale import PodLoad
+from h2ogpt_operator.autoscaler import (
+    api_pod_load,
+    applied_yet,
+    autoscaling_status,
+    engine_queue,
+    rfc3339,
+    serving_pods,
+)
+from h2ogpt_operator.models import H2oGPTDeploymentSpec
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+# What TGI's /metrics says about its queue (a Prometheus gauge, as TGI's router exports it).
+TGI_PAGE = """# TYPE tgi_queue_size gauge
+tgi_queue_size 7
+# TYPE tgi_batch_current_size gauge
+tgi_batch_current_size 4
+"""
+VLLM_PAGE = """# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 3.0
+"""
+
+
+def api_page(running: float, waiting: float, held: float | None) -> str:
+    """An /metrics page with the API's own series, written by prometheus_client as the API writes it."""
+    registry = CollectorRegistry()
+    Gauge("h2ogpt_api_generations_running", "Generations holding a slot", registry=registry).set(running)
+    Gauge("h2ogpt_api_requests_waiting", "Generations waiting for a slot", registry=registry).set(waiting)
+    if held is not None:
+        Gauge("h2ogpt_api_held_requests", "Requests held", registry=registry).set(held)
+    return generate_latest(registry).decode()
+
+
+def test_api_pod_load_adds_running_and_waiting_and_reads_held() -> None:
+    assert api_pod_load(api_page(5, 2, 3)) == PodLoad(in_flight=7, held=3)
+    assert api_pod_load(api_page(1, 0, None)) == PodLoad(in_flight=1, held=0)
+
+
+def test_a_page_without_the_api_series_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an h2ogpt-api /metrics"):
+        api_pod_load(TGI_PAGE)
+
+
+@pytest.mark.parametrize(("engine", "page", "queue"), [("tgi", TGI_PAGE, 7), ("vllm", VLLM_PAGE, 3)])
+def test_engine_queue_reads_the_engines_own_gauge(engine: str, page: str, queue: float) -> None:
+    assert engine_queue(page, engine) == queue
+
+
+def test_engine_queue_missing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no vllm:num_requests_waiting"):
+        engine_queue(TGI_PAGE, "vllm")
+
+
+def pod(name: str, component: str, ready: bool, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/component": component}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    return {"metadata": meta, "status": {"conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def test_serving_pods_are_ready_and_staying() -> None:
+    pods = [
+        pod("a", "openai", True),
+        pod("b", "openai", False),
+        pod("c", "openai", True, deleting=True),
+        pod("d", "gradio", True),
+        {"metadata": {"name": "e", "labels": {}}},
+    ]
+    assert [p["metadata"]["name"] for p in serving_pods(pods, "openai")] == ["a"]
+    assert [p["metadata"]["name"] for p in serving_pods(pods, "gradio")] == ["d"]
+
+
+def test_a_decision_already_recorded_writes_nothing() -> None:
+    previous = {"desiredReplicas": 2, "currentReplicas": 2, "reason": "steady at 2", "lastScaleTime": "t0"}
+    assert autoscaling_status(previous, 2, 2, "steady at 2: 5 in flight", 100.0) is None
+
+
+def test_a_scale_records_its_time_and_a_settled_count_keeps_it() -> None:
+    scaled = autoscaling_status({}, 1, 0, "scale up 0 -> 1", 1_796_000_000.0)
+    assert scaled == {
+        "desiredReplicas": 1,
+        "currentReplicas": 0,
+        "reason": "scale up 0 -> 1",
+        "lastScaleTime": rfc3339(1_796_000_000.0),
+    }
+    settled = autoscaling_status(scaled, 1, 1, "steady at 1", 1_796_000_015.0)
+    assert settled is not None
+    assert settled["currentReplicas"] == 1
+    assert settled["lastScaleTime"] == scaled["lastScaleTime"]
+
+
+def test_rfc3339_is_utc_seconds() -> None:
+    assert rfc3339(0) == "1970-01-01T00:00:00Z"
+
+
+def test_a_decision_not_yet_applied_is_waited_for() -> None:
+    spec = H2oGPTDeploymentSpec.model_validate(
+        {"model": {"name": "m"}, "inference": {"autoscaling": {"minReplicas": 0, "maxReplicas": 3}}}
+    )
+    assert applied_yet(spec, {}, 1) is None
+    assert applied_yet(spec, {"desiredReplicas": 1}, 0) is False  # scale-up recorded, not applied yet
+    assert applied_yet(spec, {"desiredReplicas": 1}, 1) is True
+    assert applied_yet(spec, {"desiredReplicas": 9}, 3) is True  # max lowered since: the clamp is applied
