@@ -9,12 +9,29 @@ from h2ogpt_api.backends.base import Backend, BackendError
 if TYPE_CHECKING:
     from h2ogpt_api.settings import Settings
 
-__all__ = ["Backend", "BackendError", "create_backend"]
+__all__ = ["Backend", "BackendError", "create_backend", "create_server_backend"]
 
 
 def create_backend(settings: Settings) -> Backend:
-    """The backend `--inference_server` names. Heavy imports happen only for the one chosen."""
-    server = settings.inference_server
+    """The backend `--inference_server` names: several comma-separated servers are replicas behind
+    one `RoutedBackend`. Heavy imports happen only for the kind chosen."""
+    servers = settings.inference_servers
+    if len(servers) > 1:
+        from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
+        from h2ogpt_api.routing import Router  # noqa: PLC0415
+
+        router = Router([], policy=settings.routing or "prefix", load_factor=settings.routing_load_factor)
+        return RoutedBackend(
+            servers,
+            lambda server: create_server_backend(server, settings),
+            router=router,
+            prefix_chars=settings.routing_prefix_chars,
+        )
+    return create_server_backend(servers[0] if servers else "", settings)
+
+
+def create_server_backend(server: str, settings: Settings) -> Backend:
+    """The backend for one `--inference_server` entry (one replica)."""
     timeout = settings.backend_timeout
     if server.startswith(("http://", "https://")):
         from h2ogpt_api.backends.tgi import TgiBackend  # noqa: PLC0415
