@@ -8,7 +8,6 @@ import math
 import pytest
 from h2ogpt_api.backends.routed import replica_name
 from h2ogpt_api.prompts import ChatMessage
-from h2ogpt_api.settings import SettingsError, parse_settings
 from h2ogpt_api.routing import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -16,6 +15,7 @@ from h2ogpt_api.routing import (
     affinity_key,
     prefix_key,
 )
+from h2ogpt_api.settings import SettingsError, parse_settings
 
 REPLICAS = [f"10.0.0.{index}:8080" for index in range(8)]
 
@@ -183,7 +183,9 @@ def test_replica_names_are_host_and_port_never_credentials(server: str, name: st
 
 
 def test_inference_server_takes_comma_separated_replicas_of_one_kind() -> None:
-    settings = parse_settings(["--inference_server", "http://a:80, http://b:80", "--routing", "round_robin"], {})
+    settings = parse_settings(
+        ["--inference_server", "http://a:80, http://b:80", "--routing", "round_robin"], {}
+    )
     assert settings.inference_servers == ["http://a:80", "http://b:80"]
     assert settings.routing == "round_robin"
     assert parse_settings([], {"H2OGPT_INFERENCE_SERVER": "vllm_chat:a:1,vllm:b:2"}).inference_servers == [
