@@ -15,11 +15,13 @@ Policies (`--routing`):
 - `round_robin`: each replica that is up in turn.
 
 The key (`affinity_key`): the `X-Session-ID` header when a client sends one; else a logged-in
-user's name; else the prompt's prefix (`prefix_key`): the first `--routing_prefix_chars`
-characters of the system prompt followed by the first user message. That is the part of the
-rendered prompt a KV cache shares: every later turn of a conversation repeats it, and a RAG
-question carries its document chunks there before the question. Characters, not tokens: the
-router runs before any tokenizer and characters are proportional enough to tokens for a cut.
+user's name; else the prompt's prefix (`prefix_key`): the system prompt and the first
+`--routing_prefix_chars` characters of the first user message. That is the start of the
+rendered prompt, the part a KV cache shares: every later turn of a conversation repeats it, and
+a RAG question carries its document chunks there, before the question. The whole system prompt
+is in the key, not cut at N characters: it is usually the same for every request of an
+application, and a key that ended inside it would send all of them to one place. Characters,
+not tokens: the router runs before any tokenizer, and characters are near enough to tokens.
 API-key identities are not used as keys: one key usually serves an application of many users,
 and pinning all of them to one ring point would undo the spreading.
 
@@ -56,6 +58,8 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 # Keys remembered to count prefix hits (a key routed again to the replica it last went to).
 REMEMBERED_KEYS = 65536
+# Enough of a system prompt to tell two apart; it is hashed per request, so not unbounded.
+SYSTEM_PROMPT_CHARS = 65536
 SESSION_HEADER = "X-Session-ID"
 SESSION_ID_MAX_CHARS = 256  # a longer header is cut: it only needs to tell sessions apart
 # Set by a front door from the request's SESSION_HEADER; read once per generation by the core.
@@ -70,18 +74,11 @@ def _point(text: str) -> int:
 
 
 def prefix_key(messages: Sequence[ChatMessage], prefix_chars: int) -> str:
-    """The first `prefix_chars` characters of the system prompt and the first user message."""
-    parts: list[str] = []
-    used = 0
-    for message in messages:
-        if message.role not in ("system", "user"):
-            continue
-        piece = message.content[: prefix_chars - used]
-        parts.append(f"{message.role}:{piece}")
-        used += len(piece)
-        if message.role == "user" or used >= prefix_chars:
-            break
-    return "\n".join(parts)
+    """The system prompt (its first `SYSTEM_PROMPT_CHARS`) and the first `prefix_chars` characters
+    of the first user message: the start of every rendered prompt of the conversation."""
+    system = "".join(m.content for m in messages if m.role == "system")[:SYSTEM_PROMPT_CHARS]
+    first_user = next((m.content for m in messages if m.role == "user"), "")
+    return f"system:{system}\nuser:{first_user[:prefix_chars]}"
 
 
 def affinity_key(session: str | None, username: str, authenticated: bool) -> str:
@@ -132,7 +129,7 @@ class Router:
         self._ring_points: list[int] = []
         self._ring_owners: list[str] = []
         self._turn = itertools.count()
-        self._last_replica_of: OrderedDict[str, str] = OrderedDict()
+        self._last_replica_of: OrderedDict[int, str] = OrderedDict()  # key's ring point -> replica
         self.set_replicas(replicas)
 
     # -- membership -----------------------------------------------------------------------------
@@ -170,10 +167,11 @@ class Router:
             return Decision(candidates[next(self._turn) % len(candidates)].name, None)
         if self.policy == "least_loaded":
             return Decision(self._least_loaded(candidates).name, None)
-        chosen = self._bounded_ring_walk(key, candidates)
-        last = self._last_replica_of.get(key)
-        self._last_replica_of[key] = chosen
-        self._last_replica_of.move_to_end(key)
+        point = _point(key)
+        chosen = self._bounded_ring_walk(point, candidates)
+        last = self._last_replica_of.get(point)
+        self._last_replica_of[point] = chosen
+        self._last_replica_of.move_to_end(point)
         if len(self._last_replica_of) > REMEMBERED_KEYS:
             self._last_replica_of.popitem(last=False)
         return Decision(chosen, last == chosen)
@@ -183,13 +181,13 @@ class Router:
         tied = [state for state in candidates if state.in_flight == fewest]
         return tied[next(self._turn) % len(tied)]
 
-    def _bounded_ring_walk(self, key: str, candidates: list[ReplicaState]) -> str:
+    def _bounded_ring_walk(self, point: int, candidates: list[ReplicaState]) -> str:
         by_name = {state.name: state for state in candidates}
         # Over the replicas that are up: the mean once this request is placed, times the factor.
         total = sum(state.in_flight for state in self._states.values() if state.name in by_name)
         # Never below one: an idle replica can always take a request, so at low load the key decides.
         bound = max(1.0, self.load_factor * (total + 1) / len(by_name))
-        start = bisect.bisect(self._ring_points, _point(key))
+        start = bisect.bisect(self._ring_points, point)
         seen: set[str] = set()
         owners = self._ring_owners
         for offset in range(len(owners)):

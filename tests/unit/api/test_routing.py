@@ -30,20 +30,21 @@ class Clock:
         return self.now
 
 
-def test_prefix_key_is_system_prompt_and_first_user_message_cut_to_n_characters() -> None:
-    system = ChatMessage("system", "You answer from the documents. " * 10)
+def test_prefix_key_is_the_system_prompt_and_the_first_user_message_cut_to_n_characters() -> None:
+    system = ChatMessage("system", "You answer from the documents. " * 100)
     first = ChatMessage("user", "DOC1 text " * 50 + "question one?")
     turn_one = [system, first]
     turn_two = [system, first, ChatMessage("assistant", "an answer"), ChatMessage("user", "and then?")]
     key = prefix_key(turn_one, 200)
     assert key == prefix_key(turn_two, 200)  # later turns keep the conversation's key
-    assert len(key.replace("system:", "").replace("user:", "").replace("\n", "")) == 200
-    assert key.startswith("system:You answer")
-    # A long system prompt alone fills the key; the user message then adds nothing.
-    assert prefix_key([system, first], 100) == "system:" + system.content[:100]
-    # Different documents after the same system prompt are different keys.
+    assert key == f"system:{system.content}\nuser:{first.content[:200]}"
+    # The same long system prompt before different documents: different keys.
     other = [system, ChatMessage("user", "DOC2 text " * 50)]
-    assert prefix_key(other, 1024) != prefix_key(turn_one, 1024)
+    assert prefix_key(other, 200) != key
+    # Different questions after the same documents (past N characters): one key.
+    again = [system, ChatMessage("user", "DOC1 text " * 50 + "question two?")]
+    assert prefix_key(again, 200) == key
+    assert prefix_key([ChatMessage("user", "hi")], 200) == "system:\nuser:hi"
 
 
 def test_affinity_key_prefers_the_session_then_a_logged_in_user_never_an_api_key() -> None:
