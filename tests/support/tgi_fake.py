@@ -84,9 +84,10 @@ class PrefixCacheModel:
     The prompt's tokens (the fake's tokens are words) are cut into blocks of `block_tokens`; a
     block is cached when the whole prompt up to its end was seen before (a chain of hashes, as
     vLLM's automatic prefix caching and TGI's prefix cache work). Cached blocks live in an LRU of
-    `capacity_tokens`. A prompt's prefill takes `base_s` plus `prefill_s_per_token` for each token
-    after its longest cached prefix, and prefills on one replica run one at a time (one GPU's
-    compute), so uncached work queues as it does on a real server.
+    `capacity_tokens`. A prompt's prefill is `base_s` plus `prefill_s_per_token` of work for each
+    token after its longest cached prefix. Prefills on one replica share its compute (processor
+    sharing: n prefills at once each go at 1/n of the speed, as a batching server's do), so a
+    replica with more uncached work is slower for every request on it.
     """
 
     def __init__(
@@ -102,7 +103,7 @@ class PrefixCacheModel:
         self.prefill_s_per_token = prefill_s_per_token
         self.base_s = base_s
         self._blocks: OrderedDict[int, None] = OrderedDict()
-        self._lock: asyncio.Lock | None = None
+        self._compute = SharedCompute()
         self.prompt_tokens = 0
         self.cached_tokens = 0
 
@@ -129,12 +130,56 @@ class PrefixCacheModel:
         return len(tokens) - cached
 
     async def prefill(self, tokens: list[str]) -> None:
-        """Wait as long as this replica's prefill of `tokens` would take, in line with others."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        """Wait as long as this replica's prefill of `tokens` would take beside the others."""
         uncached = self.uncached_tokens(tokens)
-        async with self._lock:
-            await asyncio.sleep(self.base_s + uncached * self.prefill_s_per_token)
+        await self._compute.run(self.base_s + uncached * self.prefill_s_per_token)
+
+
+class SharedCompute:
+    """Processor sharing: every job in progress advances at 1/n of full speed (n = jobs now)."""
+
+    def __init__(self) -> None:
+        self._remaining: dict[asyncio.Future[None], float] = {}  # job -> seconds of work left
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._advance(loop.time())
+        job: asyncio.Future[None] = loop.create_future()
+        self._remaining[job] = seconds
+        self._schedule(loop)
+        try:
+            await job
+        finally:
+            if self._remaining.pop(job, None) is not None:  # cancelled: the others speed up
+                self._advance(loop.time())
+                self._schedule(loop)
+
+    def _advance(self, now: float) -> None:
+        if self._remaining:
+            share = (now - self._last) / len(self._remaining)
+            for job in self._remaining:
+                self._remaining[job] -= share
+        self._last = now
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._remaining:
+            soonest = min(self._remaining.values())
+            self._timer = loop.call_later(max(0.0, soonest) * len(self._remaining), self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._advance(loop.time())
+        for job, left in list(self._remaining.items()):
+            if left <= 1e-6:
+                del self._remaining[job]
+                if not job.done():
+                    job.set_result(None)
+        self._schedule(loop)
 
 
 FAKE_LOGPROB = -0.5
