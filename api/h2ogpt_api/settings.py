@@ -54,6 +54,12 @@ class Settings(BaseModel):
         description="how requests are spread over several inference replicas: prefix (consistent hashing "
         "on the prompt's prefix with bounded load; the default), least_loaded, round_robin",
     )
+    inference_endpointslices: str = Field(
+        "",
+        description="<namespace>/<service>[:<port name>]: route to each Ready endpoint of that inference "
+        "Service, followed through its EndpointSlices (in the cluster; --inference_server is then the "
+        "Service's URL, giving the kind and URL form); empty = --inference_server as given",
+    )
     routing_load_factor: float = Field(
         1.25,
         ge=1.0,
@@ -64,8 +70,8 @@ class Settings(BaseModel):
         1024,
         ge=16,
         le=1_000_000,
-        description="prefix routing: characters of the system prompt + first user message that make the "
-        "key (an X-Session-ID header, or a logged-in user, pins a conversation instead)",
+        description="prefix routing: characters of the first user message that, after the whole system "
+        "prompt, make the key (an X-Session-ID header, or a logged-in user, pins a conversation instead)",
     )
     base_model: str = Field(
         "HuggingFaceTB/SmolLM2-135M-Instruct",

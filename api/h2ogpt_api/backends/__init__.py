@@ -16,12 +16,14 @@ def create_backend(settings: Settings) -> Backend:
     """The backend `--inference_server` names: several comma-separated servers are replicas behind
     one `RoutedBackend`. Heavy imports happen only for the kind chosen."""
     servers = settings.inference_servers
-    if len(servers) > 1:
+    if len(servers) > 1 or settings.inference_endpointslices:
         from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
         from h2ogpt_api.routing import Router  # noqa: PLC0415
 
         router = Router([], policy=settings.routing or "prefix", load_factor=settings.routing_load_factor)
         return RoutedBackend(
+            # Followed from EndpointSlices: the replicas come from the watch (cli.py), the Service
+            # URL stands in until the first list.
             servers,
             lambda server: create_server_backend(server, settings),
             router=router,
