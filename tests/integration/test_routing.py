@@ -246,3 +246,18 @@ def test_gradio_client_gets_an_answer_when_the_home_replica_is_gone(
         assert not answer.get("error")
     finally:
         replicas[home] = RunningFake(victim.fake, port=victim.port).start()
+
+
+def test_the_gradio_rest_route_routes_by_session_header(
+    server: ApiServer, replicas: list[RunningFake]
+) -> None:
+    assert server.gradio_url is not None
+    url = server.gradio_url.rstrip("/") + "/api/submit_nochat_plain_api"
+    seen = set()
+    for index in range(4):
+        before = started(replicas)
+        body = {"data": [str({"instruction": f"a curl question {index}"})]}
+        response = httpx.post(url, json=body, headers={"X-Session-ID": "curl-session"}, timeout=30)
+        assert response.status_code == 200, response.text
+        seen.add(served_by(replicas, before))
+    assert len(seen) == 1

@@ -449,7 +449,7 @@ class H2oGPTEndpoints:
                 if not await self.service.check_login(*login):
                     return JSONResponse({"error": "wrong username or password"}, status_code=401)
                 username = login[0]
-            output = await handler(*data, request=gr.Request(username=username))
+            output = await handler(*data, request=gr.Request(username=username, headers=request.headers))
             outputs = list(output) if isinstance(output, tuple) else [output]
             duration = time.perf_counter() - started
             return JSONResponse(
