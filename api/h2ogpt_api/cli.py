@@ -116,6 +116,16 @@ async def serve(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         backend = create_backend(settings)
         stack.push_async_callback(backend.aclose)
+        if settings.inference_endpointslices:
+            from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
+            from h2ogpt_api.endpointslices import EndpointSliceWatcher  # noqa: PLC0415
+
+            assert isinstance(backend, RoutedBackend)  # create_backend routes when slices are followed
+            watcher = EndpointSliceWatcher(
+                settings.inference_endpointslices, settings.inference_server, backend.set_servers
+            )
+            watcher.start()
+            stack.push_async_callback(watcher.aclose)
         documents = await _open_documents(settings, stack)
         if settings.user_path is not None:
             await _add_user_path(settings, documents)

@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any
 
-from h2ogpt_api import mapreduce, metrics, prompts
+from h2ogpt_api import mapreduce, metrics, prompts, routing
 from h2ogpt_api.auth import LoginRegistry, MemoryLogins
 from h2ogpt_api.backends.base import (
     NO_OUTPUT_OPTIONS,
@@ -243,6 +243,8 @@ class _Usage:
     last_prompt: str = ""
     # time.monotonic() after which generation stops (the request's max_time).
     deadline: float = float("inf")
+    # What keeps this request's backend calls on one inference replica (routing.affinity_key).
+    affinity_key: str = ""
 
 
 class Core:
@@ -318,14 +320,26 @@ class Core:
         raise RuntimeError("generation ended without a result")  # stream() always completes or raises
 
     async def stream(
-        self, params: GenerationParams, identity: Identity, options: OutputOptions = NO_OUTPUT_OPTIONS
+        self,
+        params: GenerationParams,
+        identity: Identity,
+        options: OutputOptions = NO_OUTPUT_OPTIONS,
+        *,
+        session: str | None = None,
     ) -> AsyncGenerator[GenerationEvent, None]:
+        """The request's events. `session` (a client's X-Session-ID; else the one the OpenAI door
+        put in routing.SESSION_ID) keeps a conversation on one inference replica."""
         params = with_server_settings(params, self.settings)
         mode = self._checked_mode(params)
         self._check_options(params, options)
         async with self._gate.slot():
             started = time.perf_counter()
-            usage = _Usage(deadline=time.monotonic() + params.max_time)
+            usage = _Usage(
+                deadline=time.monotonic() + params.max_time,
+                affinity_key=routing.affinity_key(
+                    session or routing.SESSION_ID.get(), identity.username, identity.authenticated
+                ),
+            )
             token_times = _TokenTimes()
             pieces: list[str] = []
             calls: list[ToolCallDelta] = []
@@ -609,6 +623,7 @@ class Core:
         options: OutputOptions = NO_OUTPUT_OPTIONS,
     ) -> AsyncGenerator[TextDelta | ToolCallDelta | Held, None]:
         request, prompt_raw = self._backend_request(user_text, params, options)
+        request = dataclasses.replace(request, affinity_key=usage.affinity_key)
         usage.last_prompt = prompt_raw
         try:
             async with contextlib.aclosing(self.backend.stream(request)) as events:

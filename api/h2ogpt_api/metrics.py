@@ -54,6 +54,23 @@ HELD_WAIT = Histogram(
 )
 BACKEND_ERRORS = Counter("h2ogpt_api_backend_errors_total", "Inference backend failures", ["backend", "kind"])
 
+# Routing across inference replicas (backends/routed.py); replicas are named host:port.
+ROUTING_DECISIONS = Counter(
+    "h2ogpt_api_routing_decisions_total", "Requests sent to an inference replica", ["policy", "replica"]
+)
+ROUTING_PREFIX = Counter(
+    "h2ogpt_api_routing_prefix_total",
+    "Prefix routing: hit = the key went to the replica it last went to (its KV cache likely has it)",
+    ["result"],
+)
+REPLICA_IN_FLIGHT = Gauge(
+    "h2ogpt_api_replica_in_flight", "Requests streaming from each inference replica", ["replica"]
+)
+REPLICA_FAILURES = Counter(
+    "h2ogpt_api_replica_failures_total",
+    "Inference replica failures that took it out for a backoff",
+    ["replica", "kind"],
+)
 
 def exposition() -> tuple[bytes, str]:
     """The body and content type of a `/metrics` answer."""

@@ -46,7 +46,32 @@ class Settings(BaseModel):
     inference_server: str = Field(
         "",
         description="http://host:port = TGI; vllm:host:port (or vllm_chat:) = vLLM; openai:<base_url> = any "
-        "OpenAI-compatible server, /v1 included (key from OPENAI_API_KEY); empty = the embedded CPU model",
+        "OpenAI-compatible server, /v1 included (key from OPENAI_API_KEY); empty = the embedded CPU model; "
+        "several of one kind, comma-separated, are replicas the API routes between (--routing)",
+    )
+    routing: Literal["", "prefix", "least_loaded", "round_robin"] = Field(
+        "",
+        description="how requests are spread over several inference replicas: prefix (consistent hashing "
+        "on the prompt's prefix with bounded load; the default), least_loaded, round_robin",
+    )
+    inference_endpointslices: str = Field(
+        "",
+        description="<namespace>/<service>[:<port name>]: route to each Ready endpoint of that inference "
+        "Service, followed through its EndpointSlices (in the cluster; --inference_server is then the "
+        "Service's URL, giving the kind and URL form); empty = --inference_server as given",
+    )
+    routing_load_factor: float = Field(
+        1.25,
+        ge=1.0,
+        le=10.0,
+        description="prefix routing: no replica takes more than this times the mean in-flight requests",
+    )
+    routing_prefix_chars: int = Field(
+        1024,
+        ge=16,
+        le=1_000_000,
+        description="prefix routing: characters of the first user message that, after the whole system "
+        "prompt, make the key (an X-Session-ID header, or a logged-in user, pins a conversation instead)",
     )
     base_model: str = Field(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -242,13 +267,32 @@ class Settings(BaseModel):
     @classmethod
     def _known_server_form(cls, value: str) -> str:
         value = value.strip()
-        if value.startswith("vllm_chat:"):  # h2oGPT's name for the same vLLM chat route
-            value = "vllm:" + value.removeprefix("vllm_chat:")
-        if value and not value.startswith(("http://", "https://", "vllm:", "openai:")):
+        # vllm_chat: is h2oGPT's name for the same vLLM chat route.
+        servers = [part.strip() for part in value.split(",")]
+        if len(servers) > 1 and not all(servers):
+            raise ValueError(f"{value!r} has an empty entry: give comma-separated server URLs of one kind")
+        servers = [
+            "vllm:" + server.removeprefix("vllm_chat:") if server.startswith("vllm_chat:") else server
+            for server in servers
+        ]
+        for server in servers:
+            if server and not server.startswith(("http://", "https://", "vllm:", "openai:")):
+                raise ValueError(
+                    "must be empty (embedded model), http://host:port (TGI), vllm:host:port or "
+                    "openai:<base_url> (several of one kind: comma-separated)"
+                )
+        kinds = {server_kind(server) for server in servers}
+        if len(kinds) > 1:
             raise ValueError(
-                "must be empty (embedded model), http://host:port (TGI), vllm:host:port or openai:<base_url>"
+                f"replicas must all be one kind of server, got {', '.join(sorted(kinds))}: "
+                "routing sends any request to any of them"
             )
-        return value
+        return ",".join(servers)
+
+    @property
+    def inference_servers(self) -> list[str]:
+        """`--inference_server` as its replicas (one entry, or none for the embedded model)."""
+        return [server for server in self.inference_server.split(",") if server]
 
     @field_validator("allowed_url_hosts")
     @classmethod
@@ -289,6 +333,17 @@ class Settings(BaseModel):
         if self.auth.lstrip().startswith(("[", "{", "(")):  # inline users carry passwords
             shown["auth"] = "<inline users>"
         return shown
+
+
+def server_kind(server: str) -> str:
+    """The backend kind an `--inference_server` entry names: tgi, vllm, openai or embedded."""
+    if server.startswith(("http://", "https://")):
+        return "tgi"
+    if server.startswith(("vllm:", "vllm_chat:")):
+        return "vllm"
+    if server.startswith("openai:"):
+        return "openai"
+    return "embedded"
 
 
 def _literal_or_none(text: str) -> object | None:

@@ -33,7 +33,12 @@ exceed `max_total_tokens`. Older or differently built servers are imitated with
 `chat_route=False` (no `/v1/chat/completions`: 404, as TGI before 1.4) and `stream_usage=False`
 (chat streams end without a `usage` chunk, as servers that ignore `stream_options` do).
 
-Standalone, for benchmarks: `python -m tests.support.tgi_fake --port 8080 --token-delay 0.01`.
+A per-replica prefix-cache MODEL (`PrefixCacheModel`, off unless given) stands for the KV cache a
+real server keeps: time to first token grows with the prompt tokens this replica has not seen as
+a prefix before. It is a model of the effect routing has, not of TGI's cache internals.
+
+Standalone, for benchmarks: `python -m tests.support.tgi_fake --port 8080 --token-delay 0.01`
+(`--ports 8081,8082,...` serves one fake per port from one process, each with its own cache).
 It is a raw ASGI app (no framework) so a token costs one small `send`, even at 256 streams.
 """
 
@@ -47,7 +52,8 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +76,110 @@ class FakeStats:
     completed: int = 0
     disconnected: int = 0
     requests: dict[str, int] = field(default_factory=dict)
+
+
+class PrefixCacheModel:
+    """A MODEL of one replica's prefix (KV) cache, for routing benchmarks.
+
+    The prompt's tokens (the fake's tokens are words) are cut into blocks of `block_tokens`; a
+    block is cached when the whole prompt up to its end was seen before (a chain of hashes, as
+    vLLM's automatic prefix caching and TGI's prefix cache work). Cached blocks live in an LRU of
+    `capacity_tokens`. A prompt's prefill is `base_s` plus `prefill_s_per_token` of work for each
+    token after its longest cached prefix. Prefills on one replica share its compute (processor
+    sharing: n prefills at once each go at 1/n of the speed, as a batching server's do), so a
+    replica with more uncached work is slower for every request on it.
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity_tokens: int = 16384,
+        block_tokens: int = 16,
+        prefill_s_per_token: float = 0.0001,
+        base_s: float = 0.002,
+    ) -> None:
+        self.capacity_blocks = max(1, capacity_tokens // block_tokens)
+        self.block_tokens = block_tokens
+        self.prefill_s_per_token = prefill_s_per_token
+        self.base_s = base_s
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+        self._compute = SharedCompute()
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+
+    def uncached_tokens(self, tokens: list[str]) -> int:
+        """Tokens of `tokens` after its longest cached prefix; the whole prompt is cached after."""
+        chain = 0
+        cached_blocks = 0
+        still_cached = True
+        full_blocks = len(tokens) // self.block_tokens
+        for index in range(full_blocks):
+            block = tokens[index * self.block_tokens : (index + 1) * self.block_tokens]
+            chain = hash((chain, *block))
+            if still_cached and chain in self._blocks:
+                cached_blocks += 1
+                self._blocks.move_to_end(chain)
+                continue
+            still_cached = False
+            self._blocks[chain] = None
+            if len(self._blocks) > self.capacity_blocks:
+                self._blocks.popitem(last=False)
+        cached = cached_blocks * self.block_tokens
+        self.prompt_tokens += len(tokens)
+        self.cached_tokens += cached
+        return len(tokens) - cached
+
+    async def prefill(self, tokens: list[str]) -> None:
+        """Wait as long as this replica's prefill of `tokens` would take beside the others."""
+        uncached = self.uncached_tokens(tokens)
+        await self._compute.run(self.base_s + uncached * self.prefill_s_per_token)
+
+
+class SharedCompute:
+    """Processor sharing: every job in progress advances at 1/n of full speed (n = jobs now)."""
+
+    def __init__(self) -> None:
+        self._remaining: dict[asyncio.Future[None], float] = {}  # job -> seconds of work left
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._advance(loop.time())
+        job: asyncio.Future[None] = loop.create_future()
+        self._remaining[job] = seconds
+        self._schedule(loop)
+        try:
+            await job
+        finally:
+            if self._remaining.pop(job, None) is not None:  # cancelled: the others speed up
+                self._advance(loop.time())
+                self._schedule(loop)
+
+    def _advance(self, now: float) -> None:
+        if self._remaining:
+            share = (now - self._last) / len(self._remaining)
+            for job in self._remaining:
+                self._remaining[job] -= share
+        self._last = now
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._remaining:
+            soonest = min(self._remaining.values())
+            self._timer = loop.call_later(max(0.0, soonest) * len(self._remaining), self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._advance(loop.time())
+        for job, left in list(self._remaining.items()):
+            if left <= 1e-6:
+                del self._remaining[job]
+                if not job.done():
+                    job.set_result(None)
+        self._schedule(loop)
 
 
 FAKE_LOGPROB = -0.5
@@ -180,6 +290,8 @@ class FakePlan:
     seed: int
     # A grammar's answer, cut into tokens: written exactly, up to max_new_tokens pieces.
     pieces: list[str] | None = None
+    # The whole prompt's tokens (words), template included, for the prefix-cache model.
+    prompt_tokens: list[str] = field(default_factory=list)
     top_n: int = 0  # alternatives listed per token (top_n_tokens / top_logprobs)
 
     def tokens(self, repeat: bool) -> Iterator[tuple[str, str | None]]:
@@ -222,7 +334,10 @@ class TgiFake:
         max_total_tokens: int = 4096,
         chat_route: bool = True,
         stream_usage: bool = True,
+        prefix_cache: PrefixCacheModel | None = None,
     ) -> None:
+        self.prefix_cache = prefix_cache
+        self.in_flight = 0
         self.token_delay = token_delay
         self.failure: Failure = failure
         self.repeat = repeat
@@ -244,8 +359,10 @@ class TgiFake:
             failure = "drop"
         delay_match = _DELAY_MARKER.search(prompt)
         delay = float(delay_match.group(1)) if delay_match else self.token_delay
+        words = prompt.split()
         return FakePlan(
-            words=prompt.split(),
+            prompt_tokens=words,
+            words=words,
             max_new_tokens=max(1, max_new_tokens),
             stop=list(stop or []),
             delay=delay,
@@ -335,6 +452,13 @@ class TgiFake:
                     "completed": self.stats.completed,
                     "disconnected": self.stats.disconnected,
                     "requests": self.stats.requests,
+                    "in_flight": self.in_flight,
+                    "prefix_cache": None
+                    if self.prefix_cache is None
+                    else {
+                        "prompt_tokens": self.prefix_cache.prompt_tokens,
+                        "cached_tokens": self.prefix_cache.cached_tokens,
+                    },
                 },
             )
         elif path == "/metrics":
@@ -579,6 +703,14 @@ class TgiFake:
 
     # -- the generation loops ----------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _counted_in_flight(self) -> AsyncIterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     async def _fail_before_answer(self, plan: FakePlan, send: Send, disconnected: asyncio.Event) -> bool:
         """Carry out a 500 or a hang; True when the request is finished with."""
         if plan.failure == "500":
@@ -594,9 +726,11 @@ class TgiFake:
         self, plan: FakePlan, receive: Receive, send: Send
     ) -> tuple[str, str, int, FakePlan] | None:
         self.stats.started += 1
-        async with _watch_disconnect(receive) as disconnected:
+        async with _watch_disconnect(receive) as disconnected, self._counted_in_flight():
             if await self._fail_before_answer(plan, send, disconnected):
                 return None
+            if self.prefix_cache is not None:
+                await self.prefix_cache.prefill(plan.prompt_tokens)
             text, reason, count = "", "length", 0
             for piece, finish in plan.tokens(self.repeat):
                 if plan.delay:
@@ -619,9 +753,11 @@ class TgiFake:
         done: bytes | None,
     ) -> None:
         self.stats.started += 1
-        async with _watch_disconnect(receive) as disconnected:
+        async with _watch_disconnect(receive) as disconnected, self._counted_in_flight():
             if await self._fail_before_answer(plan, send, disconnected):
                 return
+            if self.prefix_cache is not None:
+                await self.prefix_cache.prefill(plan.prompt_tokens)
             await send(
                 {
                     "type": "http.response.start",
@@ -730,6 +866,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A FAKE TGI server (TGI's protocol, echoes the prompt).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--ports", default="", help="comma-separated ports: one fake (one replica) on each, from one process"
+    )
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--fail", choices=["none", "500", "hang", "drop"], default="none")
     parser.add_argument(
@@ -737,9 +876,42 @@ def main() -> None:
         action="store_true",
         help="cycle the prompt's words so every answer runs to max_new_tokens",
     )
+    parser.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=0,
+        help="model a prefix cache of this many tokens per replica (0 = none): see PrefixCacheModel",
+    )
+    parser.add_argument("--prefill-s-per-token", type=float, default=0.0001, help="the model's prefill cost")
+    parser.add_argument("--prefix-block-tokens", type=int, default=16, help="the model's cache block size")
     args = parser.parse_args()
-    fake = TgiFake(token_delay=args.token_delay, failure=args.fail, repeat=args.repeat)
-    uvicorn.run(fake, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="off")
+
+    def one_fake() -> TgiFake:
+        cache = None
+        if args.prefix_cache_tokens:
+            cache = PrefixCacheModel(
+                capacity_tokens=args.prefix_cache_tokens,
+                block_tokens=args.prefix_block_tokens,
+                prefill_s_per_token=args.prefill_s_per_token,
+            )
+        return TgiFake(
+            token_delay=args.token_delay, failure=args.fail, repeat=args.repeat, prefix_cache=cache
+        )
+
+    ports = [int(port) for port in args.ports.split(",") if port] or [args.port]
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                one_fake(), host=args.host, port=port, log_level="warning", access_log=False, lifespan="off"
+            )
+        )
+        for port in ports
+    ]
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(serve_all())
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from h2ogpt_api.backends.base import Backend, BackendError
 if TYPE_CHECKING:
     from h2ogpt_api.settings import Settings
 
-__all__ = ["Backend", "BackendError", "create_backend"]
+__all__ = ["Backend", "BackendError", "create_backend", "create_server_backend"]
 
 
 def create_backend(settings: Settings) -> Backend:
-    """The backend `--inference_server` names, holding requests while it has no ready replica when
-    `--hold_seconds` is set (the embedded model is always there: never held)."""
-    backend = _server_backend(settings)
+    """The backend `--inference_server` names (several comma-separated servers are replicas behind
+    one `RoutedBackend`), holding requests while it has no ready replica when `--hold_seconds` is
+    set (the embedded model is always there: never held)."""
+    backend = _routed_or_single_backend(settings)
     if settings.hold_seconds > 0 and settings.inference_server:
         from h2ogpt_api.backends.holding import HoldingBackend  # noqa: PLC0415
 
@@ -28,9 +29,27 @@ def create_backend(settings: Settings) -> Backend:
     return backend
 
 
-def _server_backend(settings: Settings) -> Backend:
-    """The backend `--inference_server` names. Heavy imports happen only for the one chosen."""
-    server = settings.inference_server
+def _routed_or_single_backend(settings: Settings) -> Backend:
+    """Heavy imports happen only for the kind chosen."""
+    servers = settings.inference_servers
+    if len(servers) > 1 or settings.inference_endpointslices:
+        from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
+        from h2ogpt_api.routing import Router  # noqa: PLC0415
+
+        router = Router([], policy=settings.routing or "prefix", load_factor=settings.routing_load_factor)
+        return RoutedBackend(
+            # Followed from EndpointSlices: the replicas come from the watch (cli.py), the Service
+            # URL stands in until the first list.
+            servers,
+            lambda server: create_server_backend(server, settings),
+            router=router,
+            prefix_chars=settings.routing_prefix_chars,
+        )
+    return create_server_backend(servers[0] if servers else "", settings)
+
+
+def create_server_backend(server: str, settings: Settings) -> Backend:
+    """The backend for one `--inference_server` entry (one replica)."""
     timeout = settings.backend_timeout
     if server.startswith(("http://", "https://")):
         from h2ogpt_api.backends.tgi import TgiBackend  # noqa: PLC0415

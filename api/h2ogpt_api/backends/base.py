@@ -99,6 +99,9 @@ class BackendRequest:
     sampling: Sampling
     prompt: str | None = None
     options: OutputOptions = NO_OUTPUT_OPTIONS
+    # Pins the request to one inference replica when several serve (routing.affinity_key): a
+    # session or a logged-in user; '' = the prompt's prefix decides. Single servers ignore it.
+    affinity_key: str = ""
 
 
 @dataclass(frozen=True)

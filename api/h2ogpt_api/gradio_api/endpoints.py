@@ -26,7 +26,13 @@ from starlette.responses import JSONResponse, Response
 
 from h2ogpt_api import metrics
 from h2ogpt_api.core import Completed, GenerationResult, TextDelta
-from h2ogpt_api.gradio_api.service import Caller, GradioService, failure_message, failure_status
+from h2ogpt_api.gradio_api.service import (
+    Caller,
+    GradioService,
+    failure_message,
+    failure_status,
+    session_header,
+)
 from h2ogpt_api.gradio_api.wire import (
     chunk_size_of,
     error_dict,
@@ -138,7 +144,8 @@ class H2oGPTEndpoints:
             params = params_from_h2ogpt(parse_request_dict(text), streaming=streaming)
             identity = self.service.identity(Caller.of(request), params.h2ogpt_key)
             last_sent = -math.inf  # the first token goes out at once; later ones are paced
-            async with contextlib.aclosing(self.service.stream(params, identity)) as events:
+            session = session_header(request)
+            async with contextlib.aclosing(self.service.stream(params, identity, session)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
                         if not pieces:
@@ -442,7 +449,7 @@ class H2oGPTEndpoints:
                 if not await self.service.check_login(*login):
                     return JSONResponse({"error": "wrong username or password"}, status_code=401)
                 username = login[0]
-            output = await handler(*data, request=gr.Request(username=username))
+            output = await handler(*data, request=gr.Request(username=username, headers=request.headers))
             outputs = list(output) if isinstance(output, tuple) else [output]
             duration = time.perf_counter() - started
             return JSONResponse(

@@ -16,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from h2ogpt_api import routing
 from h2ogpt_api.auth import ANONYMOUS, KEY_IDENTITY_PREFIX, Authenticator, AuthError
 from h2ogpt_api.core import Core, GenerationEvent, InvalidRequestError
 from h2ogpt_api.errors import as_api_error
@@ -38,6 +39,16 @@ class Caller:
         username = getattr(request, "username", None)
         session = getattr(request, "session_hash", None)
         return cls(str(username) if username else None, str(session) if session else None)
+
+
+def session_header(request: gr.Request | None) -> str | None:
+    """The client's X-Session-ID header (routing affinity); None without one or without headers."""
+    try:
+        headers = request.headers if request is not None else None
+    except AttributeError:  # a gr.Request made without an HTTP request (the REST route's)
+        return None
+    value = headers.get(routing.SESSION_HEADER) if headers is not None else None
+    return str(value)[: routing.SESSION_ID_MAX_CHARS] if value else None
 
 
 def failure_message(exc: BaseException) -> str:
@@ -92,8 +103,10 @@ class GradioService:
 
     # -- generation ------------------------------------------------------------------------------
 
-    def stream(self, params: GenerationParams, identity: Identity) -> AsyncGenerator[GenerationEvent, None]:
-        return self.core.stream(params, identity)
+    def stream(
+        self, params: GenerationParams, identity: Identity, session: str | None = None
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        return self.core.stream(params, identity, session=session)
 
     def model_names(self, caller: Caller) -> list[dict[str, Any]]:
         """The served models (refused when access is closed and nobody logged in, as h2oGPT does)."""

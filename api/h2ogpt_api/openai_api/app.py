@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
-from h2ogpt_api import metrics
+from h2ogpt_api import metrics, routing
 from h2ogpt_api.auth import AuthError
 from h2ogpt_api.backends.base import BackendError
 from h2ogpt_api.core import Core, EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
@@ -86,6 +86,7 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
     app.add_api_route("/v1/internal/model/list", routes.internal_model_list, methods=["GET"])
     app.include_router(ops_router())
     app.add_middleware(MetricsMiddleware, routes=app.router.routes)
+    app.add_middleware(SessionAffinityMiddleware)
     if settings.cors_origins:
         # As h2oGPT's OpenAI server: any method and header, credentials allowed (with "*" the
         # request's own origin is echoed, which browsers require when credentials are sent).
@@ -97,6 +98,28 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
             allow_headers=["*"],
         )
     return app
+
+
+class SessionAffinityMiddleware:
+    """The request's `X-Session-ID` header, for the core's replica routing (routing.SESSION_ID)."""
+
+    HEADER = routing.SESSION_HEADER.lower().encode()
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = None
+        if scope["type"] == "http":
+            session = next((value for name, value in scope["headers"] if name == self.HEADER), None)
+        if not session:
+            await self.app(scope, receive, send)
+            return
+        token = routing.SESSION_ID.set(session.decode("latin-1")[: routing.SESSION_ID_MAX_CHARS])
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            routing.SESSION_ID.reset(token)
 
 
 class MetricsMiddleware:
