@@ -296,6 +296,8 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_AUTH_ACCESS": spec.auth.access,
         "H2OGPT_GUEST_NAME": spec.auth.guest_name,
         "H2OGPT_ENFORCE_H2OGPT_API_KEY": _bool(spec.auth.enforce_api_key),
+        "H2OGPT_REQUESTS_PER_MINUTE": str(spec.auth.limits.requests_per_minute),
+        "H2OGPT_TOKENS_PER_MINUTE": str(spec.auth.limits.tokens_per_minute),
         "H2OGPT_LANGCHAIN_MODE": "LLM",
         "H2OGPT_LANGCHAIN_MODES": json.dumps(modes),
         "H2OGPT_WEAVIATE_URL": weaviate_url(stack, spec),

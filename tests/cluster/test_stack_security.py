@@ -252,6 +252,42 @@ def test_a_bad_network_source_is_refused_at_apply(
     assert message in result.stderr
 
 
+# --- item 8: per-key limits from the CR ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"requestsPerMinute": -1}, "spec.auth.limits.requestsPerMinute: Invalid value: -1"),
+        ({"tokensPerMinute": -5}, "should be greater than or equal to 0"),
+        ({"tokensPerMinute": 10_000_000_001}, "should be less than or equal to 10000000000"),
+        ({"requestsPerMinute": "many"}, 'spec.auth.limits.requestsPerMinute: Invalid value: "string"'),
+    ],
+)
+def test_bad_limits_are_refused_at_apply(
+    cluster: Cluster, namespace: str, limits: dict[str, Any], message: str
+) -> None:
+    install_crd(cluster)
+    result = apply(cluster, namespace, stack("zeta", auth={"limits": limits}), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert get_json(cluster, "h2ogpt", "zeta", "-n", namespace) is None
+
+
+def test_limits_reach_the_api_pods_settings(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    limits = {"requestsPerMinute": 60, "tokensPerMinute": 9000}
+    apply(cluster, namespace, stack("eta", auth={"limits": limits}))
+    wait_ready(cluster, namespace, "eta", timeout=90)
+    settings = must_get(cluster, "configmap", "eta-config", "-n", namespace)["data"]
+    assert (settings["H2OGPT_REQUESTS_PER_MINUTE"], settings["H2OGPT_TOKENS_PER_MINUTE"]) == ("60", "9000")
+    for component in ("openai", "gradio"):
+        deployment = must_get(cluster, "deployment", f"eta-{component}", "-n", namespace)
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"configMapRef": {"name": "eta-config"}} in container["envFrom"]
+
+
 def must_get(cluster: Cluster, *args: str) -> dict[str, Any]:
     found = get_json(cluster, *args)
     assert found is not None, f"{' '.join(args)} not found"

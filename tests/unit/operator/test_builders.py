@@ -156,6 +156,30 @@ def test_url_ingestion_entries_the_api_cannot_read_are_refused(field: str, entry
         spec_of(retrieval={field: [entry]})
 
 
+def test_per_key_limits_reach_the_api_pods_as_their_flags() -> None:
+    spec = spec_of(auth={"limits": {"requestsPerMinute": 120, "tokensPerMinute": 50_000}})
+    data = builders.build_settings(STACK, spec)
+    settings = parse_settings([], data)  # what the api pod reads from the ConfigMap
+    assert (settings.requests_per_minute, settings.tokens_per_minute) == (120, 50_000)
+    unlimited = parse_settings([], builders.build_settings(STACK, spec_of()))
+    assert (unlimited.requests_per_minute, unlimited.tokens_per_minute) == (0, 0)
+    # A new limit is read at start: it rolls the api pods, and only them.
+    base, limited = _checksums(spec_of()), _checksums(spec)
+    assert {name for name in base if base[name] != limited[name]} == {"demo-openai", "demo-gradio"}
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"requestsPerMinute": -1}, "greater than or equal to 0"),
+        ({"tokensPerMinute": 10_000_000_001}, "less than or equal to 10000000000"),
+    ],
+)
+def test_limits_out_of_range_are_refused(limits: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec_of(auth={"limits": limits})
+
+
 def test_auth_secret_generates_only_what_is_not_referenced() -> None:
     generated = builders.build_auth_secret(STACK, spec_of(), _tokens())
     assert generated is not None
