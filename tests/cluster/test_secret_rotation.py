@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,12 +18,11 @@ import pytest
 
 from tests.cluster.operator_harness import (
     OperatorProcess,
+    apply_manifest,
     condition,
-    get_json,
-    install_crd,
+    get_json_or_none,
     items,
-    provide_volumes,
-    remove_volumes,
+    running_operator,
     wait_for,
     wait_ready,
 )
@@ -42,25 +40,15 @@ NEVER = "600"  # seconds: the module operator's resync and retry, far beyond the
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(cluster)
-    tag = uuid.uuid4().hex[:6]
-    provide_volumes(cluster, 4, tag)
-    process = OperatorProcess(
-        cluster, tmp_path_factory.mktemp("operator"), f"h2ogpt-rotation-{tag}",
-        "--resync-seconds", NEVER, "--retry-seconds", NEVER, "--retry-max-seconds", NEVER,
-    )  # fmt: skip
-    process.start()
-    wait_for(process.is_leader, 30, "the operator to take the Lease")
-    try:
+    never = ("--resync-seconds", NEVER, "--retry-seconds", NEVER, "--retry-max-seconds", NEVER)
+    log_dir = tmp_path_factory.mktemp("operator")
+    with running_operator(cluster, log_dir, "h2ogpt-rotation", 4, *never) as process:
         yield process
-    finally:
-        process.stop()
-        remove_volumes(cluster, tag)
 
 
 def put_secret(cluster: Cluster, namespace: str, name: str, key: str, value: str) -> None:
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {key: value}}
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(secret))
+    apply_manifest(cluster, namespace, secret)
 
 
 def referencing_stack(name: str, hf_token_from: str = "hf") -> dict[str, Any]:  # noqa: S107 - a Secret name
@@ -111,7 +99,7 @@ def test_rotating_each_referenced_secret_rolls_only_its_readers_within_the_bound
     put_secret(cluster, namespace, "users", "auth.json", '{"alice": {"password": "one"}}')
     put_secret(cluster, namespace, "weaviate", "WEAVIATE_API_KEY", "weaviate-1")
     put_secret(cluster, namespace, "hf", "HF_TOKEN", "hf-1")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(referencing_stack("rot")))
+    apply_manifest(cluster, namespace, referencing_stack("rot"))
     wait_ready(cluster, namespace, "rot", timeout=90)
     api = {"rot-openai", "rot-gradio"}
     cases = [
@@ -140,12 +128,12 @@ def test_a_missing_secret_is_reported_and_rolls_its_readers_when_it_appears(
     put_secret(cluster, namespace, "users", "auth.json", "{}")
     put_secret(cluster, namespace, "weaviate", "WEAVIATE_API_KEY", "weaviate-1")
     late = referencing_stack("late", hf_token_from="late-hf")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(late))
+    apply_manifest(cluster, namespace, late)
 
     missing = "Secret 'late-hf' (spec.model.hfTokenSecretRef) not found"
 
     def reported_missing() -> dict[str, Any] | None:
-        ready = condition(get_json(cluster, "h2ogpt", "late", "-n", namespace), "Ready")
+        ready = condition(get_json_or_none(cluster, "h2ogpt", "late", "-n", namespace), "Ready")
         return ready if ready and missing in ready["message"] else None
 
     wait_for(reported_missing, 60, "the status to name the missing Secret")

@@ -26,7 +26,7 @@ from openai import OpenAI
 from tests.cluster.operator_harness import (
     SAMPLES,
     free_port,
-    get_json,
+    get_json_or_none,
     install_crd,
     provide_volumes,
     remove_volumes,
@@ -590,7 +590,7 @@ def test_operator_image_reconciles_a_sample(
                     ("statefulset", "weaviate"), ("service", "openai"), ("configmap", "config"),
                     ("secret", "auth"),
                 ]:  # fmt: skip
-                    obj = get_json(cluster, kind, f"{name}-{child}", "-n", operator_namespace)
+                    obj = get_json_or_none(cluster, kind, f"{name}-{child}", "-n", operator_namespace)
                     assert obj is not None, f"{kind} {name}-{child} missing; operator log:\n{operator.log()}"
                     owners = {ref["uid"] for ref in obj["metadata"].get("ownerReferences") or []}
                     assert cr["metadata"]["uid"] in owners

@@ -8,6 +8,7 @@ and KUBECONFIG from the environment is ignored.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -96,6 +97,21 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def get_json_or_none(cluster: Cluster, *args: str) -> dict[str, Any] | None:
+    """`kubectl get ARGS -o json`, or None when kubectl fails (e.g. the object does not exist)."""
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def must_get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
+    """`kubectl get ARGS -o json`; fails the test with kubectl's error when it fails."""
+    loaded: dict[str, Any] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+    return loaded
 
 
 def condition(cr: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:

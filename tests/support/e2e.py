@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hack import realnode
 from hack.localcluster import find_binary
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, must_get_json
 
 if TYPE_CHECKING:  # a plugin module of its own: importing it here would register it too early
     from tests.support.images import ImagesBuild
@@ -76,16 +76,12 @@ def e2e_namespace(cluster: Cluster, prefix: str, labels: dict[str, str] | None =
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def get_json(cluster: Cluster, *args: str) -> Any:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
-
-
 def diagnose(cluster: Cluster, namespace: str) -> str:
     """Pods, events and the last log lines of each container: printed when an e2e wait fails."""
     events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
     parts = [cluster.kubectl("get", "pods,pvc,svc", "-n", namespace, "-o", "wide", check=False).stdout,
              events.stdout[-4000:]]
-    for pod in get_json(cluster, "pods", "-n", namespace)["items"]:
+    for pod in must_get_json(cluster, "pods", "-n", namespace)["items"]:
         name = pod["metadata"]["name"]
         logs = cluster.kubectl("logs", "-n", namespace, name, "--all-containers", "--tail=20", check=False)
         parts.append(f"--- logs of {name}:\n{logs.stdout}{logs.stderr}")
