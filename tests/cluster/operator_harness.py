@@ -22,6 +22,7 @@ import yaml
 
 from hack.localcluster import find_binary
 from tests.support.cluster import Cluster, condition, get_json_or_none, must_get_json, wait_for
+from tests.support.leak_sweep import SWEEP
 
 __all__ = ["condition", "get_json_or_none", "must_get_json", "wait_for"]  # re-exported for the test modules
 
@@ -208,6 +209,7 @@ class OperatorProcess:
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        SWEEP.keep_log(f"operator log {self.log_path.name}", self.log_path)
         wait_for(self._live, 30, f"operator {self.identity} liveness")
 
     def _live(self) -> bool:
@@ -224,6 +226,12 @@ class OperatorProcess:
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # Its /metrics page is gone with it: the leak sweep reads it now.
+        with contextlib.suppress(OSError):
+            metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:
+                page = response.read().decode()
+            SWEEP.add_place(f"/metrics of operator {self.identity}-{self.starts}", page)
         self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             self.process.wait(timeout=20)

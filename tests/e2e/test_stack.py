@@ -31,6 +31,7 @@ from h2ogpt_client import GradioClient
 from tests.e2e.conftest import record_timing
 from tests.support.cluster import Cluster, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, helm, port_forward
+from tests.support.leak_sweep import SWEEP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -86,6 +87,8 @@ def operator_release(cluster: Cluster, node_images: list[str]) -> Iterator[tuple
     try:
         yield operator_ns, stack_ns
     finally:
+        for namespace in (stack_ns, operator_ns):  # while the stacks and the operator still run
+            SWEEP.sweep(cluster, namespace)
         cluster.kubectl("delete", "h2ogpt", "--all", "-n", stack_ns, "--wait=false", check=False)
         helm(cluster, "uninstall", RELEASE, "-n", operator_ns, "--wait", check=False)
         for namespace in (stack_ns, operator_ns):

@@ -33,7 +33,7 @@ from tests.cluster.operator_harness import (
     wait_for,
     wait_ready,
 )
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, delete_namespace
 from tests.support.images import (
     IMAGE_NAMES,
     REPO,
@@ -544,7 +544,7 @@ def operator_namespace(cluster: Cluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        delete_namespace(cluster, name)
 
 
 def test_operator_image_reconciles_a_sample(

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from hack.localcluster import BIN, LocalCluster
+from tests.support.leak_sweep import SWEEP
 
 T = TypeVar("T")
 
@@ -70,10 +71,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         directory=tmp_path_factory.mktemp("cluster"), real_node=want_real_node(), audit_log=True
     )
     local.up()
+    leaks: list[str] = []
     try:
         yield Cluster(local)
+        # No generated credential anywhere else, over every stack of the session (leak_sweep.py).
+        SWEEP.sweep(Cluster(local), None)
+        leaks = SWEEP.leaks()
+        print(f"\n{SWEEP.summary()}: {len(leaks)} found")
     finally:
         local.down()
+    assert leaks == [], f"generated credentials found outside their Secrets: {leaks[:20]}"
+
+
+def delete_namespace(cluster: Cluster, name: str) -> None:
+    """Delete a test namespace without waiting for finalizers, after the leak sweep has read it."""
+    SWEEP.sweep(cluster, name)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -84,7 +97,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        delete_namespace(cluster, name)
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:

@@ -22,7 +22,7 @@ import pytest
 
 from hack import realnode
 from hack.localcluster import find_binary
-from tests.support.cluster import Cluster, must_get_json
+from tests.support.cluster import Cluster, delete_namespace, must_get_json
 
 if TYPE_CHECKING:  # a plugin module of its own: importing it here would register it too early
     from tests.support.images import ImagesBuild
@@ -73,7 +73,7 @@ def e2e_namespace(cluster: Cluster, prefix: str, labels: dict[str, str] | None =
     try:
         yield name
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        delete_namespace(cluster, name)
 
 
 def diagnose(cluster: Cluster, namespace: str) -> str:
