@@ -34,6 +34,7 @@ from h2ogpt_api.backends.base import (
     ToolCallDelta,
 )
 from h2ogpt_api.params import GenerationParams
+from h2ogpt_api.ratelimit import RateLimits
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Embedder, Hit, Identity
 from h2ogpt_api.settings import NO_DOCUMENT_MODES, Settings
 
@@ -264,6 +265,9 @@ class Core:
         self._embedder = embedder
         self._embedder_lock = asyncio.Lock()
         self._gate = AdmissionGate(settings.max_concurrency, settings.max_queue)
+        # Per-key limits, one counter for the process: a key or login that calls both front doors of
+        # one process (OpenAI and Gradio) spends one budget.
+        self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
 
     # -- listing -----------------------------------------------------------------------------
 

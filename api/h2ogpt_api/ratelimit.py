@@ -27,10 +27,11 @@ MAX_SUBJECTS = 100_000
 
 
 class RateLimitedError(Exception):
-    """429: which limit, and how long to wait (seconds, for Retry-After)."""
+    """429: which limit, and how long to wait (seconds, for Retry-After; also in the message, for
+    the Gradio side's error dict, which has no header)."""
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
+        super().__init__(f"{message}; try again in {retry_after} s")
         self.retry_after = retry_after
 
 

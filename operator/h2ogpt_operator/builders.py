@@ -143,6 +143,31 @@ def _secret_env(env_name: str, ref: SecretKeyRef, default_key: str) -> Manifest:
     }
 
 
+# Secret name -> key -> digest of that key's value (watchcache.value_digest), for the Secrets that
+# exist; never a value. A pod template's checksum includes the digests of exactly the keys its
+# containers read, so rotating a Secret rolls the pods that read it, and no other.
+SecretDigests = Mapping[str, Mapping[str, str]]
+NO_SECRETS: SecretDigests = {}
+
+
+def secret_keys_read(pod_spec: Manifest) -> list[tuple[str, str]]:
+    """(Secret name, key) of every `secretKeyRef` in a pod's containers' env, sorted, once each."""
+    found = {
+        (ref["name"], ref["key"])
+        for container in pod_spec.get("containers", [])
+        for variable in container.get("env", [])
+        if (ref := (variable.get("valueFrom") or {}).get("secretKeyRef"))
+    }
+    return sorted(found)
+
+
+def secrets_read_digest(pod_spec: Manifest, digests: SecretDigests) -> dict[str, str]:
+    """'name/key' -> the value's digest ('' while the Secret or key is missing: it rolls when it appears)."""
+    return {
+        f"{name}/{key}": (digests.get(name) or {}).get(key, "") for name, key in secret_keys_read(pod_spec)
+    }
+
+
 # --- which Secrets a stack uses ------------------------------------------------------------------------
 
 
@@ -271,6 +296,8 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_AUTH_ACCESS": spec.auth.access,
         "H2OGPT_GUEST_NAME": spec.auth.guest_name,
         "H2OGPT_ENFORCE_H2OGPT_API_KEY": _bool(spec.auth.enforce_api_key),
+        "H2OGPT_REQUESTS_PER_MINUTE": str(spec.auth.limits.requests_per_minute),
+        "H2OGPT_TOKENS_PER_MINUTE": str(spec.auth.limits.tokens_per_minute),
         "H2OGPT_LANGCHAIN_MODE": "LLM",
         "H2OGPT_LANGCHAIN_MODES": json.dumps(modes),
         "H2OGPT_WEAVIATE_URL": weaviate_url(stack, spec),
@@ -544,7 +571,11 @@ def _llamacpp_pod_spec(spec: H2oGPTDeploymentSpec, config: OperatorConfig) -> Ma
 
 
 def build_inference_deployment(
-    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, decided_replicas: int | None = None
+    stack: Stack,
+    spec: H2oGPTDeploymentSpec,
+    config: OperatorConfig,
+    secret_digests: SecretDigests = NO_SECRETS,
+    decided_replicas: int | None = None,
 ) -> Manifest | None:
     if not _runs_inference(spec):
         return None
@@ -565,7 +596,11 @@ def build_inference_deployment(
     if inference.runtime_class_name:
         pod_spec["runtimeClassName"] = inference.runtime_class_name
     # The template holds every inference setting; hashing it (not the replica count) marks a real change.
-    checksum = settings_checksum(pod_spec["containers"][0], pod_spec)
+    # The HF token (and any Secret in `inference.env`) is read at start: its digest rolls the pods too.
+    parts: list[Mapping[str, Any]] = [pod_spec["containers"][0], pod_spec]
+    if secrets_read := secrets_read_digest(pod_spec, secret_digests):
+        parts.append(secrets_read)
+    checksum = settings_checksum(*parts)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -616,7 +651,10 @@ def weaviate_replication_factor(replicas: int) -> int:
 
 
 def build_weaviate_statefulset(
-    stack: Stack, spec: H2oGPTDeploymentSpec, config: OperatorConfig, auth_digest: str
+    stack: Stack,
+    spec: H2oGPTDeploymentSpec,
+    config: OperatorConfig,
+    secret_digests: SecretDigests = NO_SECRETS,
 ) -> Manifest | None:
     if not runs_weaviate(spec):
         return None
@@ -674,7 +712,7 @@ def build_weaviate_statefulset(
     if retrieval.storage.storage_class_name:
         claim_spec["storageClassName"] = retrieval.storage.storage_class_name
     when_deleted = "Delete" if retrieval.storage.delete_with_cr else "Retain"
-    checksum = settings_checksum(container, auth_digest)
+    checksum = settings_checksum(container, secrets_read_digest({"containers": [container]}, secret_digests))
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -773,7 +811,11 @@ def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
 
 
 def build_api_deployment(
-    stack: Stack, spec: H2oGPTDeploymentSpec, component: str, config: OperatorConfig, auth_digest: str
+    stack: Stack,
+    spec: H2oGPTDeploymentSpec,
+    component: str,
+    config: OperatorConfig,
+    secret_digests: SecretDigests = NO_SECRETS,
 ) -> Manifest | None:
     """`<cr>-openai` (h2ogpt-api --gradio False) or `<cr>-gradio` (h2ogpt-api --openai_server False)."""
     settings = _api_component(spec, component)
@@ -799,8 +841,11 @@ def build_api_deployment(
         "volumeMounts": [{"name": "save", "mountPath": API_SAVE_DIR}, _TMP_MOUNT],
         "securityContext": _RESTRICTED_CONTAINER,
     }
-    # Pods read the settings once at start: a change to what they consume must roll them, and only them.
-    checksum = settings_checksum(build_settings(stack, spec), auth_digest)
+    # Pods read the settings and their Secrets' keys once at start: a change to what they consume must
+    # roll them, and only them.
+    checksum = settings_checksum(
+        build_settings(stack, spec), secrets_read_digest({"containers": [container]}, secret_digests)
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -972,30 +1017,40 @@ def build_children(
     stack: Stack,
     spec: H2oGPTDeploymentSpec,
     config: OperatorConfig,
-    auth_digest: str,
+    secret_digests: SecretDigests,
     decided_replicas: int | None = None,
 ) -> list[Manifest]:
     """Every child the reconciler server-side applies, in apply order (config before its consumers).
 
-    `auth_digest` is a hash of the generated `<cr>-auth` Secret's data (empty when none): a new key
-    must roll the pods that read it. The Secret itself is created once, elsewhere.
+    `secret_digests`: digests of the namespace's Secrets' values (the generated `<cr>-auth` and the
+    ones the spec references): each pod template's checksum covers the keys its pods read, so a
+    rotated key rolls them. The generated Secret itself is created once, elsewhere.
     `decided_replicas`: the autoscaler's last decision (`inference_replicas`).
     """
     candidates: list[Manifest | None] = [
         build_config_map(stack, spec),
         build_model_cache_pvc(stack, spec),
         build_inference_service(stack, spec),
-        build_inference_deployment(stack, spec, config, decided_replicas),
+        build_inference_deployment(stack, spec, config, secret_digests, decided_replicas),
         *build_weaviate_services(stack, spec),
-        build_weaviate_statefulset(stack, spec, config, auth_digest),
+        build_weaviate_statefulset(stack, spec, config, secret_digests),
         build_api_service(stack, spec, naming.OPENAI),
-        build_api_deployment(stack, spec, naming.OPENAI, config, auth_digest),
+        build_api_deployment(stack, spec, naming.OPENAI, config, secret_digests),
         build_api_service(stack, spec, naming.GRADIO),
-        build_api_deployment(stack, spec, naming.GRADIO, config, auth_digest),
+        build_api_deployment(stack, spec, naming.GRADIO, config, secret_digests),
         build_service_monitor(stack, spec),
         *build_network_policies(stack, spec),
     ]
     return [child for child in candidates if child is not None]
+
+
+def workload_secrets(children: list[Manifest]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(kind, name) of each Deployment/StatefulSet -> the (Secret, key) pairs its pods read."""
+    return {
+        (child["kind"], child["metadata"]["name"]): secret_keys_read(child["spec"]["template"]["spec"])
+        for child in children
+        if child["kind"] in ("Deployment", "StatefulSet")
+    }
 
 
 def kept_with_cr(manifest: Manifest, spec: H2oGPTDeploymentSpec) -> bool:

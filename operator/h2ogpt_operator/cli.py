@@ -27,7 +27,7 @@ from h2ogpt_operator import metrics
 from h2ogpt_operator.autoscaler import Autoscaler
 from h2ogpt_operator.config import PROJECT_VERSION, OperatorConfig
 from h2ogpt_operator.crd import apply_own_crd
-from h2ogpt_operator.handlers import HandlerContext, SecretWaiters, build_registry
+from h2ogpt_operator.handlers import HandlerContext, SecretReaders, build_registry
 from h2ogpt_operator.kube import Kube, load_api_client
 from h2ogpt_operator.leader import LeaderElector
 from h2ogpt_operator.reconcile import Reconciler
@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.to_thread(apply_own_crd, kube, PROJECT_VERSION)
     cache = WatchCache()
     reconciler = Reconciler(kube, config, cache)
-    secret_waiters = SecretWaiters()
+    secret_readers = SecretReaders()
     readiness: dict[Key, bool] = {}
 
     async def reconcile(key: Key) -> bool:
@@ -127,12 +127,12 @@ async def run(args: argparse.Namespace) -> int:
         if not outcome.exists:
             queue.forget(key)
             cache.forget(key)
-            secret_waiters.wait(key, ())
+            secret_readers.read(key, ())
             readiness.pop(key, None)
             metrics.publish_stack_ready(*key, None)
         else:
             readiness[key] = outcome.ready
-            secret_waiters.wait(key, outcome.missing_secrets)
+            secret_readers.read(key, [*outcome.secrets_read, *outcome.missing_secrets])
             metrics.publish_stack_ready(*key, outcome.ready)
         metrics.publish_readiness(readiness)
         if outcome.writes:
@@ -171,7 +171,7 @@ async def run(args: argparse.Namespace) -> int:
     ]
     try:
         await kopf.operator(
-            registry=build_registry(HandlerContext(queue=queue, cache=cache, secret_waiters=secret_waiters)),
+            registry=build_registry(HandlerContext(queue=queue, cache=cache, secret_readers=secret_readers)),
             indexers=cache.indexers,
             standalone=True,
             clusterwide=not args.namespace,

@@ -3,8 +3,9 @@
 The CR and every labelled child (Deployments, StatefulSets, Services, ConfigMaps, Secrets, PVCs,
 ServiceMonitors, NetworkPolicies, pods) are watched; a child event enqueues its owner by the
 `app.kubernetes.io/instance` label, so a child deleted or edited by hand is restored within
-seconds. A Secret a stack is waiting for (referenced, not there yet) enqueues that stack when it
-appears. The same watches feed the indexes the reconciler reads (watchcache.py). Only
+seconds. A Secret a stack's pods read (the user's own, referenced by the CR) enqueues that stack
+when it appears, changes or goes. The same watches feed the indexes the reconciler reads
+(watchcache.py). Only
 event-watching and indexing handlers are used: kopf then writes nothing to the CR (no
 finalizer, no progress annotations), which keeps deletion free of the operator and a steady
 state free of writes.
@@ -41,31 +42,35 @@ CHILD_RESOURCES = [
 
 
 @dataclass
-class SecretWaiters:
-    """Which stacks wait for which missing Secret ((namespace, secret name) -> stacks)."""
+class SecretReaders:
+    """Which stacks' pods read which Secret ((namespace, secret name) -> stacks), present or not yet.
 
-    waiting: dict[tuple[str, str], set[Key]] = field(default_factory=dict)
+    A change to such a Secret (created, rotated, deleted) enqueues its readers at once: their pod
+    templates carry a digest of the keys they read, so a rotation rolls them within one reconcile.
+    """
 
-    def wait(self, stack: Key, secret_names: Iterable[str]) -> None:
-        """Record the Secrets a stack still misses (replacing what it missed before)."""
+    reading: dict[tuple[str, str], set[Key]] = field(default_factory=dict)
+
+    def read(self, stack: Key, secret_names: Iterable[str]) -> None:
+        """Record the Secrets a stack reads now (replacing what it read before)."""
         namespace = stack[0]
         wanted = {(namespace, secret_name) for secret_name in secret_names}
-        for secret_key in [k for k, stacks in self.waiting.items() if stack in stacks and k not in wanted]:
-            self.waiting[secret_key].discard(stack)
-            if not self.waiting[secret_key]:
-                del self.waiting[secret_key]
+        for secret_key in [k for k, stacks in self.reading.items() if stack in stacks and k not in wanted]:
+            self.reading[secret_key].discard(stack)
+            if not self.reading[secret_key]:
+                del self.reading[secret_key]
         for secret_key in wanted:
-            self.waiting.setdefault(secret_key, set()).add(stack)
+            self.reading.setdefault(secret_key, set()).add(stack)
 
-    def waiters(self, namespace: str, secret_name: str) -> set[Key]:
-        return set(self.waiting.get((namespace, secret_name), ()))
+    def readers(self, namespace: str, secret_name: str) -> set[Key]:
+        return set(self.reading.get((namespace, secret_name), ()))
 
 
 @dataclass
 class HandlerContext:
     queue: WorkQueue
     cache: WatchCache = field(default_factory=WatchCache)
-    secret_waiters: SecretWaiters = field(default_factory=SecretWaiters)
+    secret_readers: SecretReaders = field(default_factory=SecretReaders)
 
 
 def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
@@ -97,9 +102,9 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
         def on_child(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
             context.queue.add((namespace or "", labels["app.kubernetes.io/instance"]))
 
-    @kopf.on.event(*SECRET_RESOURCE, id="awaited-secrets", registry=registry)
+    @kopf.on.event(*SECRET_RESOURCE, id="read-secrets", registry=registry)
     def on_secret(name: str, namespace: str | None, **_: Any) -> None:
-        for stack in context.secret_waiters.waiters(namespace or "", name):
+        for stack in context.secret_readers.readers(namespace or "", name):
             context.queue.add(stack)
 
     return registry

@@ -363,6 +363,23 @@ class GenerationSpec(CrdModel):
     num_async: int = Field(default=3, ge=1, le=256)
 
 
+# Each api pod counts on its own, so N replicas admit up to N times a limit: a shared counter would
+# put a network round trip on every request (docs/security.md).
+class LimitsSpec(CrdModel):
+    """Per-key limits (--requests_per_minute, --tokens_per_minute), counted in each api pod per API key name, else per login; anonymous OpenAI callers share one budget, anonymous Gradio sessions have none."""  # noqa: E501 - one line: it is the CRD's description
+
+    requests_per_minute: int = Field(
+        default=0, ge=0, le=100_000_000,
+        description="Requests per minute per API key or login in each api pod; 0 = no limit. Over it: 429 "
+        "with Retry-After (OpenAI port), h2oGPT's error saying the wait (Gradio port).",
+    )
+    tokens_per_minute: int = Field(
+        default=0, ge=0, le=10_000_000_000,
+        description="Prompt + completion tokens per minute per API key or login in each api pod; "
+        "0 = no limit.",
+    )
+
+
 class AuthSpec(CrdModel):
     access: Literal["open", "closed"] = "open"
     guest_name: str = Field(default="guest", min_length=1, max_length=128)
@@ -374,6 +391,7 @@ class AuthSpec(CrdModel):
     users_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Key (default auth.json) holding users as h2oGPT's --auth takes them."
     )
+    limits: LimitsSpec = section(LimitsSpec)
 
 
 class ServiceMonitorSpec(CrdModel):

@@ -26,7 +26,7 @@ from h2ogpt_operator.builders import Stack
 from h2ogpt_operator.config import OperatorConfig
 from h2ogpt_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError, error_message, now_rfc3339
 from h2ogpt_operator.models import GROUP, KIND, VERSION, H2oGPTDeploymentSpec
-from h2ogpt_operator.watchcache import SecretFacts, StackView, WatchCache, resource_version, secret_digest
+from h2ogpt_operator.watchcache import SecretFacts, StackView, WatchCache, resource_version
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     missing_secrets: list[str] = field(default_factory=list)  # referenced Secrets that do not exist
+    # Every Secret the stack's pods read (present or not): a change to one enqueues the stack.
+    secrets_read: list[str] = field(default_factory=list)
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -92,6 +94,33 @@ def _key(manifest: Mapping[str, Any]) -> tuple[str, str]:
 
 def _owned_by(manifest: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in manifest.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _hold_templates_missing_a_secret(
+    desired: Sequence[Manifest],
+    live: Mapping[tuple[str, str], Manifest],
+    read: Mapping[tuple[str, str], list[tuple[str, str]]],
+    digests: builders.SecretDigests,
+) -> None:
+    """Keep a running workload's checksum while a Secret (or key) its pods read is missing.
+
+    A deleted Secret would otherwise roll the pods into ones that cannot start: a StatefulSet
+    replaces its pod before the new one runs, so Weaviate would go down. The running pods keep the
+    values they read and the status says what is missing. When the Secret is back, the checksum is
+    computed again: the same value gives the held checksum (no roll), a new value rolls the pods.
+    A workload not created yet starts with '' for the missing key and rolls when it appears.
+    """
+    for child in desired:
+        key = (child["kind"], child["metadata"]["name"])
+        lacking = [pair for pair in read.get(key, []) if pair[1] not in (digests.get(pair[0]) or {})]
+        running = live.get(key)
+        if not lacking or running is None:
+            continue
+        held = (
+            ((running.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
+        ).get(naming.CHECKSUM_ANNOTATION)
+        if held:
+            child["spec"]["template"]["metadata"]["annotations"][naming.CHECKSUM_ANNOTATION] = held
 
 
 class Reconciler:
@@ -142,20 +171,16 @@ class Reconciler:
             return outcome
         stack = Stack(name=name, namespace=namespace)
 
-        auth_secret = view.secrets.get(naming.child_name(name, naming.AUTH))
-        auth_digest = self._ensure_auth_secret(body, stack, spec, auth_secret, outcome)
+        secrets = self._secrets_after_ensuring_auth(body, stack, spec, view, outcome)
         missing = [
-            (path, ref.name)
-            for path, ref in builders.referenced_secrets(spec)
-            if ref.name not in view.secrets
+            (path, ref.name) for path, ref in builders.referenced_secrets(spec) if ref.name not in secrets
         ]
         outcome.missing_secrets = [secret_name for _, secret_name in missing]
         monitor_crd = spec.monitoring.service_monitor.enabled and self.service_monitors_served()
 
-        decided = autoscaled_replicas(body)
-        desired = builders.build_children(stack, spec, self.config, auth_digest, decided)
-        if not monitor_crd:
-            desired = [child for child in desired if child["kind"] != "ServiceMonitor"]
+        desired = self._desired_children(
+            stack, spec, secrets, view, outcome, monitor_crd=monitor_crd, decided=autoscaled_replicas(body)
+        )
         for child in desired:
             if not builders.kept_with_cr(child, spec):
                 kopf.adopt(child, owner=kopf.Body(cast(kopf.RawBody, body)))
@@ -211,6 +236,39 @@ class Reconciler:
         outcome.ready = status.is_ready(new_status)
         return outcome
 
+    def _desired_children(
+        self,
+        stack: Stack,
+        spec: H2oGPTDeploymentSpec,
+        secrets: Mapping[str, SecretFacts],
+        view: StackView,
+        outcome: Outcome,
+        *,
+        monitor_crd: bool,
+        decided: int | None,
+    ) -> list[Manifest]:
+        """The children to apply; records which Secrets their pods read (a change to one enqueues us).
+        `decided`: the autoscaler's last decision of the inference replicas (None without autoscaling)."""
+        digests = {secret_name: facts.key_digests for secret_name, facts in secrets.items()}
+        desired = builders.build_children(stack, spec, self.config, digests, decided)
+        if not monitor_crd:
+            desired = [child for child in desired if child["kind"] != "ServiceMonitor"]
+        read = builders.workload_secrets(desired)
+        outcome.secrets_read = sorted({secret_name for pairs in read.values() for secret_name, _ in pairs})
+        _hold_templates_missing_a_secret(desired, view.children, read, digests)
+        return desired
+
+    def _secrets_after_ensuring_auth(
+        self, body: Manifest, stack: Stack, spec: H2oGPTDeploymentSpec, view: StackView, outcome: Outcome
+    ) -> dict[str, SecretFacts]:
+        """The namespace's Secrets as the watch shows them, with `<cr>-auth` as this run left it."""
+        auth_name = naming.child_name(stack.name, naming.AUTH)
+        secrets = dict(view.secrets)
+        auth_facts = self._ensure_auth_secret(body, stack, spec, secrets.get(auth_name), outcome)
+        if auth_facts is not None:
+            secrets[auth_name] = auth_facts
+        return secrets
+
     def _ensure_auth_secret(
         self,
         body: Manifest,
@@ -218,11 +276,14 @@ class Reconciler:
         spec: H2oGPTDeploymentSpec,
         existing: SecretFacts | None,
         outcome: Outcome,
-    ) -> str:
-        """Create `<cr>-auth` once; add a key a newly enabled feature needs; never rotate one."""
+    ) -> SecretFacts | None:
+        """Create `<cr>-auth` once; add a key a newly enabled feature needs; never rotate one.
+
+        Returns the Secret's facts as this run left it (None: no generated Secret, or none found).
+        """
         wanted = builders.build_auth_secret(stack, spec, self.new_token)
         if wanted is None:
-            return ""
+            return existing
         secret_name = wanted["metadata"]["name"]
         stack_key = (stack.namespace, stack.name)
         if existing is None:
@@ -232,20 +293,20 @@ class Reconciler:
                 self.cache.wrote(stack_key, "Secret", secret_name, None, created)
                 outcome.writes += 1
                 self.kube.post_event(body, "GeneratedSecret", f"generated Secret {secret_name}")
-                return secret_digest(created.get("data"))
+                return SecretFacts.of(created)
             # It exists and the watch has not shown it yet (a restart mid-create): ask once.
             found = self.kube.get("v1", "Secret", stack.namespace, secret_name)
-            return secret_digest((found or {}).get("data"))
+            return SecretFacts.of(found) if found else None
         absent = {k: v for k, v in wanted["stringData"].items() if k not in existing.keys}
         if not absent:
-            return existing.digest
+            return existing
         patched = self.kube.merge_patch("v1", "Secret", stack.namespace, secret_name, {"stringData": absent})
         self.cache.wrote(stack_key, "Secret", secret_name, existing.resource_version, patched)
         outcome.writes += 1
         self.kube.post_event(
             body, "GeneratedSecret", f"added {', '.join(sorted(absent))} to Secret {secret_name}"
         )
-        return secret_digest(patched.get("data"))
+        return SecretFacts.of(patched)
 
     def _prune(
         self,

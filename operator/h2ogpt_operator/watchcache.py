@@ -13,7 +13,7 @@ write replaced (or nothing, for a create), the view shows the written object ins
 watch shows anything else, the watch wins. A stale read can only cause a redundant apply, never
 a missed one.
 
-Secrets are held as names, key names and a digest of their data: never their values.
+Secrets are held as names, key names and a digest of each key's value: never the values.
 """
 
 from __future__ import annotations
@@ -61,29 +61,35 @@ def child_index(plural: str) -> str:
     return f"children-{plural}"
 
 
-def secret_digest(data: Mapping[str, Any] | None) -> str:
-    """sha256 over a Secret's sorted `data`: pod templates carry it, so a new key rolls them."""
-    if not data:
-        return ""
-    return hashlib.sha256("\n".join(f"{k}={data[k]}" for k in sorted(data)).encode()).hexdigest()
+def value_digest(key: str, encoded: str) -> str:
+    """sha256 of one Secret key and its (base64) value: a pod template that reads the key carries it
+    (inside its checksum), so a new value rolls exactly the pods that read it."""
+    return hashlib.sha256(f"{key}={encoded}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class SecretFacts:
-    """A Secret without its values: enough to know it exists, which keys it has, and when it changed."""
+    """A Secret without its values: enough to know it exists, which keys it has, and when each changed."""
 
     name: str
     resource_version: str
-    keys: frozenset[str]
-    digest: str
+    # (key, value_digest(key, value)) sorted by key; never the value. A tuple keeps the facts hashable.
+    digests: tuple[tuple[str, str], ...]
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(key for key, _ in self.digests)
+
+    @property
+    def key_digests(self) -> dict[str, str]:
+        return dict(self.digests)
 
     @classmethod
     def of(cls, secret: Mapping[str, Any]) -> SecretFacts:
         meta = secret.get("metadata") or {}
         data = secret.get("data") or {}
-        return cls(
-            meta.get("name", ""), meta.get("resourceVersion", ""), frozenset(data), secret_digest(data)
-        )
+        digests = tuple((key, value_digest(key, str(value))) for key, value in sorted(data.items()))
+        return cls(meta.get("name", ""), meta.get("resourceVersion", ""), digests)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Not a fixture module: the test modules build their own fixtures from these (one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,13 +14,17 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hack.localcluster import find_binary
-from tests.support.cluster import Cluster, condition, wait_for
+from tests.support.cluster import Cluster, condition, get_json_or_none, must_get_json, wait_for
+from tests.support.leak_sweep import SWEEP
+
+__all__ = ["condition", "get_json_or_none", "must_get_json", "wait_for"]  # re-exported for the test modules
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "h2ogpt-operator"
@@ -58,7 +63,7 @@ def wait_established(cluster: Cluster, crd: str) -> None:
     and `kubectl wait --for condition=Established` fails on that instead of waiting."""
 
     def established() -> bool:
-        found = condition(get_json(cluster, "crd", crd), "Established")
+        found = condition(get_json_or_none(cluster, "crd", crd), "Established")
         return bool(found and found["status"] == "True")
 
     wait_for(established, 30, f"CRD {crd} to be Established")
@@ -96,23 +101,26 @@ def operator_kubeconfig(cluster: Cluster, directory: Path, watch_namespaces: lis
     return path
 
 
-def get_json(cluster: Cluster, *args: str) -> dict[str, Any] | None:
-    result = cluster.kubectl("get", *args, "-o", "json", check=False)
-    if result.returncode != 0:
-        return None
-    loaded: dict[str, Any] = json.loads(result.stdout)
-    return loaded
+def audit_events(cluster: Cluster, users: set[str]) -> list[dict[str, Any]]:
+    """Every completed request (stage ResponseComplete) these users made in the session, from the
+    apiserver's audit log (tests/support/cluster.py turns it on)."""
+    events = (json.loads(line) for line in cluster.local.audit_log_path.read_text().splitlines())
+    return [
+        event
+        for event in events
+        if event.get("stage") == "ResponseComplete" and event.get("user", {}).get("username") in users
+    ]
 
 
 def items(cluster: Cluster, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
     args = [kind, "-n", namespace] + (["-l", selector] if selector else [])
-    found = get_json(cluster, *args)
+    found = get_json_or_none(cluster, *args)
     return list(found["items"]) if found else []
 
 
 def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
-        cr = get_json(cluster, "h2ogpt", name, "-n", namespace)
+        cr = get_json_or_none(cluster, "h2ogpt", name, "-n", namespace)
         cond = condition(cr, "Ready")
         generation = (cr or {}).get("metadata", {}).get("generation")
         if (
@@ -201,6 +209,7 @@ class OperatorProcess:
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        SWEEP.keep_log(f"operator log {self.log_path.name}", self.log_path)
         wait_for(self._live, 30, f"operator {self.identity} liveness")
 
     def _live(self) -> bool:
@@ -217,6 +226,12 @@ class OperatorProcess:
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # Its /metrics page is gone with it: the leak sweep reads it now.
+        with contextlib.suppress(OSError):
+            metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:
+                page = response.read().decode()
+            SWEEP.add_place(f"/metrics of operator {self.identity}-{self.starts}", page)
         self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
@@ -243,3 +258,36 @@ class OperatorProcess:
 
     def is_leader(self) -> bool:
         return self.metrics().get("h2ogpt_operator_leader", 0.0) == 1.0
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: Cluster, log_dir: Path, lease_prefix: str, volumes: int, *extra_args: str
+) -> Iterator[OperatorProcess]:
+    """One operator process for a test module, as the chart's ServiceAccount, holding its own Lease:
+    the CRD installed, `volumes` hostPath PersistentVolumes for its stacks' PVCs (one per PVC: a
+    released volume is not bound again), stopped and the volumes removed afterwards."""
+    install_crd(cluster)
+    tag = uuid.uuid4().hex[:6]
+    provide_volumes(cluster, volumes, tag)
+    process = OperatorProcess(cluster, log_dir, f"{lease_prefix}-{tag}", *extra_args)
+    try:
+        process.start()
+        wait_for(process.is_leader, 30, "the operator to take the Lease")
+        yield process
+    finally:
+        process.stop()
+        remove_volumes(cluster, tag)
+
+
+def sample(name: str) -> dict[str, Any]:
+    """A CR from crds/samples/ by file name (without .yaml)."""
+    loaded: dict[str, Any] = yaml.safe_load((SAMPLES / f"{name}.yaml").read_text())
+    return loaded
+
+
+def apply_manifest(
+    cluster: Cluster, namespace: str, manifest: dict[str, Any], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply` one manifest into `namespace` (check=False: the refusal is the test's to read)."""
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=check)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hack.localcluster import find_binary
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, delete_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -69,7 +69,7 @@ def extra_namespaces(cluster: Cluster) -> Iterator[list[str]]:
         yield names
     finally:
         for name in names:
-            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+            delete_namespace(cluster, name)
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)

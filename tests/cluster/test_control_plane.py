@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, must_get_json
 
 pytestmark = pytest.mark.cluster
 
@@ -21,10 +21,6 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def get_json(cluster: Cluster, *args: str) -> dict:  # type: ignore[type-arg]
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)  # type: ignore[no-any-return]
 
 
 def pod_spec(name: str, gpus: int = 0) -> dict:  # type: ignore[type-arg]
@@ -44,7 +40,7 @@ def test_apiserver_reports_its_real_version(cluster: Cluster) -> None:
 
 
 def test_fake_nodes_are_ready_and_one_offers_gpus(cluster: Cluster) -> None:
-    nodes = {n["metadata"]["name"]: n for n in get_json(cluster, "nodes")["items"]}
+    nodes = {n["metadata"]["name"]: n for n in must_get_json(cluster, "nodes")["items"]}
     assert set(nodes) >= {"kwok-cpu-0", "kwok-cpu-1", "kwok-gpu-0"}
     for node in nodes.values():
         ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
@@ -57,9 +53,9 @@ def test_deployment_becomes_ready_on_a_fake_node(cluster: Cluster, namespace: st
     cluster.kubectl("-n", namespace, "create", "deployment", "web", "--image=registry.invalid/web:1",
                     "--replicas=2")
     cluster.kubectl("-n", namespace, "rollout", "status", "deployment/web", "--timeout=60s", timeout=70)
-    deployment = get_json(cluster, "-n", namespace, "deployment", "web")
+    deployment = must_get_json(cluster, "-n", namespace, "deployment", "web")
     assert deployment["status"]["readyReplicas"] == 2
-    for pod in get_json(cluster, "-n", namespace, "pods")["items"]:
+    for pod in must_get_json(cluster, "-n", namespace, "pods")["items"]:
         assert pod["spec"]["nodeName"].startswith("kwok-")
         assert pod["status"]["phase"] == "Running"
 
@@ -71,14 +67,15 @@ def test_gpu_pod_lands_only_on_the_gpu_node(cluster: Cluster, namespace: str) ->
     for index in range(3):
         cluster.kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/gpu-{index}", "--timeout=60s",
                         timeout=70)
-        assert get_json(cluster, "-n", namespace, "pod", f"gpu-{index}")["spec"]["nodeName"] == "kwok-gpu-0"
+        pod = must_get_json(cluster, "-n", namespace, "pod", f"gpu-{index}")
+        assert pod["spec"]["nodeName"] == "kwok-gpu-0"
 
 
 def test_pod_asking_more_gpus_than_any_node_stays_pending(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(pod_spec("greedy", gpus=16)))
 
     def unschedulable_condition() -> dict | None:  # type: ignore[type-arg]
-        pod = get_json(cluster, "-n", namespace, "pod", "greedy")
+        pod = must_get_json(cluster, "-n", namespace, "pod", "greedy")
         conditions = pod["status"].get("conditions", [])
         return next((c for c in conditions if c["type"] == "PodScheduled" and c["status"] == "False"), None)
 
@@ -86,12 +83,12 @@ def test_pod_asking_more_gpus_than_any_node_stays_pending(cluster: Cluster, name
     assert isinstance(condition, dict)
     assert condition["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in condition["message"]
-    assert get_json(cluster, "-n", namespace, "pod", "greedy")["status"]["phase"] == "Pending"
+    assert must_get_json(cluster, "-n", namespace, "pod", "greedy")["status"]["phase"] == "Pending"
 
 
 def test_deleting_an_owner_collects_what_it_owns(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("-n", namespace, "create", "configmap", "owner")
-    owner_uid = get_json(cluster, "-n", namespace, "configmap", "owner")["metadata"]["uid"]
+    owner_uid = must_get_json(cluster, "-n", namespace, "configmap", "owner")["metadata"]["uid"]
     owned = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
         "name": "owned", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
                                               "uid": owner_uid}]}}

@@ -18,7 +18,7 @@ from h2ogpt_operator.config import PROJECT_VERSION
 from h2ogpt_operator.crd import CRD_NAME, VERSION_ANNOTATION, apply_own_crd
 from h2ogpt_operator.kube import Kube, load_api_client
 
-from tests.cluster.operator_harness import OperatorProcess, get_json
+from tests.cluster.operator_harness import OperatorProcess, get_json_or_none
 from tests.cluster.test_chart_install import CHART, helm
 from tests.support.cluster import Cluster, wait_for
 
@@ -41,7 +41,7 @@ def older_crd(annotation: str | None = None) -> dict[str, Any]:
 
 def install_crd_as_old_release_left_it(cluster: Cluster, crd: dict[str, Any]) -> None:
     """`kubectl replace`: exactly this object, every field the current one has beyond it gone."""
-    current = get_json(cluster, "crd", CRD_NAME)
+    current = get_json_or_none(cluster, "crd", CRD_NAME)
     crd = {**crd, "metadata": {**crd["metadata"]}}
     if current is not None:
         crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -50,7 +50,7 @@ def install_crd_as_old_release_left_it(cluster: Cluster, crd: dict[str, Any]) ->
 
 
 def served_spec_fields(cluster: Cluster) -> set[str]:
-    crd = get_json(cluster, "crd", CRD_NAME)
+    crd = get_json_or_none(cluster, "crd", CRD_NAME)
     assert crd is not None
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     return set(spec["properties"])
@@ -101,7 +101,7 @@ def test_helm_upgrade_brings_the_new_crd_and_keeps_the_stack(
     helm(cluster, "install", release, str(old_chart), "--namespace", namespace, "--wait", "--timeout", "120s")
 
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=stack("kept"))
-    before = get_json(cluster, "h2ogpt", "kept", "-n", namespace)
+    before = get_json_or_none(cluster, "h2ogpt", "kept", "-n", namespace)
     assert before is not None
     refused = cluster.kubectl(
         "apply", "-n", namespace, "-f", "-", input=stack("new", suspend=True), check=False
@@ -126,19 +126,19 @@ def test_helm_upgrade_brings_the_new_crd_and_keeps_the_stack(
     operator.start()
     try:
         wait_for(lambda: NEW_FIELD in served_spec_fields(cluster), 30, "the operator to apply its CRD")
-        crd = get_json(cluster, "crd", CRD_NAME)
+        crd = get_json_or_none(cluster, "crd", CRD_NAME)
         assert crd is not None
         assert crd["metadata"]["annotations"][VERSION_ANNOTATION] == PROJECT_VERSION
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
 
         # The new field is usable...
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=stack("new", suspend=True))
-        created = get_json(cluster, "h2ogpt", "new", "-n", namespace)
+        created = get_json_or_none(cluster, "h2ogpt", "new", "-n", namespace)
         assert created is not None
         assert created["spec"][NEW_FIELD] is True
         # ...and the stack from before is intact: same object, same spec (defaults of the new
         # field apply on read, nothing the old schema stored was pruned).
-        after = get_json(cluster, "h2ogpt", "kept", "-n", namespace)
+        after = get_json_or_none(cluster, "h2ogpt", "kept", "-n", namespace)
         assert after is not None
         assert after["metadata"]["uid"] == before["metadata"]["uid"]
         assert {k: v for k, v in after["spec"].items() if k != NEW_FIELD} == before["spec"]
@@ -185,6 +185,6 @@ def test_an_older_operator_leaves_a_newer_crd_alone(
     assert apply_own_crd(kube, PROJECT_VERSION) == "applied"
     assert NEW_FIELD in served_spec_fields(cluster)
     # Applying again changes nothing (a restart of the operator is not a schema change).
-    generation = (get_json(cluster, "crd", CRD_NAME) or {})["metadata"]["generation"]
+    generation = (get_json_or_none(cluster, "crd", CRD_NAME) or {})["metadata"]["generation"]
     assert apply_own_crd(kube, PROJECT_VERSION) == "applied"
-    assert (get_json(cluster, "crd", CRD_NAME) or {})["metadata"]["generation"] == generation
+    assert (get_json_or_none(cluster, "crd", CRD_NAME) or {})["metadata"]["generation"] == generation

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.cluster.operator_harness import (
-    SAMPLES,
     OperatorProcess,
+    apply_manifest,
     condition,
-    get_json,
-    install_crd,
+    get_json_or_none,
     items,
-    provide_volumes,
-    remove_volumes,
+    must_get_json,
+    running_operator,
+    sample,
     wait_for,
     wait_ready,
 )
@@ -33,26 +31,8 @@ INSTANCE = "app.kubernetes.io/instance"
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(cluster)
-    tag = uuid.uuid4().hex[:6]
-    provide_volumes(cluster, 24, tag)
-    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), f"h2ogpt-operator-{tag}")
-    process.start()
-    wait_for(process.is_leader, 30, "the operator to take the Lease")
-    try:
+    with running_operator(cluster, tmp_path_factory.mktemp("operator"), "h2ogpt-operator", 24) as process:
         yield process
-    finally:
-        process.stop()
-        remove_volumes(cluster, tag)
-
-
-def apply_cr(cluster: Cluster, namespace: str, manifest: dict[str, Any], check: bool = True) -> Any:
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=check)
-
-
-def sample(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((SAMPLES / f"{name}.yaml").read_text())
-    return loaded
 
 
 def small_stack(name: str, **spec: Any) -> dict[str, Any]:
@@ -63,11 +43,6 @@ def small_stack(name: str, **spec: Any) -> dict[str, Any]:
         "spec": {"model": {"name": "org/model"}, **spec},
     }
 
-
-def must_get(cluster: Cluster, *args: str) -> dict[str, Any]:
-    found = get_json(cluster, *args)
-    assert found is not None, f"{' '.join(args)} not found"
-    return found
 
 
 def wait_for_inference_roll(
@@ -148,7 +123,7 @@ def test_invalid_crs_are_refused_by_kubectl_apply(
         "metadata": {"name": "bad"},
         "spec": spec,
     }
-    result = apply_cr(cluster, namespace, manifest, check=False)
+    result = apply_manifest(cluster, namespace, manifest, check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert items(cluster, "h2ogpt", namespace) == []
@@ -193,7 +168,7 @@ def test_tgi_sample_builds_a_wired_stack_on_the_gpu_node(
     manifest = sample("tgi-gpu")
     name = manifest["metadata"]["name"]
     started = time.monotonic()
-    apply_cr(cluster, namespace, manifest)
+    apply_manifest(cluster, namespace, manifest)
     cr = wait_ready(cluster, namespace, name)
     print(f"tgi sample Ready after {time.monotonic() - started:.1f}s")
     uid = cr["metadata"]["uid"]
@@ -208,18 +183,18 @@ def test_tgi_sample_builds_a_wired_stack_on_the_gpu_node(
         ("service", "weaviate-headless"), ("service", "openai"), ("service", "gradio"),
         ("configmap", "config"), ("secret", "auth"),
     ]:  # fmt: skip
-        obj = get_json(cluster, kind, f"{name}-{child}", "-n", namespace)
+        obj = get_json_or_none(cluster, kind, f"{name}-{child}", "-n", namespace)
         assert obj is not None, f"{kind} {name}-{child} missing"
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "h2ogpt-operator"
         assert _owned_by(obj, uid), f"{kind} {name}-{child} is not owned by the CR"
-    openai_deployment = must_get(
+    openai_deployment = must_get_json(
         cluster, "deployment", f"{name}-openai", "-n", namespace, "--show-managed-fields"
     )
     fields = openai_deployment["metadata"]["managedFields"]
     managers = {m["manager"] for m in fields if m["operation"] == "Apply"}
     assert managers == {"h2ogpt-operator"}
 
-    cache = get_json(cluster, "pvc", f"{name}-model-cache", "-n", namespace)
+    cache = get_json_or_none(cluster, "pvc", f"{name}-model-cache", "-n", namespace)
     assert cache is not None
     assert not cache["metadata"].get("ownerReferences"), "the model cache must outlive the CR"
     if cluster.local.real_node:  # as root (make test): the real node brings the default StorageClass
@@ -227,11 +202,11 @@ def test_tgi_sample_builds_a_wired_stack_on_the_gpu_node(
         assert cache["status"]["phase"] == "Bound"
         assert cache["spec"]["storageClassName"] == "local-path"
 
-    config = get_json(cluster, "configmap", f"{name}-config", "-n", namespace)
+    config = get_json_or_none(cluster, "configmap", f"{name}-config", "-n", namespace)
     assert config is not None
     assert config["data"]["H2OGPT_INFERENCE_SERVER"] == f"http://{name}-inference.{namespace}.svc:80"
     assert config["data"]["H2OGPT_BASE_MODEL"] == manifest["spec"]["model"]["name"]
-    secret = get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
+    secret = get_json_or_none(cluster, "secret", f"{name}-auth", "-n", namespace)
     assert secret is not None
     assert set(secret["data"]) == {"H2OGPT_H2OGPT_API_KEYS", "WEAVIATE_API_KEY"}
     assert not set(secret["data"]) & set(config["data"])
@@ -253,12 +228,13 @@ def test_tgi_sample_builds_a_wired_stack_on_the_gpu_node(
 def test_vllm_sample(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
     manifest = sample("vllm")
     name = manifest["metadata"]["name"]
-    apply_cr(cluster, namespace, manifest)
+    apply_manifest(cluster, namespace, manifest)
     wait_ready(cluster, namespace, name)
-    config = get_json(cluster, "configmap", f"{name}-config", "-n", namespace)
+    config = get_json_or_none(cluster, "configmap", f"{name}-config", "-n", namespace)
     assert config is not None
     assert config["data"]["H2OGPT_INFERENCE_SERVER"] == f"vllm:{name}-inference.{namespace}.svc:8000"
-    assert get_json(cluster, "deployment", f"{name}-gradio", "-n", namespace) is None  # frontend disabled
+    # The frontend is disabled.
+    assert get_json_or_none(cluster, "deployment", f"{name}-gradio", "-n", namespace) is None
     pods = items(cluster, "pods", namespace, f"{INSTANCE}={name},app.kubernetes.io/component=inference")
     assert [p["spec"]["nodeName"] for p in pods] == ["kwok-gpu-0"]
     assert pods[0]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -274,12 +250,12 @@ def test_llamacpp_sample_runs_on_cpu_under_restricted_pod_security(
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     manifest = sample("llamacpp-cpu")
     name = manifest["metadata"]["name"]
-    apply_cr(cluster, namespace, manifest)
+    apply_manifest(cluster, namespace, manifest)
     wait_ready(cluster, namespace, name)
-    config = must_get(cluster, "configmap", f"{name}-config", "-n", namespace)
+    config = must_get_json(cluster, "configmap", f"{name}-config", "-n", namespace)
     inference_url = f"http://{name}-inference.{namespace}.svc:8000/v1"
     assert config["data"]["H2OGPT_INFERENCE_SERVER"] == f"openai:{inference_url}"
-    assert get_json(cluster, "pvc", f"{name}-model-cache", "-n", namespace) is None
+    assert get_json_or_none(cluster, "pvc", f"{name}-model-cache", "-n", namespace) is None
     pods = items(cluster, "pods", namespace, f"{INSTANCE}={name}")
     components = {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods}
     assert components == {"inference", "weaviate", "openai", "gradio"}
@@ -294,10 +270,10 @@ def test_external_sample_waits_for_its_secret(
 ) -> None:
     manifest = sample("external-openai")
     name = manifest["metadata"]["name"]
-    apply_cr(cluster, namespace, manifest)
+    apply_manifest(cluster, namespace, manifest)
 
     def secret_missing() -> dict[str, Any] | None:
-        cond = condition(get_json(cluster, "h2ogpt", name, "-n", namespace), "OpenAIReady")
+        cond = condition(get_json_or_none(cluster, "h2ogpt", name, "-n", namespace), "OpenAIReady")
         return cond if cond and cond["reason"] == "SecretMissing" else None
 
     cond = wait_for(secret_missing, 30, "OpenAIReady=SecretMissing")
@@ -312,18 +288,18 @@ def test_external_sample_waits_for_its_secret(
         "--from-literal=OPENAI_API_KEY=sk-test",
     )
     wait_ready(cluster, namespace, name)
-    assert get_json(cluster, "deployment", f"{name}-inference", "-n", namespace) is None
-    config = get_json(cluster, "configmap", f"{name}-config", "-n", namespace)
+    assert get_json_or_none(cluster, "deployment", f"{name}-inference", "-n", namespace) is None
+    config = get_json_or_none(cluster, "configmap", f"{name}-config", "-n", namespace)
     assert config is not None
     assert config["data"]["H2OGPT_INFERENCE_SERVER"] == "openai:https://api.openai.com/v1"
-    assert "sk-test" not in json.dumps(get_json(cluster, "h2ogpt", name, "-n", namespace))
+    assert "sk-test" not in json.dumps(get_json_or_none(cluster, "h2ogpt", name, "-n", namespace))
 
 
 def test_too_many_gpus_are_reported(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
-    apply_cr(cluster, namespace, small_stack("greedy", inference={"gpus": 16}))
+    apply_manifest(cluster, namespace, small_stack("greedy", inference={"gpus": 16}))
 
     def unschedulable() -> dict[str, Any] | None:
-        cond = condition(get_json(cluster, "h2ogpt", "greedy", "-n", namespace), "Ready")
+        cond = condition(get_json_or_none(cluster, "h2ogpt", "greedy", "-n", namespace), "Ready")
         return cond if cond and cond["reason"] == "Unschedulable" else None
 
     cond = wait_for(unschedulable, 45, "Ready=False/Unschedulable")
@@ -338,15 +314,15 @@ def test_too_many_gpus_are_reported(cluster: Cluster, namespace: str, operator: 
 def test_deleted_or_edited_children_are_restored(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply_cr(cluster, namespace, small_stack("heal"))
+    apply_manifest(cluster, namespace, small_stack("heal"))
     wait_ready(cluster, namespace, "heal")
-    old_uid = must_get(cluster, "deployment", "heal-openai", "-n", namespace)["metadata"]["uid"]
+    old_uid = must_get_json(cluster, "deployment", "heal-openai", "-n", namespace)["metadata"]["uid"]
 
     started = time.monotonic()
     cluster.kubectl("delete", "deployment", "heal-openai", "-n", namespace, "--wait=false")
 
     def recreated() -> bool:
-        obj = get_json(cluster, "deployment", "heal-openai", "-n", namespace)
+        obj = get_json_or_none(cluster, "deployment", "heal-openai", "-n", namespace)
         return bool(obj and obj["metadata"]["uid"] != old_uid)
 
     wait_for(recreated, 15, "the deleted Deployment to come back")
@@ -366,8 +342,8 @@ def test_deleted_or_edited_children_are_restored(
     cluster.kubectl("scale", "deployment", "heal-gradio", "-n", namespace, "--replicas=3")
 
     def healed() -> bool:
-        config = get_json(cluster, "configmap", "heal-config", "-n", namespace)
-        gradio = get_json(cluster, "deployment", "heal-gradio", "-n", namespace)
+        config = get_json_or_none(cluster, "configmap", "heal-config", "-n", namespace)
+        gradio = get_json_or_none(cluster, "deployment", "heal-gradio", "-n", namespace)
         return bool(
             config
             and gradio
@@ -382,12 +358,12 @@ def test_deleted_or_edited_children_are_restored(
 def test_spec_change_rolls_only_the_pods_that_consume_it(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply_cr(cluster, namespace, small_stack("roll"))
+    apply_manifest(cluster, namespace, small_stack("roll"))
     wait_ready(cluster, namespace, "roll")
     before = pods_by_component(cluster, namespace, "roll")
 
     # An inference-only setting: only the inference pods roll; the ConfigMap does not change.
-    config_before = must_get(cluster, "configmap", "roll-config", "-n", namespace)
+    config_before = must_get_json(cluster, "configmap", "roll-config", "-n", namespace)
     cluster.kubectl(
         "patch",
         "h2ogpt",
@@ -403,7 +379,7 @@ def test_spec_change_rolls_only_the_pods_that_consume_it(
     assert after["weaviate"] == before["weaviate"]
     assert after["openai"] == before["openai"]
     assert after["gradio"] == before["gradio"]
-    config_after = must_get(cluster, "configmap", "roll-config", "-n", namespace)
+    config_after = must_get_json(cluster, "configmap", "roll-config", "-n", namespace)
     assert config_after["metadata"]["resourceVersion"] == config_before["metadata"]["resourceVersion"]
 
     # The model: TGI and the api pods (they read H2OGPT_BASE_MODEL) roll, the ConfigMap follows;
@@ -421,7 +397,7 @@ def test_spec_change_rolls_only_the_pods_that_consume_it(
     )
     wait_for(
         lambda: (
-            (c := get_json(cluster, "configmap", "roll-config", "-n", namespace))
+            (c := get_json_or_none(cluster, "configmap", "roll-config", "-n", namespace))
             and c["data"]["H2OGPT_BASE_MODEL"] == "org/other-model"
         ),
         15,
@@ -439,7 +415,7 @@ def test_spec_change_rolls_only_the_pods_that_consume_it(
 def test_deleting_the_cr_removes_children_and_keeps_pvcs(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply_cr(cluster, namespace, small_stack("gone"))
+    apply_manifest(cluster, namespace, small_stack("gone"))
     wait_ready(cluster, namespace, "gone")
     pvcs = {p["metadata"]["name"] for p in items(cluster, "pvc", namespace)}
     assert pvcs == {"gone-model-cache", "data-gone-weaviate-0"}

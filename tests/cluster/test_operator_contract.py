@@ -29,7 +29,7 @@ STACK = Stack(name="demo", namespace="team-a")
 
 def openai_pod_environment(spec: H2oGPTDeploymentSpec) -> tuple[dict[str, str], list[str], str]:
     """(env, args, generated key) of the `<cr>-openai` container, Secret references resolved."""
-    children = builders.build_children(STACK, spec, OperatorConfig(), auth_digest="")
+    children = builders.build_children(STACK, spec, OperatorConfig(), secret_digests={})
     config_map = next(c for c in children if c["kind"] == "ConfigMap")
     deployment = next(
         c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == "demo-openai"

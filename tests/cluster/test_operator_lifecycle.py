@@ -10,7 +10,7 @@ import pytest
 
 from tests.cluster.operator_harness import (
     OperatorProcess,
-    get_json,
+    get_json_or_none,
     install_crd,
     items,
     provide_volumes,
@@ -68,7 +68,7 @@ def test_two_operators_only_the_leader_acts(
         wait_for(standby.is_leader, 20, "the standby to take the Lease")
         cluster.kubectl("delete", "deployment", "duo-openai", "-n", namespace, "--wait=false")
         wait_for(
-            lambda: get_json(cluster, "deployment", "duo-openai", "-n", namespace),
+            lambda: get_json_or_none(cluster, "deployment", "duo-openai", "-n", namespace),
             15,
             "the new leader to restore the Deployment",
         )
@@ -106,7 +106,8 @@ def test_killed_mid_reconcile_converges_without_duplicates(
         )
         operator.stop(kill=True)
         first_keys = {
-            n: (get_json(cluster, "secret", f"{n}-auth", "-n", namespace) or {}).get("data") for n in names
+            n: (get_json_or_none(cluster, "secret", f"{n}-auth", "-n", namespace) or {}).get("data")
+            for n in names
         }
 
         operator.start()  # the same identity: it resumes its own Lease at once
@@ -129,7 +130,7 @@ def test_killed_mid_reconcile_converges_without_duplicates(
             assert len([p for p in pods if not p["metadata"].get("deletionTimestamp")]) == 4
             # A key generated before the kill is kept, never regenerated.
             if first_keys[name]:
-                secret = get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
+                secret = get_json_or_none(cluster, "secret", f"{name}-auth", "-n", namespace)
                 assert secret is not None
                 assert secret["data"] == first_keys[name]
     finally:

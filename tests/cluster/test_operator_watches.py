@@ -19,7 +19,8 @@ from tests.cluster.operator_harness import (
     ALL_NAMESPACES_RELEASE,
     NAMESPACED_RELEASE,
     OperatorProcess,
-    get_json,
+    audit_events,
+    get_json_or_none,
     install_crd,
     items,
     operator_user,
@@ -85,17 +86,11 @@ def operator_reads_in_audit_log(cluster: Cluster) -> int:
     """GET and LIST requests by the operator's ServiceAccounts, besides the Lease, as the apiserver
     recorded them (its audit log): the operator's own counter checked from the other side."""
     users = {operator_user(ALL_NAMESPACES_RELEASE), operator_user(NAMESPACED_RELEASE)}
-    count = 0
-    for line in cluster.local.audit_log_path.read_text().splitlines():
-        event = json.loads(line)
-        if (
-            event.get("stage") == "ResponseComplete"
-            and event.get("verb") in ("get", "list")
-            and event.get("user", {}).get("username") in users
-            and (event.get("objectRef") or {}).get("resource") != "leases"
-        ):
-            count += 1
-    return count
+    return sum(
+        1
+        for event in audit_events(cluster, users)
+        if event.get("verb") in ("get", "list") and (event.get("objectRef") or {}).get("resource") != "leases"
+    )
 
 
 def test_steady_state_reads_nothing_but_the_lease(
@@ -166,7 +161,7 @@ def test_a_refused_child_is_retried_with_growing_delays(
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=stack("refused"))
 
     def refused() -> dict[str, Any] | None:
-        cr = get_json(cluster, "h2ogpt", "refused", "-n", namespace)
+        cr = get_json_or_none(cluster, "h2ogpt", "refused", "-n", namespace)
         ready = next(
             (c for c in (cr or {}).get("status", {}).get("conditions", []) if c["type"] == "Ready"), None
         )
@@ -222,7 +217,7 @@ SERVICE_MONITOR_CRD_MANIFEST = {
 
 @pytest.fixture
 def service_monitor_crd(cluster: Cluster) -> Iterator[None]:
-    if get_json(cluster, "crd", SERVICE_MONITOR_CRD) is not None:
+    if get_json_or_none(cluster, "crd", SERVICE_MONITOR_CRD) is not None:
         pytest.fail(f"{SERVICE_MONITOR_CRD} exists already; this test installs and removes its own")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD_MANIFEST))
     wait_established(cluster, SERVICE_MONITOR_CRD)

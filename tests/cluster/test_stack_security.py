@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 from h2ogpt_operator.naming import MAX_CR_NAME_LENGTH
 
 from tests.cluster.operator_harness import (
-    SAMPLES,
     OperatorProcess,
-    get_json,
+    apply_manifest,
+    get_json_or_none,
     install_crd,
     items,
-    provide_volumes,
-    remove_volumes,
+    must_get_json,
+    running_operator,
+    sample,
     wait_for,
     wait_ready,
 )
@@ -40,23 +39,9 @@ INSTANCE = "app.kubernetes.io/instance"
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(cluster)
-    tag = uuid.uuid4().hex[:6]
-    # One per PVC of the module's stacks: a released hostPath volume is not bound again.
-    provide_volumes(cluster, 16, tag)
-    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), f"h2ogpt-security-{tag}")
-    process.start()
-    wait_for(process.is_leader, 30, "the operator to take the Lease")
-    try:
+    # One volume per PVC of the module's stacks.
+    with running_operator(cluster, tmp_path_factory.mktemp("operator"), "h2ogpt-security", 16) as process:
         yield process
-    finally:
-        process.stop()
-        remove_volumes(cluster, tag)
-
-
-def sample(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((SAMPLES / f"{name}.yaml").read_text())
-    return loaded
 
 
 def stack(name: str, **spec: Any) -> dict[str, Any]:
@@ -67,10 +52,6 @@ def stack(name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"model": {"name": "org/model"}, "inference": {"engine": "llamacpp"}, **spec},
     }
-
-
-def apply(cluster: Cluster, namespace: str, manifest: dict[str, Any], check: bool = True) -> Any:
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=check)
 
 
 def selector_string(selector: dict[str, Any]) -> str:
@@ -109,10 +90,10 @@ def test_a_name_whose_children_would_be_refused_is_refused_at_apply(
     cluster: Cluster, namespace: str, name: str, message: str
 ) -> None:
     install_crd(cluster)
-    result = apply(cluster, namespace, stack(name), check=False)
+    result = apply_manifest(cluster, namespace, stack(name), check=False)
     assert result.returncode != 0
     assert message in result.stderr
-    assert get_json(cluster, "h2ogpt", name, "-n", namespace) is None
+    assert get_json_or_none(cluster, "h2ogpt", name, "-n", namespace) is None
 
 
 def test_the_longest_name_allowed_gets_a_whole_stack(
@@ -120,13 +101,13 @@ def test_the_longest_name_allowed_gets_a_whole_stack(
 ) -> None:
     """43 characters: every child, the Weaviate pod (controller-revision-hash label) included, is created."""
     name = "l" * MAX_CR_NAME_LENGTH
-    apply(cluster, namespace, stack(name))
+    apply_manifest(cluster, namespace, stack(name))
     wait_ready(cluster, namespace, name, timeout=90)
     pods = items(cluster, "pods", namespace, f"{INSTANCE}={name}")
     assert {p["metadata"]["labels"][COMPONENT] for p in pods} == {"inference", "weaviate", "openai", "gradio"}
     # The headless Service has the longest name (61 characters); the Weaviate pod's revision label is
     # the tightest (up to 63): the pod exists, so the StatefulSet controller could label it.
-    assert get_json(cluster, "service", f"{name}-weaviate-headless", "-n", namespace) is not None
+    assert get_json_or_none(cluster, "service", f"{name}-weaviate-headless", "-n", namespace) is not None
 
 
 # --- item 6: Pod Security `restricted` --------------------------------------------------------------------
@@ -140,7 +121,7 @@ def test_gpu_stacks_are_admitted_where_restricted_is_enforced(
     cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     manifest = sample(name)
     cr = manifest["metadata"]["name"]
-    apply(cluster, namespace, manifest)
+    apply_manifest(cluster, namespace, manifest)
     wait_ready(cluster, namespace, cr, timeout=90)
     pods = items(cluster, "pods", namespace, f"{INSTANCE}={cr}")
     # Every workload has all its pods (none refused by admission).
@@ -171,8 +152,8 @@ def test_network_policies_admit_only_their_own_stacks_api_pods(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     """Two stacks in one namespace: each policy selects its own component, and admits its own API pods."""
-    apply(cluster, namespace, stack("alpha"))
-    apply(cluster, namespace, stack("beta"))
+    apply_manifest(cluster, namespace, stack("alpha"))
+    apply_manifest(cluster, namespace, stack("beta"))
     wait_ready(cluster, namespace, "alpha", timeout=90)
     wait_ready(cluster, namespace, "beta", timeout=90)
     for name, other in (("alpha", "beta"), ("beta", "alpha")):
@@ -217,14 +198,15 @@ def test_api_sources_come_from_the_spec_and_policies_can_be_turned_off(
         {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.96.0.0/16"]}},
     ]
     scraper = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
-    apply(cluster, namespace, stack("gamma", networkPolicy={"apiFrom": sources, "metricsFrom": scraper}))
+    policy = {"apiFrom": sources, "metricsFrom": scraper}
+    apply_manifest(cluster, namespace, stack("gamma", networkPolicy=policy))
     wait_ready(cluster, namespace, "gamma", timeout=90)
-    api = must_get(cluster, "networkpolicy", "gamma-api", "-n", namespace)
+    api = must_get_json(cluster, "networkpolicy", "gamma-api", "-n", namespace)
     assert api["spec"]["ingress"][0]["from"] == sources
-    inference = must_get(cluster, "networkpolicy", "gamma-inference", "-n", namespace)
+    inference = must_get_json(cluster, "networkpolicy", "gamma-inference", "-n", namespace)
     assert inference["spec"]["ingress"][1] == {"from": scraper, "ports": [{"protocol": "TCP", "port": 8000}]}
 
-    apply(cluster, namespace, stack("gamma", networkPolicy={"enabled": False}))
+    apply_manifest(cluster, namespace, stack("gamma", networkPolicy={"enabled": False}))
 
     def pruned() -> bool:
         return not items(cluster, "networkpolicies", namespace, f"{INSTANCE}=gamma")
@@ -247,15 +229,47 @@ def test_a_bad_network_source_is_refused_at_apply(
     cluster: Cluster, namespace: str, source: dict[str, Any], message: str
 ) -> None:
     install_crd(cluster)
-    result = apply(cluster, namespace, stack("delta", networkPolicy={"apiFrom": [source]}), check=False)
+    manifest = stack("delta", networkPolicy={"apiFrom": [source]})
+    result = apply_manifest(cluster, namespace, manifest, check=False)
     assert result.returncode != 0
     assert message in result.stderr
 
 
-def must_get(cluster: Cluster, *args: str) -> dict[str, Any]:
-    found = get_json(cluster, *args)
-    assert found is not None, f"{' '.join(args)} not found"
-    return found
+# --- item 8: per-key limits from the CR ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"requestsPerMinute": -1}, "spec.auth.limits.requestsPerMinute: Invalid value: -1"),
+        ({"tokensPerMinute": -5}, "should be greater than or equal to 0"),
+        ({"tokensPerMinute": 10_000_000_001}, "should be less than or equal to 10000000000"),
+        ({"requestsPerMinute": "many"}, 'spec.auth.limits.requestsPerMinute: Invalid value: "string"'),
+    ],
+)
+def test_bad_limits_are_refused_at_apply(
+    cluster: Cluster, namespace: str, limits: dict[str, Any], message: str
+) -> None:
+    install_crd(cluster)
+    result = apply_manifest(cluster, namespace, stack("zeta", auth={"limits": limits}), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert get_json_or_none(cluster, "h2ogpt", "zeta", "-n", namespace) is None
+
+
+def test_limits_reach_the_api_pods_settings(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    limits = {"requestsPerMinute": 60, "tokensPerMinute": 9000}
+    apply_manifest(cluster, namespace, stack("eta", auth={"limits": limits}))
+    wait_ready(cluster, namespace, "eta", timeout=90)
+    settings = must_get_json(cluster, "configmap", "eta-config", "-n", namespace)["data"]
+    assert (settings["H2OGPT_REQUESTS_PER_MINUTE"], settings["H2OGPT_TOKENS_PER_MINUTE"]) == ("60", "9000")
+    for component in ("openai", "gradio"):
+        deployment = must_get_json(cluster, "deployment", f"eta-{component}", "-n", namespace)
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"configMapRef": {"name": "eta-config"}} in container["envFrom"]
+
 
 
 # --- item 11: generated credentials stay in their Secret --------------------------------------------------
@@ -264,19 +278,19 @@ def must_get(cluster: Cluster, *args: str) -> dict[str, Any]:
 def test_generated_credentials_appear_in_no_configmap_event_status_or_log(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    apply(cluster, namespace, stack("epsilon"))
+    apply_manifest(cluster, namespace, stack("epsilon"))
     wait_ready(cluster, namespace, "epsilon", timeout=90)
-    secret = must_get(cluster, "secret", "epsilon-auth", "-n", namespace)
+    secret = must_get_json(cluster, "secret", "epsilon-auth", "-n", namespace)
     data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
     generated = [json.loads(data["H2OGPT_H2OGPT_API_KEYS"])[0], data["WEAVIATE_API_KEY"]]
     assert all(len(token) >= 32 for token in generated)
     # Touch the stack so that it writes events and status again.
-    apply(cluster, namespace, stack("epsilon", openai={"replicas": 2}))
+    apply_manifest(cluster, namespace, stack("epsilon", openai={"replicas": 2}))
     wait_ready(cluster, namespace, "epsilon", timeout=60)
     places = {
         "configmaps": json.dumps(items(cluster, "configmaps", namespace)),
         "events": json.dumps(items(cluster, "events", namespace)),
-        "status": json.dumps(must_get(cluster, "h2ogpt", "epsilon", "-n", namespace).get("status")),
+        "status": json.dumps(must_get_json(cluster, "h2ogpt", "epsilon", "-n", namespace).get("status")),
         "workloads": json.dumps(items(cluster, "deployments,statefulsets", namespace)),
         "operator log": operator.log_text(),
     }

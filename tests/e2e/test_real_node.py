@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from hack import realnode
-from tests.support.cluster import Cluster, wait_for
-from tests.support.e2e import e2e_namespace, get_json, port_forward
+from tests.support.cluster import Cluster, must_get_json, wait_for
+from tests.support.e2e import e2e_namespace, port_forward
 
 pytestmark = [pytest.mark.e2e]
 
@@ -56,7 +56,7 @@ def wait_ready(cluster: Cluster, namespace: str, pod: str) -> None:
 
 
 def test_the_node_is_registered_ready_tainted_and_runs_containerd_2(cluster: Cluster) -> None:
-    node = get_json(cluster, "node", realnode.NODE_NAME)
+    node = must_get_json(cluster, "node", realnode.NODE_NAME)
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True", ready
     info = node["status"]["nodeInfo"]
@@ -73,10 +73,10 @@ def test_services_route_from_the_host_and_between_pods_by_dns_name(
 ) -> None:
     apply(cluster, node_namespace, web_pod("web", "hello-from-a-real-pod"), service("web"))
     wait_ready(cluster, node_namespace, "web")
-    pod = get_json(cluster, "pod", "web", "-n", node_namespace)
+    pod = must_get_json(cluster, "pod", "web", "-n", node_namespace)
     assert pod["spec"]["nodeName"] == realnode.NODE_NAME
     assert pod["status"]["podIP"].startswith("10.244.0.")
-    cluster_ip = get_json(cluster, "svc", "web", "-n", node_namespace)["spec"]["clusterIP"]
+    cluster_ip = must_get_json(cluster, "svc", "web", "-n", node_namespace)["spec"]["clusterIP"]
     # From the host, through kube-proxy's rules for the ClusterIP.
     answer = wait_for(lambda: _get(f"http://{cluster_ip}/"), 30, "the ClusterIP to answer from the host")
     assert answer == "hello-from-a-real-pod\n"
@@ -87,15 +87,15 @@ def test_services_route_from_the_host_and_between_pods_by_dns_name(
                   "command": ["sh", "-c", f"wget -qO- http://web.{node_namespace}.svc.cluster.local/ && "
                                           f"wget -qO- http://web.{node_namespace}.svc/"]}]}}
     apply(cluster, node_namespace, client)
-    wait_for(lambda: get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"]
+    wait_for(lambda: must_get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"]
          in ("Succeeded", "Failed"), 90, "the client pod to finish")
     logs = cluster.kubectl("logs", "client", "-n", node_namespace).stdout
     assert logs == "hello-from-a-real-pod\n" * 2, logs
-    assert get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"] == "Succeeded"
+    assert must_get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"] == "Succeeded"
 
 
 def phase(cluster: Cluster, namespace: str, pod: str) -> str:
-    return str(get_json(cluster, "pod", pod, "-n", namespace)["status"]["phase"])
+    return str(must_get_json(cluster, "pod", pod, "-n", namespace)["status"]["phase"])
 
 
 def _get(url: str) -> str | None:
@@ -120,7 +120,7 @@ def test_logs_exec_and_port_forward_reach_the_kubelet(cluster: Cluster, node_nam
 def test_a_pvc_binds_through_the_default_storage_class_and_keeps_data(
     cluster: Cluster, node_namespace: str
 ) -> None:
-    classes = get_json(cluster, "storageclass")["items"]
+    classes = must_get_json(cluster, "storageclass")["items"]
     default_key = "storageclass.kubernetes.io/is-default-class"
     default = [c["metadata"]["name"] for c in classes
                if c["metadata"].get("annotations", {}).get(default_key) == "true"]
@@ -138,7 +138,7 @@ def test_a_pvc_binds_through_the_default_storage_class_and_keeps_data(
 
     apply(cluster, node_namespace, claim, writer("first", "echo kept > /data/note"))
     wait_for(lambda: phase(cluster, node_namespace, "first") == "Succeeded", 120, "the first pod to write")
-    assert get_json(cluster, "pvc", "data", "-n", node_namespace)["status"]["phase"] == "Bound"
+    assert must_get_json(cluster, "pvc", "data", "-n", node_namespace)["status"]["phase"] == "Bound"
     cluster.kubectl("delete", "pod", "first", "-n", node_namespace)
     apply(cluster, node_namespace, writer("second", "cat /data/note"))
     wait_for(lambda: phase(cluster, node_namespace, "second") == "Succeeded", 120, "the second pod to read")
@@ -153,6 +153,6 @@ def test_kwok_pods_stay_off_the_real_node(cluster: Cluster, namespace: str) -> N
                                                                  "image": "example.invalid/x:1"}]}}}}
     apply(cluster, namespace, deployment)
     cluster.kubectl("rollout", "status", "deployment/fake", "-n", namespace, "--timeout=60s", timeout=70)
-    nodes = {p["spec"]["nodeName"] for p in get_json(cluster, "pods", "-n", namespace)["items"]}
+    nodes = {p["spec"]["nodeName"] for p in must_get_json(cluster, "pods", "-n", namespace)["items"]}
     assert nodes
     assert all(n.startswith("kwok-") for n in nodes), nodes

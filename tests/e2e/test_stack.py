@@ -29,8 +29,9 @@ from gradio_client import Client
 from h2ogpt_client import GradioClient
 
 from tests.e2e.conftest import record_timing
-from tests.support.cluster import Cluster, condition, wait_for
-from tests.support.e2e import CHART, create_e2e_namespace, diagnose, get_json, helm, port_forward
+from tests.support.cluster import Cluster, condition, must_get_json, wait_for
+from tests.support.e2e import CHART, create_e2e_namespace, diagnose, helm, port_forward
+from tests.support.leak_sweep import SWEEP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -55,7 +56,7 @@ class Stack:
     api_key: str
 
     def cr(self) -> dict[str, Any]:
-        return dict(get_json(self.cluster, "h2ogpt", self.name, "-n", self.namespace))
+        return dict(must_get_json(self.cluster, "h2ogpt", self.name, "-n", self.namespace))
 
     def service_url(self, component: str, port: int) -> str:
         ip = self.cluster.kubectl("get", "svc", f"{self.name}-{component}", "-n", self.namespace,
@@ -86,6 +87,8 @@ def operator_release(cluster: Cluster, node_images: list[str]) -> Iterator[tuple
     try:
         yield operator_ns, stack_ns
     finally:
+        for namespace in (stack_ns, operator_ns):  # while the stacks and the operator still run
+            SWEEP.sweep(cluster, namespace)
         cluster.kubectl("delete", "h2ogpt", "--all", "-n", stack_ns, "--wait=false", check=False)
         helm(cluster, "uninstall", RELEASE, "-n", operator_ns, "--wait", check=False)
         for namespace in (stack_ns, operator_ns):
@@ -102,7 +105,7 @@ def stack(cluster: Cluster, operator_release: tuple[str, str]) -> Stack:
     handle = Stack(cluster, operator_ns, namespace, name, sample["spec"]["model"]["name"], api_key="")
     handle.wait_ready()
     record_timing("kubectl apply -> Ready=True (llamacpp stack, cold)", time.monotonic() - started)
-    secret = get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
+    secret = must_get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
     keys = json.loads(_b64(secret["data"]["H2OGPT_H2OGPT_API_KEYS"]))
     return Stack(cluster, operator_ns, namespace, name, handle.model, api_key=keys[0])
 
@@ -122,12 +125,13 @@ def test_helm_test_passes_on_the_real_node(cluster: Cluster, operator_release: t
     # Service; its hook-delete-policy removes it once it succeeded, so only the phase is left to read.
     result = helm(cluster, "test", RELEASE, "-n", operator_ns, "--timeout", "3m")
     assert "Phase:          Succeeded" in result.stdout, result.stdout
-    pods = get_json(cluster, "pods", "-n", operator_ns, "-l", "app.kubernetes.io/component=operator")["items"]
+    selector = "app.kubernetes.io/component=operator"
+    pods = must_get_json(cluster, "pods", "-n", operator_ns, "-l", selector)["items"]
     assert {pod["spec"]["nodeName"] for pod in pods} == {"real-node-0"}
 
 
 def test_restricted_namespace_admits_the_whole_stack_and_refuses_a_privileged_pod(stack: Stack) -> None:
-    pods = get_json(stack.cluster, "pods", "-n", stack.namespace)["items"]
+    pods = must_get_json(stack.cluster, "pods", "-n", stack.namespace)["items"]
     components = {pod["metadata"]["labels"].get("app.kubernetes.io/component") for pod in pods}
     assert {"inference", "weaviate", "openai", "gradio"} <= components
     assert all(pod["status"]["phase"] == "Running" for pod in pods)
@@ -225,7 +229,7 @@ def test_document_answers_and_survives_losing_the_weaviate_pod(stack: Stack) -> 
     assert source in [s["source"] for s in answer["sources"]]
 
     pod = f"{stack.name}-weaviate-0"
-    uid = get_json(stack.cluster, "pod", pod, "-n", stack.namespace)["metadata"]["uid"]
+    uid = must_get_json(stack.cluster, "pod", pod, "-n", stack.namespace)["metadata"]["uid"]
     stack.cluster.kubectl("delete", "pod", pod, "-n", stack.namespace, "--wait=true", "--timeout=120s")
     wait_for(lambda: _pod_ready_with_new_uid(stack, pod, uid), 240, f"{pod} recreated and Ready")
     stack.wait_ready()
@@ -264,12 +268,12 @@ def _not_ready(stack: Stack) -> dict[str, Any] | None:
 
 def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> None:
     def holder() -> str | None:
-        lease = get_json(stack.cluster, "lease", "h2ogpt-operator", "-n", stack.operator_namespace)
+        lease = must_get_json(stack.cluster, "lease", "h2ogpt-operator", "-n", stack.operator_namespace)
         return str(lease["spec"].get("holderIdentity") or "") or None
 
     leader = holder()
     assert leader is not None
-    pods = get_json(stack.cluster, "pods", "-n", stack.operator_namespace,
+    pods = must_get_json(stack.cluster, "pods", "-n", stack.operator_namespace,
                     "-l", "app.kubernetes.io/component=operator")["items"]
     assert len(pods) == 2
     # The chart names each replica in the Lease by its pod name (--identity=$(POD_NAME)).
@@ -285,22 +289,22 @@ def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> N
 
 
 def _config_value(stack: Stack, key: str) -> str | None:
-    config = get_json(stack.cluster, "configmap", f"{stack.name}-config", "-n", stack.namespace)
+    config = must_get_json(stack.cluster, "configmap", f"{stack.name}-config", "-n", stack.namespace)
     return str(config["data"].get(key))
 
 
 def test_suspend_removes_inference_pods_keeps_volumes_and_resume_answers(stack: Stack) -> None:
     pvcs_before = {p["metadata"]["name"] for p in
-                   get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]}
+                   must_get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]}
     assert pvcs_before, "the stack's PVCs should be bound by now"
     stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
                           "-p", '{"spec": {"suspend": true}}')
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
-    wait_for(lambda: not get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"], 120,
-         "the inference pods to be gone")
+    wait_for(lambda: not must_get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"],
+             120, "the inference pods to be gone")
     wait_for(lambda: (condition(stack.cr(), "Ready") or {}).get("reason") == "Suspended", 60,
              "Ready=False Suspended")
-    pvcs = get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]
+    pvcs = must_get_json(stack.cluster, "pvc", "-n", stack.namespace)["items"]
     assert {p["metadata"]["name"] for p in pvcs} == pvcs_before
     assert all(p["status"]["phase"] == "Bound" for p in pvcs)
 
@@ -339,14 +343,14 @@ def test_status_names_what_stops_real_pods(
     stack.cluster.kubectl("apply", "-n", stack.namespace, "-f", "-", input=json.dumps(manifest))
     try:
         def failing() -> dict[str, Any] | None:
-            cr = get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
+            cr = must_get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
             found = condition(cr, "InferenceReady")
             return found if found and found["reason"] in reason else None
 
         try:
             seen = wait_for(failing, 240, f"InferenceReady naming {reason}", interval=1)
         except AssertionError as error:
-            cr = get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
+            cr = must_get_json(stack.cluster, "h2ogpt", name, "-n", stack.namespace)
             raise AssertionError(f"{error}; InferenceReady: {condition(cr, 'InferenceReady')}") from None
         assert seen["status"] == "False"
         assert words in seen["message"].lower() or words in seen["message"], seen

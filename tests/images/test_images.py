@@ -26,14 +26,14 @@ from openai import OpenAI
 from tests.cluster.operator_harness import (
     SAMPLES,
     free_port,
-    get_json,
+    get_json_or_none,
     install_crd,
     provide_volumes,
     remove_volumes,
     wait_for,
     wait_ready,
 )
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, delete_namespace
 from tests.support.images import (
     IMAGE_NAMES,
     REPO,
@@ -544,7 +544,7 @@ def operator_namespace(cluster: Cluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        delete_namespace(cluster, name)
 
 
 def test_operator_image_reconciles_a_sample(
@@ -590,7 +590,7 @@ def test_operator_image_reconciles_a_sample(
                     ("statefulset", "weaviate"), ("service", "openai"), ("configmap", "config"),
                     ("secret", "auth"),
                 ]:  # fmt: skip
-                    obj = get_json(cluster, kind, f"{name}-{child}", "-n", operator_namespace)
+                    obj = get_json_or_none(cluster, kind, f"{name}-{child}", "-n", operator_namespace)
                     assert obj is not None, f"{kind} {name}-{child} missing; operator log:\n{operator.log()}"
                     owners = {ref["uid"] for ref in obj["metadata"].get("ownerReferences") or []}
                     assert cr["metadata"]["uid"] in owners

@@ -8,10 +8,13 @@ Each attack here has its row in docs/security.md.
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -229,6 +232,76 @@ def test_token_limit_refuses_once_the_minute_is_spent(
     ask(server, "Tell me a long story about the sea please")  # more than 5 tokens: the window is full
     with pytest.raises(openai.RateLimitError, match="5 tokens per minute"):
         ask(server)
+
+
+def gradio_generate(client: Any, **request: object) -> dict[str, Any]:
+    """h2oGPT's `/submit_nochat_api` as its clients call it: the str() of a dict in and out."""
+    answer: dict[str, Any] = ast.literal_eval(
+        client.predict(str({"instruction_nochat": "Who are you?", **request}), api_name="/submit_nochat_api")
+    )
+    return answer
+
+
+def assert_limited(answer: dict[str, Any], limit: str) -> None:
+    """h2oGPT's error shape: an `error` saying which limit and how long to wait; no traceback."""
+    assert limit in answer.get("error", ""), answer
+    assert re.search(r"try again in ([0-9]+) s", answer["error"]), answer["error"]
+    assert 1 <= int(re.findall(r"try again in ([0-9]+) s", answer["error"])[0]) <= 120
+    assert "Traceback" not in str(answer)
+
+
+def test_gradio_calls_with_a_key_share_its_limit_with_the_openai_port(
+    api_server_factory: ApiServerFactory, tgi_fake: RunningFake
+) -> None:
+    from gradio_client import Client  # noqa: PLC0415 (only the Gradio tests load it)
+
+    server = api_server_factory(
+        [*llm_only_args(tgi_fake.url, MODEL), "--gradio", "True",
+         "--h2ogpt_api_keys", "{'ivy': 'k-ivy-secret', 'jack': 'k-jack-secret'}",
+         "--requests_per_minute", "3"]
+    )
+    assert server.gradio_url is not None
+    client = Client(server.gradio_url, verbose=False)
+    assert gradio_generate(client, h2ogpt_key="k-ivy-secret")["response"]
+    assert gradio_generate(client, h2ogpt_key="k-ivy-secret")["response"]
+    ask(server, api_key="k-ivy-secret")  # the third request of ivy's minute, on the other port
+    # One process, one counter: the fourth is refused on either port.
+    assert_limited(gradio_generate(client, h2ogpt_key="k-ivy-secret"), "3 requests per minute")
+    with pytest.raises(openai.RateLimitError, match="3 requests per minute"):
+        ask(server, api_key="k-ivy-secret")
+    # The document APIs count too, and answer in their own shape (the error is the 4th output).
+    no_loaders = [None] * 6
+    added = client.predict("A note.", "LLM", True, 512, True, *no_loaders, "k-ivy-secret",
+                           api_name="/add_text")
+    assert "3 requests per minute" in added[3]
+    assert "try again in" in added[3]
+    # Other keys, and anonymous sessions (not limited: nothing tells two apart), are unaffected.
+    assert gradio_generate(client, h2ogpt_key="k-jack-secret")["response"]
+    for _ in range(4):
+        assert gradio_generate(client)["response"]
+    metrics = httpx.get(server.base_url + "/metrics", timeout=10).text
+    assert 'h2ogpt_api_rate_limited_total{limit="requests"} 3.0' in metrics
+
+
+def test_gradio_logins_have_request_and_token_limits(
+    api_server_factory: ApiServerFactory, tgi_fake: RunningFake, tmp_path: Path
+) -> None:
+    from gradio_client import Client  # noqa: PLC0415 (only the Gradio tests load it)
+
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"liz": {"password": "liz-pw"}, "max": {"password": "max-pw"}}))
+    server = api_server_factory(
+        [*llm_only_args(tgi_fake.url, MODEL), "--gradio", "True", "--auth", str(users),
+         "--auth_access", "closed", "--tokens_per_minute", "5"]
+    )
+    assert server.gradio_url is not None
+    liz = Client(server.gradio_url, auth=("liz", "liz-pw"), verbose=False)
+    # More than 5 tokens: liz's minute is spent once this answer is charged.
+    assert gradio_generate(liz, instruction_nochat="Tell me a long story about the sea please")["response"]
+    assert_limited(gradio_generate(liz), "5 tokens per minute")
+    assert_limited(gradio_generate(liz, stream_output=True), "5 tokens per minute")
+    other = Client(server.gradio_url, auth=("max", "max-pw"), verbose=False)
+    assert gradio_generate(other)["response"]
 
 
 # -- 10. anonymous Gradio sessions' MyData is cleaned up ------------------------------------------

@@ -8,6 +8,7 @@ and KUBECONFIG from the environment is ignored.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from hack.localcluster import BIN, LocalCluster
+from tests.support.leak_sweep import SWEEP
 
 T = TypeVar("T")
 
@@ -69,10 +71,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         directory=tmp_path_factory.mktemp("cluster"), real_node=want_real_node(), audit_log=True
     )
     local.up()
+    leaks: list[str] = []
     try:
         yield Cluster(local)
+        # No generated credential anywhere else, over every stack of the session (leak_sweep.py).
+        SWEEP.sweep(Cluster(local), None)
+        leaks = SWEEP.leaks()
+        print(f"\n{SWEEP.summary()}: {len(leaks)} found")
     finally:
         local.down()
+    assert leaks == [], f"generated credentials found outside their Secrets: {leaks[:20]}"
+
+
+def delete_namespace(cluster: Cluster, name: str) -> None:
+    """Delete a test namespace without waiting for finalizers, after the leak sweep has read it."""
+    SWEEP.sweep(cluster, name)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -83,7 +97,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        delete_namespace(cluster, name)
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
@@ -96,6 +110,21 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def get_json_or_none(cluster: Cluster, *args: str) -> dict[str, Any] | None:
+    """`kubectl get ARGS -o json`, or None when kubectl fails (e.g. the object does not exist)."""
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if result.returncode != 0:
+        return None
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def must_get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
+    """`kubectl get ARGS -o json`; fails the test with kubectl's error when it fails."""
+    loaded: dict[str, Any] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+    return loaded
 
 
 def condition(cr: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:

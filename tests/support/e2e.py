@@ -16,13 +16,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hack import realnode
 from hack.localcluster import find_binary
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, delete_namespace, must_get_json
 
 if TYPE_CHECKING:  # a plugin module of its own: importing it here would register it too early
     from tests.support.images import ImagesBuild
@@ -73,11 +73,7 @@ def e2e_namespace(cluster: Cluster, prefix: str, labels: dict[str, str] | None =
     try:
         yield name
     finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def get_json(cluster: Cluster, *args: str) -> Any:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+        delete_namespace(cluster, name)
 
 
 def diagnose(cluster: Cluster, namespace: str) -> str:
@@ -85,7 +81,7 @@ def diagnose(cluster: Cluster, namespace: str) -> str:
     events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
     parts = [cluster.kubectl("get", "pods,pvc,svc", "-n", namespace, "-o", "wide", check=False).stdout,
              events.stdout[-4000:]]
-    for pod in get_json(cluster, "pods", "-n", namespace)["items"]:
+    for pod in must_get_json(cluster, "pods", "-n", namespace)["items"]:
         name = pod["metadata"]["name"]
         logs = cluster.kubectl("logs", "-n", namespace, name, "--all-containers", "--tail=20", check=False)
         parts.append(f"--- logs of {name}:\n{logs.stdout}{logs.stderr}")

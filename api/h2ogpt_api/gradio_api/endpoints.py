@@ -142,7 +142,9 @@ class H2oGPTEndpoints:
         pieces: list[str] = []
         try:
             params = params_from_h2ogpt(parse_request_dict(text), streaming=streaming)
-            identity = self.service.identity(Caller.of(request), params.h2ogpt_key)
+            caller = Caller.of(request)
+            identity = self.service.identity(caller, params.h2ogpt_key)
+            subject = self.service.admit(caller, params.h2ogpt_key)
             last_sent = -math.inf  # the first token goes out at once; later ones are paced
             session = session_header(request)
             async with contextlib.aclosing(self.service.stream(params, identity, session)) as events:
@@ -157,6 +159,7 @@ class H2oGPTEndpoints:
                             yield partial_dict("".join(pieces))
                     elif isinstance(event, Completed):
                         observe.tokens(event.result)
+                        self.service.charge(subject, event.result)
                         yield self._result_dict(event.result)
                         return
         except Exception as exc:  # every failure becomes h2oGPT's error dict, never a broken job
@@ -188,7 +191,9 @@ class H2oGPTEndpoints:
         """The shared body of `/add_text`, `/add_url`, `/add_file_api`."""
         async with _observed(api_name) as observe:
             try:
-                identity = self.service.identity(Caller.of(request), key_of(h2ogpt_key))
+                caller, key = Caller.of(request), key_of(h2ogpt_key)
+                identity = self.service.identity(caller, key)
+                self.service.admit(caller, key)
                 _, mode = self.service.document_store(langchain_mode)
                 size = chunk_size_of(chunk_size, self.service.settings.chunk_size)
                 results = await add_many(text_list(content, "the content"), mode, identity, size)

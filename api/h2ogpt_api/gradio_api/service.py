@@ -18,7 +18,7 @@ import gradio as gr
 
 from h2ogpt_api import routing
 from h2ogpt_api.auth import ANONYMOUS, KEY_IDENTITY_PREFIX, Authenticator, AuthError
-from h2ogpt_api.core import Core, GenerationEvent, InvalidRequestError
+from h2ogpt_api.core import Core, GenerationEvent, GenerationResult, InvalidRequestError
 from h2ogpt_api.errors import as_api_error
 from h2ogpt_api.params import GenerationParams
 from h2ogpt_api.retrieval.base import AddResult, DocumentStore, Hit, Identity
@@ -100,6 +100,32 @@ class GradioService:
         if caller.session:
             return Identity(username=self.auth.reserved_prefix + caller.session)
         return ANONYMOUS
+
+    # -- per-key limits --------------------------------------------------------------------------
+
+    def admit(self, caller: Caller, key: str | None) -> str | None:
+        """Count one call against the per-key limits (RateLimitedError over one) and return the
+        subject its tokens are charged to: the key's name, else the login, as on the OpenAI side
+        and in the same counter, so one key has one budget across both front doors of a process.
+        Anonymous sessions are not limited (None): nothing ties two of them to one person, and one
+        shared budget would let a single visitor lock out every other."""
+        limits = self.core.limits
+        if not limits.enabled:
+            return None
+        entry = self.auth.check_key(None, key) if key else None
+        if entry is not None:
+            subject = f"key:{entry.name}"
+        elif caller.username:
+            subject = f"user:{caller.username}"
+        else:
+            return None
+        limits.admit(subject)
+        return subject
+
+    def charge(self, subject: str | None, result: GenerationResult) -> None:
+        """Count a finished generation's tokens for the subject `admit` returned."""
+        if subject is not None:
+            self.core.limits.charge(subject, result.num_prompt_tokens + result.ntokens)
 
     # -- generation ------------------------------------------------------------------------------
 

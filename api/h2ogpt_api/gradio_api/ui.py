@@ -160,7 +160,9 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
             yield chat_messages(turns), history, "", ""
             pieces: list[str] = []
             try:
-                identity = service.identity(Caller.of(request), api_key or None)
+                caller = Caller.of(request)
+                identity = service.identity(caller, api_key or None)
+                subject = service.admit(caller, api_key or None)
                 params = GenerationParams(
                     instruction=message,
                     langchain_mode=mode,
@@ -182,6 +184,7 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                                 turns[-1] = (shown, "".join(pieces))
                                 yield chat_messages(turns), history, "", ""
                         elif isinstance(event, Completed):
+                            service.charge(subject, event.result)
                             answer = answer_markdown(act, event.result.response)
                             turns[-1] = (shown, answer)
                             yield chat_messages(turns), turns, "", sources_markdown(event.result)

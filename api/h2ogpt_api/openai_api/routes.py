@@ -55,7 +55,6 @@ from h2ogpt_api.openai_api.streaming import (
     start_stream,
     unless_client_leaves,
 )
-from h2ogpt_api.ratelimit import RateLimits
 from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import Settings
 
@@ -111,7 +110,7 @@ class OpenAIRoutes:
         self.core = core
         self.settings = settings
         self.auth = Authenticator(settings, core.logins)
-        self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
+        self.limits = core.limits  # shared with the Gradio front door of this process
         self.created = int(time.time())
         self.conversations = ConversationStore()
 

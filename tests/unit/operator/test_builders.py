@@ -30,10 +30,19 @@ def spec_of(overrides: dict[str, Any] | None = None, **sections: Any) -> H2oGPTD
     return H2oGPTDeploymentSpec.model_validate(raw)
 
 
+def _present(stack: Stack, spec: H2oGPTDeploymentSpec) -> builders.SecretDigests:
+    """Every Secret key the stack's pods read, present, as the watch cache would digest it."""
+    digests: dict[str, dict[str, str]] = {}
+    for pairs in builders.workload_secrets(builders.build_children(stack, spec, CONFIG, {})).values():
+        for secret_name, key in pairs:
+            digests.setdefault(secret_name, {})[key] = f"digest-of-{secret_name}/{key}"
+    return digests
+
+
 def _render(name: str) -> str:
     spec = H2oGPTDeploymentSpec.model_validate(load_sample(name)["spec"])
     stack = Stack(name=load_sample(name)["metadata"]["name"], namespace="team-a")
-    children = builders.build_children(stack, spec, CONFIG, auth_digest="digest-of-auth-secret")
+    children = builders.build_children(stack, spec, CONFIG, secret_digests=_present(stack, spec))
     secret = builders.build_auth_secret(stack, spec, _tokens())
     documents = [*([secret] if secret else []), *children]
     return builders.to_yaml(documents)
@@ -54,7 +63,7 @@ def _by_name(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 
 
 def test_children_are_named_and_labelled() -> None:
-    children = builders.build_children(STACK, spec_of(), CONFIG, "")
+    children = builders.build_children(STACK, spec_of(), CONFIG, {})
     names = {(c["kind"], c["metadata"]["name"]) for c in children}
     assert names == {
         ("ConfigMap", "demo-config"),
@@ -147,6 +156,30 @@ def test_url_ingestion_entries_the_api_cannot_read_are_refused(field: str, entry
         spec_of(retrieval={field: [entry]})
 
 
+def test_per_key_limits_reach_the_api_pods_as_their_flags() -> None:
+    spec = spec_of(auth={"limits": {"requestsPerMinute": 120, "tokensPerMinute": 50_000}})
+    data = builders.build_settings(STACK, spec)
+    settings = parse_settings([], data)  # what the api pod reads from the ConfigMap
+    assert (settings.requests_per_minute, settings.tokens_per_minute) == (120, 50_000)
+    unlimited = parse_settings([], builders.build_settings(STACK, spec_of()))
+    assert (unlimited.requests_per_minute, unlimited.tokens_per_minute) == (0, 0)
+    # A new limit is read at start: it rolls the api pods, and only them.
+    base, limited = _checksums(spec_of()), _checksums(spec)
+    assert {name for name in base if base[name] != limited[name]} == {"demo-openai", "demo-gradio"}
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"requestsPerMinute": -1}, "greater than or equal to 0"),
+        ({"tokensPerMinute": 10_000_000_001}, "less than or equal to 10000000000"),
+    ],
+)
+def test_limits_out_of_range_are_refused(limits: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec_of(auth={"limits": limits})
+
+
 def test_auth_secret_generates_only_what_is_not_referenced() -> None:
     generated = builders.build_auth_secret(STACK, spec_of(), _tokens())
     assert generated is not None
@@ -169,7 +202,7 @@ def test_api_pods_take_credentials_from_secrets() -> None:
         },
         auth={"usersSecretRef": {"name": "users", "key": "logins"}},
     )
-    openai = builders.build_api_deployment(STACK, spec, naming.OPENAI, CONFIG, "")
+    openai = builders.build_api_deployment(STACK, spec, naming.OPENAI, CONFIG)
     assert openai is not None
     container = openai["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["--gradio", "False"]
@@ -181,7 +214,7 @@ def test_api_pods_take_credentials_from_secrets() -> None:
         "OPENAI_API_KEY": {"name": "up", "key": "OPENAI_API_KEY"},
     }
     assert container["envFrom"] == [{"configMapRef": {"name": "demo-config"}}]
-    gradio = builders.build_api_deployment(STACK, spec, naming.GRADIO, CONFIG, "")
+    gradio = builders.build_api_deployment(STACK, spec, naming.GRADIO, CONFIG)
     assert gradio is not None
     assert gradio["spec"]["template"]["spec"]["containers"][0]["args"] == ["--openai_server", "False"]
 
@@ -210,15 +243,15 @@ def test_tgi_deployment_requests_gpus_and_mounts_cache() -> None:
 
 
 def test_suspend_scales_inference_to_zero_only() -> None:
-    children = _by_name(builders.build_children(STACK, spec_of(suspend=True), CONFIG, ""))
+    children = _by_name(builders.build_children(STACK, spec_of(suspend=True), CONFIG, {}))
     assert children[("Deployment", "demo-inference")]["spec"]["replicas"] == 0
     assert children[("Deployment", "demo-openai")]["spec"]["replicas"] == 1
     assert ("PersistentVolumeClaim", "demo-model-cache") in children
 
 
-def _checksums(spec: H2oGPTDeploymentSpec) -> dict[str, str]:
+def _checksums(spec: H2oGPTDeploymentSpec, digests: builders.SecretDigests | None = None) -> dict[str, str]:
     out = {}
-    for child in builders.build_children(STACK, spec, CONFIG, "d"):
+    for child in builders.build_children(STACK, spec, CONFIG, {} if digests is None else digests):
         if child["kind"] in {"Deployment", "StatefulSet"}:
             out[child["metadata"]["name"]] = child["spec"]["template"]["metadata"]["annotations"][
                 naming.CHECKSUM_ANNOTATION
@@ -243,12 +276,79 @@ def test_a_change_rolls_only_the_pods_that_consume_it() -> None:
     assert replicas == base
 
 
+# A stack that references every kind of Secret the CR can name: its own keys, users, Weaviate key,
+# HF token (TGI downloads the model) and, for the external engine, the upstream key.
+REFERENCING = {
+    "auth": {"apiKeysSecretRef": {"name": "keys"}, "usersSecretRef": {"name": "users"}},
+    "retrieval": {"apiKeySecretRef": {"name": "weaviate"}},
+    "overrides": {"model": {"name": "org/model", "hfTokenSecretRef": {"name": "hf"}}},
+}
+PRESENT: builders.SecretDigests = {
+    "keys": {"H2OGPT_H2OGPT_API_KEYS": "k1"},
+    "users": {"auth.json": "u1"},
+    "weaviate": {"WEAVIATE_API_KEY": "w1"},
+    "hf": {"HF_TOKEN": "h1"},
+    "upstream": {"OPENAI_API_KEY": "o1"},
+    "demo-auth": {"H2OGPT_H2OGPT_API_KEYS": "a1", "WEAVIATE_API_KEY": "a2"},
+    "unrelated": {"X": "x1"},
+}
+
+
+def _rotated(secret_name: str, key: str) -> builders.SecretDigests:
+    return {**PRESENT, secret_name: {**PRESENT[secret_name], key: "rotated"}}
+
+
+@pytest.mark.parametrize(
+    ("secret_name", "key", "rolled"),
+    [
+        ("keys", "H2OGPT_H2OGPT_API_KEYS", {"demo-openai", "demo-gradio"}),
+        ("users", "auth.json", {"demo-openai", "demo-gradio"}),
+        ("weaviate", "WEAVIATE_API_KEY", {"demo-weaviate", "demo-openai", "demo-gradio"}),
+        ("hf", "HF_TOKEN", {"demo-inference"}),
+        ("unrelated", "X", set()),
+    ],
+)
+def test_rotating_a_referenced_secret_rolls_only_the_pods_that_read_it(
+    secret_name: str, key: str, rolled: set[str]
+) -> None:
+    spec = spec_of(**REFERENCING)
+    base = _checksums(spec, PRESENT)
+    after = _checksums(spec, _rotated(secret_name, key))
+    assert {name for name in base if base[name] != after[name]} == rolled
+
+
+def test_generated_and_external_keys_roll_only_their_readers() -> None:
+    generated = spec_of()
+    base = _checksums(generated, PRESENT)
+    api_keys = _checksums(generated, _rotated("demo-auth", "H2OGPT_H2OGPT_API_KEYS"))
+    assert {n for n in base if base[n] != api_keys[n]} == {"demo-openai", "demo-gradio"}
+    weaviate_key = _checksums(generated, _rotated("demo-auth", "WEAVIATE_API_KEY"))
+    assert {n for n in base if base[n] != weaviate_key[n]} == {"demo-weaviate", "demo-openai", "demo-gradio"}
+    external = spec_of(
+        inference={
+            "engine": "external",
+            "external": {"url": "http://up:8000/v1", "apiKeySecretRef": {"name": "upstream"}},
+        }
+    )
+    before = _checksums(external, PRESENT)
+    upstream = _checksums(external, _rotated("upstream", "OPENAI_API_KEY"))
+    assert {n for n in before if before[n] != upstream[n]} == {"demo-openai", "demo-gradio"}
+
+
+def test_a_missing_secret_counts_as_empty_and_its_arrival_rolls_the_readers() -> None:
+    spec = spec_of(**REFERENCING)
+    missing = {name: keys for name, keys in PRESENT.items() if name != "hf"}
+    assert _checksums(spec, missing)["demo-inference"] != _checksums(spec, PRESENT)["demo-inference"]
+    children = builders.build_children(STACK, spec, CONFIG, PRESENT)
+    assert builders.workload_secrets(children)[("Deployment", "demo-inference")] == [("hf", "HF_TOKEN")]
+
+
 def test_weaviate_keeps_its_data_unless_told() -> None:
-    kept = builders.build_weaviate_statefulset(STACK, spec_of(), CONFIG, "")
+    kept = builders.build_weaviate_statefulset(STACK, spec_of(), CONFIG)
     assert kept is not None
     assert kept["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
     dropped = builders.build_weaviate_statefulset(
-        STACK, spec_of(retrieval={"storage": {"deleteWithCR": True}}), CONFIG, ""
+        STACK, spec_of(retrieval={"storage": {"deleteWithCR": True}}), CONFIG
     )
     assert dropped is not None
     assert dropped["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
@@ -258,9 +358,7 @@ def test_weaviate_keeps_its_data_unless_told() -> None:
 
 @pytest.mark.parametrize(("replicas", "factor"), [(1, 1), (2, 2), (3, 3), (5, 3), (9, 3)])
 def test_weaviate_replicas_replicate_every_collection(replicas: int, factor: int) -> None:
-    statefulset = builders.build_weaviate_statefulset(
-        STACK, spec_of(retrieval={"replicas": replicas}), CONFIG, ""
-    )
+    statefulset = builders.build_weaviate_statefulset(STACK, spec_of(retrieval={"replicas": replicas}), CONFIG)
     assert statefulset is not None
     env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert (env["REPLICATION_MINIMUM_FACTOR"], env["RAFT_BOOTSTRAP_EXPECT"]) == (str(factor), str(replicas))
@@ -289,7 +387,7 @@ def test_disabled_components_have_no_children() -> None:
         frontend={"enabled": False},
         inference={"engine": "external", "gpus": 0, "external": {"url": "http://x"}},
     )
-    names = {(c["kind"], c["metadata"]["name"]) for c in builders.build_children(STACK, spec, CONFIG, "")}
+    names = {(c["kind"], c["metadata"]["name"]) for c in builders.build_children(STACK, spec, CONFIG, {})}
     assert names == {
         ("ConfigMap", "demo-config"),
         ("Service", "demo-openai"),
@@ -322,7 +420,7 @@ def test_service_monitor_selects_metrics_services() -> None:
 
 
 def _inference_replicas(spec: H2oGPTDeploymentSpec, decided: int | None = None) -> int:
-    children = builders.build_children(STACK, spec, CONFIG, auth_digest="", decided_replicas=decided)
+    children = builders.build_children(STACK, spec, CONFIG, {}, decided_replicas=decided)
     deployment = next(
         c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == "demo-inference"
     )

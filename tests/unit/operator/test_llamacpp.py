@@ -95,7 +95,7 @@ def test_no_gpu_no_cache_no_hugging_face() -> None:
     assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert builders.build_model_cache_pvc(STACK, spec) is None
-    kinds = {c["kind"] for c in builders.build_children(STACK, spec, CONFIG, "")}
+    kinds = {c["kind"] for c in builders.build_children(STACK, spec, CONFIG, {})}
     assert "PersistentVolumeClaim" not in kinds
     # The token is not used, so a missing Secret must not hold the stack back.
     assert builders.referenced_secrets(spec) == []

@@ -116,7 +116,7 @@ def _longest_children(cr_name: str) -> list[tuple[str, str, int]]:
     """(what, value, limit) for every name and label value that grows with the CR name."""
     spec = H2oGPTDeploymentSpec.model_validate({"model": {"name": "org/model"}})
     children = builders.build_children(
-        Stack(name=cr_name, namespace="ns"), spec, builders.OperatorConfig(), ""
+        Stack(name=cr_name, namespace="ns"), spec, builders.OperatorConfig(), {}
     )
     found = [("Service", c["metadata"]["name"], 63) for c in children if c["kind"] == "Service"]
     statefulset = next(c["metadata"]["name"] for c in children if c["kind"] == "StatefulSet")

@@ -84,7 +84,7 @@ def _pods(sample: str) -> dict[str, dict[str, Any]]:
     """Workload name -> pod template spec, for every pod the sample's stack runs."""
     manifest = load_sample(sample)
     spec = H2oGPTDeploymentSpec.model_validate(manifest["spec"])
-    children = builders.build_children(STACK, spec, CONFIG, "digest")
+    children = builders.build_children(STACK, spec, CONFIG, {})
     return {
         c["metadata"]["name"]: c["spec"]["template"]["spec"]
         for c in children
@@ -159,7 +159,7 @@ def test_spec_env_still_overrides_the_gpu_engine_home() -> None:
     spec = H2oGPTDeploymentSpec.model_validate(manifest["spec"])
     deployment = next(
         c
-        for c in builders.build_children(STACK, spec, CONFIG, "digest")
+        for c in builders.build_children(STACK, spec, CONFIG, {})
         if c["kind"] == "Deployment" and c["metadata"]["name"] == "demo-inference"
     )
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from h2ogpt_operator.watchcache import SecretFacts, WatchCache, secret_digest
+from h2ogpt_operator.watchcache import SecretFacts, WatchCache, value_digest
 
 STACK = ("ns", "s")
 
@@ -53,5 +53,10 @@ def test_a_delete_hides_the_object_until_the_watch_drops_it() -> None:
 def test_secret_facts_hold_no_values() -> None:
     secret = {"metadata": {"name": "s-auth", "resourceVersion": "9"}, "data": {"KEY": "c2VjcmV0"}}
     facts = SecretFacts.of(secret)
-    assert facts == SecretFacts("s-auth", "9", frozenset({"KEY"}), secret_digest({"KEY": "c2VjcmV0"}))
+    assert facts == SecretFacts("s-auth", "9", (("KEY", value_digest("KEY", "c2VjcmV0")),))
+    assert facts.keys == frozenset({"KEY"})
     assert "c2VjcmV0" not in repr(facts)
+    rotated = SecretFacts.of({**secret, "data": {"KEY": "bmV3"}})
+    assert rotated.key_digests["KEY"] != facts.key_digests["KEY"]
+    # The same value under another key name is another digest: moving a value is a change too.
+    assert value_digest("OTHER", "c2VjcmV0") != value_digest("KEY", "c2VjcmV0")
