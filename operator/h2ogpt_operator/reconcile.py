@@ -178,8 +178,9 @@ class Reconciler:
         outcome.missing_secrets = [secret_name for _, secret_name in missing]
         monitor_crd = spec.monitoring.service_monitor.enabled and self.service_monitors_served()
 
+        decided = autoscaled_replicas(body)
         desired = self._desired_children(
-            stack, spec, secrets, view, outcome, monitor_crd=monitor_crd, decided=autoscaled_replicas(body)
+            stack, spec, secrets, view, outcome, monitor_crd=monitor_crd, decided=decided
         )
         for child in desired:
             if not builders.kept_with_cr(child, spec):

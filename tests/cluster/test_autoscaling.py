@@ -25,9 +25,9 @@ from h2ogpt_operator.watchcache import StackView, WatchCache
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster.operator_harness import OperatorProcess, get_json, install_crd, items, wait_for, wait_ready
+from tests.cluster.operator_harness import OperatorProcess, install_crd, items, wait_for, wait_ready
 from tests.support.api_server import ApiServer, run_api_server
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, get_json_or_none
 from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -53,8 +53,8 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def view_of(cluster: Cluster, namespace: str) -> StackView:
     """The stack as the operator's watches would show it."""
-    body = get_json(cluster, "h2ogpt", NAME, "-n", namespace)
-    deployment = get_json(cluster, "deployment", f"{NAME}-inference", "-n", namespace)
+    body = get_json_or_none(cluster, "h2ogpt", NAME, "-n", namespace)
+    deployment = get_json_or_none(cluster, "deployment", f"{NAME}-inference", "-n", namespace)
     assert body is not None
     assert deployment is not None
     return StackView(
@@ -65,12 +65,12 @@ def view_of(cluster: Cluster, namespace: str) -> StackView:
 
 
 def replicas(cluster: Cluster, namespace: str) -> int:
-    deployment = get_json(cluster, "deployment", f"{NAME}-inference", "-n", namespace) or {}
+    deployment = get_json_or_none(cluster, "deployment", f"{NAME}-inference", "-n", namespace) or {}
     return int(deployment.get("spec", {}).get("replicas", -1))
 
 
 def status_autoscaling(cluster: Cluster, namespace: str) -> dict[str, Any]:
-    return dict(((get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}).get("status") or {}).get(
+    return dict(((get_json_or_none(cluster, "h2ogpt", NAME, "-n", namespace) or {}).get("status") or {}).get(
         "autoscaling") or {})  # fmt: skip
 
 
@@ -108,7 +108,7 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
     }  # fmt: skip
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
     wait_ready(cluster, namespace, NAME, timeout=90)
-    config = get_json(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}
+    config = get_json_or_none(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}
     assert config["data"]["H2OGPT_HOLD_SECONDS"] == "120"
     assert replicas(cluster, namespace) == 1  # `replicas` (1) until the first decision
 
@@ -135,12 +135,12 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
         assert inference["reason"] == "ScaledToZero"
 
         # 2. Nothing changed: nothing is written.
-        before = get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}
+        before = get_json_or_none(cluster, "h2ogpt", NAME, "-n", namespace) or {}
         assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True  # current 0 recorded
-        settled = get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}
+        settled = get_json_or_none(cluster, "h2ogpt", NAME, "-n", namespace) or {}
         assert settled["status"]["autoscaling"]["currentReplicas"] == 0
         assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is False
-        after = get_json(cluster, "h2ogpt", NAME, "-n", namespace) or {}
+        after = get_json_or_none(cluster, "h2ogpt", NAME, "-n", namespace) or {}
         assert after["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"]
         assert before["metadata"]["resourceVersion"] != settled["metadata"]["resourceVersion"]
 

@@ -141,15 +141,15 @@ def test_weaviate_replicas_cannot_be_lowered(
         "metadata": {"name": "replicated"},
         "spec": {"model": {"name": "m"}, "inference": {"engine": "llamacpp"}, "retrieval": {"replicas": 3}},
     }
-    apply_cr(cluster, namespace, manifest)
+    apply_manifest(cluster, namespace, manifest)
     try:
         manifest["spec"]["retrieval"]["replicas"] = 2
-        lowered = apply_cr(cluster, namespace, manifest, check=False)
+        lowered = apply_manifest(cluster, namespace, manifest, check=False)
         assert lowered.returncode != 0
         assert "retrieval.replicas cannot be lowered" in lowered.stderr
         manifest["spec"]["retrieval"]["replicas"] = 4
-        apply_cr(cluster, namespace, manifest)
-        cr = must_get(cluster, "h2ogpt", "replicated", "-n", namespace)
+        apply_manifest(cluster, namespace, manifest)
+        cr = must_get_json(cluster, "h2ogpt", "replicated", "-n", namespace)
         assert cr["spec"]["retrieval"]["replicas"] == 4
     finally:
         cluster.kubectl("delete", "h2ogpt", "replicated", "-n", namespace, "--wait=false", check=False)

@@ -163,7 +163,7 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
         wait_ready(cluster, namespace, "least", timeout=90)
 
         def autoscaled() -> bool:
-            found = get_json(cluster, "h2ogpt", "least", "-n", namespace) or {}
+            found = get_json_or_none(cluster, "h2ogpt", "least", "-n", namespace) or {}
             return "autoscaling" in (found.get("status") or {})
 
         wait_for(autoscaled, 60, "the autoscaler's first decision in status.autoscaling")

@@ -358,7 +358,8 @@ def test_weaviate_keeps_its_data_unless_told() -> None:
 
 @pytest.mark.parametrize(("replicas", "factor"), [(1, 1), (2, 2), (3, 3), (5, 3), (9, 3)])
 def test_weaviate_replicas_replicate_every_collection(replicas: int, factor: int) -> None:
-    statefulset = builders.build_weaviate_statefulset(STACK, spec_of(retrieval={"replicas": replicas}), CONFIG)
+    spec = spec_of(retrieval={"replicas": replicas})
+    statefulset = builders.build_weaviate_statefulset(STACK, spec, CONFIG)
     assert statefulset is not None
     env = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert (env["REPLICATION_MINIMUM_FACTOR"], env["RAFT_BOOTSTRAP_EXPECT"]) == (str(factor), str(replicas))
