@@ -10,9 +10,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
@@ -65,6 +65,22 @@ log = logging.getLogger("h2ogpt_api.openai")
 # `previous_response_id` can continue it: the newest RESPONSES_KEPT, each for RESPONSES_TTL_S.
 RESPONSES_KEPT = 1024
 RESPONSES_TTL_S = 3600.0
+
+# The generation routes' request types: each has model, user, h2ogpt_key, refuse_unsupported()
+# and output_options().
+Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest, ResponsesRequest)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Admitted(Generic[Body]):
+    """A generation request past the checks every generation route makes first."""
+
+    body: Body
+    principal: Principal
+    model: str  # the model that answers (and that the response names)
+    options: OutputOptions
+    started: float  # time.perf_counter() when the request arrived
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,20 @@ class OpenAIRoutes:
             key_tokens.labels(key_name=principal.key_name, kind="completion").inc(result.ntokens)
         _observe_result(route, result, started)
 
+    async def admit(self, request: Request, body_type: type[Body]) -> Admitted[Body]:
+        """Read and validate the body, refuse what this server cannot honour, authenticate and
+        admit the caller, and settle the model: in that order, so the first fault is the one
+        reported."""
+        started = time.perf_counter()
+        try:
+            body = body_type.model_validate(await self.read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        body.refuse_unsupported()
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        model = self.check_model(body.model)
+        return Admitted(body, principal, model, body.output_options(), started)
+
     def check_model(self, model: str | None) -> str:
         """The model that will answer: the one asked for, or (h2oGPT's behaviour, on by default
         with --model_fallback) the served model when the name is unknown; the response names it."""
@@ -172,25 +202,16 @@ class OpenAIRoutes:
     # -- routes ------------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = ChatCompletionRequest.model_validate(await self.read_json(request))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        body.refuse_unsupported()
-        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        admitted = await self.admit(request, ChatCompletionRequest)
+        body, principal, model, options, started = (
+            admitted.body, admitted.principal, admitted.model, admitted.options, admitted.started
+        )
         identity = principal.identity
-        model = self.check_model(body.model)
         params = params_from_openai(body, chat_to_h2ogpt(body.messages))
-        options = body.output_options()
         route = "/v1/chat/completions"
         if not body.stream:
-            try:
-                result = await unless_client_leaves(
-                    request.receive, self.core.complete(params, identity, options)
-                )
-            except ClientGoneError:
-                return _client_gone(route)
+            answer = self.core.complete(params, identity, options)
+            result = await _unless_client_leaves(request, route, answer)
             self.observe(route, result, started, principal)
             return JSONResponse(
                 {
@@ -265,16 +286,11 @@ class OpenAIRoutes:
         return EventStream(chunks())
 
     async def completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = CompletionRequest.model_validate(await self.read_json(request))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        body.refuse_unsupported()
-        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        admitted = await self.admit(request, CompletionRequest)
+        body, principal, model, options, started = (
+            admitted.body, admitted.principal, admitted.model, admitted.options, admitted.started
+        )
         identity = principal.identity
-        model = self.check_model(body.model)
-        options = body.output_options()
         want_logprobs = body.logprobs is not None
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
@@ -282,12 +298,9 @@ class OpenAIRoutes:
         all_params = [params_from_openai(body, {"instruction": text}) for text in prompts]
         route = "/v1/completions"
         if not body.stream:
-            try:
-                results = await unless_client_leaves(
-                    request.receive, self._complete_each(all_params, identity, options)
-                )
-            except ClientGoneError:
-                return _client_gone(route)
+            results = await _unless_client_leaves(
+                request, route, self._complete_each(all_params, identity, options)
+            )
             for result in results:
                 self.observe(route, result, started, principal)
             return JSONResponse(
@@ -370,21 +383,16 @@ class OpenAIRoutes:
         return [await self.core.complete(params, identity, options) for params in all_params]
 
     async def responses(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = ResponsesRequest.model_validate(await self.read_json(request))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        body.refuse_unsupported()
-        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        admitted = await self.admit(request, ResponsesRequest)
+        body, principal, model, options, started = (
+            admitted.body, admitted.principal, admitted.model, admitted.options, admitted.started
+        )
         identity = principal.identity
-        model = self.check_model(body.model)
         history: tuple[MessageIn, ...] = ()
         if body.previous_response_id:
             history = self.conversations.get(body.previous_response_id, identity.username).messages
         messages = responses_input_messages(body)
         params = responses_params(body, list(history), messages)
-        options = body.output_options()
         route = "/v1/responses"
         response_id, item_id, created = new_id("resp"), new_id("msg"), int(time.time())
 
@@ -402,12 +410,8 @@ class OpenAIRoutes:
                 )
 
         if not body.stream:
-            try:
-                result = await unless_client_leaves(
-                    request.receive, self.core.complete(params, identity, options)
-                )
-            except ClientGoneError:
-                return _client_gone(route)
+            answer = self.core.complete(params, identity, options)
+            result = await _unless_client_leaves(request, route, answer)
             self.observe(route, result, started, principal)
             remember(result)
             return JSONResponse(shaped(result))
@@ -517,10 +521,19 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _client_gone(route: str) -> Response:
+async def _unless_client_leaves(request: Request, route: str, work: Awaitable[T]) -> T:
+    """`work`'s result for a non-streamed answer; when the client leaves first, the work is
+    cancelled and ClientGoneError raised, which the app answers with a 499."""
+    try:
+        return await unless_client_leaves(request.receive, work)
+    except ClientGoneError:
+        log.info("client left before its answer route=%s: generation cancelled", route)
+        raise
+
+
+def client_gone_response() -> Response:
     """The answer to a client that left: nobody reads it; 499 (nginx's "client closed request")
     is what the request metrics record."""
-    log.info("client left before its answer route=%s: generation cancelled", route)
     return Response(status_code=499)
 
 
