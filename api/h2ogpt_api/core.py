@@ -243,6 +243,54 @@ class _Usage:
     deadline: float = float("inf")
 
 
+class _MapStep:
+    """The map step of a Summarize or Extract, run as a task: `progress()` yields its `Progress`
+    (a call ended, or a keepalive while none does) until it ends, then `answers` holds its
+    answers; its failure is raised from `progress()`."""
+
+    def __init__(
+        self,
+        action: str,
+        run: Callable[[mapreduce.ProgressReport], Awaitable[list[str]]],
+        keepalive_seconds: float,
+    ) -> None:
+        self.action = action
+        self.answers: list[str] = []
+        self._run = run
+        self._keepalive_seconds = keepalive_seconds
+
+    async def progress(self) -> AsyncGenerator[Progress, None]:
+        action = self.action
+        updates: asyncio.Queue[Progress] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            self._run(lambda done, total: updates.put_nowait(Progress(action, done, total)))
+        )
+        latest = Progress(action, 0, 0)
+        getter: asyncio.Future[Progress] | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(updates.get())
+                finished, _ = await asyncio.wait(
+                    {task, getter}, timeout=self._keepalive_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in finished:
+                    latest = getter.result()
+                    yield latest
+                    continue
+                getter.cancel()
+                if task in finished:
+                    break
+                yield latest  # nothing ended for a while: say so anyway
+            self.answers = task.result()
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
 class Core:
     def __init__(
         self,
@@ -342,8 +390,7 @@ class Core:
                         yield delta
             elif params.langchain_action == "Summarize":
                 hits = await self._parts(params, identity, mode)
-                summaries: list[list[str]] = []
-                mapped = self._reporting(
+                summaries = _MapStep(
                     "Summarize",
                     lambda report: mapreduce.map_summaries(
                         [hit.content for hit in hits],
@@ -355,14 +402,16 @@ class Core:
                         self._context_chars(params),
                         report=report,
                     ),
-                    summaries,
+                    self.settings.keepalive_seconds,
                 )
-                async with contextlib.aclosing(mapped) as progress:
+                async with contextlib.aclosing(summaries.progress()) as progress:
                     async for update in progress:
                         yield update
-                texts = summaries[0]
                 final = prompts.summary_prompt(
-                    "\n\n".join(texts), params.question, params.pre_prompt_summary, params.prompt_summary
+                    "\n\n".join(summaries.answers),
+                    params.question,
+                    params.pre_prompt_summary,
+                    params.prompt_summary,
                 )
                 async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
                     async for delta in deltas:
@@ -372,8 +421,7 @@ class Core:
                             yield delta
             else:  # Extract
                 hits = await self._parts(params, identity, mode)
-                extracted: list[list[str]] = []
-                mapped = self._reporting(
+                extracted = _MapStep(
                     "Extract",
                     lambda report: mapreduce.extract(
                         [hit.content for hit in hits],
@@ -384,12 +432,12 @@ class Core:
                         self._map_parallelism(),
                         report=report,
                     ),
-                    extracted,
+                    self.settings.keepalive_seconds,
                 )
-                async with contextlib.aclosing(mapped) as progress:
+                async with contextlib.aclosing(extracted.progress()) as progress:
                     async for update in progress:
                         yield update
-                pieces.append(str(extracted[0]))
+                pieces.append(str(extracted.answers))
                 yield TextDelta(pieces[-1])
             elapsed = time.perf_counter() - started
             token_times.observe()
@@ -408,45 +456,6 @@ class Core:
                     logprobs=tuple(logprobs),
                 )
             )
-
-    async def _reporting(
-        self,
-        action: str,
-        run: Callable[[mapreduce.ProgressReport], Awaitable[list[str]]],
-        outcome: list[list[str]],
-    ) -> AsyncGenerator[Progress, None]:
-        """Run a map step as a task and yield its `Progress` (a call ended, or a keepalive while
-        none does); its answers are appended to `outcome`, its failure raised."""
-        updates: asyncio.Queue[Progress] = asyncio.Queue()
-        task = asyncio.ensure_future(
-            run(lambda done, total: updates.put_nowait(Progress(action, done, total)))
-        )
-        latest = Progress(action, 0, 0)
-        getter: asyncio.Future[Progress] | None = None
-        try:
-            while True:
-                getter = asyncio.ensure_future(updates.get())
-                finished, _ = await asyncio.wait(
-                    {task, getter},
-                    timeout=self.settings.keepalive_seconds,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if getter in finished:
-                    latest = getter.result()
-                    yield latest
-                    continue
-                getter.cancel()
-                if task in finished:
-                    break
-                yield latest  # nothing ended for a while: say so anyway
-            outcome.append(task.result())
-        finally:
-            if getter is not None and not getter.done():
-                getter.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     def _check_options(self, params: GenerationParams, options: OutputOptions) -> None:
         """A 400 naming the first OpenAI output option this request's backend route cannot honour."""
