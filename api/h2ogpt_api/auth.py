@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ NO_KEY = "EMPTY"  # what OpenAI clients send when the server needs no key
 KEY_IDENTITY_PREFIX = "key:"  # a named key's identity; login names cannot hold ':'
 # Verified logins remembered per process, so a request does not pay for argon2 every time.
 VERIFIED_CACHE_SIZE = 10_000
+# How often a key or users file is checked for a rewrite: a stat on every request is a system
+# call on the hot path; once a second bounds a rotation's delay at one second.
+RECHECK_SECONDS = 1.0
 
 
 class AuthError(Exception):
@@ -52,10 +56,11 @@ _Parsed = TypeVar("_Parsed")
 
 
 class WatchedSource(Generic[_Parsed]):
-    """An inline value, or a file parsed again whenever its (mtime, size, inode) changes: every
-    request checks with one stat, so a rewritten file (or a Secret volume's symlink swap) counts
-    from the next request on. A rewrite that does not parse keeps the last good value and logs
-    why (never the content); at start-up it is an error."""
+    """An inline value, or a file parsed again whenever its (mtime, size, inode) changes: checked
+    with one stat at most every RECHECK_SECONDS (by the first request after that), so a rewritten
+    file (or a Secret volume's symlink swap) counts within a second. A rewrite that does not
+    parse keeps the last good value and logs why (never the content); at start-up it is an
+    error."""
 
     def __init__(self, flag: str, path: str | None, inline: _Parsed, parse: Callable[[str], _Parsed]) -> None:
         self._flag = flag
@@ -64,12 +69,16 @@ class WatchedSource(Generic[_Parsed]):
         self._value = inline
         self._signature: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
+        self._next_check = 0.0  # time.monotonic() from which the file is looked at again
         if self._path is not None:
             self._reload(strict=True)
 
     def current(self) -> _Parsed:
         if self._path is not None:
-            self._reload(strict=False)
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + RECHECK_SECONDS
+                self._reload(strict=False)
         return self._value
 
     def _reload(self, *, strict: bool) -> None:
