@@ -216,7 +216,7 @@ def gradio_body() -> str:
     return json.dumps({"data": [str(params)]})
 
 
-API_ARGS = ("--base_model", MODEL, "--max_concurrency", "1024", "--max_queue", "1024",
+API_ARGS = ("--base_model", MODEL,  # the defaults: the admission limit follows the fake's /info (1024)
             "--langchain_modes", "['LLM']", "--langchain_mode", "LLM")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from h2ogpt_api import concurrency
 from h2ogpt_api.auth import ApiKeys, anonymous_session_prefix, parse_users
 from h2ogpt_api.backends import create_backend
 from h2ogpt_api.core import Core
@@ -139,6 +140,9 @@ async def serve(settings: Settings) -> None:
             embedder=getattr(documents, "embedder", None),
             logins=getattr(documents, "logins", None),
         )
+        asking = await concurrency.settle(core.admission, backend, settings.max_concurrency)
+        if asking is not None:
+            stack.callback(asking.cancel)
 
         apps: list[tuple[str, str, Any, int]] = []
         if settings.openai_server:

@@ -9,6 +9,7 @@ exceptions the apps map to statuses: `InvalidRequestError` (400), `QueueFullErro
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -185,31 +186,63 @@ def with_server_settings(params: GenerationParams, settings: Settings) -> Genera
 
 
 class AdmissionGate:
-    """At most `max_concurrency` generations run; at most `max_queue` wait; others are refused."""
+    """At most `limit` generations run (None: no limit of ours), first come first served; at most
+    `max_queue` wait; others are refused. The limit can change while serving: it follows what the
+    backend says it admits, which may be known only once the backend is up."""
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
-        self._slots = asyncio.Semaphore(max_concurrency)
+    def __init__(self, limit: int | None, max_queue: int) -> None:
+        self.limit = limit
         self._max_queue = max_queue
-        self._waiting = 0
+        self._running = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def set_limit(self, limit: int | None) -> None:
+        self.limit = limit
+        self._admit_waiting()
+
+    def _has_room(self) -> bool:
+        return self.limit is None or self._running < self.limit
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and self._has_room():
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # a waiter cancelled meanwhile is skipped
+                self._running += 1
+                waiter.set_result(None)
+
+    def _release(self) -> None:
+        self._running -= 1
+        self._admit_waiting()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked() and self._waiting >= self._max_queue:
-            raise QueueFullError(
-                f"the server is at capacity ({self._waiting} requests already waiting); retry shortly"
-            )
-        self._waiting += 1
-        metrics.REQUESTS_WAITING.inc()
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-            metrics.REQUESTS_WAITING.dec()
+        if self._has_room() and not self._waiting:
+            self._running += 1
+        else:
+            if len(self._waiting) >= self._max_queue:
+                waiting = len(self._waiting)
+                raise QueueFullError(
+                    f"the server is at capacity ({waiting} requests already waiting); retry shortly"
+                )
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            self._admit_waiting()
+            metrics.REQUESTS_WAITING.inc()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # admitted as the caller was cancelled: hand the slot on
+                else:
+                    self._waiting.remove(waiter)
+                raise
+            finally:
+                metrics.REQUESTS_WAITING.dec()
         metrics.GENERATIONS_RUNNING.inc()
         try:
             yield
         finally:
-            self._slots.release()
+            self._release()
             metrics.GENERATIONS_RUNNING.dec()
 
 
@@ -307,7 +340,8 @@ class Core:
         self.documents = documents
         self._embedder = embedder
         self._embedder_lock = asyncio.Lock()
-        self._gate = AdmissionGate(settings.max_concurrency, settings.max_queue)
+        # Until the server's start-up settles it (h2ogpt_api.concurrency): --max_concurrency or none.
+        self.admission = AdmissionGate(settings.max_concurrency, settings.max_queue)
 
     # -- listing -----------------------------------------------------------------------------
 
@@ -369,7 +403,7 @@ class Core:
         params = with_server_settings(params, self.settings)
         mode = self._checked_mode(params)
         self._check_options(params, options)
-        async with self._gate.slot():
+        async with self.admission.slot():
             started = time.perf_counter()
             usage = _Usage(deadline=time.monotonic() + params.max_time)
             token_times = _TokenTimes()

@@ -152,8 +152,15 @@ class Settings(BaseModel):
         True,
         description="an unknown model in a generation request is answered by the served model (False = 404)",
     )
-    max_concurrency: int = Field(
-        64, ge=1, le=100_000, description="generations in flight (h2oGPT's --concurrency_count sets it too)"
+    # None: follow the backend (h2ogpt_api.concurrency): what TGI's /info says it admits, no
+    # limit of our own for vLLM / OpenAI-compatible servers, one at a time for the embedded model.
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="generations in flight (h2oGPT's --concurrency_count sets it too); "
+        "default: what the backend admits (TGI /info max_concurrent_requests; none of our own "
+        "for vLLM/OpenAI servers; 1 for the embedded model)",
     )
     # Requests allowed to wait for a generation slot; one more gets 429.
     max_queue: int = Field(

@@ -229,6 +229,18 @@ class TgiBackend:
         if self._session is not None:
             await self._session.close()
 
+    async def concurrency_limit(self) -> int | None:
+        """TGI's `max_concurrent_requests` from `/info` (its --max-concurrent-requests): past it
+        TGI answers 429, below it the proxy would be the queue."""
+        async with _translate_errors(), self._client().get(
+            f"{self._base_url}/info", timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
+            await _raise_for_status(response)
+            info = await response.json(content_type=None)
+        limit = info.get("max_concurrent_requests") if isinstance(info, dict) else None
+        # bool is an int: `true` is no limit
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
     def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
         # A server found without the chat route gets chat requests on /generate_stream.
         on_chat_route = chat and self.chat_route is not False
