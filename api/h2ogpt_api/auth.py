@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -255,6 +256,27 @@ class MemoryLogins:
 
     async def register(self, name: str, password_hash: str) -> str:
         return self._hashes.setdefault(name, password_hash)
+
+
+class SharedLogins:
+    """Registrations in a SQLite file that every --workers process opens: the first registration
+    of a name wins in all of them, as in one process. For a server without a document store (with
+    one, Weaviate holds them). One short statement on a local file per call, on the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS logins (name TEXT PRIMARY KEY, hash TEXT NOT NULL)")
+
+    async def password_hash(self, name: str) -> str | None:
+        row = self._db.execute("SELECT hash FROM logins WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    async def register(self, name: str, password_hash: str) -> str:
+        self._db.execute("INSERT OR IGNORE INTO logins VALUES (?, ?)", (name, password_hash))
+        stored = await self.password_hash(name)
+        assert stored is not None  # inserted now or before, never deleted
+        return stored
 
 
 class PasswordChecker:

@@ -162,6 +162,15 @@ class Settings(BaseModel):
         "default: what the backend admits (TGI /info max_concurrent_requests; none of our own "
         "for vLLM/OpenAI servers; 1 for the embedded model)",
     )
+    # Processes sharing the OpenAI port (SO_REUSEPORT), so a node with more cores is used; the
+    # Gradio app runs in the first only (its sessions live in one process). h2ogpt_api.workers.
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="processes serving the OpenAI port (h2oGPT's --openai_workers sets it too); "
+        "Gradio runs in the first",
+    )
     # Requests allowed to wait for a generation slot; one more gets 429.
     max_queue: int = Field(
         256, ge=0, le=1_000_000, description="requests that may wait for a slot; more get 429"
@@ -315,7 +324,7 @@ def _bool_fields() -> frozenset[str]:
 
 
 # h2oGPT flags that set one of ours under another name.
-_RENAMED = {"concurrency_count": "max_concurrency"}
+_RENAMED = {"concurrency_count": "max_concurrency", "openai_workers": "workers"}
 # h2oGPT flags read here, but not fields: mapped in `_apply_h2ogpt_flags`.
 _MAPPED = frozenset({"auth_filename", "model_lock", "db_type"})
 
@@ -484,6 +493,7 @@ def help_text() -> str:
         "",
         "h2oGPT's flags with a meaning here under another name:",
         "  --concurrency_count       sets --max_concurrency",
+        "  --openai_workers          sets --workers",
         "  --auth_filename           read as --auth when --auth is not given",
         "  --model_lock              one entry: its inference_server, base_model, max_seq_len, prompt_type",
         "  --db_type                 weaviate (anything else is warned about: documents live in Weaviate)",

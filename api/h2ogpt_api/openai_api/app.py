@@ -20,6 +20,7 @@ from h2ogpt_api.auth import AuthError
 from h2ogpt_api.backends.base import BackendError
 from h2ogpt_api.core import Core, EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
 from h2ogpt_api.errors import ApiError, as_api_error
+from h2ogpt_api.openai_api.conversations import Conversations
 from h2ogpt_api.openai_api.routes import OpenAIRoutes, client_gone_response
 from h2ogpt_api.openai_api.streaming import ASGIApp, ClientGoneError, Receive, Scope, Send
 from h2ogpt_api.ops import ops_router, package_version
@@ -30,9 +31,10 @@ from h2ogpt_api.settings import Settings
 log = logging.getLogger("h2ogpt_api.openai")
 
 
-def create_app(core: Core, settings: Settings) -> FastAPI:
-    """The OpenAI-compatible FastAPI app over `core`."""
-    routes = OpenAIRoutes(core, settings)
+def create_app(core: Core, settings: Settings, conversations: Conversations | None = None) -> FastAPI:
+    """The OpenAI-compatible FastAPI app over `core`; /v1/responses' stored conversations in
+    `conversations` (default: this process's memory)."""
+    routes = OpenAIRoutes(core, settings, conversations)
     app = FastAPI(
         title="h2oGPT OpenAI-compatible API",
         version=package_version(),

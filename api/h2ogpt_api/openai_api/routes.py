@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -23,6 +22,7 @@ from h2ogpt_api.auth import Authenticator, Principal
 from h2ogpt_api.backends.base import OutputOptions
 from h2ogpt_api.core import Core, GenerationEvent, GenerationResult
 from h2ogpt_api.errors import ApiError, as_api_error, validation_error
+from h2ogpt_api.openai_api.conversations import Conversations, ConversationStore, StoredConversation
 from h2ogpt_api.openai_api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -61,11 +61,6 @@ from h2ogpt_api.settings import Settings
 
 log = logging.getLogger("h2ogpt_api.openai")
 
-# /v1/responses keeps each stored response's conversation in this process's memory, so that
-# `previous_response_id` can continue it: the newest RESPONSES_KEPT, each for RESPONSES_TTL_S.
-RESPONSES_KEPT = 1024
-RESPONSES_TTL_S = 3600.0
-
 # The generation routes' request types: each has model, user, h2ogpt_key, refuse_unsupported()
 # and output_options().
 Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest, ResponsesRequest)
@@ -83,53 +78,16 @@ class Admitted(Generic[Body]):
     started: float  # time.perf_counter() when the request arrived
 
 
-@dataclass(frozen=True)
-class StoredConversation:
-    owner: str  # who may continue it (the identity's name)
-    messages: tuple[MessageIn, ...]  # every turn so far, the stored answer last; not instructions
-    stored_at: float
-
-
-class ConversationStore:
-    """Bounded, in-memory: the oldest entry goes when full, any entry after its time to live.
-    State lives in one process: behind several replicas a continuation must reach the same one."""
-
-    def __init__(self, capacity: int = RESPONSES_KEPT, ttl_s: float = RESPONSES_TTL_S) -> None:
-        self.capacity = capacity
-        self.ttl_s = ttl_s
-        self._entries: OrderedDict[str, StoredConversation] = OrderedDict()
-
-    def put(self, response_id: str, conversation: StoredConversation) -> None:
-        self._entries[response_id] = conversation
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def get(self, response_id: str, owner: str) -> StoredConversation:
-        entry = self._entries.get(response_id)
-        if entry is not None and time.monotonic() - entry.stored_at > self.ttl_s:
-            del self._entries[response_id]
-            entry = None
-        if entry is None or entry.owner != owner:
-            raise ApiError(
-                400,
-                f"previous response {response_id!r} is not stored here (kept {self.ttl_s:.0f} s, "
-                f"the newest {self.capacity}, in this server's memory)",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        return entry
-
-
 class OpenAIRoutes:
     """The `/v1/*` handlers, holding the core, the settings and the authenticator."""
 
-    def __init__(self, core: Core, settings: Settings) -> None:
+    def __init__(self, core: Core, settings: Settings, conversations: Conversations | None = None) -> None:
         self.core = core
         self.settings = settings
         self.auth = Authenticator(settings, core.logins)
         self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
         self.created = int(time.time())
-        self.conversations = ConversationStore()
+        self.conversations: Conversations = conversations or ConversationStore()
 
     # -- request plumbing --------------------------------------------------------------------
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 from h2ogpt_api import auth as auth_module
-from h2ogpt_api.auth import ApiKeys, Authenticator, AuthError, MemoryLogins, keys_from, parse_users
+from h2ogpt_api.auth import (
+    ApiKeys,
+    Authenticator,
+    AuthError,
+    MemoryLogins,
+    SharedLogins,
+    keys_from,
+    parse_users,
+)
 from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import parse_settings
 
@@ -193,3 +201,11 @@ def test_closed_access_hides_model_listing_without_a_valid_key() -> None:
     with pytest.raises(AuthError, match="access is closed"):
         closed.require_listing_access(None)
     authenticator().require_listing_access(None)
+
+
+def test_workers_sharing_the_logins_file_keep_the_first_registration(tmp_path: Path) -> None:
+    one, other = (SharedLogins(tmp_path / "state.sqlite3") for _ in range(2))
+    assert asyncio.run(one.register("ada", "hash-1")) == "hash-1"
+    assert asyncio.run(other.register("ada", "hash-2")) == "hash-1"  # taken: the first one stands
+    assert asyncio.run(other.password_hash("ada")) == "hash-1"
+    assert asyncio.run(one.password_hash("bob")) is None
