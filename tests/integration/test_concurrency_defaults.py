@@ -11,10 +11,13 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from h2ogpt_api import concurrency
+from h2ogpt_api.backends.tgi import TgiBackend
+from h2ogpt_api.core import AdmissionGate
 from openai import AsyncOpenAI
 
 from tests.support.api_server import ApiServerFactory, llm_only_args
-from tests.support.tgi_fake import RunningFake, TgiFake
+from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 MODEL = "fake/tgi-echo"
 TOKENS = 30
@@ -88,3 +91,30 @@ def test_an_openai_compatible_backend_gets_no_limit_of_ours(
 
     assert chunks == [TOKENS] * 80
     assert slow_fake.fake.stats.peak_running == 80  # above the old default of 64
+
+
+def test_a_tgi_still_loading_gets_tgis_default_until_its_info_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a cluster the API pods often start before TGI has loaded its model: the limit starts at
+    # TGI's default and follows /info as soon as TGI answers.
+    monkeypatch.setattr(concurrency, "ASK_AGAIN_SECONDS", 0.05)
+    port = free_port()
+
+    async def scenario() -> tuple[int | None, int | None]:
+        backend = TgiBackend(f"http://127.0.0.1:{port}", model_name=MODEL, timeout=5)
+        gate = AdmissionGate(None, max_queue=0)
+        try:
+            asking = await concurrency.settle(gate, backend, None)
+            assert asking is not None
+            before = gate.limit
+            running = RunningFake(TgiFake(max_concurrent_requests=300), port=port).start()
+            try:
+                await asyncio.wait_for(asking, timeout=10)
+            finally:
+                running.stop()
+            return before, gate.limit
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(scenario()) == (concurrency.TGI_DEFAULT_MAX_CONCURRENT_REQUESTS, 300)
