@@ -266,15 +266,18 @@ def wait_http_ok(url: str, running: BackgroundProcess, timeout_s: float = SERVER
 
 
 @contextlib.contextmanager
-def tgi_fake_server(token_delay: float, *, repeat: bool = True) -> Iterator[str]:
+def tgi_fake_server(
+    token_delay: float, *, repeat: bool = True, max_concurrent_requests: int = 1024
+) -> Iterator[str]:
     """The TGI-protocol fake (tests/support/tgi_fake.py) in its own process; yields its base URL.
 
     `repeat` makes every answer run to the request's `max_new_tokens`, so a call's latency is
-    exactly `max_new_tokens * token_delay` plus overheads.
+    exactly `max_new_tokens * token_delay` plus overheads. `max_concurrent_requests` is what it
+    admits at once and reports in `/info` (as TGI run with --max-concurrent-requests 1024).
     """
     port = free_port()
     command = [sys.executable, "-m", "tests.support.tgi_fake", "--host", LOOPBACK, "--port", str(port),
-               "--token-delay", str(token_delay)]
+               "--token-delay", str(token_delay), "--max-concurrent-requests", str(max_concurrent_requests)]
     if repeat:
         command.append("--repeat")
     with background_process("tgi-fake", command) as running:

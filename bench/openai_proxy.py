@@ -54,7 +54,13 @@ ROUNDS = 2
 # Each measured phase sends at least this many requests and lasts at least about this long.
 MIN_REQUESTS = 10
 MIN_PHASE_S = 1.2
-TARGET_SHARE_AT = 64  # the concurrency the throughput target is judged at
+TARGET_SHARE_AT = 64  # the concurrency the Gradio side's targets are judged at
+OPENAI_SHARE_AT = 256  # the concurrency the OpenAI side's throughput target is judged at
+WORKERS = 2  # the --workers target
+# The `api/` folder of another checkout (e.g. `git archive <commit> api | tar -x -C /tmp/before`):
+# its h2ogpt-api, with the same flags, is measured in the same run as "before-openai" and
+# "before-gradio", so a change is compared side by side on the same machine at the same time.
+BASELINE_ENV = "BENCH_BASELINE_API"
 PROMPT = "Tell me about the platform in a few words please"
 MODEL = "fake/tgi-echo"
 LITELLM_KEY = "sk-bench-litellm"
@@ -216,7 +222,7 @@ def gradio_body() -> str:
     return json.dumps({"data": [str(params)]})
 
 
-API_ARGS = ("--base_model", MODEL, "--max_concurrency", "1024", "--max_queue", "1024",
+API_ARGS = ("--base_model", MODEL,  # the defaults: the admission limit follows the fake's /info (1024)
             "--langchain_modes", "['LLM']", "--langchain_mode", "LLM")
 
 
@@ -383,39 +389,65 @@ def report(
 
 
 def targets_verdict(cells: dict[tuple[str, int], Cell], names: Sequence[str]) -> list[str]:
-    """The issue's targets, judged at TARGET_SHARE_AT streams (or the largest level measured)."""
+    """Issue 16's targets, each met or missed: the OpenAI side's added TTFT at 1, 16 and 64 streams
+    and its throughput at 256; the Gradio side's at 64 (or the largest level measured)."""
     levels = sorted({level for (_, level) in cells})
-    level = TARGET_SHARE_AT if TARGET_SHARE_AT in levels else levels[-1]
-    direct = cells[("direct", level)]
 
-    def added(name: str) -> float:
-        return cells[(name, level)].ttft_p50 - direct.ttft_p50
+    def at(level: int) -> int:
+        return level if level in levels else levels[-1]
 
-    def share_of(name: str) -> float:
-        return cells[(name, level)].tokens_per_s / direct.tokens_per_s
+    def added(name: str, level: int) -> float:
+        return cells[(name, level)].ttft_p50 - cells[("direct", level)].ttft_p50
 
-    lines = [f"Targets at {level} streams:", ""]
+    def share_of(name: str, level: int) -> float:
+        return cells[(name, level)].tokens_per_s / cells[("direct", level)].tokens_per_s
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    lines = ["Targets (issue 16):", ""]
     if "h2ogpt-openai" in names:
-        lines.append(
-            f"- OpenAI side adds {added('h2ogpt-openai') * 1000:.2f} ms median TTFT (target < 2 ms) and "
-            f"keeps {100 * share_of('h2ogpt-openai'):.1f}% of direct throughput (target >= 95%)."
-        )
-        if "litellm" in names:
-            lite = added("litellm")
-            ratio = added("h2ogpt-openai") / lite if lite > 0 else math.nan
+        for level in [level for level in (1, 16, 64) if level in levels]:
+            value = added("h2ogpt-openai", level) * 1000
             lines.append(
-                f"- LiteLLM adds {lite * 1000:.2f} ms median TTFT and keeps "
-                f"{100 * share_of('litellm'):.1f}%; "
-                f"h2ogpt-api's added TTFT is {ratio:.2f} of LiteLLM's (target <= 0.33)."
+                f"- OpenAI side at {level} streams adds {value:.2f} ms median TTFT "
+                f"(target <= 1.5 ms): {verdict(value <= 1.5)}."
+            )
+        level = at(OPENAI_SHARE_AT)
+        share = share_of("h2ogpt-openai", level)
+        lines.append(
+            f"- OpenAI side at {level} streams, default settings, keeps {100 * share:.1f}% of direct "
+            f"throughput (target >= 90%): {verdict(share >= 0.9)}."
+        )
+        workers = f"h2ogpt-openai-{WORKERS}w"
+        if workers in names:
+            one, many = cells[("h2ogpt-openai", level)], cells[(workers, level)]
+            lines.append(
+                f"- --workers {WORKERS} at {level} streams: {100 * share_of(workers, level):.1f}% of direct "
+                f"({many.tokens_per_s / one.tokens_per_s:.2f}x one process's tokens/s), added median TTFT "
+                f"{added(workers, level) * 1000:.2f} ms vs {added('h2ogpt-openai', level) * 1000:.2f} ms, "
+                f"server CPU {many.server_cpu_per_request * 1000:.1f} vs "
+                f"{one.server_cpu_per_request * 1000:.1f} ms/request."
+            )
+        if "litellm" in names:
+            level = at(TARGET_SHARE_AT)
+            lite = added("litellm", level)
+            ratio = added("h2ogpt-openai", level) / lite if lite > 0 else math.nan
+            lines.append(
+                f"- LiteLLM at {level} streams adds {lite * 1000:.2f} ms median TTFT and keeps "
+                f"{100 * share_of('litellm', level):.1f}%; "
+                f"h2ogpt-api's added TTFT is {ratio:.2f} of LiteLLM's."
             )
         if "h2ogpt-gradio" in names:
-            openai_added = added("h2ogpt-openai")
-            gradio_added = added("h2ogpt-gradio")
-            ratio = gradio_added / openai_added if openai_added > 0 else math.nan
+            level = at(TARGET_SHARE_AT)
+            openai_added = added("h2ogpt-openai", level)
+            gradio_added = added("h2ogpt-gradio", level)
+            ratio = gradio_added / openai_added if openai_added > 0 else math.inf
+            share = share_of("h2ogpt-gradio", level)
             lines.append(
-                f"- Gradio side adds {gradio_added * 1000:.2f} ms median TTFT, "
-                f"{ratio:.1f}x the OpenAI side's "
-                f"(target <= 3x), and keeps {100 * share_of('h2ogpt-gradio'):.1f}% of direct throughput."
+                f"- Gradio side at {level} streams adds {gradio_added * 1000:.2f} ms median TTFT, "
+                f"{ratio:.1f}x the OpenAI side's (target <= 3x): {verdict(ratio <= 3)}; keeps "
+                f"{100 * share:.1f}% of direct throughput (target >= 90%): {verdict(share >= 0.9)}."
             )
     return lines
 
@@ -457,6 +489,17 @@ def run(quick: bool = False) -> str:
             Target("h2ogpt-openai", Request(f"{api.openai_url}/chat/completions", "openai", chat_body()),
                    [api.process.process.pid])
         )
+        try:  # the same with two processes on the port: how it scales (CPU counts both workers)
+            two = stack.enter_context(
+                h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS, "--workers", str(WORKERS)])
+            )
+            targets.append(
+                Target(f"h2ogpt-openai-{WORKERS}w",
+                       Request(f"{two.openai_url}/chat/completions", "openai", chat_body()),
+                       [two.process.process.pid])
+            )
+        except ServerError as exc:
+            notes.append(f"--workers {WORKERS} not measured: {str(exc).splitlines()[0][:300]}")
         try:
             gradio = stack.enter_context(
                 h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS, "--openai_server", "False",
@@ -473,6 +516,9 @@ def run(quick: bool = False) -> str:
             )
         except Exception as exc:  # the other targets are still worth measuring
             notes.append(f"Gradio side not measured: {str(exc).splitlines()[0][:300]}")
+        baseline = os.environ.get(BASELINE_ENV)
+        if baseline:
+            targets += baseline_targets(stack, fake_url, Path(baseline))
         try:
             litellm_url, litellm = stack.enter_context(litellm_server(fake_url))
             targets.append(
@@ -485,6 +531,27 @@ def run(quick: bool = False) -> str:
             notes.append(f"LiteLLM not measured: {str(exc).splitlines()[0][:300]}")
         cells = measure(targets, levels, rounds)
     return report(cells, targets, levels, notes=notes, started=started, rounds=rounds)
+
+
+def baseline_targets(stack: contextlib.ExitStack, fake_url: str, api_dir: Path) -> list[Target]:
+    """The baseline checkout's OpenAI and Gradio sides (its package first on PYTHONPATH)."""
+    env = {"PYTHONPATH": str(api_dir.resolve())}
+    openai_side = stack.enter_context(h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS], env))
+    gradio_side = stack.enter_context(
+        h2ogpt_api_server(
+            ["--inference_server", fake_url, *API_ARGS, "--openai_server", "False", "--gradio", "True"], env
+        )
+    )
+    if gradio_side.gradio_url is None:
+        raise ServerError("the baseline h2ogpt-api printed no Gradio URL")
+    return [
+        Target("before-openai", Request(f"{openai_side.openai_url}/chat/completions", "openai", chat_body()),
+               [openai_side.process.process.pid]),
+        Target("before-gradio",
+               Request(gradio_side.gradio_url.rstrip("/") + "/gradio_api/call/submit_nochat_api", "gradio",
+                       gradio_body()),
+               [gradio_side.process.process.pid]),
+    ]
 
 
 def _listener_pid(url: str) -> int:

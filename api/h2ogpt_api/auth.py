@@ -22,7 +22,9 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ NO_KEY = "EMPTY"  # what OpenAI clients send when the server needs no key
 KEY_IDENTITY_PREFIX = "key:"  # a named key's identity; login names cannot hold ':'
 # Verified logins remembered per process, so a request does not pay for argon2 every time.
 VERIFIED_CACHE_SIZE = 10_000
+# How often a key or users file is checked for a rewrite: a stat on every request is a system
+# call on the hot path; once a second bounds a rotation's delay at one second.
+RECHECK_SECONDS = 1.0
 
 
 class AuthError(Exception):
@@ -52,10 +57,11 @@ _Parsed = TypeVar("_Parsed")
 
 
 class WatchedSource(Generic[_Parsed]):
-    """An inline value, or a file parsed again whenever its (mtime, size, inode) changes: every
-    request checks with one stat, so a rewritten file (or a Secret volume's symlink swap) counts
-    from the next request on. A rewrite that does not parse keeps the last good value and logs
-    why (never the content); at start-up it is an error."""
+    """An inline value, or a file parsed again whenever its (mtime, size, inode) changes: checked
+    with one stat at most every RECHECK_SECONDS (by the first request after that), so a rewritten
+    file (or a Secret volume's symlink swap) counts within a second. A rewrite that does not
+    parse keeps the last good value and logs why (never the content); at start-up it is an
+    error."""
 
     def __init__(self, flag: str, path: str | None, inline: _Parsed, parse: Callable[[str], _Parsed]) -> None:
         self._flag = flag
@@ -64,12 +70,16 @@ class WatchedSource(Generic[_Parsed]):
         self._value = inline
         self._signature: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
+        self._next_check = 0.0  # time.monotonic() from which the file is looked at again
         if self._path is not None:
             self._reload(strict=True)
 
     def current(self) -> _Parsed:
         if self._path is not None:
-            self._reload(strict=False)
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + RECHECK_SECONDS
+                self._reload(strict=False)
         return self._value
 
     def _reload(self, *, strict: bool) -> None:
@@ -246,6 +256,27 @@ class MemoryLogins:
 
     async def register(self, name: str, password_hash: str) -> str:
         return self._hashes.setdefault(name, password_hash)
+
+
+class SharedLogins:
+    """Registrations in a SQLite file that every --workers process opens: the first registration
+    of a name wins in all of them, as in one process. For a server without a document store (with
+    one, Weaviate holds them). One short statement on a local file per call, on the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS logins (name TEXT PRIMARY KEY, hash TEXT NOT NULL)")
+
+    async def password_hash(self, name: str) -> str | None:
+        row = self._db.execute("SELECT hash FROM logins WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    async def register(self, name: str, password_hash: str) -> str:
+        self._db.execute("INSERT OR IGNORE INTO logins VALUES (?, ?)", (name, password_hash))
+        stored = await self.password_hash(name)
+        assert stored is not None  # inserted now or before, never deleted
+        return stored
 
 
 class PasswordChecker:

@@ -1,4 +1,5 @@
-"""`h2ogpt-api`: one process, one event loop, the OpenAI app and the Gradio app over one core."""
+"""`h2ogpt-api`: one process, one event loop, the OpenAI app and the Gradio app over one core
+(or, with --workers N, N such processes sharing the OpenAI port: h2ogpt_api.workers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 import uvicorn
 
-from h2ogpt_api.auth import ApiKeys, anonymous_session_prefix, parse_users
+from h2ogpt_api import concurrency, workers
+from h2ogpt_api.auth import ApiKeys, SharedLogins, anonymous_session_prefix, parse_users
 from h2ogpt_api.backends import create_backend
 from h2ogpt_api.core import Core
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Identity
@@ -103,11 +105,13 @@ async def _add_user_path(settings: Settings, documents: DocumentStore | None) ->
     log.info("--user_path %s: %d files, %d new chunks in %s", folder, len(files), added, USER_DATA)
 
 
-async def serve(settings: Settings) -> None:
-    """Build the core and the apps, serve until SIGINT/SIGTERM, then shut everything down."""
+async def serve(settings: Settings, worker: workers.WorkerRole | None = None) -> None:  # noqa: PLR0912, PLR0915
+    """Build the core and the apps, serve until SIGINT/SIGTERM, then shut everything down.
+    `worker`: this process is one of --workers N (the supervisor checked the ports)."""
     if not settings.openai_server and not settings.gradio:
         raise SystemExit("h2ogpt-api: nothing to serve: both --openai_server and --gradio are False")
-    _check_ports_free(settings)
+    if worker is None:
+        _check_ports_free(settings)
     try:  # fail now, with one clear line, on unreadable users or keys
         parse_users(settings.auth)
         ApiKeys(settings.h2ogpt_api_keys)
@@ -129,7 +133,8 @@ async def serve(settings: Settings) -> None:
         documents = await _open_documents(settings, stack)
         if settings.user_path is not None:
             await _add_user_path(settings, documents)
-        if documents is not None and settings.gradio and "MyData" in settings.document_modes:
+        first = worker is None or worker.first
+        if documents is not None and settings.gradio and "MyData" in settings.document_modes and first:
             from h2ogpt_api.retrieval.store import sweep_anonymous_mydata  # noqa: PLC0415
 
             sweeper = asyncio.create_task(
@@ -141,20 +146,32 @@ async def serve(settings: Settings) -> None:
                 name="anonymous-mydata-sweeper",
             )
             stack.callback(sweeper.cancel)
+        logins = getattr(documents, "logins", None)
+        if logins is None and worker is not None:
+            logins = SharedLogins(worker.state_file)  # a registration counts in every worker
         # The store's embedder also serves /v1/embeddings: one model in memory, not two.
         core = Core(
             settings,
             backend,
             documents,
             embedder=getattr(documents, "embedder", None),
-            logins=getattr(documents, "logins", None),
+            logins=logins,
         )
+        asking = await concurrency.settle(
+            core.admission, backend, settings.max_concurrency, worker.count if worker else 1
+        )
+        if asking is not None:
+            stack.callback(asking.cancel)
 
         apps: list[tuple[str, str, Any, int]] = []
         if settings.openai_server:
             from h2ogpt_api.openai_api.app import create_app as create_openai_app  # noqa: PLC0415
+            from h2ogpt_api.openai_api.conversations import SharedConversations  # noqa: PLC0415
 
-            apps.append(("OpenAI API", "/v1", create_openai_app(core, settings), settings.openai_port))
+            conversations = SharedConversations(worker.state_file) if worker is not None else None
+            apps.append(
+                ("OpenAI API", "/v1", create_openai_app(core, settings, conversations), settings.openai_port)
+            )
         if settings.gradio:
             try:
                 from h2ogpt_api.gradio_api.app import create_app as create_gradio_app  # noqa: PLC0415  # type: ignore[import-not-found,unused-ignore]
@@ -183,16 +200,30 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stop_all, servers)
-        serving = asyncio.gather(*(server.serve() for server in servers))
+        # A worker listens on the OpenAI port beside the other workers (SO_REUSEPORT).
+        sockets = [
+            [workers.listening_socket(settings.server_name, port)]
+            if worker is not None and path == "/v1"
+            else None
+            for _, path, _, port in apps
+        ]
+        serving = asyncio.gather(
+            *(server.serve(sockets=own) for server, own in zip(servers, sockets, strict=True))
+        )
         while not all(server.started for server in servers):
             if serving.done():
                 await serving  # a server failed to start: raise its error
                 raise SystemExit("h2ogpt-api: a server stopped during start-up")
             await asyncio.sleep(0.05)
         host = _display_host(settings.server_name)
-        for (label, path, _, port), server in zip(apps, servers, strict=True):
-            print(f"{label}: http://{host}:{_bound_port(server, port)}{path}", flush=True)
-        print(f"h2ogpt-api ready (backend {backend.kind}, model {settings.base_model})", flush=True)
+        if first:
+            for (label, path, _, port), server in zip(apps, servers, strict=True):
+                print(f"{label}: http://{host}:{_bound_port(server, port)}{path}", flush=True)
+        if worker is None:
+            print(f"h2ogpt-api ready (backend {backend.kind}, model {settings.base_model})", flush=True)
+        else:
+            print(f"h2ogpt-api worker {worker.index + 1} of {worker.count} serving", flush=True)
+            worker.report_ready()
         await serving
 
 
@@ -235,10 +266,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for warning in warnings:  # once each, at start-up
         log.warning("%s", warning)
-    log.info("settings: %s", settings.redacted())
+    worker = workers.WorkerRole.from_environ(os.environ)
+    if settings.workers > 1 and worker is None:
+        log.info("settings: %s", settings.redacted())
+        raise SystemExit(workers.supervise(settings, args))
+    if worker is None or worker.first:
+        log.info("settings: %s", settings.redacted())
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, worker))
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, worker))

@@ -9,6 +9,7 @@ exceptions the apps map to statuses: `InvalidRequestError` (400), `QueueFullErro
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -188,31 +189,63 @@ def with_server_settings(params: GenerationParams, settings: Settings) -> Genera
 
 
 class AdmissionGate:
-    """At most `max_concurrency` generations run; at most `max_queue` wait; others are refused."""
+    """At most `limit` generations run (None: no limit of ours), first come first served; at most
+    `max_queue` wait; others are refused. The limit can change while serving: it follows what the
+    backend says it admits, which may be known only once the backend is up."""
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
-        self._slots = asyncio.Semaphore(max_concurrency)
+    def __init__(self, limit: int | None, max_queue: int) -> None:
+        self.limit = limit
         self._max_queue = max_queue
-        self._waiting = 0
+        self._running = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def set_limit(self, limit: int | None) -> None:
+        self.limit = limit
+        self._admit_waiting()
+
+    def _has_room(self) -> bool:
+        return self.limit is None or self._running < self.limit
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and self._has_room():
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # a waiter cancelled meanwhile is skipped
+                self._running += 1
+                waiter.set_result(None)
+
+    def _release(self) -> None:
+        self._running -= 1
+        self._admit_waiting()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked() and self._waiting >= self._max_queue:
-            raise QueueFullError(
-                f"the server is at capacity ({self._waiting} requests already waiting); retry shortly"
-            )
-        self._waiting += 1
-        metrics.REQUESTS_WAITING.inc()
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-            metrics.REQUESTS_WAITING.dec()
+        if self._has_room() and not self._waiting:
+            self._running += 1
+        else:
+            if len(self._waiting) >= self._max_queue:
+                waiting = len(self._waiting)
+                raise QueueFullError(
+                    f"the server is at capacity ({waiting} requests already waiting); retry shortly"
+                )
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            self._admit_waiting()
+            metrics.REQUESTS_WAITING.inc()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # admitted as the caller was cancelled: hand the slot on
+                else:
+                    self._waiting.remove(waiter)
+                raise
+            finally:
+                metrics.REQUESTS_WAITING.dec()
         metrics.GENERATIONS_RUNNING.inc()
         try:
             yield
         finally:
-            self._slots.release()
+            self._release()
             metrics.GENERATIONS_RUNNING.dec()
 
 
@@ -248,6 +281,54 @@ class _Usage:
     affinity_key: str = ""
 
 
+class _MapStep:
+    """The map step of a Summarize or Extract, run as a task: `progress()` yields its `Progress`
+    (a call ended, or a keepalive while none does) until it ends, then `answers` holds its
+    answers; its failure is raised from `progress()`."""
+
+    def __init__(
+        self,
+        action: str,
+        run: Callable[[mapreduce.ProgressReport], Awaitable[list[str]]],
+        keepalive_seconds: float,
+    ) -> None:
+        self.action = action
+        self.answers: list[str] = []
+        self._run = run
+        self._keepalive_seconds = keepalive_seconds
+
+    async def progress(self) -> AsyncGenerator[Progress, None]:
+        action = self.action
+        updates: asyncio.Queue[Progress] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            self._run(lambda done, total: updates.put_nowait(Progress(action, done, total)))
+        )
+        latest = Progress(action, 0, 0)
+        getter: asyncio.Future[Progress] | None = None
+        try:
+            while True:
+                getter = asyncio.ensure_future(updates.get())
+                finished, _ = await asyncio.wait(
+                    {task, getter}, timeout=self._keepalive_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in finished:
+                    latest = getter.result()
+                    yield latest
+                    continue
+                getter.cancel()
+                if task in finished:
+                    break
+                yield latest  # nothing ended for a while: say so anyway
+            self.answers = task.result()
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
 class Core:
     def __init__(
         self,
@@ -264,7 +345,8 @@ class Core:
         self.documents = documents
         self._embedder = embedder
         self._embedder_lock = asyncio.Lock()
-        self._gate = AdmissionGate(settings.max_concurrency, settings.max_queue)
+        # Until the server's start-up settles it (h2ogpt_api.concurrency): --max_concurrency or none.
+        self.admission = AdmissionGate(settings.max_concurrency, settings.max_queue)
         # Per-key limits, one counter for the process: a key or login that calls both front doors of
         # one process (OpenAI and Gradio) spends one budget.
         self.limits = RateLimits(settings.requests_per_minute, settings.tokens_per_minute)
@@ -336,7 +418,7 @@ class Core:
         params = with_server_settings(params, self.settings)
         mode = self._checked_mode(params)
         self._check_options(params, options)
-        async with self._gate.slot():
+        async with self.admission.slot():
             started = time.perf_counter()
             usage = _Usage(
                 deadline=time.monotonic() + params.max_time,
@@ -364,8 +446,7 @@ class Core:
                         yield delta
             elif params.langchain_action == "Summarize":
                 hits = await self._parts(params, identity, mode)
-                summaries: list[list[str]] = []
-                mapped = self._reporting(
+                summaries = _MapStep(
                     "Summarize",
                     lambda report: mapreduce.map_summaries(
                         [hit.content for hit in hits],
@@ -377,14 +458,16 @@ class Core:
                         self._context_chars(params),
                         report=report,
                     ),
-                    summaries,
+                    self.settings.keepalive_seconds,
                 )
-                async with contextlib.aclosing(mapped) as progress:
+                async with contextlib.aclosing(summaries.progress()) as progress:
                     async for update in progress:
                         yield update
-                texts = summaries[0]
                 final = prompts.summary_prompt(
-                    "\n\n".join(texts), params.question, params.pre_prompt_summary, params.prompt_summary
+                    "\n\n".join(summaries.answers),
+                    params.question,
+                    params.pre_prompt_summary,
+                    params.prompt_summary,
                 )
                 async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
                     async for delta in deltas:
@@ -394,8 +477,7 @@ class Core:
                             yield delta
             else:  # Extract
                 hits = await self._parts(params, identity, mode)
-                extracted: list[list[str]] = []
-                mapped = self._reporting(
+                extracted = _MapStep(
                     "Extract",
                     lambda report: mapreduce.extract(
                         [hit.content for hit in hits],
@@ -406,12 +488,12 @@ class Core:
                         self._map_parallelism(),
                         report=report,
                     ),
-                    extracted,
+                    self.settings.keepalive_seconds,
                 )
-                async with contextlib.aclosing(mapped) as progress:
+                async with contextlib.aclosing(extracted.progress()) as progress:
                     async for update in progress:
                         yield update
-                pieces.append(str(extracted[0]))
+                pieces.append(str(extracted.answers))
                 yield TextDelta(pieces[-1])
             elapsed = time.perf_counter() - started
             token_times.observe()
@@ -430,45 +512,6 @@ class Core:
                     logprobs=tuple(logprobs),
                 )
             )
-
-    async def _reporting(
-        self,
-        action: str,
-        run: Callable[[mapreduce.ProgressReport], Awaitable[list[str]]],
-        outcome: list[list[str]],
-    ) -> AsyncGenerator[Progress, None]:
-        """Run a map step as a task and yield its `Progress` (a call ended, or a keepalive while
-        none does); its answers are appended to `outcome`, its failure raised."""
-        updates: asyncio.Queue[Progress] = asyncio.Queue()
-        task = asyncio.ensure_future(
-            run(lambda done, total: updates.put_nowait(Progress(action, done, total)))
-        )
-        latest = Progress(action, 0, 0)
-        getter: asyncio.Future[Progress] | None = None
-        try:
-            while True:
-                getter = asyncio.ensure_future(updates.get())
-                finished, _ = await asyncio.wait(
-                    {task, getter},
-                    timeout=self.settings.keepalive_seconds,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if getter in finished:
-                    latest = getter.result()
-                    yield latest
-                    continue
-                getter.cancel()
-                if task in finished:
-                    break
-                yield latest  # nothing ended for a while: say so anyway
-            outcome.append(task.result())
-        finally:
-            if getter is not None and not getter.done():
-                getter.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     def _check_options(self, params: GenerationParams, options: OutputOptions) -> None:
         """A 400 naming the first OpenAI output option this request's backend route cannot honour."""

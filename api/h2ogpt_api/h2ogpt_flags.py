@@ -57,7 +57,7 @@ IGNORED_H2OGPT_FLAGS = frozenset(
     min_max_new_tokens model_label_prefix model_lock_columns
     model_lock_layout_based_upon_initial_visible model_name_exllama_if_no_config
     model_name_gpt4all_llama model_name_gptj model_path_llama multiple_workers_gunicorn n_gpus
-    n_jobs num_beams num_return_sequences offload_folder open_browser openai_workers page_title
+    n_jobs num_beams num_return_sequences offload_folder open_browser page_title
     pdf_height penalty_alpha pre_load_embedding_model pre_load_image_audio_models
     pre_prompt_query pre_prompt_summary prepare_offline_level prompt_dict prompt_query
     prompt_summary regenerate_clients regenerate_gradio_clients reload_langchain_state

@@ -1,11 +1,24 @@
 """Prometheus metrics of the API services (names are a contract: docs/architecture.md).
 
-They live in the process-wide registry, so `/metrics` on either port shows both apps.
+They live in the process-wide registry, so `/metrics` on either port shows both apps. Under
+`--workers N` (h2ogpt_api.workers) each process writes its values to files in
+PROMETHEUS_MULTIPROC_DIR, set before this module is imported, and `/metrics` on any worker sums
+them all (gauges: the live processes' sum).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 # Generation latencies span milliseconds (fake backends, TTFT) to minutes (map-reduce).
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -35,17 +48,25 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5),
 )
 REQUESTS_WAITING = Gauge(
-    "h2ogpt_api_requests_waiting", "Generations waiting for a slot (--max_concurrency); past --max_queue: 429"
+    "h2ogpt_api_requests_waiting",
+    "Generations waiting for a slot (--max_concurrency); past --max_queue: 429",
+    multiprocess_mode="livesum",
 )
-GENERATIONS_RUNNING = Gauge("h2ogpt_api_generations_running", "Generations holding a slot")
+GENERATIONS_RUNNING = Gauge(
+    "h2ogpt_api_generations_running", "Generations holding a slot", multiprocess_mode="livesum"
+)
 # Labelled by the key's NAME (key-1.. for a list of keys, the dict's names otherwise), never the key.
 KEY_TOKENS = Counter(
     "h2ogpt_api_key_tokens_total", "Tokens used by requests with an API key", ["key_name", "kind"]
 )
 RATE_LIMITED = Counter("h2ogpt_api_rate_limited_total", "Requests refused by a per-key limit", ["limit"])
-IN_FLIGHT = Gauge("h2ogpt_api_in_flight_requests", "Requests being handled", ["route"])
+IN_FLIGHT = Gauge(
+    "h2ogpt_api_in_flight_requests", "Requests being handled", ["route"], multiprocess_mode="livesum"
+)
 # Scale from zero (backends/holding.py): the operator's autoscaler reads held > 0 as "start a replica".
-HELD_REQUESTS = Gauge("h2ogpt_api_held_requests", "Requests held while no inference replica is ready")
+HELD_REQUESTS = Gauge(
+    "h2ogpt_api_held_requests", "Requests held while no inference replica is ready", multiprocess_mode="livesum"
+)
 HELD_WAIT = Histogram(
     "h2ogpt_api_held_wait_seconds",
     "How long held requests waited for an inference replica, by outcome (forwarded, timed_out, cancelled)",
@@ -64,7 +85,10 @@ ROUTING_PREFIX = Counter(
     ["result"],
 )
 REPLICA_IN_FLIGHT = Gauge(
-    "h2ogpt_api_replica_in_flight", "Requests streaming from each inference replica", ["replica"]
+    "h2ogpt_api_replica_in_flight",
+    "Requests streaming from each inference replica",
+    ["replica"],
+    multiprocess_mode="livesum",
 )
 REPLICA_FAILURES = Counter(
     "h2ogpt_api_replica_failures_total",
@@ -73,5 +97,10 @@ REPLICA_FAILURES = Counter(
 )
 
 def exposition() -> tuple[bytes, str]:
-    """The body and content type of a `/metrics` answer."""
+    """The body and content type of a `/metrics` answer: this process's metrics, or under
+    --workers every worker's, summed."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

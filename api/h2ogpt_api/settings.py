@@ -177,8 +177,24 @@ class Settings(BaseModel):
         True,
         description="an unknown model in a generation request is answered by the served model (False = 404)",
     )
-    max_concurrency: int = Field(
-        64, ge=1, le=100_000, description="generations in flight (h2oGPT's --concurrency_count sets it too)"
+    # None: follow the backend (h2ogpt_api.concurrency): what TGI's /info says it admits, no
+    # limit of our own for vLLM / OpenAI-compatible servers, one at a time for the embedded model.
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="generations in flight (h2oGPT's --concurrency_count sets it too); "
+        "default: what the backend admits (TGI /info max_concurrent_requests; none of our own "
+        "for vLLM/OpenAI servers; 1 for the embedded model)",
+    )
+    # Processes sharing the OpenAI port (SO_REUSEPORT), so a node with more cores is used; the
+    # Gradio app runs in the first only (its sessions live in one process). h2ogpt_api.workers.
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="processes serving the OpenAI port (h2oGPT's --openai_workers sets it too); "
+        "Gradio runs in the first",
     )
     # Requests allowed to wait for a generation slot; one more gets 429.
     max_queue: int = Field(
@@ -374,7 +390,7 @@ def _bool_fields() -> frozenset[str]:
 
 
 # h2oGPT flags that set one of ours under another name.
-_RENAMED = {"concurrency_count": "max_concurrency"}
+_RENAMED = {"concurrency_count": "max_concurrency", "openai_workers": "workers"}
 # h2oGPT flags read here, but not fields: mapped in `_apply_h2ogpt_flags`.
 _MAPPED = frozenset({"auth_filename", "model_lock", "db_type"})
 
@@ -543,6 +559,7 @@ def help_text() -> str:
         "",
         "h2oGPT's flags with a meaning here under another name:",
         "  --concurrency_count       sets --max_concurrency",
+        "  --openai_workers          sets --workers",
         "  --auth_filename           read as --auth when --auth is not given",
         "  --model_lock              one entry: its inference_server, base_model, max_seq_len, prompt_type",
         "  --db_type                 weaviate (anything else is warned about: documents live in Weaviate)",

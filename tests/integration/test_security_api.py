@@ -164,7 +164,7 @@ def accepted(server: ApiServer, **kwargs: object) -> bool:
     return True
 
 
-def test_rewritten_key_and_user_files_count_from_the_next_request(
+def test_rewritten_key_and_user_files_count_within_a_second(
     api_server_factory: ApiServerFactory, tgi_fake: RunningFake, tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys.json"
@@ -177,20 +177,27 @@ def test_rewritten_key_and_user_files_count_from_the_next_request(
     )
     assert accepted(server, api_key="k-old", user="henry:old-pw")
 
-    # A Secret volume swaps in new files: the old key and password stop working at once.
+    # A Secret volume swaps in new files: the old key and password stop working within a second
+    # (the files are checked at most once a second).
     rotated_keys, rotated_users = tmp_path / "keys.new", tmp_path / "users.new"
     rotated_keys.write_text(json.dumps({"ci": "k-new"}))
     rotated_users.write_text(json.dumps({"henry": {"password": "new-pw"}}))
     rotated_keys.replace(keys)
     rotated_users.replace(users)
-    assert eventually(lambda: accepted(server, api_key="k-new", user="henry:new-pw"), seconds=1.0)
+    swapped = time.monotonic()
+    assert eventually(lambda: accepted(server, api_key="k-new", user="henry:new-pw"), seconds=3.0)
+    # the one-second bound, plus a request's time on a shared 2-core machine
+    assert time.monotonic() - swapped < 1.5
     assert not accepted(server, api_key="k-old", user="henry:new-pw")
     assert not accepted(server, api_key="k-new", user="henry:old-pw")
 
     # A broken rewrite keeps the last good keys (and says so in the log, without them).
     keys.write_text("{not json")
-    assert accepted(server, api_key="k-new", user="henry:new-pw")
-    assert "keeping the last good value" in server.log()
+    assert eventually(
+        lambda: accepted(server, api_key="k-new", user="henry:new-pw")
+        and "keeping the last good value" in server.log(),
+        seconds=3.0,
+    )
     assert "k-new" not in server.log()
 
 

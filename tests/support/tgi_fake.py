@@ -29,7 +29,9 @@ connection after a few tokens, `FAKE:DELAY=<seconds>` sets that request's per-to
 `GET /fake/stats` counts started, completed and client-disconnected generations.
 
 Like TGI, it refuses (422, TGI's message) a request whose prompt tokens plus `max_new_tokens`
-exceed `max_total_tokens`. Older or differently built servers are imitated with
+exceed `max_total_tokens`, and (429, TGI's "Model is overloaded") a generation beyond
+`max_concurrent_requests` running at once, which `/info` reports (TGI's default 128; the
+stats count the most that ran at once). Older or differently built servers are imitated with
 `chat_route=False` (no `/v1/chat/completions`: 404, as TGI before 1.4) and `stream_usage=False`
 (chat streams end without a `usage` chunk, as servers that ignore `stream_options` do).
 
@@ -67,6 +69,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _DELAY_MARKER = re.compile(r"FAKE:DELAY=([0-9.]+)")
 DROP_AFTER_TOKENS = 3
+TGI_DEFAULT_MAX_CONCURRENT_REQUESTS = 128  # TGI's --max-concurrent-requests default
 FAKE_MODEL_ID = "fake/tgi-echo"
 
 
@@ -75,6 +78,9 @@ class FakeStats:
     started: int = 0
     completed: int = 0
     disconnected: int = 0
+    running: int = 0  # generations in progress now
+    peak_running: int = 0  # the most that ran at once
+    overloaded: int = 0  # refused with 429, over max_concurrent_requests
     requests: dict[str, int] = field(default_factory=dict)
 
 
@@ -335,6 +341,7 @@ class TgiFake:
         chat_route: bool = True,
         stream_usage: bool = True,
         prefix_cache: PrefixCacheModel | None = None,
+        max_concurrent_requests: int = TGI_DEFAULT_MAX_CONCURRENT_REQUESTS,
     ) -> None:
         self.prefix_cache = prefix_cache
         self.in_flight = 0
@@ -345,6 +352,7 @@ class TgiFake:
         self.max_total_tokens = max_total_tokens
         self.chat_route = chat_route
         self.stream_usage = stream_usage
+        self.max_concurrent_requests = max_concurrent_requests
         self.stats = FakeStats()
 
     # -- planning ----------------------------------------------------------------------------
@@ -403,10 +411,43 @@ class TgiFake:
         if path != "/tokenize" and (refusal := self._too_long(path, request)):
             await _json(send, 422, {"error": refusal, "error_type": "validation"})
             return
-        try:
+        if path == "/tokenize":
             await handler(request, receive, send)
+        else:
+            await self._generation(handler, request, receive, send)
+
+    async def _generation(
+        self,
+        handler: Callable[[dict[str, Any], Receive, Send], Awaitable[None]],
+        request: dict[str, Any],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Run a generating route within max_concurrent_requests, counting what runs at once."""
+        if self.stats.running >= self.max_concurrent_requests:
+            self.stats.overloaded += 1  # TGI's answer past --max-concurrent-requests
+            await _json(send, 429, {"error": "Model is overloaded", "error_type": "overloaded"})
+            return
+        self.stats.running += 1
+        self.stats.peak_running = max(self.stats.peak_running, self.stats.running)
+        ended = False
+
+        async def send_counted(message: dict[str, Any]) -> None:
+            # A generation ends with its answer's last bytes, before the client can see them
+            # (as TGI frees its permit when generation ends, not when the socket drains).
+            nonlocal ended
+            if not ended and message["type"] == "http.response.body" and not message.get("more_body"):
+                ended = True
+                self.stats.running -= 1
+            await send(message)
+
+        try:
+            await handler(request, receive, send_counted)
         except GrammarError as exc:  # TGI's validation answer, before any generation
-            await _json(send, 422, {"error": str(exc), "error_type": "validation"})
+            await _json(send_counted, 422, {"error": str(exc), "error_type": "validation"})
+        finally:
+            if not ended:
+                self.stats.running -= 1
 
     def _too_long(self, path: str, request: dict[str, Any]) -> str | None:
         """TGI's validation of prompt + max_new_tokens against max_total_tokens, in its words."""
@@ -439,6 +480,7 @@ class TgiFake:
                     "max_input_tokens": 4095,
                     "max_total_tokens": 4096,
                     "max_stop_sequences": 6,
+                    "max_concurrent_requests": self.max_concurrent_requests,
                     "version": "fake",
                     "router": "tgi-fake",
                 },
@@ -451,6 +493,9 @@ class TgiFake:
                     "started": self.stats.started,
                     "completed": self.stats.completed,
                     "disconnected": self.stats.disconnected,
+                    "running": self.stats.running,
+                    "peak_running": self.stats.peak_running,
+                    "overloaded": self.stats.overloaded,
                     "requests": self.stats.requests,
                     "in_flight": self.in_flight,
                     "prefix_cache": None
@@ -872,6 +917,12 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--fail", choices=["none", "500", "hang", "drop"], default="none")
     parser.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=TGI_DEFAULT_MAX_CONCURRENT_REQUESTS,
+        help="generations at once (reported in /info; more get 429, as TGI)",
+    )
+    parser.add_argument(
         "--repeat",
         action="store_true",
         help="cycle the prompt's words so every answer runs to max_new_tokens",
@@ -895,7 +946,11 @@ def main() -> None:
                 prefill_s_per_token=args.prefill_s_per_token,
             )
         return TgiFake(
-            token_delay=args.token_delay, failure=args.fail, repeat=args.repeat, prefix_cache=cache
+            token_delay=args.token_delay,
+            failure=args.fail,
+            repeat=args.repeat,
+            prefix_cache=cache,
+            max_concurrent_requests=args.max_concurrent_requests,
         )
 
     ports = [int(port) for port in args.ports.split(",") if port] or [args.port]

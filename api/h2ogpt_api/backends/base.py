@@ -187,6 +187,11 @@ class Backend(Protocol):
         """Generate; closing the iterator early cancels the upstream generation."""
         ...
 
+    async def concurrency_limit(self) -> int | None:
+        """How many generations the server says it admits at once; None when it sets no limit
+        we can read. Raises BackendError when the server cannot tell yet (not up)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

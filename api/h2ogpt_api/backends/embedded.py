@@ -110,6 +110,9 @@ class EmbeddedBackend:
     async def aclose(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    async def concurrency_limit(self) -> int | None:
+        return 1  # one llama.cpp context, one answer at a time (the lock in `stream`)
+
     def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
         return first_unsupported(options, EMBEDDED_OPTIONS)
 

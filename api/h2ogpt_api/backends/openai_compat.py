@@ -127,6 +127,11 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         await self._client.close()
 
+    async def concurrency_limit(self) -> int | None:
+        # vLLM and OpenAI-compatible servers publish no admission limit: they queue (vLLM
+        # schedules by KV-cache room), so a limit of ours would only move the queue here.
+        return None
+
     def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
         return first_unsupported(options, CHAT_OPTIONS if chat else COMPLETION_OPTIONS)
 

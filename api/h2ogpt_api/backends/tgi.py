@@ -27,6 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from h2ogpt_api.backends.base import (
     BackendError,
@@ -229,6 +230,18 @@ class TgiBackend:
         if self._session is not None:
             await self._session.close()
 
+    async def concurrency_limit(self) -> int | None:
+        """TGI's `max_concurrent_requests` from `/info` (its --max-concurrent-requests): past it
+        TGI answers 429, below it the proxy would be the queue."""
+        async with _translate_errors(), self._client().get(
+            f"{self._base_url}/info", timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
+            await _raise_for_status(response)
+            info = await response.json(content_type=None)
+        limit = info.get("max_concurrent_requests") if isinstance(info, dict) else None
+        # bool is an int: `true` is no limit
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
     def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
         # A server found without the chat route gets chat requests on /generate_stream.
         on_chat_route = chat and self.chat_route is not False
@@ -293,7 +306,7 @@ class TgiBackend:
                     payload = _sse_data(line)
                     if not payload:
                         continue
-                    event = json.loads(payload)
+                    event = orjson.loads(payload)  # per token: orjson decodes in a fraction of json's time
                     if "error" in event:
                         raise BackendError("bad_response", f"TGI error during generation: {event['error']}")
                     token = event.get("token") or {}
@@ -358,7 +371,7 @@ class TgiBackend:
                     continue
                 if payload == b"[DONE]":
                     break
-                chunk = json.loads(payload)
+                chunk = orjson.loads(payload)  # per token (see above)
                 if "error" in chunk:
                     raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
                 for choice in chunk.get("choices") or ():

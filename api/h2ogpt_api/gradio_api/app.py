@@ -28,6 +28,8 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
     with blocks:
         endpoints.register()
     blocks.queue(
+        # Admission is the core's (h2ogpt_api.concurrency): Gradio's own limit is only the one
+        # --max_concurrency sets, else none, so that the backend's limit is not cut here.
         default_concurrency_limit=settings.max_concurrency,
         max_size=settings.max_queue or None,
         api_open=False,

@@ -28,6 +28,7 @@ from h2ogpt_api import metrics
 from h2ogpt_api.core import Completed, GenerationResult, TextDelta
 from h2ogpt_api.gradio_api.service import (
     Caller,
+    Collection,
     GradioService,
     failure_message,
     failure_status,
@@ -61,7 +62,7 @@ LOADER_OPTION_NAMES = (
 # The six outputs of h2oGPT's document APIs:
 # (None, langchain_mode, sources_text, error_text, last_source, new_sources).
 AddOutputs = tuple[None, str, str, str, str, str]
-AddMany = Callable[[list[str], str, Identity, int], Awaitable[list[AddResult]]]
+AddMany = Callable[[list[str], Collection, Identity, int], Awaitable[list[AddResult]]]
 
 
 def source_lines(sources: list[str]) -> str:
@@ -194,10 +195,10 @@ class H2oGPTEndpoints:
                 caller, key = Caller.of(request), key_of(h2ogpt_key)
                 identity = self.service.identity(caller, key)
                 self.service.admit(caller, key)
-                _, mode = self.service.document_store(langchain_mode)
+                collection = self.service.collection(langchain_mode)
                 size = chunk_size_of(chunk_size, self.service.settings.chunk_size)
-                results = await add_many(text_list(content, "the content"), mode, identity, size)
-                sources = await self.service.list_sources(mode, identity)
+                results = await add_many(text_list(content, "the content"), collection, identity, size)
+                sources = await self.service.list_sources(collection, identity)
             except Exception as exc:
                 observe.failed(exc)
                 return None, str(langchain_mode or ""), "", failure_message(exc), "", "[]"
@@ -205,7 +206,7 @@ class H2oGPTEndpoints:
                 {"source": r.source, "chunks_added": r.chunks_added, "duplicates": r.duplicate_chunks_skipped}
                 for r in results
             ]
-            return None, mode, source_lines(sources), "", results[-1].source, str(added)
+            return None, collection.name, source_lines(sources), "", results[-1].source, str(added)
 
     # h2oGPT's document APIs take (content, langchain_mode, chunk, chunk_size, embed, six loader
     # options, h2ogpt_key). Chunking always happens here and the loaders are this server's own,
@@ -287,8 +288,7 @@ class H2oGPTEndpoints:
         async with _observed("/get_sources_api") as observe:
             try:
                 identity = self.service.identity(Caller.of(request), key_of(key))
-                _, name = self.service.document_store(mode)
-                return str(await self.service.list_sources(name, identity))
+                return str(await self.service.list_sources(self.service.collection(mode), identity))
             except Exception as exc:
                 observe.failed(exc)
                 return str(error_dict(failure_message(exc)))
@@ -300,9 +300,9 @@ class H2oGPTEndpoints:
         async with _observed("/delete_sources") as observe:
             try:
                 identity = self.service.identity(Caller.of(request), key_of(key))
-                _, name = self.service.document_store(mode)
+                collection = self.service.collection(mode)
                 names = text_list(choice, "document_choice")
-                return str(await self.service.delete_sources(names, name, identity))
+                return str(await self.service.delete_sources(names, collection, identity))
             except Exception as exc:
                 observe.failed(exc)
                 return str(error_dict(failure_message(exc)))
@@ -321,9 +321,8 @@ class H2oGPTEndpoints:
         async with _observed("/get_document_api") as observe:
             try:
                 identity = self.service.identity(Caller.of(request), key_of(key))
-                _, name = self.service.document_store(mode)
                 hits = await self.service.document_chunks(
-                    source if isinstance(source, str) else "", name, identity
+                    source if isinstance(source, str) else "", self.service.collection(mode), identity
                 )
             except Exception as exc:
                 observe.failed(exc)

@@ -26,6 +26,14 @@ from h2ogpt_api.settings import NO_DOCUMENT_MODES, Settings
 
 
 @dataclass(frozen=True)
+class Collection:
+    """A document collection a request named, checked once: the store and the collection's name."""
+
+    store: DocumentStore
+    name: str
+
+
+@dataclass(frozen=True)
 class Caller:
     """The Gradio facts about who is asking: the login name, if any, and the browser session."""
 
@@ -141,8 +149,9 @@ class GradioService:
 
     # -- documents -------------------------------------------------------------------------------
 
-    def document_store(self, mode: object) -> tuple[DocumentStore, str]:
-        """The store and the collection name for a `langchain_mode`, or a 400 saying why not."""
+    def collection(self, mode: object) -> Collection:
+        """The collection a `langchain_mode` names, or a 400 saying why not. Checked once per
+        request: the calls below take its answer."""
         if not isinstance(mode, str) or not mode:
             raise InvalidRequestError(
                 "langchain_mode must name a collection, e.g. 'MyData'", param="langchain_mode"
@@ -160,34 +169,35 @@ class GradioService:
             )
         if self.core.documents is None:
             raise InvalidRequestError("this server runs without a document store", param="langchain_mode")
-        return self.core.documents, mode
+        return Collection(self.core.documents, mode)
 
     async def add_texts(
-        self, texts: list[str], mode: str, identity: Identity, chunk_size: int
+        self, texts: list[str], collection: Collection, identity: Identity, chunk_size: int
     ) -> list[AddResult]:
-        store, collection = self.document_store(mode)
         return [
-            await store.add_text(text, collection=collection, identity=identity, chunk_size=chunk_size)
+            await collection.store.add_text(
+                text, collection=collection.name, identity=identity, chunk_size=chunk_size
+            )
             for text in texts
         ]
 
     async def add_urls(
-        self, urls: list[str], mode: str, identity: Identity, chunk_size: int
+        self, urls: list[str], collection: Collection, identity: Identity, chunk_size: int
     ) -> list[AddResult]:
-        store, collection = self.document_store(mode)
         return [
-            await store.add_url(url, collection=collection, identity=identity, chunk_size=chunk_size)
+            await collection.store.add_url(
+                url, collection=collection.name, identity=identity, chunk_size=chunk_size
+            )
             for url in urls
         ]
 
     async def add_uploaded_files(
-        self, paths: list[str], mode: str, identity: Identity, chunk_size: int
+        self, paths: list[str], collection: Collection, identity: Identity, chunk_size: int
     ) -> list[AddResult]:
-        store, collection = self.document_store(mode)
         return [
-            await store.add_file(
+            await collection.store.add_file(
                 str(self.uploaded_path(path)),
-                collection=collection,
+                collection=collection.name,
                 identity=identity,
                 chunk_size=chunk_size,
                 source=Path(path).name,
@@ -205,20 +215,17 @@ class GradioService:
             )
         return resolved
 
-    async def list_sources(self, mode: str, identity: Identity) -> list[str]:
-        store, collection = self.document_store(mode)
-        return await store.list_sources(collection=collection, identity=identity)
+    async def list_sources(self, collection: Collection, identity: Identity) -> list[str]:
+        return await collection.store.list_sources(collection=collection.name, identity=identity)
 
-    async def delete_sources(self, names: list[str], mode: str, identity: Identity) -> list[str]:
+    async def delete_sources(self, names: list[str], collection: Collection, identity: Identity) -> list[str]:
         """Delete the named sources (`All` for every one); the sources left."""
-        store, collection = self.document_store(mode)
-        return await store.delete_sources(names, collection=collection, identity=identity)
+        return await collection.store.delete_sources(names, collection=collection.name, identity=identity)
 
-    async def document_chunks(self, source: str, mode: str, identity: Identity) -> list[Hit]:
-        store, collection = self.document_store(mode)
+    async def document_chunks(self, source: str, collection: Collection, identity: Identity) -> list[Hit]:
         if not source:
             raise InvalidRequestError("the document name must be a non-empty string")
-        hits = await store.get_document(source, collection=collection, identity=identity)
+        hits = await collection.store.get_document(source, collection=collection.name, identity=identity)
         if not hits:
-            raise InvalidRequestError(f"no document named {source!r} in {collection}")
+            raise InvalidRequestError(f"no document named {source!r} in {collection.name}")
         return hits

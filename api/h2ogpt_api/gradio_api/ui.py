@@ -198,7 +198,7 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                 return [], ""
             try:
                 identity = service.identity(Caller.of(request), api_key or None)
-                return await service.list_sources(mode, identity), ""
+                return await service.list_sources(service.collection(mode), identity), ""
             except Exception as exc:  # shown in the panel, the session goes on
                 return [], f"**Error:** {failure_message(exc)}"
 
@@ -213,9 +213,10 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
             paths = paths or []
             try:
                 identity = service.identity(Caller.of(request), api_key or None)
+                chosen_collection = service.collection(mode)
                 for index, path in enumerate(paths, start=1):
                     yield f"Adding file {index} of {len(paths)}: `{Path(path).name}`…", gr.skip()
-                    await service.add_uploaded_files([path], mode, identity, DEFAULT_CHUNK_SIZE)
+                    await service.add_uploaded_files([path], chosen_collection, identity, DEFAULT_CHUNK_SIZE)
                 status = f"Added {len(paths)} file(s) to {mode}." if paths else ""
             except Exception as exc:
                 status = f"**Error:** {failure_message(exc)}"
@@ -229,7 +230,9 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                 if not address.strip():
                     raise InvalidRequestError("enter a URL first", param="url")
                 identity = service.identity(Caller.of(request), api_key or None)
-                results = await service.add_urls([address.strip()], mode, identity, DEFAULT_CHUNK_SIZE)
+                results = await service.add_urls(
+                    [address.strip()], service.collection(mode), identity, DEFAULT_CHUNK_SIZE
+                )
                 status, address = f"Added `{results[-1].source}` to {mode}.", ""
             except Exception as exc:  # shown beside the field, which keeps what was typed
                 status = f"**Error:** {failure_message(exc)}"
@@ -243,7 +246,7 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                 return "Choose a document to view."
             try:
                 identity = service.identity(Caller.of(request), api_key or None)
-                chunks = await service.document_chunks(chosen[0], mode, identity)
+                chunks = await service.document_chunks(chosen[0], service.collection(mode), identity)
             except Exception as exc:
                 return f"**Error:** {failure_message(exc)}"
             return document_markdown(chosen[0], [hit.content for hit in chunks])
@@ -255,7 +258,7 @@ def build_ui(service: GradioService, blocks: gr.Blocks) -> None:  # noqa: PLR091
                 return "Choose the documents to delete.", gr.skip(), ""
             try:
                 identity = service.identity(Caller.of(request), api_key or None)
-                left = await service.delete_sources(list(chosen), mode, identity)
+                left = await service.delete_sources(list(chosen), service.collection(mode), identity)
             except Exception as exc:
                 return f"**Error:** {failure_message(exc)}", gr.skip(), ""
             return f"Deleted {len(chosen)} document(s) from {mode}.", documents_update(left), ""

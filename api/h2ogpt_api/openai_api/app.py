@@ -20,8 +20,9 @@ from h2ogpt_api.auth import AuthError
 from h2ogpt_api.backends.base import BackendError
 from h2ogpt_api.core import Core, EmbeddingsUnavailableError, InvalidRequestError, QueueFullError
 from h2ogpt_api.errors import ApiError, as_api_error
-from h2ogpt_api.openai_api.routes import OpenAIRoutes
-from h2ogpt_api.openai_api.streaming import ASGIApp, Receive, Scope, Send
+from h2ogpt_api.openai_api.conversations import Conversations
+from h2ogpt_api.openai_api.routes import OpenAIRoutes, client_gone_response
+from h2ogpt_api.openai_api.streaming import ASGIApp, ClientGoneError, Receive, Scope, Send
 from h2ogpt_api.ops import ops_router, package_version
 from h2ogpt_api.ratelimit import RateLimitedError
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStoreUnavailableError
@@ -30,9 +31,10 @@ from h2ogpt_api.settings import Settings
 log = logging.getLogger("h2ogpt_api.openai")
 
 
-def create_app(core: Core, settings: Settings) -> FastAPI:
-    """The OpenAI-compatible FastAPI app over `core`."""
-    routes = OpenAIRoutes(core, settings)
+def create_app(core: Core, settings: Settings, conversations: Conversations | None = None) -> FastAPI:
+    """The OpenAI-compatible FastAPI app over `core`; /v1/responses' stored conversations in
+    `conversations` (default: this process's memory)."""
+    routes = OpenAIRoutes(core, settings, conversations)
     app = FastAPI(
         title="h2oGPT OpenAI-compatible API",
         version=package_version(),
@@ -58,6 +60,10 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return ApiError(exc.status_code, str(exc.detail), type_=type_).response()
+
+    @app.exception_handler(ClientGoneError)
+    async def _client_gone(_: Request, __: ClientGoneError) -> Response:
+        return client_gone_response()
 
     async def _mapped_error(_: Request, exc: Exception) -> Response:
         return as_api_error(exc).response()

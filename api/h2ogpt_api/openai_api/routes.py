@@ -9,10 +9,9 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
@@ -23,6 +22,7 @@ from h2ogpt_api.auth import Authenticator, Principal
 from h2ogpt_api.backends.base import OutputOptions
 from h2ogpt_api.core import Core, GenerationEvent, GenerationResult
 from h2ogpt_api.errors import ApiError, as_api_error, validation_error
+from h2ogpt_api.openai_api.conversations import Conversations, ConversationStore, StoredConversation
 from h2ogpt_api.openai_api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -60,59 +60,33 @@ from h2ogpt_api.settings import Settings
 
 log = logging.getLogger("h2ogpt_api.openai")
 
-# /v1/responses keeps each stored response's conversation in this process's memory, so that
-# `previous_response_id` can continue it: the newest RESPONSES_KEPT, each for RESPONSES_TTL_S.
-RESPONSES_KEPT = 1024
-RESPONSES_TTL_S = 3600.0
+# The generation routes' request types: each has model, user, h2ogpt_key, refuse_unsupported()
+# and output_options().
+Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest, ResponsesRequest)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class StoredConversation:
-    owner: str  # who may continue it (the identity's name)
-    messages: tuple[MessageIn, ...]  # every turn so far, the stored answer last; not instructions
-    stored_at: float
+class Admitted(Generic[Body]):
+    """A generation request past the checks every generation route makes first."""
 
-
-class ConversationStore:
-    """Bounded, in-memory: the oldest entry goes when full, any entry after its time to live.
-    State lives in one process: behind several replicas a continuation must reach the same one."""
-
-    def __init__(self, capacity: int = RESPONSES_KEPT, ttl_s: float = RESPONSES_TTL_S) -> None:
-        self.capacity = capacity
-        self.ttl_s = ttl_s
-        self._entries: OrderedDict[str, StoredConversation] = OrderedDict()
-
-    def put(self, response_id: str, conversation: StoredConversation) -> None:
-        self._entries[response_id] = conversation
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def get(self, response_id: str, owner: str) -> StoredConversation:
-        entry = self._entries.get(response_id)
-        if entry is not None and time.monotonic() - entry.stored_at > self.ttl_s:
-            del self._entries[response_id]
-            entry = None
-        if entry is None or entry.owner != owner:
-            raise ApiError(
-                400,
-                f"previous response {response_id!r} is not stored here (kept {self.ttl_s:.0f} s, "
-                f"the newest {self.capacity}, in this server's memory)",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        return entry
+    body: Body
+    principal: Principal
+    model: str  # the model that answers (and that the response names)
+    options: OutputOptions
+    started: float  # time.perf_counter() when the request arrived
 
 
 class OpenAIRoutes:
     """The `/v1/*` handlers, holding the core, the settings and the authenticator."""
 
-    def __init__(self, core: Core, settings: Settings) -> None:
+    def __init__(self, core: Core, settings: Settings, conversations: Conversations | None = None) -> None:
         self.core = core
         self.settings = settings
         self.auth = Authenticator(settings, core.logins)
         self.limits = core.limits  # shared with the Gradio front door of this process
         self.created = int(time.time())
-        self.conversations = ConversationStore()
+        self.conversations: Conversations = conversations or ConversationStore()
 
     # -- request plumbing --------------------------------------------------------------------
 
@@ -154,6 +128,20 @@ class OpenAIRoutes:
             key_tokens.labels(key_name=principal.key_name, kind="completion").inc(result.ntokens)
         _observe_result(route, result, started)
 
+    async def admit(self, request: Request, body_type: type[Body]) -> Admitted[Body]:
+        """Read and validate the body, refuse what this server cannot honour, authenticate and
+        admit the caller, and settle the model: in that order, so the first fault is the one
+        reported."""
+        started = time.perf_counter()
+        try:
+            body = body_type.model_validate(await self.read_json(request))
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        body.refuse_unsupported()
+        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        model = self.check_model(body.model)
+        return Admitted(body, principal, model, body.output_options(), started)
+
     def check_model(self, model: str | None) -> str:
         """The model that will answer: the one asked for, or (h2oGPT's behaviour, on by default
         with --model_fallback) the served model when the name is unknown; the response names it."""
@@ -171,25 +159,16 @@ class OpenAIRoutes:
     # -- routes ------------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = ChatCompletionRequest.model_validate(await self.read_json(request))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        body.refuse_unsupported()
-        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        admitted = await self.admit(request, ChatCompletionRequest)
+        body, principal, model, options, started = (
+            admitted.body, admitted.principal, admitted.model, admitted.options, admitted.started
+        )
         identity = principal.identity
-        model = self.check_model(body.model)
         params = params_from_openai(body, chat_to_h2ogpt(body.messages))
-        options = body.output_options()
         route = "/v1/chat/completions"
         if not body.stream:
-            try:
-                result = await unless_client_leaves(
-                    request.receive, self.core.complete(params, identity, options)
-                )
-            except ClientGoneError:
-                return _client_gone(route)
+            answer = self.core.complete(params, identity, options)
+            result = await _unless_client_leaves(request, route, answer)
             self.observe(route, result, started, principal)
             return JSONResponse(
                 {
@@ -264,16 +243,11 @@ class OpenAIRoutes:
         return EventStream(chunks())
 
     async def completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = CompletionRequest.model_validate(await self.read_json(request))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        body.refuse_unsupported()
-        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        admitted = await self.admit(request, CompletionRequest)
+        body, principal, model, options, started = (
+            admitted.body, admitted.principal, admitted.model, admitted.options, admitted.started
+        )
         identity = principal.identity
-        model = self.check_model(body.model)
-        options = body.output_options()
         want_logprobs = body.logprobs is not None
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
@@ -281,12 +255,9 @@ class OpenAIRoutes:
         all_params = [params_from_openai(body, {"instruction": text}) for text in prompts]
         route = "/v1/completions"
         if not body.stream:
-            try:
-                results = await unless_client_leaves(
-                    request.receive, self._complete_each(all_params, identity, options)
-                )
-            except ClientGoneError:
-                return _client_gone(route)
+            results = await _unless_client_leaves(
+                request, route, self._complete_each(all_params, identity, options)
+            )
             for result in results:
                 self.observe(route, result, started, principal)
             return JSONResponse(
@@ -369,21 +340,16 @@ class OpenAIRoutes:
         return [await self.core.complete(params, identity, options) for params in all_params]
 
     async def responses(self, request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            body = ResponsesRequest.model_validate(await self.read_json(request))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        body.refuse_unsupported()
-        principal = await self.principal(request, body.h2ogpt_key, body.user)
+        admitted = await self.admit(request, ResponsesRequest)
+        body, principal, model, options, started = (
+            admitted.body, admitted.principal, admitted.model, admitted.options, admitted.started
+        )
         identity = principal.identity
-        model = self.check_model(body.model)
         history: tuple[MessageIn, ...] = ()
         if body.previous_response_id:
             history = self.conversations.get(body.previous_response_id, identity.username).messages
         messages = responses_input_messages(body)
         params = responses_params(body, list(history), messages)
-        options = body.output_options()
         route = "/v1/responses"
         response_id, item_id, created = new_id("resp"), new_id("msg"), int(time.time())
 
@@ -401,12 +367,8 @@ class OpenAIRoutes:
                 )
 
         if not body.stream:
-            try:
-                result = await unless_client_leaves(
-                    request.receive, self.core.complete(params, identity, options)
-                )
-            except ClientGoneError:
-                return _client_gone(route)
+            answer = self.core.complete(params, identity, options)
+            result = await _unless_client_leaves(request, route, answer)
             self.observe(route, result, started, principal)
             remember(result)
             return JSONResponse(shaped(result))
@@ -516,10 +478,19 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _client_gone(route: str) -> Response:
+async def _unless_client_leaves(request: Request, route: str, work: Awaitable[T]) -> T:
+    """`work`'s result for a non-streamed answer; when the client leaves first, the work is
+    cancelled and ClientGoneError raised, which the app answers with a 499."""
+    try:
+        return await unless_client_leaves(request.receive, work)
+    except ClientGoneError:
+        log.info("client left before its answer route=%s: generation cancelled", route)
+        raise
+
+
+def client_gone_response() -> Response:
     """The answer to a client that left: nobody reads it; 499 (nginx's "client closed request")
     is what the request metrics record."""
-    log.info("client left before its answer route=%s: generation cancelled", route)
     return Response(status_code=499)
 
 

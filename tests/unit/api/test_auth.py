@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
-from h2ogpt_api.auth import ApiKeys, Authenticator, AuthError, MemoryLogins, keys_from, parse_users
+from h2ogpt_api import auth as auth_module
+from h2ogpt_api.auth import (
+    ApiKeys,
+    Authenticator,
+    AuthError,
+    MemoryLogins,
+    SharedLogins,
+    keys_from,
+    parse_users,
+)
 from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import parse_settings
 
@@ -40,6 +50,27 @@ def test_parse_users_errors_are_clear(spec: str, message: str) -> None:
         parse_users(spec)
 
 
+@pytest.fixture
+def recheck_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files looked at on every call, so a test sees a rewrite without waiting out the interval."""
+    monkeypatch.setattr(auth_module, "RECHECK_SECONDS", 0.0)
+
+
+def test_a_rewritten_key_file_is_seen_within_the_recheck_interval_not_before(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text('["old"]')
+    keys = ApiKeys(str(keys_file))
+    assert keys.accepts("old")  # the first look after start: the next is a second later
+    keys_file.write_text('["new"]')
+    stat = keys_file.stat()
+    os.utime(keys_file, (stat.st_atime, stat.st_mtime + 5))
+    assert keys.accepts("old")  # not stat'ed again within the second
+    time.sleep(auth_module.RECHECK_SECONDS + 0.05)
+    assert keys.accepts("new")
+    assert not keys.accepts("old")
+
+
+@pytest.mark.usefixtures("recheck_every_request")
 def test_key_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.json"
     keys_file.write_text('["old"]')
@@ -150,6 +181,7 @@ def test_bad_key_specs_are_refused_clearly(spec: str, message: str) -> None:
         keys_from(json.loads(spec))
 
 
+@pytest.mark.usefixtures("recheck_every_request")
 def test_users_file_is_reread_and_a_broken_rewrite_keeps_the_last_good_users(tmp_path: Path) -> None:
     users_file = tmp_path / "users.json"
     users_file.write_text(json.dumps({"alice": {"password": "old"}}))
@@ -169,3 +201,11 @@ def test_closed_access_hides_model_listing_without_a_valid_key() -> None:
     with pytest.raises(AuthError, match="access is closed"):
         closed.require_listing_access(None)
     authenticator().require_listing_access(None)
+
+
+def test_workers_sharing_the_logins_file_keep_the_first_registration(tmp_path: Path) -> None:
+    one, other = (SharedLogins(tmp_path / "state.sqlite3") for _ in range(2))
+    assert asyncio.run(one.register("ada", "hash-1")) == "hash-1"
+    assert asyncio.run(other.register("ada", "hash-2")) == "hash-1"  # taken: the first one stands
+    assert asyncio.run(other.password_hash("ada")) == "hash-1"
+    assert asyncio.run(one.password_hash("bob")) is None

@@ -4,13 +4,19 @@ shapes, and the bounds of the /v1/responses conversation store."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from h2ogpt_api.backends.base import OutputOptions, TokenLogprob, ToolCallDelta, TopLogprob
 from h2ogpt_api.core import assemble_tool_calls
 from h2ogpt_api.errors import ApiError
-from h2ogpt_api.openai_api.protocol import ChatCompletionRequest, completion_logprobs
-from h2ogpt_api.openai_api.routes import ConversationStore, StoredConversation
+from h2ogpt_api.openai_api.conversations import (
+    Conversations,
+    ConversationStore,
+    SharedConversations,
+    StoredConversation,
+)
+from h2ogpt_api.openai_api.protocol import ChatCompletionRequest, MessageIn, completion_logprobs
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
@@ -73,8 +79,13 @@ def test_inconsistent_requests_are_refused(body: dict[str, object]) -> None:
         ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **body})
 
 
-def test_conversation_store_is_bounded_per_owner_and_expires() -> None:
-    store = ConversationStore(capacity=2, ttl_s=60)
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "shared-file"])
+def test_conversation_store_is_bounded_per_owner_and_expires(shared: bool, tmp_path: Path) -> None:
+    store: Conversations = (
+        SharedConversations(tmp_path / "state.sqlite3", capacity=2, ttl_s=60)
+        if shared
+        else ConversationStore(capacity=2, ttl_s=60)
+    )
     for name in ("r1", "r2", "r3"):
         store.put(name, StoredConversation("ada", (), time.monotonic()))
     with pytest.raises(ApiError) as oldest:
@@ -86,3 +97,10 @@ def test_conversation_store_is_bounded_per_owner_and_expires() -> None:
     store.put("old", StoredConversation("ada", (), time.monotonic() - 61))
     with pytest.raises(ApiError):
         store.get("old", "ada")
+
+
+def test_workers_sharing_the_conversation_file_continue_each_others_responses(tmp_path: Path) -> None:
+    one, other = (SharedConversations(tmp_path / "state.sqlite3") for _ in range(2))
+    turns = (MessageIn(role="user", content="hi"), MessageIn(role="assistant", content="hello"))
+    one.put("resp_1", StoredConversation("ada", turns, time.monotonic()))
+    assert other.get("resp_1", "ada").messages == turns

@@ -21,7 +21,7 @@ def test_defaults_match_the_settings_contract() -> None:
     assert settings.langchain_modes == ["UserData", "MyData", "LLM"]
     assert settings.auth_access == "open"
     assert settings.guest_name == "guest"
-    assert settings.max_concurrency == 64
+    assert settings.max_concurrency is None  # follow the backend (h2ogpt_api.concurrency)
     assert settings.save_dir == Path("./save")
 
 

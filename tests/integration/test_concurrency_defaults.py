@@ -1,0 +1,120 @@
+"""How many generations `h2ogpt-api` lets run at once follows what the backend admits.
+
+The TGI fake reports `max_concurrent_requests` in `/info` and, as TGI, answers 429 past it; it
+counts the most generations that ran at once. Streams are long (tokens 0.1 s apart) so that
+every admitted stream is running at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from h2ogpt_api import concurrency
+from h2ogpt_api.backends.tgi import TgiBackend
+from h2ogpt_api.core import AdmissionGate
+from openai import AsyncOpenAI
+
+from tests.support.api_server import ApiServerFactory, llm_only_args
+from tests.support.tgi_fake import RunningFake, TgiFake, free_port
+
+MODEL = "fake/tgi-echo"
+TOKENS = 30
+TOKEN_DELAY_S = 0.1  # a stream lasts about 3 s
+
+
+@pytest.fixture
+def slow_fake(request: pytest.FixtureRequest) -> Iterator[RunningFake]:
+    running = RunningFake(
+        TgiFake(token_delay=TOKEN_DELAY_S, repeat=True, max_concurrent_requests=request.param)
+    ).start()
+    yield running
+    running.stop()
+
+
+async def _streams(base_url: str, count: int) -> list[int]:
+    """`count` streamed chats at once; the number of content chunks each received."""
+    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120) as client:
+
+        async def one(index: int) -> int:
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"stream {index} of many"}],
+                max_tokens=TOKENS,
+                stream=True,
+            )
+            return len([chunk async for chunk in stream if chunk.choices and chunk.choices[0].delta.content])
+
+        return await asyncio.gather(*(one(index) for index in range(count)))
+
+
+@pytest.mark.parametrize("slow_fake", [96], indirect=True)
+def test_by_default_as_many_run_at_once_as_tgi_info_says(
+    api_server_factory: ApiServerFactory, slow_fake: RunningFake
+) -> None:
+    # 96 is above the old fixed default (64): the proxy must not be the queue.
+    server = api_server_factory(llm_only_args(slow_fake.url, MODEL))
+    chosen = "max_concurrency 96 (what the tgi backend admits: /info max_concurrent_requests 96)"
+    assert chosen in server.log()
+
+    chunks = asyncio.run(_streams(server.openai_url or "", 110))
+
+    assert chunks == [TOKENS] * 110  # every stream answered in full, none refused
+    stats = slow_fake.fake.stats
+    assert stats.peak_running == 96  # all the backend admits ran at once, and never more
+    assert stats.overloaded == 0  # the 14 beyond waited in the proxy, not refused by TGI
+
+
+@pytest.mark.parametrize("slow_fake", [96], indirect=True)
+def test_an_explicit_max_concurrency_wins(
+    api_server_factory: ApiServerFactory, slow_fake: RunningFake
+) -> None:
+    server = api_server_factory([*llm_only_args(slow_fake.url, MODEL), "--max_concurrency", "5"])
+    assert "max_concurrency 5 (--max_concurrency 5)" in server.log()
+
+    chunks = asyncio.run(_streams(server.openai_url or "", 12))
+
+    assert chunks == [TOKENS] * 12
+    assert slow_fake.fake.stats.peak_running == 5
+
+
+@pytest.mark.parametrize("slow_fake", [1024], indirect=True)
+def test_an_openai_compatible_backend_gets_no_limit_of_ours(
+    api_server_factory: ApiServerFactory, slow_fake: RunningFake
+) -> None:
+    # The fake's OpenAI-style chat route, as any OpenAI-compatible server: it publishes no limit.
+    server = api_server_factory(llm_only_args(f"openai:{slow_fake.url}/v1", MODEL))
+    assert "max_concurrency no limit of our own (the openai backend reports no limit)" in server.log()
+
+    chunks = asyncio.run(_streams(server.openai_url or "", 80))
+
+    assert chunks == [TOKENS] * 80
+    assert slow_fake.fake.stats.peak_running == 80  # above the old default of 64
+
+
+def test_a_tgi_still_loading_gets_tgis_default_until_its_info_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In a cluster the API pods often start before TGI has loaded its model: the limit starts at
+    # TGI's default and follows /info as soon as TGI answers.
+    monkeypatch.setattr(concurrency, "ASK_AGAIN_SECONDS", 0.05)
+    port = free_port()
+
+    async def scenario() -> tuple[int | None, int | None]:
+        backend = TgiBackend(f"http://127.0.0.1:{port}", model_name=MODEL, timeout=5)
+        gate = AdmissionGate(None, max_queue=0)
+        try:
+            asking = await concurrency.settle(gate, backend, None)
+            assert asking is not None
+            before = gate.limit
+            running = RunningFake(TgiFake(max_concurrent_requests=300), port=port).start()
+            try:
+                await asyncio.wait_for(asking, timeout=10)
+            finally:
+                running.stop()
+            return before, gate.limit
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(scenario()) == (concurrency.TGI_DEFAULT_MAX_CONCURRENT_REQUESTS, 300)

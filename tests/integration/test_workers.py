@@ -1,0 +1,132 @@
+"""`h2ogpt-api --workers N`: N processes on one OpenAI port, each admitting its share of the
+backend's limit, one `/metrics` summing them all, and state that must not depend on which
+worker a connection reaches (stored /v1/responses conversations) shared between them.
+
+The TGI fake admits 10 at once (and answers 429 past that, as TGI): two workers admit 5 each,
+so 10 running at once shows that both workers serve, and never more than 10 that their shares
+add up to the backend's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.api_server import ApiServer, ApiServerFactory, api_executable, llm_only_args
+from tests.support.tgi_fake import RunningFake, TgiFake
+
+MODEL = "fake/tgi-echo"
+TOKENS = 20
+STREAMS = 40
+
+
+@pytest.fixture(scope="module")
+def slow_fake() -> Iterator[RunningFake]:
+    running = RunningFake(TgiFake(token_delay=0.1, repeat=True, max_concurrent_requests=10)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(api_server_factory: ApiServerFactory, slow_fake: RunningFake) -> ApiServer:
+    return api_server_factory([*llm_only_args(slow_fake.url, MODEL), "--workers", "2"])
+
+
+async def _streams(base_url: str, count: int) -> list[int]:
+    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120) as client:
+
+        async def one(index: int) -> int:
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"worker test {index}"}],
+                max_tokens=TOKENS,
+                stream=True,
+            )
+            return len([chunk async for chunk in stream if chunk.choices and chunk.choices[0].delta.content])
+
+        return await asyncio.gather(*(one(index) for index in range(count)))
+
+
+def _sample(metrics_text: str, name: str, labels: dict[str, str]) -> float:
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+def test_two_workers_serve_each_its_share_and_metrics_sum_them(
+    server: ApiServer, slow_fake: RunningFake
+) -> None:
+    assert "h2ogpt-api ready (2 workers" in server.log()
+    assert server.log().count("max_concurrency 5 (what the tgi backend admits") == 2
+
+    chunks = asyncio.run(_streams(server.openai_url or "", STREAMS))
+
+    assert chunks == [TOKENS] * STREAMS
+    stats = slow_fake.fake.stats
+    assert stats.peak_running == 10  # 5 in each worker at once: both serve
+    assert stats.overloaded == 0  # and together never more than the backend admits
+    # Whichever worker answers /metrics, it counts every worker's requests.
+    for _ in range(4):
+        with httpx.Client() as fresh:  # a new connection each time: any worker may answer
+            text = fresh.get(server.base_url + "/metrics").text
+        route = {"route": "/v1/chat/completions", "status": "200"}
+        assert _sample(text, "h2ogpt_api_requests_total", route) == STREAMS
+        assert _sample(text, "h2ogpt_api_generated_tokens_total", {"route": "/v1/chat/completions"}) == (
+            STREAMS * TOKENS
+        )
+
+
+def test_a_stored_response_continues_on_any_worker(server: ApiServer) -> None:
+    url = server.openai_url or ""
+    with httpx.Client() as first:
+        stored = first.post(
+            url + "/responses", json={"model": MODEL, "input": "remember the harbour", "max_output_tokens": 5}
+        )
+    assert stored.status_code == 200, stored.text
+    for attempt in range(8):
+        with httpx.Client() as fresh:  # new connections land on either worker
+            answer = fresh.post(
+                url + "/responses",
+                json={
+                    "model": MODEL,
+                    "input": f"and again {attempt}",
+                    "previous_response_id": stored.json()["id"],
+                    "max_output_tokens": 6,
+                },
+            )
+        assert answer.status_code == 200, answer.text
+        assert "harbour" in answer.json()["output"][0]["content"][0]["text"]  # the history came along
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--langchain_modes", "['LLM']"], "needs an --inference_server"),
+        (
+            ["--inference_server", "http://127.0.0.1:9", "--langchain_modes", "['LLM']",
+             "--requests_per_minute", "10"],
+            "would admit 2 times each limit",
+        ),
+        (["--inference_server", "http://127.0.0.1:9"], "needs --weaviate_url"),
+    ],
+)
+def test_combinations_that_several_processes_cannot_serve_are_refused_at_start(
+    flags: list[str], reason: str
+) -> None:
+    result = subprocess.run(
+        [api_executable(), "--workers", "2", "--openai_port", "0", "--gradio", "False", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert reason in result.stderr + result.stdout
