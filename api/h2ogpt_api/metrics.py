@@ -65,7 +65,9 @@ IN_FLIGHT = Gauge(
 )
 # Scale from zero (backends/holding.py): the operator's autoscaler reads held > 0 as "start a replica".
 HELD_REQUESTS = Gauge(
-    "h2ogpt_api_held_requests", "Requests held while no inference replica is ready", multiprocess_mode="livesum"
+    "h2ogpt_api_held_requests",
+    "Requests held while no inference replica is ready",
+    multiprocess_mode="livesum",
 )
 HELD_WAIT = Histogram(
     "h2ogpt_api_held_wait_seconds",
@@ -95,6 +97,7 @@ REPLICA_FAILURES = Counter(
     "Inference replica failures that took it out for a backoff",
     ["replica", "kind"],
 )
+
 
 def exposition() -> tuple[bytes, str]:
     """The body and content type of a `/metrics` answer: this process's metrics, or under

@@ -83,6 +83,9 @@ class HoldingBackend:
     def held(self) -> int:
         return self._held
 
+    async def concurrency_limit(self) -> int | None:
+        return await self._inner.concurrency_limit()
+
     def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
         return self._inner.unsupported_option(options, chat=chat)
 

@@ -123,6 +123,13 @@ class RoutedBackend:
     def default_system_prompt(self) -> str:
         return self._any().default_system_prompt
 
+    async def concurrency_limit(self) -> int | None:
+        # No limit of ours in front of several replicas: their number changes (EndpointSlices,
+        # autoscaling) while a limit is read once, and a fixed one would throttle the pool below
+        # what it takes. Each replica admits its own share (TGI: 429 past its
+        # max_concurrent_requests), and a refused request goes to another replica.
+        return None
+
     def unsupported_option(self, options: OutputOptions, *, chat: bool) -> str | None:
         return self._any().unsupported_option(options, chat=chat)
 
