@@ -46,6 +46,11 @@ from tests.support.cluster import Cluster, wait_for
 
 # The folder `hack/tools.sh prometheus-operator-crds` links: the Operator's CRDs from its Go module.
 OPERATOR_CRDS = BIN / "prometheus-operator-crds"
+# Prometheus's web UI, built only for the dashboard picture (`hack/tools.sh prometheus-ui`): Prometheus
+# serves it when started in this folder. The API the tests use needs no UI.
+UI_DIR = BIN / "prometheus-ui"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # The kinds a chart or an operator creates for monitoring; the Operator's own kinds (Prometheus,
 # Alertmanager, ...) have no use here without it.
 OPERATOR_CRD_KINDS = ("servicemonitors", "podmonitors", "prometheusrules")
@@ -412,8 +417,40 @@ def prometheus(
 ) -> Iterator[Prometheus]:
     """A Prometheus for the session, started empty; each test `configure`s it for its namespaces."""
     server = Prometheus(tmp_path_factory.mktemp("prometheus"), cluster)
-    server.start()
+    server.start(cwd=UI_DIR.resolve() if UI_DIR.is_dir() else None)
     try:
         yield server
     finally:
         server.stop()
+
+
+def graph_page_url(prometheus_url: str, exprs: Sequence[str], minutes: int) -> str:
+    """Prometheus's graph page with one panel per expression over the last `minutes`."""
+    params: dict[str, str] = {}
+    for index, expr in enumerate(exprs):
+        params |= {f"g{index}.expr": expr, f"g{index}.tab": "graph", f"g{index}.range_input": f"{minutes}m",
+                   f"g{index}.show_tree": "0", f"g{index}.display_mode": "lines"}
+    return f"{prometheus_url}/query?{urllib.parse.urlencode(params)}"
+
+
+def screenshot_graph_page(prometheus: Prometheus, exprs: Sequence[str], minutes: int, out: Path) -> None:
+    """A full-page PNG of Prometheus's own graph page (headless Chromium) with these expressions."""
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 (only this path needs a browser)
+
+    if not (UI_DIR / "static" / "mantine-ui" / "index.html").exists():
+        raise AssertionError(f"Prometheus's UI is not built in {UI_DIR}: run 'hack/tools.sh prometheus-ui'")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(graph_page_url(prometheus.url, exprs, minutes))
+            # uPlot draws each panel's graph on a canvas once its range query answered.
+            page.wait_for_function(f"document.querySelectorAll('.uplot canvas').length >= {len(exprs)}",
+                                   timeout=60_000)
+            page.wait_for_load_state("networkidle")
+            shot = page.screenshot(full_page=True)
+        finally:
+            browser.close()
+    assert shot.startswith(b"\x89PNG")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(shot)
