@@ -445,10 +445,19 @@ def screenshot_graph_page(prometheus: Prometheus, exprs: Sequence[str], minutes:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(graph_page_url(prometheus.url, exprs, minutes))
             # uPlot draws each panel's graph on a canvas once its range query answered.
-            page.wait_for_function(f"document.querySelectorAll('.uplot canvas').length >= {len(exprs)}",
-                                   timeout=60_000)
+            drawn = f"document.querySelectorAll('.uplot canvas').length >= {len(exprs)}"
+            page.wait_for_function(drawn, timeout=60_000)
             page.wait_for_load_state("networkidle")
-            shot = page.screenshot(full_page=True)
+            # The whole page in one viewport, then time for uPlot to redraw at that size: a full-page
+            # screenshot resizes the page itself and can catch the graphs mid-redraw (empty).
+            height = int(page.evaluate("document.documentElement.scrollHeight"))
+            page.set_viewport_size({"width": 1280, "height": height})
+            page.wait_for_function(
+                "[...document.querySelectorAll('.uplot')].every(u => u.getBoundingClientRect().width > 900)",
+                timeout=30_000,
+            )
+            page.wait_for_timeout(2_000)
+            shot = page.screenshot()
         finally:
             browser.close()
     assert shot.startswith(b"\x89PNG")
