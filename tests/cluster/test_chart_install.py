@@ -21,9 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "h2ogpt-operator"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CRD_NAME = "h2ogptdeployments.h2ogpt.dev"
-# The Prometheus Operator's CRDs are not in the test cluster (no registry ships them to us);
-# those two kinds are checked by `helm template` in tests/unit/test_chart_render.py instead.
-NOT_IN_THIS_CLUSTER = {"ServiceMonitor", "PrometheusRule"}
 # Kinds the chart can create, for the orphan check (namespaced ones are listed in all namespaces).
 CHART_KINDS = (
     "deployments.apps",
@@ -35,6 +32,8 @@ CHART_KINDS = (
     "rolebindings.rbac.authorization.k8s.io",
     "poddisruptionbudgets.policy",
     "h2ogptdeployments.h2ogpt.dev",
+    "servicemonitors.monitoring.coreos.com",
+    "prometheusrules.monitoring.coreos.com",
 )
 CLUSTER_KINDS = ("clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io")
 
@@ -74,8 +73,10 @@ def extra_namespaces(cluster: Cluster) -> Iterator[list[str]]:
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
 def test_rendered_ci_values_are_accepted_by_the_apiserver(
-    cluster: Cluster, namespace: str, values: Path
+    cluster: Cluster, namespace: str, values: Path, prometheus_operator_crds: None
 ) -> None:
+    """Every object, the ServiceMonitor and PrometheusRule included (validated by the Prometheus
+    Operator's own CRDs)."""
     install_crd(cluster)
     for watched in yaml.safe_load(values.read_text()).get("watchNamespaces", []):
         cluster.kubectl(
@@ -84,7 +85,7 @@ def test_rendered_ci_values_are_accepted_by_the_apiserver(
     rendered = helm(
         cluster, "template", "ci", str(CHART), "--namespace", namespace, "--values", str(values)
     ).stdout
-    manifests = [m for m in yaml.safe_load_all(rendered) if m and m["kind"] not in NOT_IN_THIS_CLUSTER]
+    manifests = [m for m in yaml.safe_load_all(rendered) if m]
     applied = cluster.kubectl(
         "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(manifests)
     ).stdout
@@ -125,27 +126,7 @@ def can_i(cluster: Cluster, service_account: str, verb: str, resource: str, *sco
 
 
 def may_write_service_monitors(cluster: Cluster, service_account: str, namespace: str) -> bool:
-    """A SubjectAccessReview for ServiceMonitors: `kubectl auth can-i` cannot name a resource
-    type the apiserver does not serve (it answers "no" for any user), and this cluster has no
-    Prometheus Operator CRDs. RBAC itself decides on group and resource names alone."""
-    review = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": service_account,
-            "groups": ["system:serviceaccounts", "system:authenticated"],
-            "resourceAttributes": {
-                "group": "monitoring.coreos.com",
-                "resource": "servicemonitors",
-                "verb": "create",
-                "namespace": namespace,
-            },
-        },
-    }
-    status = cluster.kubectl(
-        "create", "-o", "jsonpath={.status.allowed}", "-f", "-", input=yaml.safe_dump(review)
-    )
-    return status.stdout == "true"
+    return can_i(cluster, service_account, "create", "servicemonitors.monitoring.coreos.com", "-n", namespace)
 
 
 def chart_objects(cluster: Cluster, release: str) -> list[str]:
@@ -157,7 +138,7 @@ def chart_objects(cluster: Cluster, release: str) -> list[str]:
 
 
 def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninstalls_cleanly(
-    cluster: Cluster, namespace: str, extra_namespaces: list[str]
+    cluster: Cluster, namespace: str, extra_namespaces: list[str], prometheus_operator_crds: None
 ) -> None:
     release = f"op-{uuid.uuid4().hex[:6]}"
     sa = f"system:serviceaccount:{namespace}:{release}-h2ogpt-operator"
@@ -220,7 +201,8 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
     assert [c for c in denied if can_i(cluster, sa, *c)] == []
     assert may_write_service_monitors(cluster, sa, other)
 
-    # Upgrade with changed values: two replicas behind a PDB, scoped to two namespaces.
+    # Upgrade with changed values: two replicas behind a PDB, scoped to two namespaces, with the
+    # ServiceMonitor and PrometheusRule.
     watched = ",".join(extra_namespaces)
     helm(
         cluster,
@@ -238,6 +220,10 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
         "replicaCount=2",
         "--set",
         "podDisruptionBudget.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
     )
     ready = cluster.kubectl(
         "get",
@@ -250,6 +236,7 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
     ).stdout
     assert ready == "2"
     cluster.kubectl("get", "poddisruptionbudget", f"{release}-h2ogpt-operator", "-n", namespace)
+    cluster.kubectl("get", "servicemonitor,prometheusrule", f"{release}-h2ogpt-operator", "-n", namespace)
     # The all-namespaces ClusterRole is gone, not left behind.
     gone = cluster.kubectl("get", "clusterrole", f"{release}-h2ogpt-operator", check=False)
     assert gone.returncode != 0
@@ -273,7 +260,7 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
 
 
 def test_one_install_creates_a_stack_that_uninstall_removes(
-    cluster: Cluster, namespace: str, extra_namespaces: list[str]
+    cluster: Cluster, namespace: str, extra_namespaces: list[str], prometheus_operator_crds: None
 ) -> None:
     release = f"st-{uuid.uuid4().hex[:6]}"
     stack_namespace = extra_namespaces[1]

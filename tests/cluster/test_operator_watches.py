@@ -26,7 +26,6 @@ from tests.cluster.operator_harness import (
     operator_user,
     provide_volumes,
     remove_volumes,
-    wait_established,
     wait_ready,
 )
 from tests.support.cluster import Cluster, wait_for
@@ -34,7 +33,6 @@ from tests.support.cluster import Cluster, wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 INSTANCE = "app.kubernetes.io/instance"
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 
 @pytest.fixture(scope="module")
@@ -196,40 +194,8 @@ def test_a_refused_child_is_retried_with_growing_delays(
     )
 
 
-SERVICE_MONITOR_CRD_MANIFEST = {
-    # The group, kind and scope of the Prometheus Operator's CRD with an open schema: enough for
-    # the apiserver to serve, store and garbage-collect ServiceMonitors the way it does the real one.
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": SERVICE_MONITOR_CRD},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor",
-                  "listKind": "ServiceMonitorList"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-        }],
-    },
-}  # fmt: skip
-
-
-@pytest.fixture
-def service_monitor_crd(cluster: Cluster) -> Iterator[None]:
-    if get_json_or_none(cluster, "crd", SERVICE_MONITOR_CRD) is not None:
-        pytest.fail(f"{SERVICE_MONITOR_CRD} exists already; this test installs and removes its own")
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD_MANIFEST))
-    wait_established(cluster, SERVICE_MONITOR_CRD)
-    try:
-        yield
-    finally:
-        # Other tests expect a cluster without it.
-        cluster.kubectl("delete", "crd", SERVICE_MONITOR_CRD, "--wait=true", "--timeout=60s", check=False)
-
-
 def test_service_monitor_is_pruned_when_monitoring_is_turned_off(
-    cluster: Cluster, namespace: str, volumes: None, service_monitor_crd: None, start_operator: Any
+    cluster: Cluster, namespace: str, volumes: None, prometheus_operator_crds: None, start_operator: Any
 ) -> None:
     start_operator()
     monitored = {"monitoring": {"serviceMonitor": {"enabled": True}}}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,31 +36,6 @@ from tests.support.cluster import Cluster
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 INSTANCE = "app.kubernetes.io/instance"
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
-# The Prometheus Operator's CRDs are not on this machine (no registry ships them to us). The operator
-# only needs the ServiceMonitor API to exist, so a CRD with that group, version and kind stands in for
-# it; the apiserver behind it is the real one.
-SERVICE_MONITOR_API = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": SERVICE_MONITOR_CRD},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
-
 Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 # Granted, yet no request of its own: the OwnerReferencesPermissionEnforcement admission plugin (on in
 # the local apiserver, as on OpenShift) checks it when a child is created with an ownerReference that
@@ -108,17 +82,6 @@ def describe(event: dict[str, Any]) -> str:
     return f"{event['verb']} {event['requestURI']} -> {event.get('responseStatus', {}).get('code')}"
 
 
-@pytest.fixture
-def service_monitor_api(cluster: Cluster) -> Iterator[None]:
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(SERVICE_MONITOR_API))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{SERVICE_MONITOR_CRD}", "--timeout=30s")
-    try:
-        yield
-    finally:
-        # Other modules rely on the Prometheus CRDs being absent.
-        cluster.kubectl("delete", "crd", SERVICE_MONITOR_CRD, "--wait=true", check=False)
-
-
 def stack(**spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "h2ogpt.dev/v1alpha1",
@@ -132,7 +95,7 @@ def stack(**spec: Any) -> dict[str, Any]:
 def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
     cluster: Cluster,
     namespace: str,
-    service_monitor_api: None,
+    prometheus_operator_crds: None,
     tmp_path_factory: pytest.TempPathFactory,
     mode: str,
 ) -> None:

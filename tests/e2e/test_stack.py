@@ -32,6 +32,7 @@ from tests.e2e.conftest import record_timing
 from tests.support.cluster import Cluster, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, helm, port_forward
 from tests.support.leak_sweep import SWEEP
+from tests.support.prometheus import Prometheus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -77,13 +78,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def operator_release(cluster: Cluster, node_images: list[str]) -> Iterator[tuple[str, str]]:
-    """The chart from this checkout, with two operator replicas, watching one restricted namespace."""
+def operator_release(
+    cluster: Cluster, node_images: list[str], prometheus_operator_crds: None
+) -> Iterator[tuple[str, str]]:
+    """The chart from this checkout, with two operator replicas, watching one restricted namespace,
+    its ServiceMonitor and PrometheusRule on (the Prometheus Operator's CRDs are installed)."""
     operator_ns = create_e2e_namespace(cluster, "e2e-op")
     stack_ns = create_e2e_namespace(cluster, "e2e-stack", labels=RESTRICTED)
     # No image overrides: the chart's defaults are exactly what `make images` tagged and loaded.
     helm(cluster, "install", RELEASE, str(CHART), "-n", operator_ns, "--set", "replicaCount=2",
-         "--set", f"watchNamespaces={{{stack_ns}}}", "--wait", "--timeout", "5m")
+         "--set", f"watchNamespaces={{{stack_ns}}}", "--set", "serviceMonitor.enabled=true",
+         "--set", "serviceMonitor.interval=2s", "--set", "serviceMonitor.scrapeTimeout=2s",
+         "--set", "prometheusRule.enabled=true", "--wait", "--timeout", "5m")
     try:
         yield operator_ns, stack_ns
     finally:
@@ -100,8 +106,10 @@ def stack(cluster: Cluster, operator_release: tuple[str, str]) -> Stack:
     operator_ns, namespace = operator_release
     sample = yaml.safe_load(SAMPLE.read_text())
     name = sample["metadata"]["name"]
+    # The sample as is, with its ServiceMonitor on for the Prometheus test below.
+    sample["spec"]["monitoring"] = {"serviceMonitor": {"enabled": True, "interval": "2s"}}
     started = time.monotonic()
-    cluster.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sample))
     handle = Stack(cluster, operator_ns, namespace, name, sample["spec"]["model"]["name"], api_key="")
     handle.wait_ready()
     record_timing("kubectl apply -> Ready=True (llamacpp stack, cold)", time.monotonic() - started)
@@ -142,6 +150,55 @@ def test_restricted_namespace_admits_the_whole_stack_and_refuses_a_privileged_po
                                     check=False)
     assert refused.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in refused.stderr
+
+
+def test_prometheus_scrapes_the_stacks_real_pods_and_the_operator_pods(
+    stack: Stack, prometheus: Prometheus
+) -> None:
+    """Prometheus, configured from the ServiceMonitors read back from the apiserver, finds the real
+    pods through the Kubernetes API (EndpointSlices) and scrapes them at their pod addresses: both
+    operator replicas, the openai and gradio pods, and Weaviate on its metrics port (2112). The
+    llama.cpp server has no /metrics, so the stack's ServiceMonitor leaves it out."""
+    stack.wait_ready()
+    prometheus.configure([stack.operator_namespace, stack.namespace])
+    targets = prometheus.wait_targets_up(jobs=3, timeout=90)
+    pods = {pod["metadata"]["name"]: pod for pod in must_get_json(stack.cluster, "pods", "-A")["items"]}
+    found = set()
+    for target in targets:
+        labels = target["labels"]
+        pod = pods[labels["pod"]]
+        # Scraped at the pod's own address on the node's bridge, not through a stand-in.
+        assert target["scrapeUrl"].startswith(f"http://{pod['status']['podIP']}:"), target["scrapeUrl"]
+        assert pod["spec"]["nodeName"] == "real-node-0"
+        found.add((labels["namespace"], labels["service"], labels["endpoint"]))
+    assert found == {
+        (stack.operator_namespace, f"{RELEASE}-h2ogpt-operator-metrics", "http-metrics"),
+        (stack.namespace, f"{stack.name}-openai", "http"),
+        (stack.namespace, f"{stack.name}-gradio", "http"),
+        (stack.namespace, f"{stack.name}-weaviate", "metrics"),
+    }
+    assert len([t for t in targets if t["labels"]["endpoint"] == "http-metrics"]) == 2  # both replicas
+
+    client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
+                           max_retries=0, timeout=120)
+    client.chat.completions.create(model=stack.model, messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=4)
+    answered = f'h2ogpt_api_requests_total{{namespace="{stack.namespace}", service="{stack.name}-openai", ' \
+               'route="/v1/chat/completions", status="200"}'
+    wait_for(lambda: prometheus.query(answered), 30, "the real API pod's request counter")
+    # One leader among the two replicas; the stack's readiness by name; Weaviate's own metrics.
+    (leaders,) = prometheus.query(f'sum(h2ogpt_operator_leader{{namespace="{stack.operator_namespace}"}})')
+    assert leaders["value"][1] == "1"
+    (ready,) = prometheus.query(
+        f'max by (namespace, name) (h2ogpt_operator_stack_ready{{name="{stack.name}"}})')
+    assert ready["metric"] == {"namespace": stack.namespace, "name": stack.name}
+    assert ready["value"][1] == "1"
+    weaviate = f'count({{service="{stack.name}-weaviate", __name__!~"up|scrape_.*"}})'
+    assert prometheus.query(weaviate), "no series of Weaviate's own"
+    # The chart's alerts loaded from its PrometheusRule, none firing on a healthy stack.
+    rules = prometheus.api("rules", type="alert")["groups"]
+    assert {group["name"] for group in rules} == {"h2ogpt-operator", "h2ogpt-api"}
+    assert [a["labels"] for a in prometheus.alerts() if a["state"] == "firing"] == []
 
 
 # ---- clients from the host ------------------------------------------------------------------------------

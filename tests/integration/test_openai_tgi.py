@@ -467,8 +467,12 @@ def test_health_version_and_metrics(server: ApiServer, client: OpenAI) -> None:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "FAKE:500"}])
     assert httpx.get(f"{server.base_url}/health", timeout=5).json() == {"status": "ok"}
     assert httpx.get(f"{server.base_url}/version", timeout=5).json()["version"]
+    httpx.get(f"{server.base_url}/metrics", timeout=5)
     text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
     assert 'h2ogpt_api_requests_total{route="/v1/chat/completions",status="200"}' in text
+    # Probes and scrapes by their own route ("unmatched" is for paths no route serves).
+    for route in ("/health", "/version", "/metrics"):
+        assert f'h2ogpt_api_requests_total{{route="{route}",status="200"}}' in text
     assert 'h2ogpt_api_requests_total{route="/v1/chat/completions",status="502"}' in text
     assert 'h2ogpt_api_backend_errors_total{backend="tgi",kind="bad_response"}' in text
     for name in (

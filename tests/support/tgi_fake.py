@@ -28,6 +28,13 @@ prompt text: `FAKE:500` answers HTTP 500, `FAKE:HANG` never answers, `FAKE:DROP`
 connection after a few tokens, `FAKE:DELAY=<seconds>` sets that request's per-token delay.
 `GET /fake/stats` counts started, completed and client-disconnected generations.
 
+`GET /metrics` serves a few of TGI's documented metric names (docs: "Metrics" reference) with
+what the fake can honestly say: `tgi_request_count` (generations started), `tgi_batch_current_size`
+(generations in progress: the fake runs each at once, unbatched), `tgi_queue_size` (always 0: it
+queues nothing) and `tgi_request_mean_time_per_token_duration` (a histogram in seconds, one
+observation per finished generation: its duration over its tokens), so the dashboard's TGI panels
+have data in the tests. The values describe the fake, never a real TGI's performance.
+
 Like TGI, it refuses (422, TGI's message) a request whose prompt tokens plus `max_new_tokens`
 exceed `max_total_tokens`, and (429, TGI's "Model is overloaded") a generation beyond
 `max_concurrent_requests` running at once, which `/info` reports (TGI's default 128; the
@@ -61,6 +68,7 @@ from typing import Any, Literal
 
 import pytest
 import uvicorn
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 Failure = Literal["none", "500", "hang", "drop"]
 Scope = dict[str, Any]
@@ -354,6 +362,30 @@ class TgiFake:
         self.stream_usage = stream_usage
         self.max_concurrent_requests = max_concurrent_requests
         self.stats = FakeStats()
+        self.registry = CollectorRegistry()
+        self._batch = Gauge("tgi_batch_current_size", "Generations in progress", registry=self.registry)
+        Gauge("tgi_queue_size", "Requests queued (the fake queues none)", registry=self.registry).set(0)
+        self._time_per_token = Histogram(
+            "tgi_request_mean_time_per_token_duration", "Duration over tokens of each finished generation",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0), registry=self.registry,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _generation_metrics(self) -> Iterator[Callable[[int], None]]:
+        """Counts one generation in the metrics while it runs; call the result with its token count
+        once it finished."""
+        self.stats.started += 1
+        self._batch.inc()
+        started = time.monotonic()
+
+        def finished(tokens: int) -> None:
+            self.stats.completed += 1
+            self._time_per_token.observe((time.monotonic() - started) / max(tokens, 1))
+
+        try:
+            yield finished
+        finally:
+            self._batch.dec()
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -507,7 +539,9 @@ class TgiFake:
                 },
             )
         elif path == "/metrics":
-            text = f"tgi_request_count {self.stats.started}\n".encode()
+            # TGI's counter has no `_total` suffix, which prometheus_client would add: written by hand.
+            started = f"# TYPE tgi_request_count counter\ntgi_request_count {self.stats.started}\n"
+            text = started.encode() + generate_latest(self.registry)
             await send(
                 {
                     "type": "http.response.start",
@@ -770,7 +804,12 @@ class TgiFake:
     async def _run_whole(
         self, plan: FakePlan, receive: Receive, send: Send
     ) -> tuple[str, str, int, FakePlan] | None:
-        self.stats.started += 1
+        with self._generation_metrics() as finished:
+            return await self._run_whole_counted(plan, receive, send, finished)
+
+    async def _run_whole_counted(
+        self, plan: FakePlan, receive: Receive, send: Send, finished: Callable[[int], None]
+    ) -> tuple[str, str, int, FakePlan] | None:
         async with _watch_disconnect(receive) as disconnected, self._counted_in_flight():
             if await self._fail_before_answer(plan, send, disconnected):
                 return None
@@ -786,7 +825,7 @@ class TgiFake:
                 text += piece
                 count += 1
                 reason = finish or reason
-            self.stats.completed += 1
+            finished(count)
             return text, reason, count, plan
 
     async def _stream(
@@ -797,7 +836,19 @@ class TgiFake:
         event: Callable[[int, str, str | None, str], bytes],
         done: bytes | None,
     ) -> None:
-        self.stats.started += 1
+        with self._generation_metrics() as finished:
+            await self._stream_counted(plan, receive, send, event, done, finished=finished)
+
+    async def _stream_counted(
+        self,
+        plan: FakePlan,
+        receive: Receive,
+        send: Send,
+        event: Callable[[int, str, str | None, str], bytes],
+        done: bytes | None,
+        *,
+        finished: Callable[[int], None],
+    ) -> None:
         async with _watch_disconnect(receive) as disconnected, self._counted_in_flight():
             if await self._fail_before_answer(plan, send, disconnected):
                 return
@@ -810,7 +861,7 @@ class TgiFake:
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
                 }
             )
-            text = ""
+            text, count = "", 0
             for index, (piece, finish) in enumerate(plan.tokens(self.repeat)):
                 if plan.delay:
                     await asyncio.sleep(plan.delay)
@@ -820,6 +871,7 @@ class TgiFake:
                 if plan.failure == "drop" and index == DROP_AFTER_TOKENS:
                     raise ConnectionAbortedError("fake drop requested: closing the connection mid-stream")
                 text += piece
+                count += 1
                 await send(
                     {
                         "type": "http.response.body",
@@ -828,7 +880,7 @@ class TgiFake:
                     }
                 )
             await send({"type": "http.response.body", "body": done or b"", "more_body": False})
-            self.stats.completed += 1
+            finished(count)
 
 
 @contextlib.asynccontextmanager
