@@ -53,7 +53,7 @@ NODES: dict[str, dict[str, str]] = {
     "kwok-cpu-1": {},
     "kwok-gpu-0": {"nvidia.com/gpu": "8"},
 }
-SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR = realnode.SERVICE_CIDR
 # Every request at Metadata level (who, verb, resource, response code; no bodies), one line per
 # request once it completes (a watch also logs when its response starts).
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1

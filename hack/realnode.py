@@ -52,6 +52,7 @@ POD_CIDR = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"  # the bridge's address: the pods' gateway, the kubelet's and the DNS server's
 # kwok hands its fake pods addresses from the upper half of the cluster CIDR: no overlap with real pods.
 KWOK_POD_CIDR = "10.244.128.0/17"
+SERVICE_CIDR = "10.96.0.0/16"  # the apiserver's --service-cluster-ip-range (hack/localcluster.py)
 CLUSTER_DOMAIN = "cluster.local"
 KUBELET_PORT = 10250
 PAUSE_IMAGE = "localhost/h2ogpt-platform/pause:1"
@@ -69,9 +70,11 @@ MACHINE_PATHS = (Path("/run/containerd/s"), Path("/run/containerd"), Path("/var/
 # Which cluster folder owns the machine's one real node (so a second `up` can name it).
 OWNER_FILE = Path("/run/h2ogpt-platform/real-node-owner")
 # Processes of the node in start order (stopped newest first by LocalCluster.down()).
-PROCESSES = ("containerd", "kubelet", "kube-proxy", "coredns", "local-path-provisioner")
-NODE_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "kubelet", "kube-proxy", "coredns",
-                 "local-path-provisioner")
+PROCESSES = ("containerd", "kubelet", "kube-proxy", "kube-router", "coredns", "local-path-provisioner")
+NODE_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "kubelet", "kube-proxy",
+                 "kube-router", "coredns", "local-path-provisioner")
+# ipsets kube-router makes for the NetworkPolicies it enforces (removed at `down`).
+OUR_IPSETS = r"(KUBE-|kube-router)"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
 
@@ -130,7 +133,7 @@ def missing_requirements() -> list[str]:
     for plugin in CNI_PLUGINS:
         if not (BIN / "cni" / plugin).exists():
             missing.append(f"CNI plugin {plugin} (make tools)")
-    for tool in ("iptables", "ip", "openssl"):
+    for tool in ("iptables", "ip", "openssl", "ipset"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             missing.append(f"{tool} (make system-packages)")
     return missing
@@ -345,6 +348,18 @@ class RealNode:
         proxy_config.write_text(json.dumps(self._kube_proxy_config(kubeconfig_for("kube-proxy")), indent=2))
         start_process("kube-proxy", [bins["kube-proxy"], f"--config={proxy_config}", "--v=1"], path_env)
 
+        # NetworkPolicies are enforced on the node (kube-router's firewall alone: no BGP routing, no
+        # Service proxy: kube-proxy routes Services and the bridge plugin connects the pods). It keeps
+        # iptables chains and ipsets of the pods each policy selects; traffic from the node itself
+        # (kubelet probes, the host's own clients) is always let through.
+        start_process("kube-router", [
+            bins["kube-router"], f"--kubeconfig={admin_kubeconfig}", f"--hostname-override={NODE_NAME}",
+            "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+            "--enable-cni=false", "--enable-pod-egress=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--iptables-sync-period=30s",
+            "--health-port=0", "--metrics-port=0", "--v=1",
+        ], path_env)
+
         corefile = self.dir / "Corefile"
         corefile.write_text(self._corefile(admin_kubeconfig))
         start_process("coredns", [bins["coredns"], "-conf", str(corefile)], None)
@@ -431,6 +446,7 @@ class RealNode:
         for binary in _iptables_binaries():
             found += [f"{Path(binary).name} chain {line.split()[0]}"
                       for _, line in _iptables_save(binary, ":") if re.match(OUR_CHAINS, line)]
+        found += [f"ipset {name}" for name in _our_ipsets()]
         found += [f"cgroup {top}" for top in Path("/sys/fs/cgroup").glob("*/k8s.io")]
         for path, kept in self._machine_paths_before().items():
             if Path(path).is_dir():
@@ -655,6 +671,10 @@ state = "{root / 'state'}"
             for flag in ("-F", "-X"):  # empty every chain before deleting any: they jump to each other
                 for table, name in chains:
                     _run(binary, "-t", table, flag, name, check=False)
+        ipset = shutil.which("ipset") or "/usr/sbin/ipset"
+        if Path(ipset).exists():  # once no rule refers to them
+            for name in _our_ipsets():
+                _run(ipset, "destroy", name, check=False)
 
     def _unmount_under(self, root: Path) -> None:
         prefix = str(root.resolve())
@@ -716,6 +736,14 @@ def _owner_is_gone() -> bool:
         return True
     pids = json.loads(state.read_text()).get("pids", {}).values()
     return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _our_ipsets() -> list[str]:
+    ipset = shutil.which("ipset") or "/usr/sbin/ipset"
+    if not Path(ipset).exists():
+        return []
+    names = _run(ipset, "list", "-n", check=False).stdout.decode().split()
+    return [name for name in names if re.match(OUR_IPSETS, name)]
 
 
 def _iptables_binaries() -> list[str]:

@@ -4,13 +4,14 @@
 #   podman       builds the images without a Docker engine (hack/images.sh, --isolation=chroot)
 #   debootstrap  makes the local Debian base image where no registry is reachable
 #   iptables, conntrack   kube-proxy's Service routing on the real node (hack/localcluster.py)
+#   ipset                 kube-router's NetworkPolicy enforcement there
 #   busybox-static        the pause and helper images the real node runs (hack/node-images.sh)
 #   libseccomp-dev, pkg-config   runc's seccomp support, built with cgo (hack/tools.sh)
 # Idempotent: does nothing when every command is already there.
 set -euo pipefail
 
 declare -A package_for=([chromium]=chromium [podman]=podman [debootstrap]=debootstrap
-  [iptables]=iptables [conntrack]=conntrack [busybox]=busybox-static [pkg-config]=pkg-config)
+  [iptables]=iptables [conntrack]=conntrack [ipset]=ipset [busybox]=busybox-static [pkg-config]=pkg-config)
 missing=()
 for cmd in "${!package_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/bin/$cmd" ] || missing+=("${package_for[$cmd]}")

@@ -8,7 +8,7 @@
 #                                 that `make run` needs; `actionlint readme-generator`, what
 #                                 `make lint` needs); names: etcd kwok helm weaviate k8s containerd
 #                                 runc cni coredns local-path actionlint readme-generator registry
-#                                 prometheus prometheus-operator-crds prometheus-ui
+#                                 prometheus prometheus-operator-crds prometheus-ui kube-router
 #
 # Nothing here downloads a prebuilt binary from a release page: the Kubernetes control
 # plane, etcd, kwok and Weaviate are built from the Go module proxy; helm and kubectl
@@ -32,6 +32,9 @@ RUNC_VERSION=v1.4.4
 CNI_PLUGINS_VERSION=v1.10.0
 COREDNS_VERSION=v1.14.7
 LOCAL_PATH_VERSION=v0.0.30
+# NetworkPolicy enforcement on the real node: kube-router's firewall only (its BGP router and Service
+# proxy stay off). v2.1.0 is the one release the module proxy serves here; it is test-bed only.
+KUBE_ROUTER_VERSION=v2.1.0
 # Linters of generated and CI files (`make lint`): GitHub workflows, and the chart README's values
 # table from values.yaml's `## @param` lines.
 ACTIONLINT_VERSION=v1.7.12
@@ -58,6 +61,7 @@ runc_dir="$cache/runc-$RUNC_VERSION"
 cni_dir="$cache/cni-plugins-$CNI_PLUGINS_VERSION"
 coredns_dir="$cache/coredns-$COREDNS_VERSION-slim"
 local_path_dir="$cache/local-path-provisioner-$LOCAL_PATH_VERSION"
+kube_router_dir="$cache/kube-router-$KUBE_ROUTER_VERSION"
 actionlint_dir="$cache/actionlint-$ACTIONLINT_VERSION"
 registry_dir="$cache/distribution-registry-$REGISTRY_VERSION"
 readme_generator_dir="$cache/readme-generator-for-helm-${README_GENERATOR##*@}"
@@ -167,6 +171,15 @@ build_local_path() {
   mv "$tmp" "$local_path_dir"
 }
 
+build_kube_router() {
+  local tmp="$kube_router_dir.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+  "$tmp/kube-router" --version
+  mv "$tmp" "$kube_router_dir"
+}
+
 build_actionlint() {
   local tmp="$actionlint_dir.tmp.$$"
   rm -rf "$tmp" && mkdir -p "$tmp"
@@ -271,7 +284,7 @@ declare -A tool_dir=(
   [containerd]="$containerd_dir" [runc]="$runc_dir" [cni]="$cni_dir" [coredns]="$coredns_dir"
   [local-path]="$local_path_dir" [actionlint]="$actionlint_dir" [registry]="$registry_dir"
   [prometheus]="$prometheus_dir" [prometheus-operator-crds]="$prometheus_operator_crds_dir"
-  [prometheus-ui]="$prometheus_ui_dir/ui/static/mantine-ui"
+  [prometheus-ui]="$prometheus_ui_dir/ui/static/mantine-ui" [kube-router]="$kube_router_dir"
   [readme-generator]="$readme_generator_dir/node_modules/.bin"
 )
 declare -A tool_bins=(
@@ -279,7 +292,7 @@ declare -A tool_bins=(
   [weaviate]="weaviate-server" [helm]="helm kubectl"
   [containerd]="containerd containerd-shim-runc-v2 ctr" [runc]="runc" [cni]="bridge loopback host-local portmap"
   [coredns]="coredns" [local-path]="local-path-provisioner" [actionlint]="actionlint" [registry]="registry"
-  [prometheus]="prometheus promtool"
+  [prometheus]="prometheus promtool" [kube-router]="kube-router"
   [prometheus-operator-crds]="monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml"
   [prometheus-ui]="index.html"
   [readme-generator]="readme-generator"
@@ -288,12 +301,12 @@ declare -A tool_builder=(
   [k8s]=build_k8s [etcd]=build_etcd [kwok]=build_kwok [weaviate]=build_weaviate [helm]=fetch_helm
   [containerd]=build_containerd [runc]=build_runc [cni]=build_cni [coredns]=build_coredns
   [local-path]=build_local_path [actionlint]=build_actionlint [readme-generator]=fetch_readme_generator
-  [registry]=build_registry [prometheus]=build_prometheus
+  [registry]=build_registry [prometheus]=build_prometheus [kube-router]=build_kube_router
   [prometheus-operator-crds]=fetch_prometheus_operator_crds [prometheus-ui]=build_prometheus_ui
 )
 # prometheus-ui is built only when named (`make dashboard-picture`): no test needs it.
-order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path actionlint readme-generator registry
-  prometheus prometheus-operator-crds)
+order=(etcd kwok helm weaviate k8s containerd runc cni coredns local-path kube-router actionlint
+  readme-generator registry prometheus prometheus-operator-crds)
 
 check_only=false
 if [ "${1:-}" = "--check" ]; then check_only=true; shift; fi

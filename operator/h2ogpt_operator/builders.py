@@ -693,7 +693,7 @@ def build_weaviate_statefulset(
             {"name": "data", "containerPort": 7001, "protocol": "TCP"},
             {"name": "raft", "containerPort": 8300, "protocol": "TCP"},
             {"name": "raft-rpc", "containerPort": 8301, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": 2112, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": naming.WEAVIATE_METRICS_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": {"httpGet": {"path": "/v1/.well-known/ready", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {
@@ -766,7 +766,12 @@ def build_weaviate_services(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Ma
                 {"name": "http", "port": naming.WEAVIATE_HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": naming.WEAVIATE_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
                 # Weaviate's own Prometheus metrics (PROMETHEUS_MONITORING_ENABLED), for the ServiceMonitor.
-                {"name": "metrics", "port": 2112, "targetPort": "metrics", "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": naming.WEAVIATE_METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
             ],
         },
     }
@@ -999,6 +1004,8 @@ def build_network_policies(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Man
             # Replicas gossip (memberlist: TCP and UDP), copy data and run Raft among themselves: any port.
             {"from": [{"podSelector": weaviate_pods}]},
         ]
+        if policy.metrics_from:  # Weaviate's own metrics, on the port the ServiceMonitor scrapes
+            ingress.append({"from": _peers(policy.metrics_from), "ports": _tcp(naming.WEAVIATE_METRICS_PORT)})
         policies.append(_network_policy(stack, naming.WEAVIATE, weaviate_pods, ingress))
     components = [c for c in (naming.OPENAI, naming.GRADIO) if _api_component(spec, c).enabled]
     if components:

@@ -19,6 +19,7 @@ API = "api"  # the Gradio and OpenAI pods together (their NetworkPolicy)
 INFERENCE_PORTS = {"tgi": 80, "vllm": 8000, "llamacpp": 8000}
 WEAVIATE_HTTP_PORT = 8080
 WEAVIATE_GRPC_PORT = 50051
+WEAVIATE_METRICS_PORT = 2112  # Weaviate's Prometheus listener (PROMETHEUS_MONITORING_ENABLED)
 GRADIO_PORT = 7860
 OPENAI_PORT = 5000
 

@@ -1,6 +1,7 @@
 """The local cluster's real node (hack/realnode.py): containerd + runc + kubelet registered to the
-apiserver, a bridge pod network, kube-proxy, CoreDNS, a default StorageClass with a dynamic
-provisioner, and the kubelet's TLS API behind `kubectl logs/exec/port-forward`.
+apiserver, a bridge pod network, kube-proxy, NetworkPolicies enforced by kube-router, CoreDNS, a
+default StorageClass with a dynamic provisioner, and the kubelet's TLS API behind
+`kubectl logs/exec/port-forward`.
 
 Pods here use the busybox image the node makes for itself, so this tier needs no image build.
 """
@@ -16,7 +17,7 @@ import pytest
 
 from hack import realnode
 from tests.support.cluster import Cluster, must_get_json, wait_for
-from tests.support.e2e import e2e_namespace, port_forward
+from tests.support.e2e import e2e_namespace, fetch_from_pod, port_forward
 
 pytestmark = [pytest.mark.e2e]
 
@@ -92,6 +93,29 @@ def test_services_route_from_the_host_and_between_pods_by_dns_name(
     logs = cluster.kubectl("logs", "client", "-n", node_namespace).stdout
     assert logs == "hello-from-a-real-pod\n" * 2, logs
     assert must_get_json(cluster, "pod", "client", "-n", node_namespace)["status"]["phase"] == "Succeeded"
+
+
+def test_network_policies_are_enforced_between_pods(cluster: Cluster, node_namespace: str) -> None:
+    apply(cluster, node_namespace, web_pod("web", "only-for-friends"), service("web"))
+    wait_ready(cluster, node_namespace, "web")
+    url = f"http://web.{node_namespace}.svc/"
+    assert fetch_from_pod(cluster, node_namespace, "stranger-before", url) == "REACHED"
+    only_friends = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "web-friends-only"},
+                    "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                             "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}],
+                                          "ports": [{"port": 8080, "protocol": "TCP"}]}]}}
+    apply(cluster, node_namespace, only_friends)
+    # kube-router applies a policy on its watch event; give it a few seconds the first time.
+    wait_for(lambda: fetch_from_pod(cluster, node_namespace, "stranger", url) == "REFUSED" or None, 60,
+             "the policy to refuse a pod it does not list")
+    assert fetch_from_pod(cluster, node_namespace, "friend", url, {"role": "friend"}) == "REACHED"
+    # The node itself (kubelet probes, the host's clients) is never cut off.
+    cluster_ip = must_get_json(cluster, "svc", "web", "-n", node_namespace)["spec"]["clusterIP"]
+    assert _get(f"http://{cluster_ip}/") == "only-for-friends\n"
+    cluster.kubectl("delete", "networkpolicy", "web-friends-only", "-n", node_namespace)
+    wait_for(lambda: fetch_from_pod(cluster, node_namespace, "stranger-after", url) == "REACHED" or None, 60,
+             "the pod to be reached again once the policy is gone")
 
 
 def phase(cluster: Cluster, namespace: str, pod: str) -> str:

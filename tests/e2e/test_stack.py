@@ -30,7 +30,7 @@ from h2ogpt_client import GradioClient
 
 from tests.e2e.conftest import record_timing
 from tests.support.cluster import Cluster, condition, must_get_json, wait_for
-from tests.support.e2e import CHART, create_e2e_namespace, diagnose, helm, port_forward
+from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
 from tests.support.leak_sweep import SWEEP
 from tests.support.prometheus import Prometheus
 
@@ -199,6 +199,23 @@ def test_prometheus_scrapes_the_stacks_real_pods_and_the_operator_pods(
     rules = prometheus.api("rules", type="alert")["groups"]
     assert {group["name"] for group in rules} == {"h2ogpt-operator", "h2ogpt-api"}
     assert [a["labels"] for a in prometheus.alerts() if a["state"] == "firing"] == []
+
+
+def test_the_stacks_network_policies_keep_other_pods_from_weaviate_and_the_model(stack: Stack) -> None:
+    """Enforced by kube-router on the real node: a pod of the namespace that is not one of the stack's
+    API pods reaches the API (`networkPolicy.apiFrom` is empty: any source) but neither Weaviate nor
+    the model server, while the API pods (every answer in this module) reach both."""
+    ns, name = stack.namespace, stack.name
+    targets = {
+        "openai": f"http://{name}-openai.{ns}.svc:5000/health",
+        "weaviate": f"http://{name}-weaviate.{ns}.svc:8080/v1/.well-known/ready",
+        "inference": f"http://{name}-inference.{ns}.svc:8000/health",
+    }
+    got = {target: fetch_from_pod(stack.cluster, ns, f"stranger-to-{target}", url)
+           for target, url in targets.items()}
+    assert got == {"openai": "REACHED", "weaviate": "REFUSED", "inference": "REFUSED"}, got
+    for target in targets:
+        stack.cluster.kubectl("delete", "pod", f"stranger-to-{target}", "-n", ns, "--wait=false")
 
 
 # ---- clients from the host ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 from hack import realnode
 from hack.localcluster import find_binary
-from tests.support.cluster import Cluster, delete_namespace, must_get_json
+from tests.support.cluster import Cluster, delete_namespace, must_get_json, wait_for
 
 if TYPE_CHECKING:  # a plugin module of its own: importing it here would register it too early
     from tests.support.images import ImagesBuild
@@ -113,3 +113,29 @@ def port_forward(cluster: Cluster, namespace: str, target: str, port: int) -> It
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def fetch_from_pod(cluster: Cluster, namespace: str, name: str, url: str,
+                   labels: dict[str, str] | None = None) -> str:
+    """REACHED or REFUSED: whether a pod with `labels`, run to completion in `namespace`, got an HTTP
+    answer (any status) from `url` within 5 s. The pod passes Pod Security `restricted`."""
+    script = (f"out=$(wget -T 5 -O /dev/null {url} 2>&1); rc=$?; "
+              'case "$out" in *"server returned error"*) rc=0;; esac; echo "$out"; '
+              'if [ $rc -eq 0 ]; then echo REACHED; else echo REFUSED; fi')
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
+           "spec": {"restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{"name": "client", "image": realnode.HELPER_IMAGE,
+                                    "imagePullPolicy": "Never", "command": ["sh", "-c", script],
+                                    "securityContext": {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}}]}}
+    cluster.kubectl("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=true")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+
+    def finished() -> bool | None:
+        phase = must_get_json(cluster, "pod", name, "-n", namespace)["status"].get("phase")
+        return True if phase in ("Succeeded", "Failed") else None
+
+    wait_for(finished, 90, f"pod {name} to finish")
+    return cluster.kubectl("logs", name, "-n", namespace).stdout.strip().splitlines()[-1]

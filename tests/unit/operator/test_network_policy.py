@@ -90,6 +90,11 @@ def test_api_and_metrics_sources_come_from_the_spec() -> None:
         "from": metrics_from,
         "ports": [{"protocol": "TCP", "port": 80}],
     }
+    # Weaviate's metrics listener, which the stack's ServiceMonitor scrapes, admits them too.
+    assert found["demo-weaviate"]["ingress"][2] == {
+        "from": metrics_from,
+        "ports": [{"protocol": "TCP", "port": 2112}],
+    }
 
 
 @pytest.mark.parametrize(
