@@ -242,7 +242,7 @@ def helper_image_tar() -> bytes:
     if not busybox.exists():
         raise NodeError("/bin/busybox is missing: apt-get install busybox-static (make system-packages)")
     applets = ("sh", "mkdir", "rm", "rmdir", "chmod", "ls", "cat", "sleep", "echo", "wget", "nslookup", "env",
-               "httpd", "hostname", "id", "touch")
+               "httpd", "hostname", "id", "touch", "timeout")
     # Like busybox's own image: no entrypoint, `sh` by default, so a pod's args are a command line.
     return _oci_image_tar(HELPER_IMAGE, {"/bin/busybox": (busybox.read_bytes(), 0o755)}, cmd=["sh"],
                           symlinks={f"/bin/{name}": "busybox" for name in applets})

@@ -119,7 +119,8 @@ def fetch_from_pod(cluster: Cluster, namespace: str, name: str, url: str,
                    labels: dict[str, str] | None = None) -> str:
     """REACHED or REFUSED: whether a pod with `labels`, run to completion in `namespace`, got an HTTP
     answer (any status) from `url` within 5 s. The pod passes Pod Security `restricted`."""
-    script = (f"out=$(wget -T 5 -O /dev/null {url} 2>&1); rc=$?; "
+    # busybox's own `wget -T` crashes (1.35, Debian's static build): `timeout` bounds it instead.
+    script = (f"out=$(timeout 5 wget -O /dev/null {url} 2>&1); rc=$?; "
               'case "$out" in *"server returned error"*) rc=0;; esac; echo "$out"; '
               'if [ $rc -eq 0 ]; then echo REACHED; else echo REFUSED; fi')
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
