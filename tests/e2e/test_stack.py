@@ -392,6 +392,53 @@ def test_suspend_removes_inference_pods_keeps_volumes_and_resume_answers(stack: 
     assert reply.choices[0].message.content
 
 
+def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack: Stack) -> None:
+    """spec.inference.autoscaling with minReplicas 0 on the real node: idle, the operator scales the
+    llama.cpp server to zero; the first request is held by the API pod (its held-requests gauge is the
+    operator's signal), a replica really starts, and the request is answered; idle again, it goes
+    back to zero. Nothing is lost on the way."""
+    selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
+    autoscaling = {"minReplicas": 0, "maxReplicas": 1, "scaleDownDelaySeconds": 20, "holdSeconds": 240}
+
+    def inference_pods() -> list[dict[str, Any]]:
+        return list(must_get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"])
+
+    def scaled_to_zero() -> bool:
+        status = (stack.cr().get("status") or {}).get("autoscaling") or {}
+        return status.get("desiredReplicas") == 0 and not inference_pods()
+
+    stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
+                          "-p", json.dumps({"spec": {"inference": {"autoscaling": autoscaling}}}))
+    try:
+        started = time.monotonic()
+        wait_for(scaled_to_zero, 180, "the idle stack scaled to zero", interval=2)
+        record_timing("autoscaling on -> inference scaled to zero (idle)", time.monotonic() - started)
+        assert stack.wait_ready()["status"]["autoscaling"]["desiredReplicas"] == 0  # Ready at zero
+
+        client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
+                               max_retries=0, timeout=300)
+        started = time.monotonic()
+        reply = client.chat.completions.create(
+            model=stack.model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
+        first_answer_s = time.monotonic() - started
+        assert reply.choices[0].message.content
+        record_timing("first request at zero replicas -> answered (scale from zero)", first_answer_s)
+        status = stack.cr()["status"]["autoscaling"]
+        assert status["desiredReplicas"] == 1, status
+        events = stack.cluster.kubectl("get", "events", "-n", stack.namespace, "--field-selector",
+                                       f"involvedObject.name={stack.name},reason=ScaledUp").stdout
+        assert "ScaledUp" in events
+
+        started = time.monotonic()
+        wait_for(scaled_to_zero, 240, "the stack back at zero once idle", interval=2)
+        record_timing("idle -> back to zero replicas (20 s delay)", time.monotonic() - started)
+    finally:
+        stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=json",
+                              "-p", '[{"op": "remove", "path": "/spec/inference/autoscaling"}]', check=False)
+        wait_for(lambda: bool(inference_pods()) or None, 120, "the inference pod back without autoscaling")
+        stack.wait_ready()
+
+
 def _inference_only(name: str, **inference: Any) -> dict[str, Any]:
     # Small requests: the real node has two cores and the stack above already asks for one.
     resources = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}
