@@ -31,7 +31,7 @@ from openai import APIStatusError, OpenAI
 from hack.localcluster import find_binary
 from tests.cluster.operator_harness import (
     OperatorProcess,
-    get_json,
+    get_json_or_none,
     install_crd,
     provide_volumes,
     remove_volumes,
@@ -209,7 +209,7 @@ def observed(
                 (namespace, f"{STACK}-weaviate", "metrics"): weaviate_metrics,
             }
             wait_for(
-                lambda: get_json(cluster, "servicemonitor", f"{STACK}-metrics", "-n", namespace),
+                lambda: get_json_or_none(cluster, "servicemonitor", f"{STACK}-metrics", "-n", namespace),
                 30,
                 "the stack's ServiceMonitor",
             )
@@ -429,7 +429,7 @@ def test_a_stack_made_not_ready_fires_the_alert_naming_it_which_resolves_when_it
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=stack_manifest(gpus=16))
 
     def unschedulable() -> bool:
-        ready = condition(get_json(cluster, "h2ogpt", STACK, "-n", namespace), "Ready")
+        ready = condition(get_json_or_none(cluster, "h2ogpt", STACK, "-n", namespace), "Ready")
         return bool(ready and ready["status"] == "False")
 
     wait_for(unschedulable, 45, "the stack not Ready")
