@@ -857,8 +857,13 @@ def api_service_account(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest:
     nothing set (the pod spec stays as it was before routing existed)."""
     if not routes_across_replicas(spec):
         return {}
+    account = naming.child_name(stack.name, naming.API)
     return {
-        "serviceAccountName": naming.child_name(stack.name, naming.API),
+        "serviceAccountName": account,
+        # The deprecated alias too: the apiserver copies it into serviceAccountName when that is absent,
+        # so if we did not own it, server-side apply could never take the ServiceAccount away again
+        # (seen on the control plane: the name stayed after the stack went back to one replica).
+        "serviceAccount": account,
         "automountServiceAccountToken": True,
     }
 

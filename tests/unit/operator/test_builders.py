@@ -418,7 +418,7 @@ def test_routed_api_pods_get_a_service_account_that_only_reads_endpointslices() 
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-api", "namespace": "team-a"}]
     for component in (naming.OPENAI, naming.GRADIO):
         pod = children[("Deployment", f"demo-{component}")]["spec"]["template"]["spec"]
-        assert pod["serviceAccountName"] == "demo-api"
+        assert pod["serviceAccountName"] == pod["serviceAccount"] == "demo-api"
         assert pod["automountServiceAccountToken"] is True
     # Only the api pods carry the identity: the inference and Weaviate pods stay as they were.
     for key in [("Deployment", "demo-inference"), ("StatefulSet", "demo-weaviate")]:
