@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.cluster.operator_harness import OperatorProcess, get_json, install_crd, items, wait_for
+from tests.cluster.operator_harness import OperatorProcess, get_json, install_crd, items, wait_for, wait_ready
 from tests.support.api_server import run_api_server
 from tests.support.cluster import Cluster
 from tests.support.tgi_fake import RunningFake, TgiFake
@@ -175,6 +175,28 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
     assert (
         settings(cluster, namespace)["H2OGPT_INFERENCE_ENDPOINTSLICES"]
         == f"{namespace}/{NAME}-inference:http"
+    )
+
+    # At rest the new children cost no write (they compare equal to what was applied), and a Role
+    # deleted by hand comes back (it is watched like every child).
+    wait_ready(cluster, namespace, NAME, timeout=90)
+
+    def writes() -> dict[str, float]:  # besides renewing the leader Lease
+        return {
+            key: value
+            for key, value in operator.metrics().items()
+            if key.startswith("h2ogpt_operator_api_writes_total") and 'kind="Lease"' not in key
+        }
+
+    before = writes()
+    reconciles = operator.metric_sum("h2ogpt_operator_reconciles_total")
+    wait_for(
+        lambda: operator.metric_sum("h2ogpt_operator_reconciles_total") >= reconciles + 3, 30, "three resyncs"
+    )
+    assert writes() == before
+    cluster.kubectl("delete", "role", ACCOUNT, "-n", namespace)
+    wait_for(
+        lambda: get_json(cluster, "role", ACCOUNT, "-n", namespace), 30, "the Role deleted by hand restored"
     )
 
     # 2. What the token may do, as the apiserver's authorizer answers.
