@@ -180,6 +180,11 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
     # At rest the new children cost no write (they compare equal to what was applied), and a Role
     # deleted by hand comes back (it is watched like every child).
     wait_ready(cluster, namespace, NAME, timeout=90)
+    wait_for(
+        lambda: all(p["status"].get("phase") == "Running" for p in items(cluster, "pods", namespace)),
+        30,
+        "all pods Running (until then the status still changes)",
+    )
 
     def writes() -> dict[str, float]:  # besides renewing the leader Lease
         return {
@@ -193,7 +198,10 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
     wait_for(
         lambda: operator.metric_sum("h2ogpt_operator_reconciles_total") >= reconciles + 3, 30, "three resyncs"
     )
-    assert writes() == before
+    after = writes()
+    assert after == before, {
+        key: (before.get(key), value) for key, value in after.items() if before.get(key) != value
+    }
     cluster.kubectl("delete", "role", ACCOUNT, "-n", namespace)
     wait_for(
         lambda: get_json(cluster, "role", ACCOUNT, "-n", namespace), 30, "the Role deleted by hand restored"
