@@ -177,7 +177,7 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
         == f"{namespace}/{NAME}-inference:http"
     )
 
-    # At rest the new children cost no write (they compare equal to what was applied), and a Role
+    # At rest the children cost no write (the new kinds compare equal to what was applied), and a Role
     # deleted by hand comes back (it is watched like every child).
     wait_ready(cluster, namespace, NAME, timeout=90)
     wait_for(
@@ -186,11 +186,14 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
         "all pods Running (until then the status still changes)",
     )
 
-    def writes() -> dict[str, float]:  # besides renewing the leader Lease
+    def writes() -> dict[str, float]:
+        """Writes of children: not the leader Lease's renewals, nor status and its Events (on a busy
+        machine a kwok pod's readiness can still change in the window, seen once in a long run)."""
         return {
             key: value
             for key, value in operator.metrics().items()
-            if key.startswith("h2ogpt_operator_api_writes_total") and 'kind="Lease"' not in key
+            if key.startswith("h2ogpt_operator_api_writes_total")
+            and not any(f'kind="{kind}"' in key for kind in ("Lease", "H2oGPTDeployment", "Event"))
         }
 
     before = writes()
