@@ -85,6 +85,8 @@ _TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
 # 4096-token context measured ~390 MB resident after a generation; one core runs its one thread.
 LLAMACPP_DEFAULT_REQUESTS: dict[str, int | str] = {"cpu": "1", "memory": "512Mi"}
 
+INFERENCE_PORT_NAME = "http"  # the inference Service's one port; the api pods route to its endpoints
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -310,7 +312,33 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_OPENAI_PORT": str(naming.OPENAI_PORT),
         "H2OGPT_GRADIO_PORT": str(naming.GRADIO_PORT),
         **hold_settings(spec),
+        **routing_settings(stack, spec),
     }
+
+
+def routes_across_replicas(spec: H2oGPTDeploymentSpec) -> bool:
+    """Whether the api pods route across inference replicas themselves (from the Service's EndpointSlices).
+
+    Decided on how many replicas the stack CAN have (`replicas`, or autoscaling's `maxReplicas`), not on
+    how many it has now: an autoscaled stack keeps one setting while it scales, so its api pods do not
+    roll (and its ServiceAccount and Role do not come and go) with every decision.
+    """
+    if not _runs_inference(spec):
+        return False
+    scaling = spec.inference.autoscaling
+    most = scaling.max_replicas if scaling is not None else spec.inference.replicas
+    return most > 1
+
+
+def routing_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
+    """`--inference_endpointslices <ns>/<cr>-inference:http` when the stack can have several replicas.
+
+    With one replica the Service's own address is the replica: no watch, and no token in the api pods.
+    """
+    if not routes_across_replicas(spec):
+        return {}
+    service = naming.child_name(stack.name, naming.INFERENCE)
+    return {"H2OGPT_INFERENCE_ENDPOINTSLICES": f"{stack.namespace}/{service}:{INFERENCE_PORT_NAME}"}
 
 
 def hold_settings(spec: H2oGPTDeploymentSpec) -> dict[str, str]:
@@ -631,7 +659,7 @@ def build_inference_service(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifes
         "spec": {
             "type": "ClusterIP",
             "selector": naming.selector_labels(stack.name, naming.INFERENCE),
-            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": INFERENCE_PORT_NAME, "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
@@ -864,6 +892,7 @@ def build_api_deployment(
                     "annotations": {naming.CHECKSUM_ANNOTATION: checksum},
                 },
                 "spec": {
+                    **api_service_account(stack, spec),
                     "securityContext": _RESTRICTED_POD,
                     "containers": [container],
                     "volumes": [{"name": "save", "emptyDir": {}}, _TMP_VOLUME],
@@ -871,6 +900,54 @@ def build_api_deployment(
             },
         },
     }
+
+
+def api_service_account(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest:
+    """The api pods' identity: `<cr>-api`, its token mounted, when they watch EndpointSlices; else
+    nothing set (the pod spec stays as it was before routing existed)."""
+    if not routes_across_replicas(spec):
+        return {}
+    account = naming.child_name(stack.name, naming.API)
+    return {
+        "serviceAccountName": account,
+        # The deprecated alias too: the apiserver copies it into serviceAccountName when that is absent,
+        # so if we did not own it, server-side apply could never take the ServiceAccount away again
+        # (seen on the control plane: the name stayed after the stack went back to one replica).
+        "serviceAccount": account,
+        "automountServiceAccountToken": True,
+    }
+
+
+# Read-only, one resource: the API's EndpointSliceWatcher lists, then watches; `get` completes the read
+# verbs (a client library may fetch one slice) and grants nothing a list does not already show.
+ENDPOINTSLICE_READER_RULES: list[Manifest] = [
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+]
+
+
+def build_api_rbac(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
+    """ServiceAccount, Role and RoleBinding `<cr>-api` for the api pods' EndpointSlice watch; none with
+    one inference replica. The Role is namespaced: the token reads this namespace's slices, nothing else
+    (other stacks' slices in the namespace included: they hold pod addresses, no secret)."""
+    if not routes_across_replicas(spec):
+        return []
+    name = naming.child_name(stack.name, naming.API)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(stack, naming.API)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(stack, naming.API),
+            "rules": ENDPOINTSLICE_READER_RULES,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(stack, naming.API),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": stack.namespace}],
+        },
+    ]
 
 
 def build_api_service(stack: Stack, spec: H2oGPTDeploymentSpec, component: str) -> Manifest | None:
@@ -1041,6 +1118,8 @@ def build_children(
         build_inference_deployment(stack, spec, config, secret_digests, decided_replicas),
         *build_weaviate_services(stack, spec),
         build_weaviate_statefulset(stack, spec, config, secret_digests),
+        # Before the api Deployments: their pods name the ServiceAccount.
+        *build_api_rbac(stack, spec),
         build_api_service(stack, spec, naming.OPENAI),
         build_api_deployment(stack, spec, naming.OPENAI, config, secret_digests),
         build_api_service(stack, spec, naming.GRADIO),

@@ -1,7 +1,8 @@
 """kopf handlers: thin. Every watch event only enqueues the stack it concerns.
 
 The CR and every labelled child (Deployments, StatefulSets, Services, ConfigMaps, Secrets, PVCs,
-ServiceMonitors, NetworkPolicies, pods) are watched; a child event enqueues its owner by the
+ServiceMonitors, NetworkPolicies, the api pods' ServiceAccounts, Roles and RoleBindings, pods) are
+watched; a child event enqueues its owner by the
 `app.kubernetes.io/instance` label, so a child deleted or edited by hand is restored within
 seconds. A Secret a stack's pods read (the user's own, referenced by the CR) enqueues that stack
 when it appears, changes or goes. The same watches feed the indexes the reconciler reads

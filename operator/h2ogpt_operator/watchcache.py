@@ -45,6 +45,10 @@ CHILD_RESOURCES: list[tuple[str, str, str, str]] = [
     ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
+    # The api pods' identity when they route across inference replicas (builders.build_api_rbac).
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
 ]
 POD_RESOURCE = ("", "v1", "pods")
 SECRET_RESOURCE = ("", "v1", "secrets")

@@ -173,6 +173,11 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
         ("create", "events", "-n", other),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ("update", "leases.coordination.k8s.io", "-n", namespace),
+        # The api pods' identity for stacks with several inference replicas, and the one rule it grants.
+        ("create", "serviceaccounts", "-n", other),
+        ("create", "roles.rbac.authorization.k8s.io", "-n", other),
+        ("delete", "rolebindings.rbac.authorization.k8s.io", "-n", other),
+        ("watch", "endpointslices.discovery.k8s.io", "-n", other),
     ]
     # ...and nothing more.
     denied = [
@@ -185,8 +190,14 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
         ("delete", "pods", "-n", other),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("update", "leases.coordination.k8s.io", "-n", other),
-        ("create", "serviceaccounts", "-n", other),
-        ("create", "rolebindings.rbac.authorization.k8s.io", "-n", other),
+        # It writes Roles and binds them only with rules it holds itself: no escalate, no bind, no
+        # token for a ServiceAccount, no ClusterRoleBinding, no write to EndpointSlices.
+        ("escalate", "roles.rbac.authorization.k8s.io", "-n", other),
+        ("bind", "roles.rbac.authorization.k8s.io", "-n", other),
+        ("bind", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("create", "serviceaccounts", "--subresource=token", "-n", other),
+        ("create", "endpointslices.discovery.k8s.io", "-n", other),
         # Never used (the audit log says so: tests/cluster/test_rbac_least_privilege.py).
         ("update", "h2ogptdeployments.h2ogpt.dev", "-n", other),
         ("patch", "h2ogptdeployments.h2ogpt.dev", "-n", other),

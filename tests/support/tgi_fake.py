@@ -925,14 +925,15 @@ def free_port() -> int:
 
 
 class RunningFake:
-    """The fake served by uvicorn on a loopback port, in a background thread."""
+    """The fake served by uvicorn on a loopback port (or another address of this machine: `host`), in a
+    background thread."""
 
-    def __init__(self, fake: TgiFake, port: int | None = None) -> None:
+    def __init__(self, fake: TgiFake, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.fake = fake
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(
-            fake, host="127.0.0.1", port=self.port, log_level="critical", access_log=False, lifespan="off"
+            fake, host=host, port=self.port, log_level="critical", access_log=False, lifespan="off"
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="tgi-fake", daemon=True)

@@ -78,6 +78,11 @@ OPERATOR_NAMESPACED_RULES = (
     | expand(("apps",), ("deployments", "statefulsets"), f"{CHILD} delete")
     | expand(("networking.k8s.io",), ("networkpolicies",), f"{CHILD} delete")
     | expand(("monitoring.coreos.com",), ("servicemonitors",), "list watch create patch delete")
+    # The api pods' identity (stacks with several inference replicas) ...
+    | expand(("",), ("serviceaccounts",), f"{CHILD} delete")
+    | expand(("rbac.authorization.k8s.io",), ("roles", "rolebindings"), f"{CHILD} delete")
+    # ... and what its Role grants, held so that the operator may grant it (no escalate, no bind).
+    | expand(("discovery.k8s.io",), ("endpointslices",), "get list watch")
 )
 # Reading every CRD (is ServiceMonitor served?), patching only its own (the CRD applied at start).
 CRD_READ_RULES = expand(("apiextensions.k8s.io",), ("customresourcedefinitions",), "get list watch") | expand(

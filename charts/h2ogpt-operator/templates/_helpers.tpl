@@ -138,6 +138,20 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# A stack with several inference replicas gives its api pods a ServiceAccount, a Role and a
+# RoleBinding `<cr>-api` (their EndpointSlice watch); watched and pruned like every child.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Held only to be granted: Kubernetes lets a Role (and its binding) be written only by someone who
+# holds its rules. Holding these three read verbs is the least privilege that allows it; `escalate`
+# or `bind` instead would let a stolen operator token write or bind Roles with any rule.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 
 {{/* The cluster-scoped rule: the operator reads the CRDs to learn whether ServiceMonitor exists. */}}

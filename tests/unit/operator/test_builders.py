@@ -272,8 +272,11 @@ def test_a_change_rolls_only_the_pods_that_consume_it() -> None:
         "demo-openai",
         "demo-gradio",
     }
+    # From one inference replica to several, the api pods start routing across them (a new setting);
+    # between several counts nothing rolls.
     replicas = _checksums(spec_of(inference={"replicas": 3}))
-    assert replicas == base
+    assert {name for name in base if base[name] != replicas[name]} == {"demo-openai", "demo-gradio"}
+    assert _checksums(spec_of(inference={"replicas": 2})) == replicas
 
 
 # A stack that references every kind of Secret the CR can name: its own keys, users, Weaviate key,
@@ -452,11 +455,116 @@ def test_suspend_wins_over_the_autoscaler() -> None:
 
 
 def test_autoscaled_stacks_hold_requests_in_the_api_pods() -> None:
-    spec = spec_of(inference={"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "holdSeconds": 120,
-                                              "maxHeld": 64}})
+    spec = spec_of(
+        inference={"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "holdSeconds": 120, "maxHeld": 64}}
+    )
     data = builders.build_settings(STACK, spec)
     assert data["H2OGPT_HOLD_SECONDS"] == "120"
     assert data["H2OGPT_MAX_HELD"] == "64"
     settings = parse_settings([], data)  # what the api pod reads from the ConfigMap
     assert (settings.hold_seconds, settings.max_held) == (120.0, 64)
     assert "H2OGPT_HOLD_SECONDS" not in builders.build_settings(STACK, spec_of())
+
+
+# -- routing across inference replicas (issue 14) --------------------------------------------------
+
+ROUTED_KINDS = {"ServiceAccount", "Role", "RoleBinding"}
+
+
+@pytest.mark.parametrize(
+    ("inference", "routed"),
+    [
+        ({}, False),  # one replica: the Service's address is the replica
+        ({"replicas": 3}, True),
+        ({"replicas": 0}, False),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, True),  # by what it CAN have
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, False),
+        ({"engine": "llamacpp", "replicas": 2}, True),
+        ({"engine": "external", "replicas": 3, "external": {"url": "http://up:8000/v1"}}, False),
+    ],
+)
+def test_api_pods_route_across_replicas_only_when_the_stack_can_have_several(
+    inference: dict[str, Any], routed: bool
+) -> None:
+    spec = spec_of(inference=inference)
+    children = builders.build_children(STACK, spec, CONFIG, {})
+    assert bool({c["kind"] for c in children} & ROUTED_KINDS) is routed
+    settings = builders.build_settings(STACK, spec)
+    assert ("H2OGPT_INFERENCE_ENDPOINTSLICES" in settings) is routed
+    for component in (naming.OPENAI, naming.GRADIO):
+        pod = _by_name(children)[("Deployment", f"demo-{component}")]["spec"]["template"]["spec"]
+        assert ("serviceAccountName" in pod) is routed
+        assert ("automountServiceAccountToken" in pod) is routed
+
+
+def test_routed_api_pods_get_a_service_account_that_only_reads_endpointslices() -> None:
+    spec = spec_of(inference={"replicas": 3})
+    children = _by_name(builders.build_children(STACK, spec, CONFIG, {}))
+    account = children[("ServiceAccount", "demo-api")]
+    role = children[("Role", "demo-api")]
+    binding = children[("RoleBinding", "demo-api")]
+    for child in (account, role, binding):
+        assert child["metadata"]["namespace"] == "team-a"
+        assert child["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-api"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-api", "namespace": "team-a"}]
+    for component in (naming.OPENAI, naming.GRADIO):
+        pod = children[("Deployment", f"demo-{component}")]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == pod["serviceAccount"] == "demo-api"
+        assert pod["automountServiceAccountToken"] is True
+    # Only the api pods carry the identity: the inference and Weaviate pods stay as they were.
+    for key in [("Deployment", "demo-inference"), ("StatefulSet", "demo-weaviate")]:
+        pod = children[key]["spec"]["template"]["spec"]
+        assert "serviceAccountName" not in pod
+        assert "automountServiceAccountToken" not in pod
+    # Applied before the Deployments whose pods name the ServiceAccount.
+    order = [(c["kind"], c["metadata"]["name"]) for c in builders.build_children(STACK, spec, CONFIG, {})]
+    assert order.index(("ServiceAccount", "demo-api")) < order.index(("Deployment", "demo-openai"))
+
+
+def test_routed_api_pods_read_the_inference_services_slices_as_the_api_parses_them() -> None:
+    from h2ogpt_api.endpointslices import parse_target  # noqa: PLC0415
+
+    spec = spec_of(inference={"replicas": 3})
+    data = builders.build_settings(STACK, spec)
+    assert data["H2OGPT_INFERENCE_ENDPOINTSLICES"] == "team-a/demo-inference:http"
+    settings = parse_settings([], data)  # what the api pod reads from the ConfigMap
+    namespace, service, port_name = parse_target(settings.inference_endpointslices)
+    inference_service = builders.build_inference_service(STACK, spec)
+    assert inference_service is not None
+    assert (namespace, service) == (STACK.namespace, inference_service["metadata"]["name"])
+    assert port_name in {port["name"] for port in inference_service["spec"]["ports"]}
+
+
+def test_autoscaling_decisions_do_not_roll_the_api_pods() -> None:
+    spec = spec_of(inference={"autoscaling": {"minReplicas": 0, "maxReplicas": 4}})
+    checksums = {decided: builders.build_children(STACK, spec, CONFIG, {}, decided) for decided in (0, 1, 4)}
+    api = {
+        decided: _by_name(children)[("Deployment", "demo-openai")]["spec"]["template"]
+        for decided, children in checksums.items()
+    }
+    assert api[0] == api[1] == api[4]
+
+
+def test_every_child_kind_is_watched_and_writable() -> None:
+    """A kind built but not watched would never be compared or pruned (watchcache.py), and one without
+    a REST path could not be applied (kube.py)."""
+    from h2ogpt_operator.kube import PLURALS  # noqa: PLC0415
+    from h2ogpt_operator.watchcache import CHILD_RESOURCES  # noqa: PLC0415
+
+    spec = spec_of(inference={"replicas": 3}, monitoring={"serviceMonitor": {"enabled": True}})
+    children = builders.build_children(STACK, spec, CONFIG, {})
+    watched = {
+        (f"{group}/{version}" if group else version, kind) for group, version, _, kind in CHILD_RESOURCES
+    }
+    built = {(child["apiVersion"], child["kind"]) for child in children}
+    assert built <= watched, built - watched
+    assert built <= set(PLURALS), built - set(PLURALS)
+    assert {"ServiceAccount", "Role", "RoleBinding"} <= {kind for _, kind in built}

@@ -1,0 +1,291 @@
+"""The operator gives the api pods of a stack with several inference replicas what their EndpointSlice
+watch needs (builders.build_api_rbac, routing_settings), on the real control plane, and takes it away
+when the stack goes back to one replica.
+
+The token is checked twice: by the apiserver's own authorizer (`kubectl auth can-i` as the
+ServiceAccount), and by a real `h2ogpt-api` run here with a kubeconfig holding only that
+ServiceAccount's token, routing across TGI fakes on loopback that hand-made EndpointSlices stand for.
+Those slices belong to a Service of their own: the stack's kwok inference pods have addresses that
+nothing answers on, and the Role reads every slice of the namespace alike. The apiserver refuses
+loopback addresses in an EndpointSlice ("may not be in the loopback range"), so the fakes listen on
+one of this machine's other addresses (traffic stays on the machine).
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import ipaddress
+import json
+import socket
+import struct
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from tests.cluster.operator_harness import (
+    OperatorProcess,
+    get_json_or_none,
+    install_crd,
+    items,
+    wait_for,
+    wait_ready,
+)
+from tests.support.api_server import run_api_server
+from tests.support.cluster import Cluster
+from tests.support.tgi_fake import RunningFake, TgiFake
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+NAME = "routed"
+INSTANCE = "app.kubernetes.io/instance"
+ACCOUNT = f"{NAME}-api"
+IDENTITY_KINDS = "serviceaccounts,roles,rolebindings"
+HAND_SERVICE = "hand-inference"
+
+
+@pytest.fixture
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install_crd(cluster)
+    process = OperatorProcess(
+        cluster, tmp_path_factory.mktemp("routing"), f"h2ogpt-routing-{uuid.uuid4().hex[:6]}"
+    )
+    process.start()
+    wait_for(process.is_leader, 30, "the operator to take the Lease")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def stack(replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"name": "org/model"},
+            "inference": {"engine": "llamacpp", "replicas": replicas},
+            "retrieval": {"enabled": False},
+        },
+    }
+
+
+def identity(cluster: Cluster, namespace: str) -> list[str]:
+    found = items(cluster, IDENTITY_KINDS, namespace, f"{INSTANCE}={NAME}")
+    return sorted(f"{i['kind']}/{i['metadata']['name']}" for i in found)
+
+
+def api_pod_specs(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    specs = {}
+    for component in ("openai", "gradio"):
+        deployment = get_json_or_none(cluster, "deployment", f"{NAME}-{component}", "-n", namespace) or {}
+        specs[component] = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    return specs
+
+
+def settings(cluster: Cluster, namespace: str) -> dict[str, str]:
+    return dict((get_json_or_none(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}).get("data") or {})
+
+
+def can_i(cluster: Cluster, verb: str, resource: str, namespace: str, as_namespace: str) -> str:
+    account = f"system:serviceaccount:{as_namespace}:{ACCOUNT}"
+    result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={account}", "-n", namespace, check=False)
+    return result.stdout.strip()
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, directory: Path) -> Path:
+    """The cluster's kubeconfig with the admin credentials replaced by the ServiceAccount's token."""
+    token = cluster.kubectl("create", "token", ACCOUNT, "-n", namespace, "--duration=1h").stdout.strip()
+    config = json.loads(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": ACCOUNT, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = ACCOUNT
+        context["context"]["namespace"] = namespace
+    path = directory / "api.kubeconfig"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+def local_address() -> str:
+    """An IPv4 address of one of this machine's interfaces that an EndpointSlice may hold (not loopback,
+    not link-local), read from the kernel (SIOCGIFCONF): no route and no packet needed."""
+    siocgifconf, record, records = 0x8912, 40, 64  # struct ifreq is 40 bytes on 64-bit Linux
+    buffer = array.array("B", b"\0" * record * records)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("iL", len(buffer), buffer.buffer_info()[0])
+        length = struct.unpack("iL", fcntl.ioctl(sock.fileno(), siocgifconf, request))[0]
+    data = buffer.tobytes()[:length]
+    for offset in range(0, length, record):
+        address = ipaddress.IPv4Address(data[offset + 20 : offset + 24])
+        if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+            return str(address)
+    pytest.fail("this machine has no IPv4 address but loopback: an EndpointSlice cannot point at it")
+
+
+def apply_slice(cluster: Cluster, namespace: str, name: str, address: str, port: int) -> None:
+    """A slice of HAND_SERVICE with one Ready endpoint (a TGI fake's address and port)."""
+    manifest = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": HAND_SERVICE},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslices(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    # 1. Three inference replicas: ServiceAccount, Role and RoleBinding, the setting, the pods' identity.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack(3)))
+    expected = [f"Role/{ACCOUNT}", f"RoleBinding/{ACCOUNT}", f"ServiceAccount/{ACCOUNT}"]
+    wait_for(
+        lambda: identity(cluster, namespace) == expected,
+        60,
+        "the api pods' ServiceAccount, Role, RoleBinding",
+    )
+    role = get_json_or_none(cluster, "role", ACCOUNT, "-n", namespace) or {}
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = get_json_or_none(cluster, "rolebinding", ACCOUNT, "-n", namespace) or {}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": namespace}]
+    for item in items(cluster, IDENTITY_KINDS, namespace, f"{INSTANCE}={NAME}"):
+        owners = item["metadata"].get("ownerReferences") or []
+        assert [o["kind"] for o in owners] == ["H2oGPTDeployment"], item["metadata"]
+
+    def api_pods_named_it() -> bool:
+        return all(s.get("serviceAccountName") == ACCOUNT for s in api_pod_specs(cluster, namespace).values())
+
+    wait_for(api_pods_named_it, 60, "the api Deployments to name the ServiceAccount")
+    for pod_spec in api_pod_specs(cluster, namespace).values():
+        assert pod_spec["automountServiceAccountToken"] is True
+    inference = get_json_or_none(cluster, "deployment", f"{NAME}-inference", "-n", namespace) or {}
+    assert "serviceAccountName" not in inference["spec"]["template"]["spec"]
+    assert (
+        settings(cluster, namespace)["H2OGPT_INFERENCE_ENDPOINTSLICES"]
+        == f"{namespace}/{NAME}-inference:http"
+    )
+
+    # At rest the children cost no write (the new kinds compare equal to what was applied), and a Role
+    # deleted by hand comes back (it is watched like every child).
+    wait_ready(cluster, namespace, NAME, timeout=90)
+    wait_for(
+        lambda: all(p["status"].get("phase") == "Running" for p in items(cluster, "pods", namespace)),
+        30,
+        "all pods Running (until then the status still changes)",
+    )
+
+    def writes() -> dict[str, float]:
+        """Writes of children: not the leader Lease's renewals, nor status and its Events (on a busy
+        machine a kwok pod's readiness can still change in the window, seen once in a long run)."""
+        return {
+            key: value
+            for key, value in operator.metrics().items()
+            if key.startswith("h2ogpt_operator_api_writes_total")
+            and not any(f'kind="{kind}"' in key for kind in ("Lease", "H2oGPTDeployment", "Event"))
+        }
+
+    before = writes()
+    reconciles = operator.metric_sum("h2ogpt_operator_reconciles_total")
+    wait_for(
+        lambda: operator.metric_sum("h2ogpt_operator_reconciles_total") >= reconciles + 3, 30, "three resyncs"
+    )
+    after = writes()
+    assert after == before, {
+        key: (before.get(key), value) for key, value in after.items() if before.get(key) != value
+    }
+    cluster.kubectl("delete", "role", ACCOUNT, "-n", namespace)
+    wait_for(
+        lambda: get_json_or_none(cluster, "role", ACCOUNT, "-n", namespace), 30, "the Role deleted by hand restored"
+    )
+
+    # 2. What the token may do, as the apiserver's authorizer answers.
+    assert [can_i(cluster, verb, "endpointslices.discovery.k8s.io", namespace, namespace)
+            for verb in ("get", "list", "watch")] == ["yes"] * 3  # fmt: skip
+    refused = [
+        ("create", "endpointslices.discovery.k8s.io", namespace),
+        ("delete", "endpointslices.discovery.k8s.io", namespace),
+        ("get", "secrets", namespace),
+        ("list", "secrets", namespace),
+        ("list", "pods", namespace),
+        ("list", "configmaps", namespace),
+        ("list", "endpointslices.discovery.k8s.io", "default"),
+        ("list", "endpointslices.discovery.k8s.io", "kube-system"),
+    ]
+    assert [can_i(cluster, verb, resource, where, namespace) for verb, resource, where in refused] == [
+        "no"
+    ] * len(refused)
+
+    # 3. A real h2ogpt-api with only that token follows slices and routes across both replicas.
+    address = local_address()
+    fakes = [RunningFake(TgiFake(), host=address).start(), RunningFake(TgiFake(), host=address).start()]
+    try:
+        for index, fake in enumerate(fakes):
+            apply_slice(cluster, namespace, f"hand-{index}", address, fake.port)
+        kubeconfig = token_kubeconfig(cluster, namespace, tmp_path)
+        denied = cluster.kubectl(
+            "--kubeconfig", str(kubeconfig), "get", "secrets", "-n", namespace, check=False
+        )
+        assert denied.returncode != 0, denied.stdout
+        assert "forbidden" in denied.stderr.lower(), denied.stderr
+        args = [
+            "--inference_server", f"http://{HAND_SERVICE}.{namespace}.svc:80",
+            "--inference_endpointslices", f"{namespace}/{HAND_SERVICE}:http",
+            "--base_model", "org/model", "--langchain_modes", "['LLM']",
+        ]  # fmt: skip
+        with (
+            run_api_server(args, env={"KUBECONFIG": str(kubeconfig)}) as api,
+            OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0, timeout=30) as client,
+        ):
+            asked = iter(range(10_000))
+
+            def both_replicas_answered() -> bool:
+                index = next(asked)
+                answer = client.chat.completions.create(
+                    model="org/model",
+                    messages=[{"role": "user", "content": f"question {index}"}],
+                    max_tokens=4,
+                    extra_headers={"X-Session-ID": f"session-{index}"},
+                )
+                assert f"question {index}" in (answer.choices[0].message.content or "")
+                return all(fake.fake.stats.started > 0 for fake in fakes)
+
+            wait_for(both_replicas_answered, 60, "requests to reach both replicas the slices name")
+            log = api.log()
+        assert "403" not in log, log
+        assert "Forbidden" not in log, log
+    finally:
+        for fake in fakes:
+            fake.stop()
+
+    # 4. Back to one replica: the identity is pruned, the setting and the pods' identity go.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack(1)))
+    wait_for(
+        lambda: identity(cluster, namespace) == [],
+        60,
+        "the api pods' ServiceAccount, Role, RoleBinding pruned",
+    )
+    wait_for(lambda: "H2OGPT_INFERENCE_ENDPOINTSLICES" not in settings(cluster, namespace), 30,
+             "the setting removed from the ConfigMap")  # fmt: skip
+    for pod_spec in api_pod_specs(cluster, namespace).values():
+        assert "serviceAccountName" not in pod_spec
+        assert "serviceAccount" not in pod_spec  # the deprecated alias would bring the name back
+        assert "automountServiceAccountToken" not in pod_spec
