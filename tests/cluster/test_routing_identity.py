@@ -89,7 +89,9 @@ def api_pod_specs(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]
 
 
 def settings(cluster: Cluster, namespace: str) -> dict[str, str]:
-    return dict((get_json_or_none(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}).get("data") or {})
+    return dict(
+        (get_json_or_none(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}).get("data") or {}
+    )
 
 
 def can_i(cluster: Cluster, verb: str, resource: str, namespace: str, as_namespace: str) -> str:
@@ -214,7 +216,9 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
     }
     cluster.kubectl("delete", "role", ACCOUNT, "-n", namespace)
     wait_for(
-        lambda: get_json_or_none(cluster, "role", ACCOUNT, "-n", namespace), 30, "the Role deleted by hand restored"
+        lambda: get_json_or_none(cluster, "role", ACCOUNT, "-n", namespace),
+        30,
+        "the Role deleted by hand restored",
     )
 
     # 2. What the token may do, as the apiserver's authorizer answers.
