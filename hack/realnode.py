@@ -348,6 +348,9 @@ class RealNode:
         proxy_config.write_text(json.dumps(self._kube_proxy_config(kubeconfig_for("kube-proxy")), indent=2))
         start_process("kube-proxy", [bins["kube-proxy"], f"--config={proxy_config}", "--v=1"], path_env)
 
+        # kube-router finds its node by name at start and exits if the kubelet has not registered it yet.
+        self._wait(lambda: kubectl("get", "node", NODE_NAME, check=False).returncode == 0, 90,
+                   f"the kubelet did not register node {NODE_NAME}")
         # NetworkPolicies are enforced on the node (kube-router's firewall alone: no BGP routing, no
         # Service proxy: kube-proxy routes Services and the bridge plugin connects the pods). It keeps
         # iptables chains and ipsets of the pods each policy selects; traffic from the node itself
