@@ -63,11 +63,16 @@ NO_ENGINE_HERE = {
     "GPU memory used": "no GPU and no DCGM exporter on this machine",
     "GPU power": "no GPU and no DCGM exporter on this machine",
 }
-# Panels this workload does not drive (scale from zero and the autoscaler: no autoscaled stack, its
-# kwok pods would answer no pod-proxy scrape, and no request waits for a replica): their queries must
-# parse; their metrics are asserted where they are exercised (tests/integration/test_scale_from_zero.py,
-# tests/cluster/test_autoscaling.py). Some of their series exist at zero, so no absence is asserted.
+# Panels this workload does not drive (routing needs several inference replicas; scale from zero and
+# the autoscaler an autoscaled stack, whose kwok pods would answer no pod-proxy scrape, and a request
+# waiting for a replica): their queries must parse; their metrics are asserted where they are
+# exercised (tests/integration/test_routing.py, test_scale_from_zero.py, tests/cluster/test_autoscaling.py).
+# Some of their series exist at zero, so no absence is asserted.
 NOT_DRIVEN_HERE = {
+    "Routing decisions per replica": "one inference replica in this run",
+    "In flight per replica": "one inference replica in this run",
+    "Prefix hit ratio": "one inference replica in this run",
+    "Replica failures": "one inference replica in this run",
     "Inference replicas (autoscaled)": "no autoscaled stack in this run",
     "Held requests and their wait": "no request is held for a replica in this run",
 }
@@ -173,12 +178,9 @@ def observed(
         cluster, tmp_path_factory.mktemp("obs-operator"), f"h2ogpt-operator-{tag}", "--namespace", namespace
     )
     fake = RunningFake(TgiFake()).start()
-    # A second replica: the API routes between the two (the routing panels' data).
-    second_replica = RunningFake(TgiFake()).start()
     weaviate_url, weaviate_metrics = weaviate_with_metrics
     api_args = [
-        "--inference_server", f"{fake.url},{second_replica.url}", "--base_model", MODEL,
-        "--weaviate_url", weaviate_url,
+        "--inference_server", fake.url, "--base_model", MODEL, "--weaviate_url", weaviate_url,
         "--gradio", "True", "--h2ogpt_api_keys", json.dumps({"ops": KEY}),
         "--enforce_h2ogpt_api_key", "True", "--requests_per_minute", "12",
     ]  # fmt: skip
@@ -231,7 +233,6 @@ def observed(
     finally:
         operator.stop()
         fake.stop()
-        second_replica.stop()
         subprocess.run(
             [find_binary("helm"), "uninstall", RELEASE, "-n", namespace],
             check=False,
