@@ -115,6 +115,12 @@ def applied_yet(spec: H2oGPTDeploymentSpec, previous: Mapping[str, Any], current
     return builders.inference_replicas(spec, decided) == current
 
 
+def asks_for_autoscaling(body: Mapping[str, Any] | None) -> bool:
+    """Whether a CR's spec names `inference.autoscaling` (read raw: no validation)."""
+    inference = ((body or {}).get("spec") or {}).get("inference") or {}
+    return bool(inference.get("autoscaling"))
+
+
 class Autoscaler:
     def __init__(
         self,
@@ -169,6 +175,10 @@ class Autoscaler:
             if not leading.is_set():
                 continue
             for key in self.cache.stack_keys():
+                # Most stacks are not autoscaled: skip those it has nothing to decide or clear for,
+                # before building their view and validating their spec, each interval.
+                if key not in self.memory and not asks_for_autoscaling(self.cache.watched_body(*key)):
+                    continue
                 view = self.cache.view(*key)  # copied on the event loop, where kopf writes the indexes
                 try:
                     if await asyncio.to_thread(self.step, view, *key):

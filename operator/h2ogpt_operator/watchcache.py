@@ -191,6 +191,11 @@ class WatchCache:
         """Every stack the watch has seen (and not seen deleted)."""
         return list(self.indexers.indices[STACKS_INDEX].keys())
 
+    def watched_body(self, namespace: str, name: str) -> Manifest | None:
+        """The stack's CR as its watch last delivered it (without this process's pending writes)."""
+        found = self._store(STACKS_INDEX, (namespace, name))
+        return found[0] if found else None
+
     def view(self, namespace: str, name: str) -> StackView:
         stack = (namespace, name)
         found = self._store(STACKS_INDEX, stack)

@@ -62,7 +62,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -352,7 +352,6 @@ class TgiFake:
         max_concurrent_requests: int = TGI_DEFAULT_MAX_CONCURRENT_REQUESTS,
     ) -> None:
         self.prefix_cache = prefix_cache
-        self.in_flight = 0
         self.token_delay = token_delay
         self.failure: Failure = failure
         self.repeat = repeat
@@ -363,29 +362,26 @@ class TgiFake:
         self.max_concurrent_requests = max_concurrent_requests
         self.stats = FakeStats()
         self.registry = CollectorRegistry()
-        self._batch = Gauge("tgi_batch_current_size", "Generations in progress", registry=self.registry)
+        # Read from the admission count at each scrape: one count of what runs, not two kept in step.
+        Gauge("tgi_batch_current_size", "Generations in progress", registry=self.registry).set_function(
+            lambda: self.stats.running
+        )
         Gauge("tgi_queue_size", "Requests queued (the fake queues none)", registry=self.registry).set(0)
         self._time_per_token = Histogram(
             "tgi_request_mean_time_per_token_duration", "Duration over tokens of each finished generation",
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0), registry=self.registry,
         )  # fmt: skip
 
-    @contextlib.contextmanager
-    def _generation_metrics(self) -> Iterator[Callable[[int], None]]:
-        """Counts one generation in the metrics while it runs; call the result with its token count
-        once it finished."""
+    def _generation_started(self) -> Callable[[int], None]:
+        """Counts one generation started; call the result with its token count once it finished."""
         self.stats.started += 1
-        self._batch.inc()
         started = time.monotonic()
 
         def finished(tokens: int) -> None:
             self.stats.completed += 1
             self._time_per_token.observe((time.monotonic() - started) / max(tokens, 1))
 
-        try:
-            yield finished
-        finally:
-            self._batch.dec()
+        return finished
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -529,7 +525,6 @@ class TgiFake:
                     "peak_running": self.stats.peak_running,
                     "overloaded": self.stats.overloaded,
                     "requests": self.stats.requests,
-                    "in_flight": self.in_flight,
                     "prefix_cache": None
                     if self.prefix_cache is None
                     else {
@@ -782,14 +777,6 @@ class TgiFake:
 
     # -- the generation loops ----------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _counted_in_flight(self) -> AsyncIterator[None]:
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
     async def _fail_before_answer(self, plan: FakePlan, send: Send, disconnected: asyncio.Event) -> bool:
         """Carry out a 500 or a hang; True when the request is finished with."""
         if plan.failure == "500":
@@ -804,13 +791,8 @@ class TgiFake:
     async def _run_whole(
         self, plan: FakePlan, receive: Receive, send: Send
     ) -> tuple[str, str, int, FakePlan] | None:
-        with self._generation_metrics() as finished:
-            return await self._run_whole_counted(plan, receive, send, finished)
-
-    async def _run_whole_counted(
-        self, plan: FakePlan, receive: Receive, send: Send, finished: Callable[[int], None]
-    ) -> tuple[str, str, int, FakePlan] | None:
-        async with _watch_disconnect(receive) as disconnected, self._counted_in_flight():
+        finished = self._generation_started()
+        async with _watch_disconnect(receive) as disconnected:
             if await self._fail_before_answer(plan, send, disconnected):
                 return None
             if self.prefix_cache is not None:
@@ -836,20 +818,8 @@ class TgiFake:
         event: Callable[[int, str, str | None, str], bytes],
         done: bytes | None,
     ) -> None:
-        with self._generation_metrics() as finished:
-            await self._stream_counted(plan, receive, send, event, done, finished=finished)
-
-    async def _stream_counted(
-        self,
-        plan: FakePlan,
-        receive: Receive,
-        send: Send,
-        event: Callable[[int, str, str | None, str], bytes],
-        done: bytes | None,
-        *,
-        finished: Callable[[int], None],
-    ) -> None:
-        async with _watch_disconnect(receive) as disconnected, self._counted_in_flight():
+        finished = self._generation_started()
+        async with _watch_disconnect(receive) as disconnected:
             if await self._fail_before_answer(plan, send, disconnected):
                 return
             if self.prefix_cache is not None:

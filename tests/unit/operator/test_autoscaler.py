@@ -9,6 +9,7 @@ from h2ogpt_operator.autoscale import PodLoad
 from h2ogpt_operator.autoscaler import (
     api_pod_load,
     applied_yet,
+    asks_for_autoscaling,
     autoscaling_status,
     engine_queue,
     rfc3339,
@@ -109,3 +110,10 @@ def test_a_decision_not_yet_applied_is_waited_for() -> None:
     assert applied_yet(spec, {"desiredReplicas": 1}, 0) is False  # scale-up recorded, not applied yet
     assert applied_yet(spec, {"desiredReplicas": 1}, 1) is True
     assert applied_yet(spec, {"desiredReplicas": 9}, 3) is True  # max lowered since: the clamp is applied
+
+
+def test_only_stacks_that_name_autoscaling_are_looked_at() -> None:
+    assert asks_for_autoscaling({"spec": {"inference": {"autoscaling": {"maxReplicas": 2}}}})
+    assert not asks_for_autoscaling({"spec": {"inference": {"replicas": 3}}})
+    assert not asks_for_autoscaling({"spec": {}})
+    assert not asks_for_autoscaling(None)
