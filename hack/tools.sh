@@ -79,6 +79,17 @@ need_cmd() {
 
 # Each builder writes into a temporary folder and renames it into place only when
 # every binary in it ran, so an interrupted build never leaves a half-filled cache.
+
+# go_install DIR CHECK GO_INSTALL_ARGS...: `go install` from the module proxy into DIR's temporary
+# folder, run CHECK there (a command line naming its binaries as ./name), then rename it into place.
+go_install() {
+  local dir=$1 check=$2 tmp="$1.tmp.$$"
+  shift 2
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "$@"
+  (cd "$tmp" && eval "$check")
+  mv "$tmp" "$dir"
+}
 build_k8s() {
   local tmp="$k8s_dir.tmp.$$" pkg
   rm -rf "$tmp" && mkdir -p "$tmp"
@@ -102,20 +113,12 @@ build_etcd() {
 }
 
 build_kwok() {
-  local tmp="$kwok_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  "$tmp/kwok" --help >/dev/null
-  mv "$tmp" "$kwok_dir"
+  go_install "$kwok_dir" "./kwok --help >/dev/null" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 }
 
 build_weaviate() {
-  local tmp="$weaviate_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+  go_install "$weaviate_dir" "./weaviate-server --help >/dev/null" \
     "github.com/weaviate/weaviate/cmd/weaviate-server@$WEAVIATE_VERSION"
-  "$tmp/weaviate-server" --help >/dev/null
-  mv "$tmp" "$weaviate_dir"
 }
 
 build_containerd() {
@@ -163,53 +166,32 @@ build_coredns() {
 }
 
 build_local_path() {
-  local tmp="$local_path_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+  go_install "$local_path_dir" "./local-path-provisioner --help >/dev/null" \
     "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"
-  "$tmp/local-path-provisioner" --help >/dev/null
-  mv "$tmp" "$local_path_dir"
 }
 
 build_kube_router() {
-  local tmp="$kube_router_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+  go_install "$kube_router_dir" "./kube-router --version" \
     "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
-  "$tmp/kube-router" --version
-  mv "$tmp" "$kube_router_dir"
 }
 
 build_actionlint() {
-  local tmp="$actionlint_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
-    "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
-  "$tmp/actionlint" -version
-  mv "$tmp" "$actionlint_dir"
+  go_install "$actionlint_dir" "./actionlint -version" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
 }
 
 build_registry() {
-  local tmp="$registry_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" \
+  go_install "$registry_dir" "./registry --version" \
     "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
-  "$tmp/registry" --version
-  mv "$tmp" "$registry_dir"
 }
 
 # Both commands in one `go install` so they share one compile of the module's packages. Of the
 # 27 service discoveries only Kubernetes' is built (the tests find pods through the apiserver):
 # the cloud SDKs of the others would double the compile.
 build_prometheus() {
-  local tmp="$prometheus_dir.tmp.$$"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" GOFLAGS= go install -trimpath -ldflags "-s -w" -tags remove_all_sd,enable_kubernetes_sd \
+  go_install "$prometheus_dir" "./prometheus --version && ./promtool --version" \
+    -tags remove_all_sd,enable_kubernetes_sd \
     "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
     "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
-  "$tmp/prometheus" --version
-  "$tmp/promtool" --version
-  mv "$tmp" "$prometheus_dir"
 }
 
 # `go mod download` puts the module's source in the module cache; only the CRD files are copied out.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from h2ogpt_operator.watchcache import StackView, WatchCache
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster.operator_harness import OperatorProcess, install_crd, items, wait_for, wait_ready
+from tests.cluster.operator_harness import OperatorProcess, items, running_operator, wait_for, wait_ready
 from tests.support.api_server import ApiServer, run_api_server
 from tests.support.cluster import Cluster, get_json_or_none
 from tests.support.tgi_fake import RunningFake, TgiFake, free_port
@@ -38,17 +37,12 @@ INSTANCE = "app.kubernetes.io/instance"
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(cluster)
-    process = OperatorProcess(
-        cluster, tmp_path_factory.mktemp("autoscaling"), f"h2ogpt-autoscaling-{uuid.uuid4().hex[:6]}",
-        "--autoscale-interval-seconds", "86400",  # this test takes the autoscaler's turns itself
-    )  # fmt: skip
-    process.start()
-    wait_for(process.is_leader, 30, "the operator to take the Lease")
-    try:
+    log_dir = tmp_path_factory.mktemp("autoscaling")
+    # This test takes the autoscaler's turns itself.
+    with running_operator(
+        cluster, log_dir, "h2ogpt-autoscaling", 0, "--autoscale-interval-seconds", "86400"
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def view_of(cluster: Cluster, namespace: str) -> StackView:
@@ -113,8 +107,16 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
     assert replicas(cluster, namespace) == 1  # `replicas` (1) until the first decision
 
     port = free_port()  # the inference Service's stand-in: nothing listens until the "replica" starts
-    api_args = ["--inference_server", f"http://127.0.0.1:{port}", "--base_model", "org/model",
-                "--langchain_modes", "['LLM']", "--hold_seconds", "120"]
+    api_args = [
+        "--inference_server",
+        f"http://127.0.0.1:{port}",
+        "--base_model",
+        "org/model",
+        "--langchain_modes",
+        "['LLM']",
+        "--hold_seconds",
+        "120",
+    ]
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     kube = Kube(load_api_client())
     with run_api_server(api_args) as api:

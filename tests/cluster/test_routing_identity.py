@@ -19,7 +19,6 @@ import ipaddress
 import json
 import socket
 import struct
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from openai import OpenAI
 from tests.cluster.operator_harness import (
     OperatorProcess,
     get_json_or_none,
-    install_crd,
     items,
+    running_operator,
     wait_for,
     wait_ready,
 )
@@ -50,16 +49,8 @@ HAND_SERVICE = "hand-inference"
 
 @pytest.fixture
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(cluster)
-    process = OperatorProcess(
-        cluster, tmp_path_factory.mktemp("routing"), f"h2ogpt-routing-{uuid.uuid4().hex[:6]}"
-    )
-    process.start()
-    wait_for(process.is_leader, 30, "the operator to take the Lease")
-    try:
+    with running_operator(cluster, tmp_path_factory.mktemp("routing"), "h2ogpt-routing", 0) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def stack(replicas: int) -> dict[str, Any]:

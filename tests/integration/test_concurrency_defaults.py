@@ -14,9 +14,8 @@ import pytest
 from h2ogpt_api import concurrency
 from h2ogpt_api.backends.tgi import TgiBackend
 from h2ogpt_api.core import AdmissionGate
-from openai import AsyncOpenAI
 
-from tests.support.api_server import ApiServerFactory, llm_only_args
+from tests.support.api_server import ApiServerFactory, concurrent_streams, llm_only_args
 from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 MODEL = "fake/tgi-echo"
@@ -33,22 +32,6 @@ def slow_fake(request: pytest.FixtureRequest) -> Iterator[RunningFake]:
     running.stop()
 
 
-async def _streams(base_url: str, count: int) -> list[int]:
-    """`count` streamed chats at once; the number of content chunks each received."""
-    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120) as client:
-
-        async def one(index: int) -> int:
-            stream = await client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": f"stream {index} of many"}],
-                max_tokens=TOKENS,
-                stream=True,
-            )
-            return len([chunk async for chunk in stream if chunk.choices and chunk.choices[0].delta.content])
-
-        return await asyncio.gather(*(one(index) for index in range(count)))
-
-
 @pytest.mark.parametrize("slow_fake", [96], indirect=True)
 def test_by_default_as_many_run_at_once_as_tgi_info_says(
     api_server_factory: ApiServerFactory, slow_fake: RunningFake
@@ -58,7 +41,7 @@ def test_by_default_as_many_run_at_once_as_tgi_info_says(
     chosen = "max_concurrency 96 (what the tgi backend admits: /info max_concurrent_requests 96)"
     assert chosen in server.log()
 
-    chunks = asyncio.run(_streams(server.openai_url or "", 110))
+    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 110, TOKENS))
 
     assert chunks == [TOKENS] * 110  # every stream answered in full, none refused
     stats = slow_fake.fake.stats
@@ -73,7 +56,7 @@ def test_an_explicit_max_concurrency_wins(
     server = api_server_factory([*llm_only_args(slow_fake.url, MODEL), "--max_concurrency", "5"])
     assert "max_concurrency 5 (--max_concurrency 5)" in server.log()
 
-    chunks = asyncio.run(_streams(server.openai_url or "", 12))
+    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 12, TOKENS))
 
     assert chunks == [TOKENS] * 12
     assert slow_fake.fake.stats.peak_running == 5
@@ -87,7 +70,7 @@ def test_an_openai_compatible_backend_gets_no_limit_of_ours(
     server = api_server_factory(llm_only_args(f"openai:{slow_fake.url}/v1", MODEL))
     assert "max_concurrency no limit of our own (the openai backend reports no limit)" in server.log()
 
-    chunks = asyncio.run(_streams(server.openai_url or "", 80))
+    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 80, TOKENS))
 
     assert chunks == [TOKENS] * 80
     assert slow_fake.fake.stats.peak_running == 80  # above the old default of 64

@@ -15,10 +15,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.api_server import ApiServer, ApiServerFactory, api_executable, llm_only_args
+from tests.support.api_server import (
+    ApiServer,
+    ApiServerFactory,
+    api_executable,
+    concurrent_streams,
+    llm_only_args,
+)
 from tests.support.tgi_fake import RunningFake, TgiFake
 
 MODEL = "fake/tgi-echo"
@@ -38,21 +43,6 @@ def server(api_server_factory: ApiServerFactory, slow_fake: RunningFake) -> ApiS
     return api_server_factory([*llm_only_args(slow_fake.url, MODEL), "--workers", "2"])
 
 
-async def _streams(base_url: str, count: int) -> list[int]:
-    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120) as client:
-
-        async def one(index: int) -> int:
-            stream = await client.chat.completions.create(
-                model=MODEL,
-                messages=[{"role": "user", "content": f"worker test {index}"}],
-                max_tokens=TOKENS,
-                stream=True,
-            )
-            return len([chunk async for chunk in stream if chunk.choices and chunk.choices[0].delta.content])
-
-        return await asyncio.gather(*(one(index) for index in range(count)))
-
-
 def _sample(metrics_text: str, name: str, labels: dict[str, str]) -> float:
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
@@ -67,7 +57,7 @@ def test_two_workers_serve_each_its_share_and_metrics_sum_them(
     assert "h2ogpt-api ready (2 workers" in server.log()
     assert server.log().count("max_concurrency 5 (what the tgi backend admits") == 2
 
-    chunks = asyncio.run(_streams(server.openai_url or "", STREAMS))
+    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, STREAMS, TOKENS))
 
     assert chunks == [TOKENS] * STREAMS
     stats = slow_fake.fake.stats

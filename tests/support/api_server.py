@@ -6,6 +6,7 @@ ready, so there is no race for a free port. On failure the server's log is dumpe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openai import AsyncOpenAI
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _URL_LINE = re.compile(r"^(OpenAI API|Gradio UI): (http://\S+)$")
@@ -145,3 +147,19 @@ def api_server_factory() -> Iterator[ApiServerFactory]:
             return stack.enter_context(run_api_server(args, env, from_env=from_env))
 
         yield start
+
+
+async def concurrent_streams(base_url: str, model: str, count: int, max_tokens: int) -> list[int]:
+    """`count` streamed chats at once through the official client; the content chunks each received."""
+    async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120) as client:
+
+        async def one(index: int) -> int:
+            stream = await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": f"stream {index} of {count}"}],
+                max_tokens=max_tokens,
+                stream=True,
+            )
+            return len([chunk async for chunk in stream if chunk.choices and chunk.choices[0].delta.content])
+
+        return await asyncio.gather(*(one(index) for index in range(count)))
