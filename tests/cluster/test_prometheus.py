@@ -41,6 +41,7 @@ from tests.cluster.operator_harness import (
 from tests.support.api_server import ApiServer, run_api_server
 from tests.support.cluster import Cluster, condition
 from tests.support.documents import DocumentLoader
+from tests.support.e2e import helm
 from tests.support.prometheus import Prometheus, has_data, screenshot_graph_page, selector_text, selectors
 from tests.support.tgi_fake import RunningFake, TgiFake
 from tests.support.weaviate import weaviate_binary_or_fail
@@ -97,19 +98,6 @@ class Observed:
     fake: RunningFake
     weaviate_url: str
     weaviate_metrics: str
-
-
-def helm(cluster: Cluster, *args: str) -> str:
-    result = subprocess.run(
-        [find_binary("helm"), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=cluster.env,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -233,13 +221,7 @@ def observed(
     finally:
         operator.stop()
         fake.stop()
-        subprocess.run(
-            [find_binary("helm"), "uninstall", RELEASE, "-n", namespace],
-            check=False,
-            capture_output=True,
-            env=cluster.env,
-            timeout=120,
-        )
+        helm(cluster, "uninstall", RELEASE, "-n", namespace, timeout=120, check=False)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         remove_volumes(cluster, tag)
 
