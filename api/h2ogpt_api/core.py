@@ -250,21 +250,26 @@ class AdmissionGate:
 
 
 class _TokenTimes:
-    """When the streamed answer's tokens arrived: its mean time per output token, observed once."""
+    """When the streamed answer's tokens arrived: its mean time per output token, observed once.
+    A delta may carry several tokens that arrived together; the time from the first delta to the
+    last is spread over the tokens that came after the first delta."""
 
     def __init__(self) -> None:
         self.first = self.last = 0.0
-        self.count = 0
+        self.started = False
+        self.later_tokens = 0
 
-    def tick(self) -> None:
+    def tick(self, tokens: int = 1) -> None:
         self.last = time.perf_counter()
-        if not self.count:
+        if self.started:
+            self.later_tokens += tokens
+        else:
+            self.started = True
             self.first = self.last
-        self.count += 1
 
     def observe(self) -> None:
-        if self.count > 1:
-            metrics.TIME_PER_OUTPUT_TOKEN.observe((self.last - self.first) / (self.count - 1))
+        if self.later_tokens:
+            metrics.TIME_PER_OUTPUT_TOKEN.observe((self.last - self.first) / self.later_tokens)
 
 
 @dataclass
@@ -440,7 +445,7 @@ class Core:
                         elif isinstance(delta, Held):
                             pass  # passed on as it is: a keepalive, not output
                         else:
-                            token_times.tick()
+                            token_times.tick(delta.tokens)
                             pieces.append(delta.text)
                             logprobs.extend(delta.logprobs)
                         yield delta
@@ -472,7 +477,7 @@ class Core:
                 async with contextlib.aclosing(self._generate(final, params, usage)) as deltas:
                     async for delta in deltas:
                         if isinstance(delta, TextDelta):
-                            token_times.tick()
+                            token_times.tick(delta.tokens)
                             pieces.append(delta.text)
                             yield delta
             else:  # Extract

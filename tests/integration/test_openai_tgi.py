@@ -90,7 +90,24 @@ def test_readme_streaming_chat_example(server: ApiServer) -> None:
             text += delta
             chunks += 1
     assert text == "user: Who are you?"
-    assert chunks == 4  # one chunk per backend token, not one blob
+    # The fake sends its 4 tokens at once here (no delay): they may come as one chunk or several.
+    assert 1 <= chunks <= 4
+
+
+def test_tokens_are_streamed_as_they_come(client: OpenAI) -> None:
+    # 50 ms between the fake's tokens: each token is passed on when it arrives, not the answer at
+    # the end (tokens that arrive together go out together: see tests/unit/api/test_tgi_batches.py).
+    started = time.monotonic()
+    arrivals = []
+    stream = client.chat.completions.create(
+        model=MODEL, stream=True, messages=[{"role": "user", "content": "FAKE:DELAY=0.05 one two three"}]
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append((time.monotonic() - started, chunk.choices[0].delta.content))
+    assert "".join(text for _, text in arrivals) == "user: FAKE:DELAY=0.05 one two three"
+    assert len(arrivals) == 5  # one chunk per token (word)
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.15  # 4 gaps of 50 ms: spread over the answer
 
 
 def test_streaming_wire_format(server: ApiServer) -> None:

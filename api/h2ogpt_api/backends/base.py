@@ -121,8 +121,12 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class TokenDelta:
+    """Generated text: one token, or several that arrived together (`tokens` of them; a backend
+    that falls behind passes on what has piled up as one delta, see backends/tgi.py)."""
+
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    tokens: int = 1
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class ContextOverflowError(BackendError):
         self.limit = limit
         self.input_tokens = input_tokens
 
+
 # TGI's chat route takes OpenAI's tools, logprobs and penalties, and a grammar as its
 # `response_format`; /generate_stream takes a grammar, logprobs (`details`, `top_n_tokens`) and
 # frequency_penalty, and has no tools. presence_penalty there becomes h2oGPT's
@@ -192,6 +193,134 @@ def _sse_data(line: bytes) -> bytes | None:
     return line[5:].strip()
 
 
+# TGI's final `/generate_stream` event carries the whole generated_text on one line.
+MAX_EVENT_BYTES = 2 << 20
+
+
+async def _sse_batches(content: aiohttp.StreamReader) -> AsyncGenerator[list[bytes], None]:
+    """An SSE body's `data:` payloads in batches: every whole event already received when one is read.
+
+    At light load a batch is one token. When the proxy falls behind (many streams on few cores),
+    tokens wait in the socket's buffer; taking them together, as one delta and one write to the
+    client, keeps the cost per token from growing with the load, so the proxy catches up instead
+    of falling further behind (bench/openai_proxy.py at 64 and 256 streams).
+    """
+    partial = b""
+    while data := await content.readany():
+        lines = (partial + data if partial else data).split(b"\n")
+        partial = lines.pop()
+        if len(partial) > MAX_EVENT_BYTES:
+            raise BackendError("bad_response", f"TGI sent an event of over {MAX_EVENT_BYTES} bytes")
+        batch = [payload for line in lines if (payload := _sse_data(line))]
+        if batch:
+            yield batch
+    if payload := _sse_data(partial):
+        yield [payload]
+
+
+class _TextRun:
+    """Plain text pieces (no logprobs) of one batch, passed on as one delta."""
+
+    __slots__ = ("pieces", "tokens")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.tokens = 0
+
+    def add(self, text: str) -> None:
+        self.pieces.append(text)
+        self.tokens += 1
+
+    def flush_into(self, events: list[BackendEvent]) -> None:
+        """Append the run so far as one delta (nothing when it is empty), and start a new one."""
+        if self.pieces:
+            text = self.pieces[0] if len(self.pieces) == 1 else "".join(self.pieces)
+            events.append(TokenDelta(text, tokens=self.tokens))
+            self.pieces, self.tokens = [], 0
+
+
+class _GenerateDecoder:
+    """`/generate_stream` events to deltas, a batch at a time; `details` is set by the final event."""
+
+    def __init__(self, stop: tuple[str, ...], options: OutputOptions) -> None:
+        self._trimmer = StopTrimmer(stop)
+        self._options = options
+        self.details: dict[str, Any] | None = None
+
+    def decode(self, batch: list[bytes]) -> list[BackendEvent]:
+        events: list[BackendEvent] = []
+        run = _TextRun()
+        for payload in batch:
+            event = orjson.loads(payload)  # per token: orjson decodes in a fraction of json's time
+            if "error" in event:
+                raise BackendError("bad_response", f"TGI error during generation: {event['error']}")
+            token = event.get("token") or {}
+            if token.get("text") and not token.get("special"):
+                text = self._trimmer.feed(token["text"])
+                logprobs = generate_logprobs(event, self._options) if text else ()
+                if logprobs:  # a token with logprobs is its own delta: they are per token
+                    run.flush_into(events)
+                    events.append(TokenDelta(text, logprobs))
+                elif text:
+                    run.add(text)
+            if event.get("details") is not None:
+                self.details = event["details"]
+                if rest := self._trimmer.flush():
+                    run.add(rest)
+                break
+        run.flush_into(events)
+        return events
+
+
+class _ChatDecoder:
+    """`/v1/chat/completions` chunks to deltas, a batch at a time. `usage` is set by the chunk that
+    carries it; `done` by `[DONE]` (a server that sends no usage); `finish` and `text_chunks`
+    (chunks that carried text: TGI streams one token per chunk) count the answer without usage."""
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self.trimmer = StopTrimmer(stop)
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.finish: str | None = None
+        self.text_chunks = 0
+
+    def decode(self, batch: list[bytes]) -> list[BackendEvent]:
+        events: list[BackendEvent] = []
+        run = _TextRun()
+        for payload in batch:
+            if payload == b"[DONE]":
+                self.done = True
+                break
+            chunk = orjson.loads(payload)  # per token (see above)
+            if "error" in chunk:
+                raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
+            for choice in chunk.get("choices") or ():
+                self._choice(choice, run, events)
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+                if rest := self.trimmer.flush():
+                    run.add(rest)
+                break
+        run.flush_into(events)
+        return events
+
+    def _choice(self, choice: dict[str, Any], run: _TextRun, events: list[BackendEvent]) -> None:
+        delta = choice.get("delta") or {}
+        if "tool_calls" in delta:
+            run.flush_into(events)
+            events.extend(tool_call_deltas(delta))
+        content = delta.get("content") or ""
+        self.text_chunks += 1 if content else 0
+        text = self.trimmer.feed(content)
+        logprobs = chat_logprobs(choice) if choice.get("logprobs") else ()
+        if logprobs:  # a token with logprobs is its own delta: they are per token
+            run.flush_into(events)
+            events.append(TokenDelta(text, logprobs))
+        elif text:
+            run.add(text)
+        self.finish = choice.get("finish_reason") or self.finish
+
+
 class TgiBackend:
     """TGI at `base_url` (http://host:port).
 
@@ -233,9 +362,10 @@ class TgiBackend:
     async def concurrency_limit(self) -> int | None:
         """TGI's `max_concurrent_requests` from `/info` (its --max-concurrent-requests): past it
         TGI answers 429, below it the proxy would be the queue."""
-        async with _translate_errors(), self._client().get(
-            f"{self._base_url}/info", timeout=aiohttp.ClientTimeout(total=5)
-        ) as response:
+        async with (
+            _translate_errors(),
+            self._client().get(f"{self._base_url}/info", timeout=aiohttp.ClientTimeout(total=5)) as response,
+        ):
             await _raise_for_status(response)
             info = await response.json(content_type=None)
         limit = info.get("max_concurrent_requests") if isinstance(info, dict) else None
@@ -293,7 +423,7 @@ class TgiBackend:
         self, prompt: str, sampling: Sampling, options: OutputOptions
     ) -> AsyncGenerator[BackendEvent, None]:
         prompt_tokens = asyncio.ensure_future(self._count_prompt_tokens(prompt))
-        trimmer = StopTrimmer(sampling.stop)
+        decoder = _GenerateDecoder(sampling.stop, options)
         try:
             async with _translate_errors(), contextlib.AsyncExitStack() as stack:
                 response = await self._post(
@@ -302,28 +432,16 @@ class TgiBackend:
                     lambda chosen: {"inputs": prompt, "parameters": generate_parameters(chosen, options)},
                     sampling,
                 )
-                async for line in response.content:
-                    payload = _sse_data(line)
-                    if not payload:
-                        continue
-                    event = orjson.loads(payload)  # per token: orjson decodes in a fraction of json's time
-                    if "error" in event:
-                        raise BackendError("bad_response", f"TGI error during generation: {event['error']}")
-                    token = event.get("token") or {}
-                    if token.get("text") and not token.get("special"):
-                        text = trimmer.feed(token["text"])
-                        if text:
-                            yield TokenDelta(text, generate_logprobs(event, options))
-                    details = event.get("details")
-                    if details is not None:
-                        if rest := trimmer.flush():
-                            yield TokenDelta(rest)
+                async for batch in _sse_batches(response.content):
+                    for event in decoder.decode(batch):
+                        yield event
+                    if decoder.details is not None:
                         async with _translate_errors():
                             counted = await prompt_tokens
                         end = StreamEnd(
                             prompt_tokens=counted,
-                            completion_tokens=int(details["generated_tokens"]),
-                            finish_reason=finish_reason_from(details.get("finish_reason")),
+                            completion_tokens=int(decoder.details["generated_tokens"]),
+                            finish_reason=finish_reason_from(decoder.details.get("finish_reason")),
                         )
                         # Read the body to its end: only a finished response's connection goes
                         # back to the pool (else every request would open a new one to TGI).
@@ -337,12 +455,8 @@ class TgiBackend:
             with contextlib.suppress(BaseException):
                 await prompt_tokens
 
-    async def _stream_chat(  # noqa: PLR0912 (one loop over TGI's chat events, each kind handled in place)
-        self, request: BackendRequest
-    ) -> AsyncGenerator[BackendEvent, None]:
-        finish: str | None = None
-        text_chunks = 0
-        trimmer = StopTrimmer(request.sampling.stop)
+    async def _stream_chat(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        decoder = _ChatDecoder(request.sampling.stop)
         async with _translate_errors(), contextlib.AsyncExitStack() as stack:
             try:
                 response = await self._post(
@@ -365,43 +479,24 @@ class TgiBackend:
                         yield event
                 return
             self.chat_route = True
-            async for line in response.content:
-                payload = _sse_data(line)
-                if not payload:
-                    continue
-                if payload == b"[DONE]":
-                    break
-                chunk = orjson.loads(payload)  # per token (see above)
-                if "error" in chunk:
-                    raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    if "tool_calls" in delta:
-                        for call in tool_call_deltas(delta):
-                            yield call
-                    content = delta.get("content") or ""
-                    text_chunks += 1 if content else 0
-                    text = trimmer.feed(content)
-                    logprobs = chat_logprobs(choice) if choice.get("logprobs") else ()
-                    if text or logprobs:
-                        yield TokenDelta(text, logprobs)
-                    finish = choice.get("finish_reason") or finish
-                usage = chunk.get("usage")
-                if usage:
-                    if rest := trimmer.flush():
-                        yield TokenDelta(rest)
+            async for batch in _sse_batches(response.content):
+                for event in decoder.decode(batch):
+                    yield event
+                if decoder.usage is not None:
                     end = StreamEnd(
-                        prompt_tokens=int(usage["prompt_tokens"]),
-                        completion_tokens=int(usage["completion_tokens"]),
-                        finish_reason=finish_reason_from(finish),
+                        prompt_tokens=int(decoder.usage["prompt_tokens"]),
+                        completion_tokens=int(decoder.usage["completion_tokens"]),
+                        finish_reason=finish_reason_from(decoder.finish),
                     )
                     # Read `[DONE]` and the body's end: only a finished response's connection
                     # goes back to the pool (else every request would open a new one to TGI).
                     await response.content.read()
                     yield end
                     return
-        end = await self._counted_end(request, finish, text_chunks)
-        if rest := trimmer.flush():
+                if decoder.done:
+                    break
+        end = await self._counted_end(request, decoder.finish, decoder.text_chunks)
+        if rest := decoder.trimmer.flush():
             yield TokenDelta(rest)
         yield end
 
