@@ -51,8 +51,9 @@ def _generate_events() -> list[str]:
         {"index": i, "token": {"id": i, "text": token, "logprob": -0.5, "special": False}, "top_tokens": []}
         for i, token in enumerate(TOKENS)
     ]
-    events[-1] |= {"generated_text": "".join(TOKENS), "details": {"finish_reason": "eos_token", "generated_tokens": len(TOKENS)}}
-    return [json.dumps(event) for event in events]  # fmt: skip
+    details = {"finish_reason": "eos_token", "generated_tokens": len(TOKENS)}
+    events[-1] |= {"generated_text": "".join(TOKENS), "details": details}
+    return [json.dumps(event) for event in events]
 
 
 @pytest.fixture(scope="module")
