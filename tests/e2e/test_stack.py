@@ -28,11 +28,11 @@ import yaml
 from gradio_client import Client
 from h2ogpt_client import GradioClient
 
-from tests.e2e.conftest import record_timing
 from tests.support.cluster import Cluster, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
 from tests.support.leak_sweep import SWEEP
 from tests.support.prometheus import Prometheus
+from tests.support.timings import record_timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
