@@ -46,8 +46,23 @@ from h2ogpt_api.gradio_api.wire import (
 from h2ogpt_api.retrieval.base import AddResult, Identity
 
 # Streamed outputs are cumulative; sending one per token would re-send the text each time,
-# so partial outputs go out at most this often (the final output always goes out).
+# so partial outputs go out at most this often (the first and the final output always go out).
 STREAM_MIN_INTERVAL_S = 0.05
+# ... and, over all streams together, at most about this many per second: each update costs Gradio
+# a few ms of CPU (its queue, a JSON message, an SSE write), so with many streams the interval
+# grows with their number (64 streams: 0.4 s) instead of the updates eating the CPU that the
+# answers need. Clients lose nothing: every update carries the whole answer so far.
+STREAM_PARTIAL_UPDATES_PER_S = 160
+
+
+class _StreamPacing:
+    """How often one stream's partial output may go out, given how many stream at once."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    def interval(self) -> float:
+        return max(STREAM_MIN_INTERVAL_S, self.streams / STREAM_PARTIAL_UPDATES_PER_S)
 # The parameters of h2oGPT's document APIs that come after the content: langchain_mode, chunk,
 # chunk_size, embed, then six loader options this server does not use, then h2ogpt_key.
 LOADER_OPTION_COUNT = 6
@@ -120,14 +135,19 @@ class H2oGPTEndpoints:
     def __init__(self, service: GradioService) -> None:
         self.service = service
         self.timing = _Timing()
+        self.pacing = _StreamPacing()
 
     # -- generation ------------------------------------------------------------------------------
 
     async def submit_nochat(self, text: str, request: gr.Request) -> AsyncGenerator[str, None]:
         """`/submit_nochat_api`: queued; with `stream_output=True` yields the cumulative response."""
         async with _observed("/submit_nochat_api") as observe:
-            async for output in self._generate(text, request, streaming=True, observe=observe):
-                yield str(output)
+            self.pacing.streams += 1
+            try:
+                async for output in self._generate(text, request, streaming=True, observe=observe):
+                    yield str(output)
+            finally:
+                self.pacing.streams -= 1
 
     async def submit_nochat_plain(self, text: str, request: gr.Request | None = None) -> str:
         """`/submit_nochat_plain_api`: unqueued, never streams (usable by curl)."""
@@ -155,7 +175,7 @@ class H2oGPTEndpoints:
                             observe.first_token()
                         pieces.append(event.text)
                         now = time.monotonic()
-                        if params.stream_output and now - last_sent >= STREAM_MIN_INTERVAL_S:
+                        if params.stream_output and now - last_sent >= self.pacing.interval():
                             last_sent = now
                             yield partial_dict("".join(pieces))
                     elif isinstance(event, Completed):
