@@ -305,7 +305,7 @@ def test_document_answers_and_survives_losing_the_weaviate_pod(stack: Stack) -> 
     pod = f"{stack.name}-weaviate-0"
     uid = must_get_json(stack.cluster, "pod", pod, "-n", stack.namespace)["metadata"]["uid"]
     stack.cluster.kubectl("delete", "pod", pod, "-n", stack.namespace, "--wait=true", "--timeout=120s")
-    wait_for(lambda: _pod_ready_with_new_uid(stack, pod, uid), 240, f"{pod} recreated and Ready")
+    wait_for(lambda: _pod_ready(stack, pod, not_uid=uid), 240, f"{pod} recreated and Ready")
     stack.wait_ready()
 
     def listed() -> bool:
@@ -315,13 +315,53 @@ def test_document_answers_and_survives_losing_the_weaviate_pod(stack: Stack) -> 
     wait_for(listed, 120, f"{source} listed again after Weaviate came back on its PVC", interval=3)
 
 
-def _pod_ready_with_new_uid(stack: Stack, pod: str, old_uid: str) -> bool:
+def test_a_document_survives_losing_one_of_three_weaviate_replicas(stack: Stack) -> None:
+    """`retrieval.replicas: 3` on the real node: three Weaviate pods form one cluster (CoreDNS, the
+    headless Service) and the collection is made with replication factor 3. A document added through
+    Gradio is still listed while one of the three pods is gone, before the StatefulSet has it back:
+    the other two serve it."""
+    name = "replicated"
+    manifest = _inference_only(name)
+    manifest["spec"]["retrieval"] = {"replicas": 3, "storage": {"size": "256Mi"}}
+    manifest["spec"]["frontend"] = {"enabled": True}
+    stack.cluster.kubectl("apply", "-n", stack.namespace, "-f", "-", input=json.dumps(manifest))
+    replicated = Stack(stack.cluster, stack.operator_namespace, stack.namespace, name, stack.model, "")
+    try:
+        replicated.wait_ready()
+        secret = must_get_json(stack.cluster, "secret", f"{name}-auth", "-n", stack.namespace)
+        api_key = json.loads(_b64(secret["data"]["H2OGPT_H2OGPT_API_KEYS"]))[0]
+        gradio = Client(replicated.service_url("gradio", 7860), verbose=False)
+        text = "The Osprey relay station keeps its spare antennas in hangar nine, under the east stairs."
+        added = gradio.predict(text, "UserData", True, 512, True, *NO_LOADERS, api_key, api_name="/add_text")
+        assert added[3] == "", added
+        source = added[4]
+
+        pod = f"{name}-weaviate-0"
+        stack.cluster.kubectl("delete", "pod", pod, "-n", stack.namespace, "--wait=true", "--timeout=120s")
+        listed_while_down = 0
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            sources = gradio.predict("UserData", api_key, api_name="/get_sources_api")
+            back = _pod_ready(stack, pod)
+            assert source in str(sources), f"{source} not listed with {pod} {'back' if back else 'gone'}"
+            if back:
+                break
+            listed_while_down += 1  # the pod was still not Ready after this answer
+            time.sleep(1)
+        assert listed_while_down >= 1, f"{pod} was back before the first check"
+        assert _pod_ready(stack, pod), f"{pod} not back and Ready within 240 s"
+    finally:
+        stack.cluster.kubectl("delete", "h2ogpt", name, "-n", stack.namespace, "--wait=false", check=False)
+
+
+def _pod_ready(stack: Stack, pod: str, *, not_uid: str = "") -> bool:
+    """Whether `pod` exists and is Ready (and, with `not_uid`, is a new pod of that name)."""
     found = stack.cluster.kubectl("get", "pod", pod, "-n", stack.namespace, "-o", "json", check=False)
     if found.returncode != 0:
         return False
     current = json.loads(found.stdout)
     ready = [c for c in current["status"].get("conditions", []) if c["type"] == "Ready"]
-    return bool(current["metadata"]["uid"] != old_uid and ready and ready[0]["status"] == "True")
+    return bool(current["metadata"]["uid"] != not_uid and ready and ready[0]["status"] == "True")
 
 
 # ---- failure drills -------------------------------------------------------------------------------------
