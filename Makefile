@@ -112,7 +112,7 @@ chart-lint: tools ## helm lint --strict the operator chart
 	@.bin/helm lint --strict charts/h2ogpt-operator
 
 .PHONY: test
-test: install tools system-packages lint ## Everything: lint, unit, integration, cluster, e2e (real node) and image tests
+test: install tools system-packages lint ## Everything: lint, unit, integration, cluster, e2e (real node) and image tests, in TEST_WORKERS (2) pytest-xdist workers
 	@ignore=""; if [ "$$(id -u)" -ne 0 ] || ! { docker info >/dev/null 2>&1 || command -v podman >/dev/null; }; then \
 	  echo "make test: tests/images and tests/e2e LEFT OUT: they need root and Docker or podman (run 'make test-images test-e2e' where you have them)"; \
 	  ignore="--ignore=tests/images --ignore=tests/e2e"; fi; \

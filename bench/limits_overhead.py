@@ -25,6 +25,7 @@ from bench.openai_proxy import (
     TOKEN_DELAY_S,
     Outcome,
     Request,
+    answer_bytes,
     chat_body,
     drive,
     loadgen_binary,
@@ -94,15 +95,18 @@ def run(quick: bool = False) -> str:
                           limited.process.process.pid),
         }
         binary = loadgen_binary()
+        whole = answer_bytes(Request(f"{fake_url}/v1/chat/completions", "openai", chat_body()))
         for request, pid in targets.values():  # warm connections, imports and caches
-            drive(binary, request, 4, 2, [pid])
+            drive(binary, request, 4, 2, [pid], whole_answer_bytes=whole)
         outcomes: dict[str, list[Outcome]] = {name: [] for name in targets}
         for round_index in range(rounds):
             # Alternate which goes first, so neither always follows the other's load.
             order = list(targets) if round_index % 2 == 0 else list(reversed(targets))
             for name in order:
                 request, pid = targets[name]
-                outcomes[name].append(drive(binary, request, STREAMS, per_stream_requests(STREAMS), [pid]))
+                per_stream = per_stream_requests(STREAMS)
+                outcome = drive(binary, request, STREAMS, per_stream, [pid], whole_answer_bytes=whole)
+                outcomes[name].append(outcome)
 
     off = median([_ttft_ms(o) for o in outcomes["limits off"]])
     on = median([_ttft_ms(o) for o in outcomes["limits on"]])

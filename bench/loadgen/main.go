@@ -9,8 +9,9 @@
 // Protocols:
 //
 //	openai  POST -url with -body; the answer is OpenAI server-sent events (`data: {...}`,
-//	        then `data: [DONE]`); a token is a chunk with non-empty choices[].delta.content
-//	        or choices[].text; a chunk with "error" is a failed request.
+//	        then `data: [DONE]`); `tokens` counts the chunks with non-empty
+//	        choices[].delta.content or choices[].text (a proxy may put several tokens in one
+//	        chunk), `text_bytes` the answer's bytes; a chunk with "error" is a failed request.
 //	gradio  Gradio's queued REST API: POST -url (.../gradio_api/call/<api_name>) with -body
 //	        ({"data": [...]}) answers {"event_id"}; GET -url/<event_id> streams
 //	        `event: generating|complete|error` events. Each event carrying a non-empty
@@ -36,7 +37,8 @@ import (
 type result struct {
 	TTFT    float64 `json:"ttft_s"`
 	Total   float64 `json:"total_s"`
-	Tokens  int     `json:"tokens"`
+	Tokens  int     `json:"tokens"`     // chunks that carried text: a proxy may send several tokens in one
+	Text    int     `json:"text_bytes"` // bytes of answer text, to tell a whole answer from a cut one
 	Error   string  `json:"error,omitempty"`
 	Started float64 `json:"started_s"`
 }
@@ -206,6 +208,7 @@ func streamOpenAI(cfg *config, start time.Time, r *result) error {
 					r.TTFT = time.Since(start).Seconds()
 				}
 				r.Tokens++
+				r.Text += len(choice.Delta.Content) + len(choice.Text)
 			}
 		}
 	}
