@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from h2ogpt_api.retrieval.store import (
 )
 from h2ogpt_api.retrieval.url_guard import UrlPolicy
 
+from tests.support.loopback_http import serve_on_loopback
 from tests.support.weaviate import WeaviateServer
 
 ALICE = Identity("alice@example.com", authenticated=True)
@@ -85,13 +85,8 @@ def web(files: dict[str, Path]) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve_on_loopback(Handler) as url:
+        yield url
 
 
 @asynccontextmanager

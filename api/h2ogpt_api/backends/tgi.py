@@ -219,24 +219,22 @@ async def _sse_batches(content: aiohttp.StreamReader) -> AsyncGenerator[list[byt
 
 
 class _TextRun:
-    """Plain text pieces (no logprobs) of one batch, passed on as one delta."""
+    """Plain text pieces (no logprobs) of one batch, one per token, passed on as one delta."""
 
-    __slots__ = ("pieces", "tokens")
+    __slots__ = ("pieces",)
 
     def __init__(self) -> None:
         self.pieces: list[str] = []
-        self.tokens = 0
 
     def add(self, text: str) -> None:
         self.pieces.append(text)
-        self.tokens += 1
 
     def flush_into(self, events: list[BackendEvent]) -> None:
         """Append the run so far as one delta (nothing when it is empty), and start a new one."""
         if self.pieces:
             text = self.pieces[0] if len(self.pieces) == 1 else "".join(self.pieces)
-            events.append(TokenDelta(text, tokens=self.tokens))
-            self.pieces, self.tokens = [], 0
+            events.append(TokenDelta(text, tokens=len(self.pieces)))
+            self.pieces = []
 
 
 class _GenerateDecoder:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 from h2ogpt_api.retrieval.base import DocumentError
 from h2ogpt_api.retrieval.embeddings import EndpointEmbedder, MiniLMEmbedder, load_embedder
+
+from tests.support.loopback_http import serve_on_loopback
 
 SERVED_MODEL = "served/all-MiniLM-L6-v2"
 
@@ -62,13 +63,8 @@ def embedding_server(local: MiniLMEmbedder) -> Iterator[tuple[str, list[int]]]:
             self.reply(200, {"object": "list", "model": SERVED_MODEL, "data": [
                 {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]})
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", batch_sizes
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve_on_loopback(Handler) as url:
+        yield url, batch_sizes
 
 
 def test_endpoint_reports_its_model_and_dimension(embedding_server: tuple[str, list[int]]) -> None:

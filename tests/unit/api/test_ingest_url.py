@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,6 +16,7 @@ from h2ogpt_api.retrieval.base import DocumentError
 from h2ogpt_api.retrieval.ingest import IngestLimits, LoadedDocument, fetch_url
 from h2ogpt_api.retrieval.url_guard import UrlPolicy
 
+from tests.support.loopback_http import serve_on_loopback
 from tests.unit.api.test_ingest import make_docx
 
 LIMITS = IngestLimits(max_url_bytes=10_000, url_timeout_s=1.0)
@@ -76,13 +76,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "/big.txt": (200, "text/plain", b"x " * 6000),
         "/empty.html": (200, "text/html", b"<html><body>  </body></html>"),
     }
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve_on_loopback(Handler) as url:
+        yield url
 
 
 def fetch(url: str) -> LoadedDocument:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from h2ogpt_api.backends.base import BackendError, BackendRequest, Sampling, StreamEnd, TokenDelta
 from h2ogpt_api.backends.openai_compat import OpenAICompatBackend, context_room
 from h2ogpt_api.prompts import ChatMessage
+
+from tests.support.loopback_http import serve_on_loopback
 
 TOKENS = ["Hello", ",", " I", " am", " Smol"]
 
@@ -54,13 +55,8 @@ def server() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(data)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve_on_loopback(Handler) as url:
+        yield f"{url}/v1"
 
 
 def _events(base_url: str, model: str) -> list[object]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from h2ogpt_api.backends.base import (
@@ -28,6 +27,8 @@ from h2ogpt_api.backends.base import (
 )
 from h2ogpt_api.backends.tgi import MAX_EVENT_BYTES, TgiBackend
 from h2ogpt_api.prompts import ChatMessage
+
+from tests.support.loopback_http import serve_on_loopback
 
 TOKENS = ["Hello", ",", " I", " am", " Smol", "LM", "."]
 
@@ -87,13 +88,8 @@ def tgi() -> Iterator[str]:
                 if len(pieces) > 1:
                     time.sleep(0.03)  # long enough that the client reads each event on its own
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve_on_loopback(Handler) as url:
+        yield url
 
 
 def _stream(
