@@ -843,6 +843,9 @@ def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
     return env
 
 
+API_STOP_DELAY_S = 5
+
+
 def build_api_deployment(
     stack: Stack,
     spec: H2oGPTDeploymentSpec,
@@ -869,6 +872,10 @@ def build_api_deployment(
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {**health, "periodSeconds": 5},
         "livenessProbe": {**health, "initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 6},
+        # A pod being stopped keeps serving this long before its SIGTERM, so that the Service's routing
+        # (kube-proxy, the ingress) has dropped it by the time it stops listening: no client is sent to a
+        # closed port during a rollout. Then uvicorn finishes the requests it has (5 s).
+        "lifecycle": {"preStop": {"sleep": {"seconds": API_STOP_DELAY_S}}},
         "resources": _resources(settings.resources),
         # The save dir (uploads) and /tmp (Gradio's uploads and caches) are the only writable paths.
         "volumeMounts": [{"name": "save", "mountPath": API_SAVE_DIR}, _TMP_MOUNT],

@@ -101,19 +101,32 @@ def _workload_verdict(
     name = workload["metadata"]["name"]
     status = workload.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
-    updated = int(status.get("updatedReplicas") or 0) if kind == "Deployment" else ready
     current_generation = int(status.get("observedGeneration") or 0) >= int(
         workload["metadata"].get("generation", 0)
     )
     if desired == 0:
         return Verdict(True, "ScaledToZero", f"{kind} {name} has 0 replicas")
-    if current_generation and ready >= desired and updated >= desired:
+    if current_generation and ready >= desired and _rolled_out(kind, status, desired):
         return Verdict(True, "Ready", f"{kind} {name}: {ready}/{desired} replicas ready")
     for pod in pods:
         problem = _pod_problem(pod, request)
         if problem is not None:
             return problem
     return Verdict(False, "Progressing", f"{kind} {name}: {ready}/{desired} replicas ready")
+
+
+def _rolled_out(kind: str, status: Manifest, desired: int) -> bool:
+    """Whether every pod is of the current template, as `kubectl rollout status` decides it.
+
+    During a rollout `readyReplicas` still counts the old pods, so "ready >= desired" alone would call
+    a stack Ready before its new pods have started; and while an old pod remains, clients can still be
+    sent to it just as it is stopped.
+    """
+    if kind == "Deployment":
+        updated = int(status.get("updatedReplicas") or 0)
+        return updated >= desired and int(status.get("replicas") or 0) <= updated
+    update_revision = status.get("updateRevision")
+    return update_revision is None or status.get("currentRevision") == update_revision
 
 
 def _missing_secret_verdict(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ import pytest
 import yaml
 from gradio_client import Client
 from h2ogpt_client import GradioClient
+from h2ogpt_operator.builders import API_STOP_DELAY_S
 
 from tests.support.cluster import Cluster, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
@@ -405,6 +407,50 @@ def test_killing_the_leader_operator_pod_hands_over_the_lease(stack: Stack) -> N
 def _config_value(stack: Stack, key: str) -> str | None:
     config = must_get_json(stack.cluster, "configmap", f"{stack.name}-config", "-n", stack.namespace)
     return str(config["data"].get(key))
+
+
+def test_a_settings_change_rolls_the_api_pods_without_refusing_a_client(stack: Stack) -> None:
+    """A settings edit rolls both api Deployments. Clients polling through the ClusterIPs all along are
+    never refused: each old pod keeps serving (preStop) until kube-proxy has dropped it, and the stack
+    is Ready again only once no old pod is left."""
+    def api_pods() -> set[str]:
+        selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component in (openai,gradio)"
+        pods = must_get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"]
+        return {pod["metadata"]["uid"] for pod in pods}
+
+    urls = [stack.service_url("openai", 5000) + "/health", stack.service_url("gradio", 7860) + "/health"]
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal answered
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                for url in urls:
+                    try:
+                        client.get(url).raise_for_status()
+                        answered += 1
+                    except httpx.HTTPError as error:
+                        failures.append(f"{url}: {error!r}")
+                stop.wait(0.1)
+
+    before = api_pods()
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        stack.cluster.kubectl("patch", "h2ogpt", stack.name, "-n", stack.namespace, "--type=merge",
+                              "-p", '{"spec": {"generation": {"numAsync": 6}}}')
+        wait_for(lambda: _config_value(stack, "H2OGPT_NUM_ASYNC") == "6", 90, "the ConfigMap with numAsync 6")
+        stack.wait_ready()
+        after = api_pods()
+        assert not before & after, "Ready while an old api pod is still there"
+        time.sleep(API_STOP_DELAY_S + 5)  # the old pods' last seconds: preStop, then uvicorn's drain
+    finally:
+        stop.set()
+        poller.join(30)
+    assert not failures, f"{len(failures)} of {answered + len(failures)} requests failed: {failures[:5]}"
+    assert answered > 50, answered
 
 
 def test_suspend_removes_inference_pods_keeps_volumes_and_resume_answers(stack: Stack) -> None:

@@ -165,3 +165,30 @@ def test_an_autoscaled_stack_is_judged_by_the_replicas_applied() -> None:
     growing = compute_status(STACK, spec, Observed(1, all_workloads(1), inference_replicas=3), None, T0)
     assert conditions(growing)["InferenceReady"]["reason"] == "Progressing"
     assert "1/3 replicas ready" in conditions(growing)["InferenceReady"]["message"]
+
+
+def test_a_rollout_is_not_ready_until_no_old_pod_is_left() -> None:
+    """Mid-rollout a Deployment's readyReplicas still counts the old pod: the new one may not even
+    have started. Ready waits, as `kubectl rollout status` does, until only updated pods remain."""
+    workloads = all_workloads()
+    rolling = workloads[naming.OPENAI]
+    assert rolling is not None
+    rolling["status"] = {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1}
+    status = compute_status(STACK, spec_of(), Observed(generation=1, workloads=workloads), None, T0)
+    openai_ready = conditions(status)["OpenAIReady"]
+    assert (openai_ready["status"], openai_ready["reason"]) == ("False", "Progressing")
+    assert not is_ready(status)
+
+    rolling["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    assert is_ready(compute_status(STACK, spec_of(), Observed(generation=1, workloads=workloads), None, T0))
+
+
+def test_a_statefulset_is_not_ready_while_it_rolls_to_a_new_revision() -> None:
+    workloads = all_workloads()
+    weaviate = workloads[naming.WEAVIATE]
+    assert weaviate is not None
+    weaviate["status"].update(currentRevision="demo-weaviate-1", updateRevision="demo-weaviate-2")
+    status = compute_status(STACK, spec_of(), Observed(generation=1, workloads=workloads), None, T0)
+    assert conditions(status)["RetrievalReady"]["status"] == "False"
+    weaviate["status"]["currentRevision"] = "demo-weaviate-2"
+    assert is_ready(compute_status(STACK, spec_of(), Observed(generation=1, workloads=workloads), None, T0))
