@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--retry-seconds",
         type=float,
         default=1.0,
-        help="first re-check of a stack not Ready; doubles each time, up to --retry-max-seconds",
+        help="first re-check of a stack whose write was refused; doubles, up to --retry-max-seconds",
     )
     parser.add_argument(
         "--retry-max-seconds", type=float, default=300.0, help="longest delay between re-checks"
@@ -142,7 +142,10 @@ async def run(args: argparse.Namespace) -> int:
                 outcome.writes,
                 ", ".join(outcome.applied) or "status",
             )
-        return not outcome.exists or (outcome.ready and not outcome.errors)
+        # Settled unless a write was refused. A stack that is only waiting on the cluster (pods
+        # starting, a Secret not there yet) needs no timer: every object its status is computed from
+        # is watched, and the event that changes it runs the stack again.
+        return not outcome.exists or not outcome.errors
 
     queue = WorkQueue(
         reconcile,

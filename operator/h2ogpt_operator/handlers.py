@@ -89,23 +89,32 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
+    def news(stack: Key, event: kopf.RawEvent) -> bool:
+        """Every event but the echo of the operator's own last write (its status patch, an apply)."""
+        body = event.get("object") or {}
+        kind, name = body.get("kind", ""), (body.get("metadata") or {}).get("name", "")
+        return event.get("type") == "DELETED" or not context.cache.echoes_own_write(stack, kind, name, body)
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def on_stack(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
         key = (namespace or "", name)
         if event.get("type") == "DELETED":
             context.queue.forget(key)
-        else:
+        elif news(key, event):
             context.queue.add(key)
 
     for group, version, plural in CHILD_RESOURCES:
 
         @kopf.on.event(group, version, plural, labels=OURS, id=f"child-{plural}", registry=registry)
-        def on_child(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-            context.queue.add((namespace or "", labels["app.kubernetes.io/instance"]))
+        def on_child(event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+            key = (namespace or "", labels["app.kubernetes.io/instance"])
+            if news(key, event):
+                context.queue.add(key)
 
     @kopf.on.event(*SECRET_RESOURCE, id="read-secrets", registry=registry)
-    def on_secret(name: str, namespace: str | None, **_: Any) -> None:
+    def on_secret(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
         for stack in context.secret_readers.readers(namespace or "", name):
-            context.queue.add(stack)
+            if news(stack, event):
+                context.queue.add(stack)
 
     return registry

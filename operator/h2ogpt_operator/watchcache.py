@@ -165,6 +165,19 @@ class WatchCache:
             versions = (before.replaced if before is not None and chained else frozenset()) | {replaced}
             written[(kind, name)] = _Written(versions, result)
 
+    def echoes_own_write(self, stack: StackKey, kind: str, name: str, watched: Mapping[str, Any]) -> bool:
+        """Whether a watch event only shows this process's last write of the object coming back.
+
+        The reconcile that wrote it already worked from that version (the overlay above), so such an
+        event has nothing new: enqueueing it would run the stack once more for nothing. Any other
+        change (another writer, a controller's status) has another resourceVersion.
+        """
+        with self._lock:
+            entry = self._written.get(stack, {}).get((kind, name))
+            return entry is not None and entry.result is not None and (
+                resource_version(entry.result) == resource_version(watched)
+            )
+
     def forget(self, stack: StackKey) -> None:
         with self._lock:
             self._written.pop(stack, None)

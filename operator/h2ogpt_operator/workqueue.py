@@ -3,7 +3,7 @@
 Events arrive in bursts (a rollout touches a Deployment, a ReplicaSet's pods, the status); keys
 already waiting are coalesced, and a key that changes while it is being reconciled runs once
 more afterwards. Every known key is re-queued each `resync_seconds` (level-based safety net).
-A stack that did not settle (not Ready, or a write refused) is looked at again after a per-key
+A stack that did not settle (a write refused, an error) is looked at again after a per-key
 delay that doubles with each unsettled run, from `retry_seconds` up to `retry_max_seconds`
 (client-go's per-item exponential backoff): a stack broken for an hour costs a look every few
 minutes, not every few seconds. A settled run, or the stack's deletion, resets it; a watch

@@ -60,3 +60,14 @@ def test_secret_facts_hold_no_values() -> None:
     assert rotated.key_digests["KEY"] != facts.key_digests["KEY"]
     # The same value under another key name is another digest: moving a value is a change too.
     assert value_digest("OTHER", "c2VjcmV0") != value_digest("KEY", "c2VjcmV0")
+
+
+def test_only_the_echo_of_our_last_write_is_recognised() -> None:
+    cache = WatchCache()
+    cache.wrote(STACK, "H2oGPTDeployment", "s", "1", obj("2"))
+    assert cache.echoes_own_write(STACK, "H2oGPTDeployment", "s", obj("2"))
+    assert not cache.echoes_own_write(STACK, "H2oGPTDeployment", "s", obj("3"))  # someone else's change
+    assert not cache.echoes_own_write(STACK, "Deployment", "s", obj("2"))  # another object
+    assert not cache.echoes_own_write(("ns", "other"), "H2oGPTDeployment", "s", obj("2"))
+    cache.wrote(STACK, "ServiceMonitor", "s-metrics", "4", None)  # a delete: its event is news
+    assert not cache.echoes_own_write(STACK, "ServiceMonitor", "s-metrics", obj("4"))
