@@ -12,6 +12,7 @@ the apiserver's own admission decides that every pod the operator makes passes i
 from __future__ import annotations
 
 import ast
+import datetime
 import json
 import os
 import threading
@@ -46,6 +47,7 @@ SAMPLE = REPO / "crds" / "samples" / "llamacpp-cpu.yaml"
 RELEASE = "h2ogpt"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
+Manifest = dict[str, Any]
 READY_TIMEOUT = 420  # a cold stack on 2 shared cores: Weaviate, two api pods, the model server
 
 
@@ -503,7 +505,7 @@ def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack:
 
         client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
                                max_retries=0, timeout=300)
-        started = time.monotonic()
+        started, asked_at = time.monotonic(), time.time()
         reply = client.chat.completions.create(
             model=stack.model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8)
         first_answer_s = time.monotonic() - started
@@ -511,9 +513,10 @@ def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack:
         record_timing("first request at zero replicas -> answered (scale from zero)", first_answer_s)
         status = stack.cr()["status"]["autoscaling"]
         assert status["desiredReplicas"] == 1, status
-        events = stack.cluster.kubectl("get", "events", "-n", stack.namespace, "--field-selector",
-                                       f"involvedObject.name={stack.name},reason=ScaledUp").stdout
-        assert "ScaledUp" in events
+        events = must_get_json(stack.cluster, "events", "-n", stack.namespace, "--field-selector",
+                               f"involvedObject.name={stack.name},reason=ScaledUp")["items"]
+        assert events, "no ScaledUp event"
+        _record_scale_from_zero_steps(asked_at, max(events, key=_event_time), inference_pods())
 
         started = time.monotonic()
         wait_for(scaled_to_zero, 240, "the stack back at zero once idle", interval=2)
@@ -523,6 +526,36 @@ def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack:
                               "-p", '[{"op": "remove", "path": "/spec/inference/autoscaling"}]', check=False)
         wait_for(lambda: bool(inference_pods()) or None, 120, "the inference pod back without autoscaling")
         stack.wait_ready()
+
+
+def _record_scale_from_zero_steps(asked_at: float, scaled_up: Manifest, pods: list[Manifest]) -> None:
+    """Where the first answer's wait went, from the apiserver's own timestamps (whole seconds): the
+    operator's decision (its ScaledUp event), the pod created, scheduled, its container started
+    (image there, process up), and Ready (the model loaded, the probe passed)."""
+    def since_request(stamp: str | None) -> float | None:
+        if not stamp:
+            return None
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - asked_at
+
+    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    conditions = {c["type"]: c.get("lastTransitionTime") for c in pod["status"].get("conditions", [])}
+    running = (pod["status"]["containerStatuses"][0].get("state") or {}).get("running") or {}
+    decided = _event_time(scaled_up)
+    steps = [
+        ("operator decided to scale up (ScaledUp event)", decided),
+        ("inference pod created", pod["metadata"]["creationTimestamp"]),
+        ("inference pod scheduled", conditions.get("PodScheduled")),
+        ("inference container started", running.get("startedAt")),
+        ("inference pod Ready", conditions.get("Ready")),
+    ]
+    for what, stamp in steps:
+        seconds = since_request(stamp)
+        if seconds is not None:
+            record_timing(f"  scale from zero: request -> {what}", seconds)
+
+
+def _event_time(event: Manifest) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or event["metadata"]["creationTimestamp"])
 
 
 def _inference_only(name: str, **inference: Any) -> dict[str, Any]:
