@@ -8,6 +8,11 @@ delay that doubles with each unsettled run, from `retry_seconds` up to `retry_ma
 (client-go's per-item exponential backoff): a stack broken for an hour costs a look every few
 minutes, not every few seconds. A settled run, or the stack's deletion, resets it; a watch
 event still runs the key at once whatever its delay, so a fix is seen without waiting.
+
+Keys a watch event (or the autoscaler) brought are taken before those the resync or a retry
+timer brought: the resync is a safety net that re-queues every stack at once, and behind it a
+stack whose pods just went Ready would wait for hundreds of look-alike runs. A waiting key that
+gets an event moves to the front line.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from h2ogpt_operator import metrics
@@ -40,7 +46,10 @@ class WorkQueue:
         self._resync_seconds = resync_seconds
         self._retry_seconds = retry_seconds
         self._retry_max_seconds = max(retry_max_seconds, retry_seconds)
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        # Waiting keys, in order, each in one line: watch events first, then resync and retries.
+        self._news: OrderedDict[Key, None] = OrderedDict()
+        self._routine: OrderedDict[Key, None] = OrderedDict()
+        self._available = asyncio.Semaphore(0)  # one per waiting key
         self._waiting: dict[Key, float] = {}  # key -> when it was enqueued (monotonic)
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
@@ -48,14 +57,20 @@ class WorkQueue:
         self._retry_timers: dict[Key, asyncio.TimerHandle] = {}
         self.known: set[Key] = set()
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, *, news: bool = True) -> None:
+        """Queue `key`; `news=False` for the resync's and the retry timers' routine looks."""
         self.known.add(key)
         self._cancel_retry(key)  # it runs now; a pending retry would only repeat it
         if key in self._running:
             self._dirty.add(key)
-        elif key not in self._waiting:
+        elif key in self._waiting:
+            if news and key in self._routine:
+                del self._routine[key]
+                self._news[key] = None
+        else:
             self._waiting[key] = time.monotonic()
-            self._queue.put_nowait(key)
+            (self._news if news else self._routine)[key] = None
+            self._available.release()
             metrics.WORKQUEUE_DEPTH.set(len(self._waiting))
 
     def retry_delay(self, key: Key) -> float:
@@ -72,7 +87,7 @@ class WorkQueue:
         self._retry_timers.pop(key, None)
         metrics.WORKQUEUE_RETRYING.set(len(self._retry_timers))
         if key in self.known:
-            self.add(key)
+            self.add(key, news=False)
 
     def _cancel_retry(self, key: Key) -> None:
         timer = self._retry_timers.pop(key, None)
@@ -104,11 +119,13 @@ class WorkQueue:
             await asyncio.sleep(self._resync_seconds)
             for key in list(self.known):
                 if key not in self._retry_timers:  # a backing-off key keeps its own pace
-                    self.add(key)
+                    self.add(key, news=False)
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
+            await self._available.acquire()
+            line = self._news or self._routine
+            key, _ = line.popitem(last=False)
             enqueued = self._waiting.pop(key, time.monotonic())
             metrics.WORKQUEUE_DEPTH.set(len(self._waiting))
             metrics.WORKQUEUE_QUEUE_DURATION.observe(time.monotonic() - enqueued)

@@ -127,3 +127,38 @@ def test_an_event_runs_a_backing_off_stack_at_once() -> None:
         return times[1] - times[0]
 
     assert asyncio.run(scenario()) < 1.0
+
+
+def test_watch_events_go_before_the_resyncs_routine_looks() -> None:
+    """300 stacks re-queued by the resync must not stand between a pod going Ready and its stack."""
+
+    async def scenario() -> list[Key]:
+        runs: list[Key] = []
+        release = asyncio.Event()
+
+        async def worker(key: Key) -> bool:
+            runs.append(key)
+            if len(runs) == 1:
+                await release.wait()
+            return True
+
+        queue = WorkQueue(worker, workers=1, resync_seconds=3600, retry_seconds=3600)
+        leader = asyncio.Event()
+        leader.set()
+        task = asyncio.create_task(queue.run(leader))
+        queue.add(("ns", "busy"))
+        await asyncio.sleep(0.05)  # the one worker is busy with it
+        for i in range(5):  # what the resync queues
+            queue.add(("ns", f"routine-{i}"), news=False)
+        queue.add(("ns", "event"))  # a watch event
+        queue.add(("ns", "routine-3"))  # an event for a stack already waiting: it moves up
+        queue.add(("ns", "routine-0"), news=False)  # already waiting: nothing changes
+        release.set()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return runs
+
+    assert [name for _, name in asyncio.run(scenario())] == [
+        "busy", "event", "routine-3", "routine-0", "routine-1", "routine-2", "routine-4"
+    ]  # fmt: skip
