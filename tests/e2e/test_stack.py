@@ -418,7 +418,8 @@ def test_a_settings_change_rolls_the_api_pods_without_refusing_a_client(stack: S
     def api_pods() -> set[str]:
         selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component in (openai,gradio)"
         pods = must_get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"]
-        return {pod["metadata"]["uid"] for pod in pods}
+        # Pods already stopping (in their preStop sleep) are on their way out, not "left".
+        return {pod["metadata"]["uid"] for pod in pods if not pod["metadata"].get("deletionTimestamp")}
 
     urls = [stack.service_url("openai", 5000) + "/health", stack.service_url("gradio", 7860) + "/health"]
     failures: list[str] = []

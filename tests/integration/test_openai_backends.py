@@ -3,12 +3,16 @@ backend (503), and a full queue (429). The TGI fake's OpenAI routes stand in for
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
+from h2ogpt_api.backends.base import CONNECT_TIMEOUT_S
 from openai import OpenAI
 
 from tests.support.api_server import ApiServerFactory, llm_only_args
@@ -63,6 +67,69 @@ def test_unreachable_backend_is_503(api_server_factory: ApiServerFactory) -> Non
     assert caught.value.body["code"] == "backend_unavailable"  # type: ignore[index]
     metrics_text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
     assert 'h2ogpt_api_backend_errors_total{backend="tgi",kind="unavailable"} 1.0' in metrics_text
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A port whose connects hang: a listener with a full accept queue drops every further SYN, as a
+    stale Service rule or a firewall's DROP does. Yields the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # more than the queue holds
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+@pytest.mark.parametrize("form", ["tgi", "openai"])
+def test_a_connect_that_hangs_is_unavailable_after_the_connect_timeout(
+    api_server_factory: ApiServerFactory, form: str
+) -> None:
+    """Not a 504 after the kernel's two minutes of SYN retries: 503 `unavailable` (nothing reached a
+    model, so the hold and the router may try again) once CONNECT_TIMEOUT_S has passed."""
+    with black_hole() as port:
+        url = f"http://127.0.0.1:{port}"
+        server = api_server_factory(
+            ["--inference_server", url if form == "tgi" else f"openai:{url}/v1", "--base_model", MODEL,
+             "--langchain_modes", "['LLM']"]
+        )  # fmt: skip
+        client = OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0, timeout=60)
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        waited = time.monotonic() - started
+    assert caught.value.status_code == 503, caught.value.body
+    assert caught.value.body["code"] == "backend_unavailable"  # type: ignore[index]
+    assert CONNECT_TIMEOUT_S - 0.5 < waited < CONNECT_TIMEOUT_S + 5, waited
+
+
+@pytest.mark.parametrize("form", ["vllm", "openai"])
+def test_a_stream_an_openai_compatible_server_cuts_ends_in_one_error(
+    api_server_factory: ApiServerFactory, tgi_fake: RunningFake, form: str
+) -> None:
+    port = tgi_fake.url.rsplit(":", 1)[1]
+    server_flag = f"vllm:127.0.0.1:{port}" if form == "vllm" else f"openai:{tgi_fake.url}/v1"
+    server = api_server_factory(
+        ["--inference_server", server_flag, "--base_model", MODEL, "--langchain_modes", "['LLM']"]
+    )
+    client = OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, stream=True, max_tokens=50,
+        messages=[{"role": "user", "content": "FAKE:DROP one two three four five"}],
+    )  # fmt: skip
+    with pytest.raises(openai.APIError, match="mid-response"):
+        for _ in stream:
+            pass
 
 
 def test_full_queue_is_429(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> None:

@@ -16,6 +16,13 @@ from typing import Any, Literal, Protocol
 from h2ogpt_api.prompts import ChatMessage
 
 BackendErrorKind = Literal["unavailable", "timeout", "bad_response", "rejected"]
+
+# A connection to an inference server (a pod, a Service's address) is made in milliseconds or not at
+# all: one still pending after this long has met a black hole (a SYN dropped by a stale rule or a
+# full accept queue), which the kernel would otherwise wait out for ~2 minutes. Failing it as
+# `unavailable` lets the hold (scale from zero) and the router try again at once. 5 s is also the
+# `openai` package's own default connect timeout.
+CONNECT_TIMEOUT_S = 5.0
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 

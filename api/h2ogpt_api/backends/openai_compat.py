@@ -19,10 +19,12 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx
+# The `openai` client is built on httpx2 (not httpx): what it raises mid-stream are httpx2's errors.
+import httpx2
 import openai
 
 from h2ogpt_api.backends.base import (
+    CONNECT_TIMEOUT_S,
     BackendError,
     BackendEvent,
     BackendRequest,
@@ -116,7 +118,7 @@ class OpenAICompatBackend:
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            timeout=timeout,
+            timeout=openai.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S)),
             max_retries=0,
         )
 
@@ -184,33 +186,33 @@ class OpenAICompatBackend:
                     ) from None
                 lowered = dataclasses.replace(request.sampling, max_new_tokens=room)
                 chunks = await self._create(request, lowered)
-            async with chunks:
-                async for chunk in chunks:
-                    for choice in chunk.choices:
-                        if request.prompt is None:
-                            text = choice.delta.content
-                            logprobs = logprobs_of(choice.logprobs) if choice.logprobs else ()
-                            for call in choice.delta.tool_calls or ():
-                                function = call.function
-                                yield ToolCallDelta(
-                                    index=call.index,
-                                    id=call.id,
-                                    name=function.name if function else None,
-                                    arguments=(function.arguments if function else None) or "",
-                                )
-                        else:
-                            text, logprobs = choice.text, ()
-                        if text or logprobs:
-                            text_chunks += 1
-                            yield TokenDelta(text or "", logprobs)
-                        finish = choice.finish_reason or finish
-                    if chunk.usage is not None:
-                        yield StreamEnd(
-                            prompt_tokens=chunk.usage.prompt_tokens,
-                            completion_tokens=chunk.usage.completion_tokens,
-                            finish_reason=finish_reason_from(finish),
-                        )
-                        return
+        async with _translate_errors(mid_response=True), chunks:
+            async for chunk in chunks:
+                for choice in chunk.choices:
+                    if request.prompt is None:
+                        text = choice.delta.content
+                        logprobs = logprobs_of(choice.logprobs) if choice.logprobs else ()
+                        for call in choice.delta.tool_calls or ():
+                            function = call.function
+                            yield ToolCallDelta(
+                                index=call.index,
+                                id=call.id,
+                                name=function.name if function else None,
+                                arguments=(function.arguments if function else None) or "",
+                            )
+                    else:
+                        text, logprobs = choice.text, ()
+                    if text or logprobs:
+                        text_chunks += 1
+                        yield TokenDelta(text or "", logprobs)
+                    finish = choice.finish_reason or finish
+                if chunk.usage is not None:
+                    yield StreamEnd(
+                        prompt_tokens=chunk.usage.prompt_tokens,
+                        completion_tokens=chunk.usage.completion_tokens,
+                        finish_reason=finish_reason_from(finish),
+                    )
+                    return
         if finish is not None:  # a complete answer from a server that reports no usage when streaming
             yield StreamEnd(
                 prompt_tokens=0, completion_tokens=text_chunks, finish_reason=finish_reason_from(finish)
@@ -222,12 +224,23 @@ class OpenAICompatBackend:
 
 
 @contextlib.asynccontextmanager
-async def _translate_errors() -> AsyncIterator[None]:
+async def _translate_errors(*, mid_response: bool = False) -> AsyncIterator[None]:
+    """The client's failures as BackendErrors. `mid_response`: the answer has begun (the `openai`
+    client reports a connection lost while streaming as an APIConnectionError too)."""
     try:
         yield
-    except openai.APITimeoutError:
+    except openai.APITimeoutError as exc:  # before its base class, APIConnectionError
+        if not mid_response and isinstance(exc.__cause__, httpx2.ConnectTimeout):
+            # Nothing reached the model: safe to send again (the hold, the router).
+            raise BackendError(
+                "unavailable", f"cannot connect to the inference server within {CONNECT_TIMEOUT_S:g} s"
+            ) from None
         raise BackendError("timeout", "the inference server did not answer in time") from None
     except openai.APIConnectionError:
+        if mid_response:
+            raise BackendError(
+                "bad_response", "the inference server closed the connection mid-response"
+            ) from None
         raise BackendError("unavailable", "cannot connect to the inference server") from None
     except openai.APIStatusError as exc:
         status = exc.status_code
@@ -240,9 +253,9 @@ async def _translate_errors() -> AsyncIterator[None]:
         raise BackendError("bad_response", f"the inference server failed ({status})") from None
     except openai.APIError as exc:  # an error event inside the stream
         raise BackendError("bad_response", f"the inference server failed mid-stream: {exc.message}") from None
-    except httpx.TimeoutException:
+    except httpx2.TimeoutException:
         raise BackendError("timeout", "the inference server did not answer in time") from None
-    except (httpx.RemoteProtocolError, httpx.ReadError):
+    except (httpx2.RemoteProtocolError, httpx2.ReadError):
         raise BackendError(
             "bad_response", "the inference server closed the connection mid-response"
         ) from None

@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from h2ogpt_api.backends.base import (
+    CONNECT_TIMEOUT_S,
     BackendError,
     BackendEvent,
     BackendRequest,
@@ -337,7 +338,9 @@ class TgiBackend:
         self._base_url = base_url.rstrip("/")
         # sock_read bounds every wait for data (the headers, then each piece of the stream), as
         # httpx's read timeout did; total=None lets a long generation run as long as it streams.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=min(timeout, 10.0), sock_read=timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=min(timeout, CONNECT_TIMEOUT_S), sock_read=timeout
+        )
         self._session: aiohttp.ClientSession | None = None
         # Whether the server has `/v1/chat/completions`: None until the first chat call tells.
         self.chat_route: bool | None = None
@@ -553,7 +556,9 @@ async def _translate_errors() -> AsyncIterator[None]:
     """aiohttp failures as BackendErrors; messages name the failure, never the URL."""
     try:
         yield
-    except TimeoutError:  # aiohttp's connect and read timeouts are TimeoutErrors
+    except aiohttp.ConnectionTimeoutError:  # nothing reached the model: safe to send again
+        raise BackendError("unavailable", f"cannot connect to TGI within {CONNECT_TIMEOUT_S:g} s") from None
+    except TimeoutError:  # aiohttp's read timeouts are TimeoutErrors
         raise BackendError("timeout", "TGI did not answer in time") from None
     except aiohttp.ClientConnectorError:
         raise BackendError("unavailable", "cannot connect to TGI") from None
