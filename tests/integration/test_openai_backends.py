@@ -21,16 +21,23 @@ from tests.support.tgi_fake import RunningFake, free_port
 MODEL = "test/echo-model"
 
 
-@pytest.mark.parametrize("form", ["vllm", "openai"])
-def test_openai_compatible_backends_stream_and_count(
+def openai_compatible_server(
     api_server_factory: ApiServerFactory, tgi_fake: RunningFake, form: str
-) -> None:
+) -> OpenAI:
+    """An openai client of h2ogpt-api in front of the fake's OpenAI routes (`vllm:` or `openai:` form)."""
     port = tgi_fake.url.rsplit(":", 1)[1]
     server_flag = f"vllm:127.0.0.1:{port}" if form == "vllm" else f"openai:{tgi_fake.url}/v1"
     server = api_server_factory(
         ["--inference_server", server_flag, "--base_model", MODEL, "--langchain_modes", "['LLM']"]
     )
-    client = OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+    return OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+
+
+@pytest.mark.parametrize("form", ["vllm", "openai"])
+def test_openai_compatible_backends_stream_and_count(
+    api_server_factory: ApiServerFactory, tgi_fake: RunningFake, form: str
+) -> None:
+    client = openai_compatible_server(api_server_factory, tgi_fake, form)
     result = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Who are you?"}], max_tokens=50
     )
@@ -117,12 +124,7 @@ def test_a_connect_that_hangs_is_unavailable_after_the_connect_timeout(
 def test_a_stream_an_openai_compatible_server_cuts_ends_in_one_error(
     api_server_factory: ApiServerFactory, tgi_fake: RunningFake, form: str
 ) -> None:
-    port = tgi_fake.url.rsplit(":", 1)[1]
-    server_flag = f"vllm:127.0.0.1:{port}" if form == "vllm" else f"openai:{tgi_fake.url}/v1"
-    server = api_server_factory(
-        ["--inference_server", server_flag, "--base_model", MODEL, "--langchain_modes", "['LLM']"]
-    )
-    client = OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0)
+    client = openai_compatible_server(api_server_factory, tgi_fake, form)
     stream = client.chat.completions.create(
         model=MODEL, stream=True, max_tokens=50,
         messages=[{"role": "user", "content": "FAKE:DROP one two three four five"}],
