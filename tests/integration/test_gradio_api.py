@@ -87,8 +87,9 @@ def test_documented_streaming_example(host: str, capsys: pytest.CaptureFixture[s
     HOST = host
     client = Client(HOST)
     api_name = "/submit_nochat_api"
-    # The marker slows the fake to 30 ms a token, so the answer arrives in several outputs.
-    prompt = "FAKE:DELAY=0.03 Who are you and how do you stream your answers to me?"
+    # The marker slows the fake to 100 ms a token (1.5 s in all), so the answer arrives in several
+    # outputs even when the client is starved of CPU (30 ms a token once gave it only 2 to see).
+    prompt = "FAKE:DELAY=0.1 Who are you and how do you stream your answers to me?"
     kwargs = dict(instruction_nochat=prompt, stream_output=True)  # noqa: C408
 
     job = client.submit(str(dict(kwargs)), api_name=api_name)

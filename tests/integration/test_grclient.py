@@ -157,9 +157,9 @@ def test_extract_gives_one_answer_per_part(client: GradioClient, pdf_url: str) -
 
 
 def test_streaming_variants_join_to_the_answer(client: GradioClient) -> None:
-    pieces = list(client.question_stream("FAKE:DELAY=0.02 stream these words to me one at a time"))
+    pieces = list(client.question_stream("FAKE:DELAY=0.05 stream these words to me one at a time"))
     assert len(pieces) >= 2
-    assert "".join(pieces) == "user: FAKE:DELAY=0.02 stream these words to me one at a time"
+    assert "".join(pieces) == "user: FAKE:DELAY=0.05 stream these words to me one at a time"
     text = "The sandbox release train leaves at nine sharp every Tuesday."
     streamed = "".join(client.query_stream("When does the train leave?", text=text))
     assert "nine sharp every Tuesday" in streamed

@@ -95,19 +95,20 @@ def test_readme_streaming_chat_example(server: ApiServer) -> None:
 
 
 def test_tokens_are_streamed_as_they_come(client: OpenAI) -> None:
-    # 50 ms between the fake's tokens: each token is passed on when it arrives, not the answer at
-    # the end (tokens that arrive together go out together: see tests/unit/api/test_tgi_batches.py).
+    # 100 ms between the fake's tokens: each token is passed on when it arrives, not the answer at
+    # the end (tokens that arrive together go out together: see tests/unit/api/test_tgi_batches.py;
+    # on a starved machine two may, so one merge is allowed).
     started = time.monotonic()
     arrivals = []
     stream = client.chat.completions.create(
-        model=MODEL, stream=True, messages=[{"role": "user", "content": "FAKE:DELAY=0.05 one two three"}]
+        model=MODEL, stream=True, messages=[{"role": "user", "content": "FAKE:DELAY=0.1 one two three"}]
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             arrivals.append((time.monotonic() - started, chunk.choices[0].delta.content))
-    assert "".join(text for _, text in arrivals) == "user: FAKE:DELAY=0.05 one two three"
-    assert len(arrivals) == 5  # one chunk per token (word)
-    assert arrivals[-1][0] - arrivals[0][0] >= 0.15  # 4 gaps of 50 ms: spread over the answer
+    assert "".join(text for _, text in arrivals) == "user: FAKE:DELAY=0.1 one two three"
+    assert len(arrivals) >= 4, arrivals  # 5 tokens (words), as they came
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.3  # 4 gaps of 100 ms: spread over the answer
 
 
 def test_streaming_wire_format(server: ApiServer) -> None:

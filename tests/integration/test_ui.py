@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.support.api_server import REPO_ROOT, ApiServer, ApiServerFactory
 from tests.support.tgi_fake import RunningFake
@@ -60,7 +61,15 @@ def page(browser: Browser, server: ApiServer) -> Iterator[Page]:
     assert server.gradio_url is not None
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(server.gradio_url)
-    page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS)
+    try:
+        page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS / 2)
+    except PlaywrightTimeoutError:
+        # Seen once in `make test` with the cores taken by the image builds: the page never
+        # rendered while the same server kept answering every other test. A user reloads; so does
+        # this fixture, once. A server that cannot serve the page fails the second wait too.
+        print(f"the page did not render within {UI_WAIT_MS / 2000:.0f} s: reloading it once")
+        page.reload()
+        page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS)
     yield page
     page.close()
 
@@ -102,7 +111,7 @@ def ask(page: Page, question: str) -> None:
 
 def test_a_question_streams_into_the_chat(page: Page) -> None:
     assert "h2oai/h2ogpt-4096-llama2-7b-chat" in page.inner_text("#h2ogpt-model")
-    question = "FAKE:DELAY=0.04 How do answers appear in this chat window when they stream?"
+    question = "FAKE:DELAY=0.1 How do answers appear in this chat window when they stream?"
     expected = f"user: {question}"
     record_texts(page, ".message.bot")  # every rendering, not only those a poll happens to see
     ask(page, question)
