@@ -41,9 +41,9 @@ def test_by_default_as_many_run_at_once_as_tgi_info_says(
     chosen = "max_concurrency 96 (what the tgi backend admits: /info max_concurrent_requests 96)"
     assert chosen in server.log()
 
-    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 110, TOKENS))
+    tokens = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 110, TOKENS))
 
-    assert chunks == [TOKENS] * 110  # every stream answered in full, none refused
+    assert tokens == [TOKENS] * 110  # every stream answered in full, none refused
     stats = slow_fake.fake.stats
     assert stats.peak_running == 96  # all the backend admits ran at once, and never more
     assert stats.overloaded == 0  # the 14 beyond waited in the proxy, not refused by TGI
@@ -56,9 +56,9 @@ def test_an_explicit_max_concurrency_wins(
     server = api_server_factory([*llm_only_args(slow_fake.url, MODEL), "--max_concurrency", "5"])
     assert "max_concurrency 5 (--max_concurrency 5)" in server.log()
 
-    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 12, TOKENS))
+    tokens = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 12, TOKENS))
 
-    assert chunks == [TOKENS] * 12
+    assert tokens == [TOKENS] * 12
     assert slow_fake.fake.stats.peak_running == 5
 
 
@@ -70,9 +70,9 @@ def test_an_openai_compatible_backend_gets_no_limit_of_ours(
     server = api_server_factory(llm_only_args(f"openai:{slow_fake.url}/v1", MODEL))
     assert "max_concurrency no limit of our own (the openai backend reports no limit)" in server.log()
 
-    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 80, TOKENS))
+    tokens = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, 80, TOKENS))
 
-    assert chunks == [TOKENS] * 80
+    assert tokens == [TOKENS] * 80
     assert slow_fake.fake.stats.peak_running == 80  # above the old default of 64
 
 

@@ -57,9 +57,9 @@ def test_two_workers_serve_each_its_share_and_metrics_sum_them(
     assert "h2ogpt-api ready (2 workers" in server.log()
     assert server.log().count("max_concurrency 5 (what the tgi backend admits") == 2
 
-    chunks = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, STREAMS, TOKENS))
+    tokens = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, STREAMS, TOKENS))
 
-    assert chunks == [TOKENS] * STREAMS
+    assert tokens == [TOKENS] * STREAMS
     stats = slow_fake.fake.stats
     assert stats.peak_running == 10  # 5 in each worker at once: both serve
     assert stats.overloaded == 0  # and together never more than the backend admits

@@ -150,7 +150,10 @@ def api_server_factory() -> Iterator[ApiServerFactory]:
 
 
 async def concurrent_streams(base_url: str, model: str, count: int, max_tokens: int) -> list[int]:
-    """`count` streamed chats at once through the official client; the content chunks each received."""
+    """`count` streamed chats at once through the official client; the tokens each received.
+
+    The fake's tokens are words; counted in the text, not in chunks, since tokens that reach the
+    proxy together go out in one chunk."""
     async with AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120) as client:
 
         async def one(index: int) -> int:
@@ -160,6 +163,7 @@ async def concurrent_streams(base_url: str, model: str, count: int, max_tokens: 
                 max_tokens=max_tokens,
                 stream=True,
             )
-            return len([chunk async for chunk in stream if chunk.choices and chunk.choices[0].delta.content])
+            pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+            return len("".join(pieces).split())
 
         return await asyncio.gather(*(one(index) for index in range(count)))
