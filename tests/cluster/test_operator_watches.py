@@ -175,7 +175,9 @@ def test_a_refused_child_is_retried_with_growing_delays(
     # plus the reconciles that watch events (the CR, its other children) bring at the start.
     assert 3 <= len(times) <= 16, times
     assert gaps[-1] >= 3.5, gaps  # at the cap
-    assert max(gaps) <= 4.5, gaps  # never beyond it
+    # Never beyond it: the cap plus a reconcile's own time and the timer's lateness on a loaded
+    # machine (4.59 s seen once in `make test`); a doubling without a cap would reach 8 s.
+    assert max(gaps) <= 5.5, gaps
     assert gaps[-1] > 2 * min(gaps), gaps  # it grew
     # The first refusals come from watch events (the CR, its children); the capped ones are retries.
     capped = [gap for gap in gaps if gap >= 3.5]
