@@ -24,7 +24,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -252,6 +252,12 @@ def _after_load(result: StepResult) -> float | None:
     return max(result.follow_s - result.load_s, 0.0)
 
 
+def _measured(pick: Callable[..., float], values: Sequence[float | None]) -> float | None:
+    """min or max of the values that were measured (None: never reached); None when none was."""
+    present = [v for v in values if v is not None]
+    return pick(present) if present else None
+
+
 def _cell(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f}"
 
@@ -274,10 +280,10 @@ def run(quick: bool = False) -> str:
                       if result.answered and result.replica_up_at is not None else None)
     seeds = QUICK_SEEDS if quick else SEEDS
     steps = [simulate_step(seed) for seed in seeds]
-    step_rows = [[str(seed), _cell(s.follow_s), _cell(s.load_s), _cell(_after_load(s)), _cell(s.down_s),
-                  str(s.peak_replicas), str(s.served), f"{s.max_wait_s:.1f}", str(s.cut)]
-                 for seed, s in zip(seeds, steps, strict=True)]
     after_load = [_after_load(s) for s in steps]
+    step_rows = [[str(seed), _cell(s.follow_s), _cell(s.load_s), _cell(after), _cell(s.down_s),
+                  str(s.peak_replicas), str(s.served), f"{s.max_wait_s:.1f}", str(s.cut)]
+                 for seed, s, after in zip(seeds, steps, after_load, strict=True)]
     follows = [s.follow_s for s in steps]
     downs = [s.down_s for s in steps]
     follow_ok = all(f is not None and f <= FOLLOW_TARGET_S for f in follows)
@@ -324,14 +330,14 @@ def run(quick: bool = False) -> str:
                         "streams served", "longest wait s", "streams cut"], step_rows),
         "",
         f"- Replicas follow the step within {FOLLOW_TARGET_S:.0f} s (one stream length + two polls + the "
-        f"modelled start): worst {_cell(max((f for f in follows if f is not None), default=None))} s: "
+        f"modelled start): worst {_cell(_measured(max, follows))} s: "
         f"{'met' if follow_ok else 'MISSED'} ({sum(f is not None and f <= FOLLOW_TARGET_S for f in follows)} "
         f"of {len(follows)} seeds within it). What bounds it is the load itself: 'load there' is when "
         "the in-flight count first reached what asks for the step's need, up to "
-        f"{_cell(max((v for v in (s.load_s for s in steps) if v is not None), default=None))} s after the "
+        f"{_cell(_measured(max, [s.load_s for s in steps]))} s after the "
         "step when Poisson arrivals ran below their mean; from then ('after it') the replicas were ready "
-        f"in {_cell(min((v for v in after_load if v is not None), default=None))} to "
-        f"{_cell(max((v for v in after_load if v is not None), default=None))} s, one poll and the "
+        f"in {_cell(_measured(min, after_load))} to "
+        f"{_cell(_measured(max, after_load))} s, one poll and the "
         f"{MODELLED_START_S:.0f} s start when the next poll still sees that count, longer when it dips "
         "below again (the decision reads the count at the poll, not the peak between polls: sizing for "
         "peaks would keep a second replica up at the baseline).",
@@ -340,7 +346,7 @@ def run(quick: bool = False) -> str:
         f"- They come back down within {DOWN_TARGET_S:.0f} s of the load's drop (the "
         f"{STEP_POLICY.scale_down_delay_seconds} s delay, counted from when the load first fitted fewer "
         "replicas, which may be during the step's overshoot; then the first poll with nothing in flight): "
-        f"worst {_cell(max((d for d in downs if d is not None), default=None))} s: "
+        f"worst {_cell(_measured(max, downs))} s: "
         f"{'met' if down_ok else 'MISSED'}.",
         f"- Streams cut by a scale-in: {sum(s.cut for s in steps)} (target 0): "
         f"{'met' if cut_ok else 'MISSED'}. "

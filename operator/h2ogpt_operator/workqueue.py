@@ -46,11 +46,11 @@ class WorkQueue:
         self._resync_seconds = resync_seconds
         self._retry_seconds = retry_seconds
         self._retry_max_seconds = max(retry_max_seconds, retry_seconds)
-        # Waiting keys, in order, each in one line: watch events first, then resync and retries.
-        self._news: OrderedDict[Key, None] = OrderedDict()
-        self._routine: OrderedDict[Key, None] = OrderedDict()
+        # Waiting keys in order, each in one line (watch events first, then resync and retries), with
+        # when it was enqueued (monotonic).
+        self._news: OrderedDict[Key, float] = OrderedDict()
+        self._routine: OrderedDict[Key, float] = OrderedDict()
         self._available = asyncio.Semaphore(0)  # one per waiting key
-        self._waiting: dict[Key, float] = {}  # key -> when it was enqueued (monotonic)
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._failures: dict[Key, int] = {}  # unsettled runs in a row
@@ -63,15 +63,16 @@ class WorkQueue:
         self._cancel_retry(key)  # it runs now; a pending retry would only repeat it
         if key in self._running:
             self._dirty.add(key)
-        elif key in self._waiting:
-            if news and key in self._routine:
-                del self._routine[key]
-                self._news[key] = None
-        else:
-            self._waiting[key] = time.monotonic()
-            (self._news if news else self._routine)[key] = None
+        elif key in self._routine:
+            if news:  # moves up, keeping when it was first enqueued
+                self._news[key] = self._routine.pop(key)
+        elif key not in self._news:
+            (self._news if news else self._routine)[key] = time.monotonic()
             self._available.release()
-            metrics.WORKQUEUE_DEPTH.set(len(self._waiting))
+            metrics.WORKQUEUE_DEPTH.set(self._depth())
+
+    def _depth(self) -> int:
+        return len(self._news) + len(self._routine)
 
     def retry_delay(self, key: Key) -> float:
         """The delay before the next look at an unsettled key: doubles with each failure in a row."""
@@ -124,10 +125,8 @@ class WorkQueue:
     async def _work(self) -> None:
         while True:
             await self._available.acquire()
-            line = self._news or self._routine
-            key, _ = line.popitem(last=False)
-            enqueued = self._waiting.pop(key, time.monotonic())
-            metrics.WORKQUEUE_DEPTH.set(len(self._waiting))
+            key, enqueued = (self._news or self._routine).popitem(last=False)
+            metrics.WORKQUEUE_DEPTH.set(self._depth())
             metrics.WORKQUEUE_QUEUE_DURATION.observe(time.monotonic() - enqueued)
             self._running.add(key)
             settled = True

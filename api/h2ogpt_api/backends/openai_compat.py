@@ -19,7 +19,8 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-# The `openai` client is built on httpx2 (not httpx): what it raises mid-stream are httpx2's errors.
+# The `openai` client is built on httpx2 (not httpx). It wraps httpx2's errors, in a request and
+# mid-stream alike, in APITimeoutError / APIConnectionError; the httpx2 cause tells a connect timeout.
 import httpx2
 import openai
 
@@ -253,9 +254,3 @@ async def _translate_errors(*, mid_response: bool = False) -> AsyncIterator[None
         raise BackendError("bad_response", f"the inference server failed ({status})") from None
     except openai.APIError as exc:  # an error event inside the stream
         raise BackendError("bad_response", f"the inference server failed mid-stream: {exc.message}") from None
-    except httpx2.TimeoutException:
-        raise BackendError("timeout", "the inference server did not answer in time") from None
-    except (httpx2.RemoteProtocolError, httpx2.ReadError):
-        raise BackendError(
-            "bad_response", "the inference server closed the connection mid-response"
-        ) from None
