@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,7 @@ MIN_PHASE_S = 1.2
 TARGET_SHARE_AT = 64  # the concurrency the Gradio side's targets are judged at
 OPENAI_SHARE_AT = 256  # the concurrency the OpenAI side's throughput target is judged at
 WORKERS = 2  # the --workers target
+FLOOR = "floor-relay"  # bench/floor_relay.py: a reference, not a product
 # The `api/` folder of another checkout (e.g. `git archive <commit> api | tar -x -C /tmp/before`):
 # its h2ogpt-api, with the same flags, is measured in the same run as "before-openai" and
 # "before-gradio", so a change is compared side by side on the same machine at the same time.
@@ -253,6 +255,17 @@ API_ARGS = ("--base_model", MODEL,  # the defaults: the admission limit follows 
 
 
 @contextlib.contextmanager
+def floor_relay_server(backend_url: str) -> Iterator[tuple[str, BackgroundProcess]]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.floor_relay", "--backend", backend_url, "--host", LOOPBACK,
+               "--port", str(port)]
+    with background_process(FLOOR, command, env={"PYTHONPATH": str(REPO_ROOT)}) as running:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_http_ok(url + "/health", running)
+        yield url, running
+
+
+@contextlib.contextmanager
 def litellm_server(backend_url: str) -> Iterator[tuple[str, BackgroundProcess]]:
     """LiteLLM's proxy (its own venv) for the fake's OpenAI-compatible route; yields its /v1 URL."""
     executable = LITELLM_VENV / "bin" / "litellm"
@@ -438,9 +451,16 @@ def targets_verdict(cells: dict[tuple[str, int], Cell], names: Sequence[str]) ->
     if "h2ogpt-openai" in names:
         for level in [level for level in (1, 16, 64) if level in levels]:
             value = added("h2ogpt-openai", level) * 1000
+            floor = (
+                f" A bare relay on the same server stack ({FLOOR}) adds {added(FLOOR, level) * 1000:.2f} ms"
+                f" here: the hop's floor; h2ogpt-api's own work is the other "
+                f"{value - added(FLOOR, level) * 1000:.2f} ms."
+                if FLOOR in names
+                else ""
+            )
             lines.append(
                 f"- OpenAI side at {level} streams adds {value:.2f} ms median TTFT "
-                f"(target <= 1.5 ms): {verdict(value <= 1.5)}."
+                f"(target <= 1.5 ms): {verdict(value <= 1.5)}.{floor}"
             )
         level = at(OPENAI_SHARE_AT)
         share = share_of("h2ogpt-openai", level)
@@ -512,6 +532,12 @@ def run(quick: bool = False) -> str:
         fake_pid = _listener_pid(fake_url)
         direct = Request(f"{fake_url}/v1/chat/completions", "openai", chat_body())
         targets = [Target("direct", direct, [fake_pid])]
+        try:  # the floor of a Python hop (bench/floor_relay.py): what h2ogpt-api's own work is judged above
+            relay_url, relay = stack.enter_context(floor_relay_server(fake_url))
+            targets.append(Target(FLOOR, Request(f"{relay_url}/v1/chat/completions", "openai", chat_body()),
+                                  [relay.process.pid]))
+        except ServerError as exc:
+            notes.append(f"{FLOOR} not measured: {str(exc).splitlines()[0][:300]}")
 
         api = stack.enter_context(h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS]))
         targets.append(
