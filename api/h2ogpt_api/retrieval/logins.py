@@ -18,6 +18,7 @@ from weaviate.exceptions import WeaviateBaseError
 from weaviate.util import generate_uuid5
 
 from h2ogpt_api.retrieval.base import DocumentStoreUnavailableError
+from h2ogpt_api.retrieval.weaviate_process import WeaviateProcess, refuse_while_restarting
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ def login_uuid(name: str) -> str:
 class WeaviateLogins:
     """`LoginRegistry` (auth.py) on a connected async Weaviate client."""
 
-    def __init__(self, client: weaviate.WeaviateAsyncClient) -> None:
+    def __init__(self, client: weaviate.WeaviateAsyncClient, local: WeaviateProcess | None = None) -> None:
         self.client = client
+        self.local = local  # the weaviate-server this process supervises, if it is one
         self._ready = False
         self._lock = asyncio.Lock()
 
@@ -60,6 +62,7 @@ class WeaviateLogins:
         return self.client.collections.get(LOGINS_COLLECTION)
 
     async def password_hash(self, name: str) -> str | None:
+        refuse_while_restarting(self.local)
         try:
             collection = await self._collection()
             found = await collection.query.fetch_object_by_id(login_uuid(name))
@@ -70,6 +73,7 @@ class WeaviateLogins:
         return str(found.properties["password_hash"])
 
     async def register(self, name: str, password_hash: str) -> str:
+        refuse_while_restarting(self.local)
         try:
             collection = await self._collection()
             try:

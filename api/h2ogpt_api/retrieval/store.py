@@ -62,7 +62,7 @@ from h2ogpt_api.retrieval.ingest import (
 )
 from h2ogpt_api.retrieval.logins import WeaviateLogins
 from h2ogpt_api.retrieval.url_guard import Resolver, UrlPolicy, resolve_host
-from h2ogpt_api.retrieval.weaviate_process import LOOPBACK, WeaviateProcess
+from h2ogpt_api.retrieval.weaviate_process import LOOPBACK, WeaviateProcess, refuse_while_restarting
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def store_failures_unavailable(
 
     @functools.wraps(method)
     async def guarded(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        refuse_while_restarting(getattr(args[0], "local_weaviate", None) if args else None)
         try:
             return await method(*args, **kwargs)
         except WeaviateBaseError as exc:
@@ -552,5 +553,5 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
                                 "check --weaviate_url and that the server is up")
         store = WeaviateDocumentStore(client, embedder, collections, limits=limits, url_policy=url_policy)
         store.local_weaviate = process
-        store.logins = WeaviateLogins(client)
+        store.logins = WeaviateLogins(client, process)
         yield store

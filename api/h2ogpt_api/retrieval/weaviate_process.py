@@ -28,6 +28,8 @@ from typing import IO
 
 import httpx
 
+from h2ogpt_api.retrieval.base import DocumentStoreUnavailableError
+
 log = logging.getLogger(__name__)
 
 WEAVIATE_BINARY_NAME = "weaviate-server"
@@ -197,6 +199,9 @@ class WeaviateProcess:
         self.restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._wanted = False  # started and not stopped: the supervisor keeps it running
+        # The running process has answered ready. Not before: a weaviate-server that listens but is
+        # still loading its schema answers "no such collection" (404) for collections it holds.
+        self._serving = False
         self._log_file: IO[bytes] | None = None
 
     @property
@@ -211,6 +216,10 @@ class WeaviateProcess:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def is_serving(self) -> bool:
+        """Running and ready since its last start: what the store may send requests to."""
+        return self._serving and self.is_running()
 
     def _ports_file(self) -> Path:
         return self.root_dir / "ports.json"
@@ -234,6 +243,7 @@ class WeaviateProcess:
         if self.is_running():
             return
         self._wanted = True
+        self._serving = False
         binary = self.binary or find_weaviate_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ports = self._choose_ports()
@@ -248,6 +258,7 @@ class WeaviateProcess:
             start_new_session=True,  # a Ctrl-C in our terminal reaches us, and we stop it cleanly
         )
         self._wait_ready()
+        self._serving = True
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -272,6 +283,7 @@ class WeaviateProcess:
 
     def _terminate(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (Weaviate flushes its memtables), then SIGKILL if it does not exit in time."""
+        self._serving = False
         process = self._process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -311,3 +323,13 @@ class WeaviateProcess:
                     self.restarts += 1
                 except (RuntimeError, OSError):
                     log.exception("restarting weaviate-server failed; retrying")
+
+
+def refuse_while_restarting(local: WeaviateProcess | None) -> None:
+    """A weaviate-server this process supervises is asked nothing until it is ready again: one that
+    listens while it still loads its schema says a collection it holds does not exist, which would
+    read as "no documents" (an answer without its sources, a login unknown) instead of "retry"."""
+    if local is not None and not local.is_serving():
+        raise DocumentStoreUnavailableError(
+            "the document store (Weaviate) is restarting and not ready yet; retry shortly"
+        )
