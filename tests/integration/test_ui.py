@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -59,19 +60,58 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser, server: ApiServer) -> Iterator[Page]:
     assert server.gradio_url is not None
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(server.gradio_url)
-    try:
-        page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS / 2)
-    except PlaywrightTimeoutError:
-        # Seen once in `make test` with the cores taken by the image builds: the page never
-        # rendered while the same server kept answering every other test. A user reloads; so does
-        # this fixture, once. A server that cannot serve the page fails the second wait too.
-        print(f"the page did not render within {UI_WAIT_MS / 2000:.0f} s: reloading it once")
-        page.reload()
-        page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS)
+    for attempt in (1, 2):
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        trouble = watch_trouble(page)
+        started = time.monotonic()
+        page.goto(server.gradio_url)
+        try:
+            page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS)
+            break
+        except PlaywrightTimeoutError:
+            # Seen twice in `make test`, with the cores taken by image builds or the e2e tier: the
+            # page never rendered, a reload did not help, while the same server answered every
+            # other test. What the page and the server were doing is printed; a new page (a new
+            # browser context) gets one more try. A server that cannot serve the page fails it too.
+            print(f"attempt {attempt}: {describe_unrendered(page, server, trouble, started)}")
+            page.close()
+            if attempt == 2:
+                raise
     yield page
     page.close()
+
+
+def watch_trouble(page: Page) -> list[str]:
+    """The page's console errors, uncaught errors and failed requests, as they happen."""
+    trouble: list[str] = []
+    page.on("console", lambda message: trouble.append(f"console {message.type}: {message.text}")
+            if message.type in ("error", "warning") else None)  # fmt: skip
+    page.on("pageerror", lambda error: trouble.append(f"page error: {error}"))
+    page.on(
+        "requestfailed", lambda request: trouble.append(f"request failed: {request.url} {request.failure}")
+    )
+    return trouble
+
+
+def describe_unrendered(page: Page, server: ApiServer, trouble: list[str], started: float) -> str:
+    assert server.gradio_url is not None
+    try:
+        probe_started = time.monotonic()
+        status = httpx.get(server.gradio_url + "config", timeout=30).status_code
+        probe = f"GET /config answered {status} in {time.monotonic() - probe_started:.1f} s"
+    except httpx.HTTPError as exc:
+        probe = f"GET /config failed: {exc!r}"
+    prompt = page.locator("#h2ogpt-prompt")
+    lines = [
+        f"the page did not render within {time.monotonic() - started:.0f} s",
+        f"url {page.url}, title {page.title()!r}, {len(page.content())} characters of HTML, "
+        f"#h2ogpt-prompt present: {prompt.count()}",
+        probe,
+        *trouble[-15:],
+        "server log, last lines:",
+        *server.log().splitlines()[-30:],
+    ]
+    return "\n".join(lines)
 
 
 def last_bot_message(page: Page) -> str:
