@@ -464,9 +464,15 @@ def targets_verdict(cells: dict[tuple[str, int], Cell], names: Sequence[str]) ->
             )
         level = at(OPENAI_SHARE_AT)
         share = share_of("h2ogpt-openai", level)
+        ceiling = (
+            f" A bare relay on the same server stack ({FLOOR}) keeps {100 * share_of(FLOOR, level):.1f}%"
+            " here: the hop's ceiling on this machine."
+            if FLOOR in names
+            else ""
+        )
         lines.append(
             f"- OpenAI side at {level} streams, default settings, keeps {100 * share:.1f}% of direct "
-            f"throughput (target >= 90%): {verdict(share >= 0.9)}."
+            f"throughput (target >= 90%): {verdict(share >= 0.9)}.{ceiling}"
         )
         workers = f"h2ogpt-openai-{WORKERS}w"
         if workers in names:

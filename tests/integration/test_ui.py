@@ -82,11 +82,12 @@ def page(browser: Browser, server: ApiServer) -> Iterator[Page]:
 
 
 def watch_trouble(page: Page) -> list[str]:
-    """The page's console errors, uncaught errors and failed requests, as they happen."""
+    """The page's console errors, uncaught errors, failed requests and a renderer crash, as they happen."""
     trouble: list[str] = []
     page.on("console", lambda message: trouble.append(f"console {message.type}: {message.text}")
             if message.type in ("error", "warning") else None)  # fmt: skip
     page.on("pageerror", lambda error: trouble.append(f"page error: {error}"))
+    page.on("crash", lambda _: trouble.append("the page's renderer crashed"))
     page.on(
         "requestfailed", lambda request: trouble.append(f"request failed: {request.url} {request.failure}")
     )
