@@ -451,13 +451,11 @@ def targets_verdict(cells: dict[tuple[str, int], Cell], names: Sequence[str]) ->
     if "h2ogpt-openai" in names:
         for level in [level for level in (1, 16, 64) if level in levels]:
             value = added("h2ogpt-openai", level) * 1000
-            floor = (
-                f" A bare relay on the same server stack ({FLOOR}) adds {added(FLOOR, level) * 1000:.2f} ms"
-                f" here: the hop's floor; h2ogpt-api's own work is the other "
-                f"{value - added(FLOOR, level) * 1000:.2f} ms."
-                if FLOOR in names
-                else ""
-            )
+            floor = ""
+            if FLOOR in names:
+                hop = added(FLOOR, level) * 1000
+                floor = (f" A bare relay on the same server stack ({FLOOR}) adds {hop:.2f} ms here: the "
+                         f"hop's floor; h2ogpt-api's own work is the other {value - hop:.2f} ms.")
             lines.append(
                 f"- OpenAI side at {level} streams adds {value:.2f} ms median TTFT "
                 f"(target <= 1.5 ms): {verdict(value <= 1.5)}.{floor}"

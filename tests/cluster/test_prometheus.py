@@ -262,7 +262,7 @@ def held_until_a_replica_is_back(client: OpenAI, observed: Observed) -> None:
             wait_for(lambda: observed.prometheus.query(held), 30, "the held request scraped")
         finally:
             for index, fake in enumerate(replicas):
-                replicas[index] = RunningFake(fake.fake, port=fake.port).start()
+                replicas[index] = fake.started_again()
         assert asked.result(timeout=60).choices[0].message.content
 
 

@@ -174,7 +174,7 @@ def test_a_stopped_replica_is_taken_out_and_requests_go_elsewhere(
             assert chat(client, messages).startswith("user: Document: victim")
         assert metric(server, "h2ogpt_api_replica_failures_total", kind="unavailable") == failures + 1
     finally:
-        replicas[home] = RunningFake(victim.fake, port=victim.port).start()
+        replicas[home] = victim.started_again()
     # After its backoff (1 s) it is tried again, succeeds, and its keys come home.
     time.sleep(1.2)
     before = started(replicas)
@@ -245,7 +245,7 @@ def test_gradio_client_gets_an_answer_when_the_home_replica_is_gone(
         assert "gradio victim" in answer["response"]
         assert not answer.get("error")
     finally:
-        replicas[home] = RunningFake(victim.fake, port=victim.port).start()
+        replicas[home] = victim.started_again()
 
 
 def test_the_gradio_rest_route_routes_by_session_header(

@@ -901,6 +901,7 @@ class RunningFake:
     def __init__(self, fake: TgiFake, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.fake = fake
         self.port = port or free_port()
+        self.host = host
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(
             fake, host=host, port=self.port, log_level="critical", access_log=False, lifespan="off"
@@ -920,6 +921,11 @@ class RunningFake:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+    def started_again(self) -> RunningFake:
+        """The same fake (its stats and failures) served again at this one's address, after `stop`:
+        a replica coming back."""
+        return RunningFake(self.fake, port=self.port, host=self.host).start()
 
 
 @pytest.fixture(scope="session")
