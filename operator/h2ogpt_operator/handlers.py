@@ -10,6 +10,11 @@ when it appears, changes or goes. The same watches feed the indexes the reconcil
 event-watching and indexing handlers are used: kopf then writes nothing to the CR (no
 finalizer, no progress annotations), which keeps deletion free of the operator and a steady
 state free of writes.
+
+Every handler here (and every index in watchcache.py) is a coroutine function: kopf runs those on
+its event loop, but a plain function in its thread pool. The work queue, the Secret readers and
+the indexes belong to the loop and are not thread-safe; before this, the handlers ran in threads
+and a lost update in the queue's semaphore could stop every worker without a word.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
         return event.get("type") == "DELETED" or not context.cache.echoes_own_write(stack, kind, name, body)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def on_stack(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+    async def on_stack(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
         key = (namespace or "", name)
         if event.get("type") == "DELETED":
             context.queue.forget(key)
@@ -106,13 +111,15 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
     for group, version, plural in CHILD_RESOURCES:
 
         @kopf.on.event(group, version, plural, labels=OURS, id=f"child-{plural}", registry=registry)
-        def on_child(event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+        async def on_child(
+            event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any
+        ) -> None:
             key = (namespace or "", labels["app.kubernetes.io/instance"])
             if news(key, event):
                 context.queue.add(key)
 
     @kopf.on.event(*SECRET_RESOURCE, id="read-secrets", registry=registry)
-    def on_secret(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+    async def on_secret(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
         for stack in context.secret_readers.readers(namespace or "", name):
             if news(stack, event):
                 context.queue.add(stack)

@@ -127,25 +127,29 @@ class WatchCache:
     # --- filled by kopf ---
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
-        """Index handlers: each keeps the latest body (a Secret: its facts) under the stack's key."""
+        """Index handlers: each keeps the latest body (a Secret: its facts) under the stack's key.
+
+        Coroutine functions, so kopf runs them on the event loop rather than handing each watch
+        event to its thread pool: they are quick, and the loop is where the index is written.
+        """
 
         @kopf.index(GROUP, VERSION, PLURAL, id=STACKS_INDEX, registry=registry)
-        def stacks(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+        async def stacks(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
             return {(namespace or "", name): dict(body)}
 
         for group, version, plural, _kind in CHILD_RESOURCES:
 
             @kopf.index(group, version, plural, labels=OURS, id=child_index(plural), registry=registry)
-            def child(labels: kopf.Labels, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+            async def child(labels: kopf.Labels, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
                 return {(namespace or "", labels["app.kubernetes.io/instance"]): dict(body)}
 
         @kopf.index(*POD_RESOURCE, labels=OURS, id=PODS_INDEX, registry=registry)
-        def pods(labels: kopf.Labels, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+        async def pods(labels: kopf.Labels, namespace: str | None, body: kopf.Body, **_: Any) -> Any:
             return {(namespace or "", labels["app.kubernetes.io/instance"]): dict(body)}
 
         # Every Secret, not only ours: a stack references the user's own by name.
         @kopf.index(*SECRET_RESOURCE, id=SECRETS_INDEX, registry=registry)
-        def secrets(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+        async def secrets(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
             return {namespace or "": SecretFacts.of(body)}
 
     # --- this process's writes ---

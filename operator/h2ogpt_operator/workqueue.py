@@ -13,6 +13,10 @@ Keys a watch event (or the autoscaler) brought are taken before those the resync
 timer brought: the resync is a safety net that re-queues every stack at once, and behind it a
 stack whose pods just went Ready would wait for hundreds of look-alike runs. A waiting key that
 gets an event moves to the front line.
+
+The queue belongs to the event loop (asyncio primitives are not thread-safe: a semaphore released
+from another thread can lose a wake-up or a count, and a lost count stops the workers). `add` and
+`forget` refuse a call from any other thread instead of corrupting it quietly.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ Key = tuple[str, str]  # (namespace, name)
 Worker = Callable[[Key], Awaitable[bool]]  # returns whether the stack settled (no retry needed)
 
 log = logging.getLogger(__name__)
+
+
+def _on_the_event_loop(what: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(f"{what} must be called on the event loop, not from a thread") from None
 
 
 class WorkQueue:
@@ -59,6 +70,7 @@ class WorkQueue:
 
     def add(self, key: Key, *, news: bool = True) -> None:
         """Queue `key`; `news=False` for the resync's and the retry timers' routine looks."""
+        _on_the_event_loop("WorkQueue.add")
         self.known.add(key)
         self._cancel_retry(key)  # it runs now; a pending retry would only repeat it
         if key in self._running:
@@ -97,6 +109,7 @@ class WorkQueue:
             metrics.WORKQUEUE_RETRYING.set(len(self._retry_timers))
 
     def forget(self, key: Key) -> None:
+        _on_the_event_loop("WorkQueue.forget")
         self.known.discard(key)
         self._failures.pop(key, None)
         self._cancel_retry(key)

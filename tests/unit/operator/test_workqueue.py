@@ -162,3 +162,26 @@ def test_watch_events_go_before_the_resyncs_routine_looks() -> None:
     assert [name for _, name in asyncio.run(scenario())] == [
         "busy", "event", "routine-3", "routine-0", "routine-1", "routine-2", "routine-4"
     ]  # fmt: skip
+
+
+def test_a_call_from_another_thread_is_refused_not_run() -> None:
+    """asyncio's semaphore is not thread-safe: kopf once called `add` from its handler threads,
+    and a lost count could leave every worker asleep with stacks waiting. Now that is an error."""
+
+    async def scenario() -> tuple[str, str, set[Key]]:
+        async def worker(key: Key) -> bool:
+            return True
+
+        queue = WorkQueue(worker, workers=1, resync_seconds=3600, retry_seconds=3600)
+        errors = []
+        for call in (lambda: queue.add(("ns", "c")), lambda: queue.forget(("ns", "c"))):
+            try:
+                await asyncio.to_thread(call)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        return errors[0], errors[1], queue.known
+
+    added, forgotten, known = asyncio.run(scenario())
+    assert added == "WorkQueue.add must be called on the event loop, not from a thread"
+    assert forgotten == "WorkQueue.forget must be called on the event loop, not from a thread"
+    assert known == set()
