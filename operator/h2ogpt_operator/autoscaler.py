@@ -20,17 +20,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from h2ogpt_operator import builders, metrics, naming
 from h2ogpt_operator.autoscale import Load, Memory, PodLoad, decide
-from h2ogpt_operator.kube import Kube, KubeError
+from h2ogpt_operator.kube import APISERVER_ERRORS, Kube
 from h2ogpt_operator.models import GROUP, KIND, VERSION, H2oGPTDeploymentSpec
 from h2ogpt_operator.watchcache import StackView, WatchCache, resource_version
 
 log = logging.getLogger(__name__)
+# A pod's metrics not read: no answer through the apiserver's proxy, or a page that does not parse.
+UNREADABLE_METRICS: tuple[type[Exception], ...] = (*APISERVER_ERRORS, ValueError)
+
 Manifest = dict[str, Any]
 Key = tuple[str, str]
 # (namespace, pod, port, path) -> the page's text; the apiserver's pod proxy unless a test says otherwise.
@@ -142,7 +144,7 @@ class Autoscaler:
             pod_name = pod["metadata"]["name"]
             try:
                 found.append(parse(self.read(namespace, pod_name, port(pod), "metrics")))
-            except (KubeError, ValueError, OSError, urllib3.exceptions.HTTPError) as exc:
+            except UNREADABLE_METRICS as exc:
                 unreadable += 1
                 log.info("autoscaler: cannot read %s/%s metrics: %s", namespace, pod_name, exc)
         return found, unreadable

@@ -4,6 +4,11 @@ No flags: watch all namespaces. `--namespace NS` (repeatable): only those. At st
 applies its own CRD (`--no-apply-crd`: not). Reads KUBECONFIG (or
 ~/.kube/config), else the in-cluster service account. Serves Prometheus metrics on :8080/metrics
 and kopf's liveness on :8081/healthz; acts only while holding the leader Lease.
+
+Its own loops (leader election, the work queue, the autoscaler) run for as long as it does: one
+that ends with an error stops the process with the traceback and exit status 1, so Kubernetes
+restarts it, rather than living on without reconciling. SIGUSR1 writes every thread's stack to
+stderr (what a stuck process is doing) and keeps running.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -101,6 +108,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def stop_when_one_ends(tasks: Sequence[asyncio.Task[None]], stop: asyncio.Event) -> list[str]:
+    """Set `stop` when one of `tasks` ends before it is set (with its traceback logged); the list
+    returned fills with the names of those that did."""
+    failed: list[str] = []
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or stop.is_set():
+            return  # shutting down, or the elector standing down after a lost Lease
+        error = task.exception()
+        name, why = task.get_name(), error or "returned"
+        log.critical("%s ended (%s); stopping the operator", name, why, exc_info=error)
+        failed.append(name)
+        stop.set()
+
+    for task in tasks:
+        task.add_done_callback(ended)
+    return failed
+
+
 async def run(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env(os.environ)
     kube = Kube(load_api_client(), count_write=metrics.count_write, count_read=metrics.count_read)
@@ -172,6 +198,7 @@ async def run(args: argparse.Namespace) -> int:
             autoscaler.run(args.autoscale_interval_seconds, elector.is_leader, queue.add), name="autoscaler"
         ),
     ]
+    failed = stop_when_one_ends(tasks, stop)
     try:
         await kopf.operator(
             registry=build_registry(HandlerContext(queue=queue, cache=cache, secret_readers=secret_readers)),
@@ -188,7 +215,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(elector.release)
-    return 1 if elector.lost else 0
+    return 1 if elector.lost or failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -199,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # kopf logs each handled watch event at info ("Handler ... succeeded"): only its warnings,
     # unless debugging.
     logging.getLogger("kopf").setLevel(logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     sys.exit(asyncio.run(run(args)))

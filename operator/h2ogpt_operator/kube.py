@@ -92,9 +92,15 @@ class KubeError(Exception):
         self.reason = reason
         self.body = body
 
+
     @property
     def namespace_terminating(self) -> bool:
         return self.status == 403 and "NamespaceTerminating" in self.body
+
+
+# What a call to the apiserver raises: its refusal (KubeError), or no answer at all: a socket
+# error, or urllib3's own timeouts and connection errors, which are not OSErrors.
+APISERVER_ERRORS: tuple[type[Exception], ...] = (KubeError, OSError, urllib3.exceptions.HTTPError)
 
 
 def error_message(exc: KubeError) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from h2ogpt_operator import metrics
-from h2ogpt_operator.kube import Kube, KubeError, now_rfc3339
+from h2ogpt_operator.kube import APISERVER_ERRORS, Kube, now_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LeaderElector:
     async def _attempt(self) -> bool:
         try:
             return await asyncio.to_thread(self.try_acquire_or_renew)
-        except (KubeError, OSError) as exc:
+        except APISERVER_ERRORS as exc:  # a renewal that got no answer is a failed one, not a crash
             log.warning("leader election: %s", exc)
             return False
 

@@ -232,6 +232,8 @@ class OperatorProcess:
             with urllib.request.urlopen(metrics_url, timeout=5) as response:
                 page = response.read().decode()
             SWEEP.add_place(f"/metrics of operator {self.identity}-{self.starts}", page)
+        if not kill:  # every thread's stack into its log first: what it was doing if a test waited on it
+            self.process.send_signal(signal.SIGUSR1)
         self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
