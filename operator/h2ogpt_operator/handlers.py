@@ -103,9 +103,10 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def on_stack(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
         key = (namespace or "", name)
-        if event.get("type") == "DELETED":
-            context.queue.forget(key)
-        elif news(key, event):
+        # A deletion runs the stack once more: the reconcile finds it gone and drops what the
+        # operator held for it (its readiness series, its queue and cache entries) at once, not when
+        # the garbage collector gets round to its children.
+        if news(key, event):
             context.queue.add(key)
 
     for group, version, plural in CHILD_RESOURCES:
