@@ -13,8 +13,8 @@ state free of writes.
 
 Every handler here (and every index in watchcache.py) is a coroutine function: kopf runs those on
 its event loop, but a plain function in its thread pool. The work queue, the Secret readers and
-the indexes belong to the loop and are not thread-safe; before this, the handlers ran in threads
-and a lost update in the queue's semaphore could stop every worker without a word.
+the indexes belong to the loop and are not thread-safe: from a thread, a lost update in the
+queue's semaphore can stop every worker without a word.
 """
 
 from __future__ import annotations

@@ -92,7 +92,6 @@ class KubeError(Exception):
         self.reason = reason
         self.body = body
 
-
     @property
     def namespace_terminating(self) -> bool:
         return self.status == 403 and "NamespaceTerminating" in self.body
