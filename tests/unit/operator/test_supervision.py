@@ -1,5 +1,5 @@
-"""The operator's own loops: a failure that ends one stops the process loudly, with leadership
-given up, instead of leaving it alive and doing nothing."""
+"""The operator's own loops: a failure that ends one stops the process loudly instead of leaving it
+alive and doing nothing, and an unanswered Lease renewal is a failed renewal, not a dead elector."""
 
 from __future__ import annotations
 
