@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from h2ogpt_api import concurrency, workers
 from h2ogpt_api.auth import ApiKeys, SharedLogins, anonymous_session_prefix, parse_users
 from h2ogpt_api.backends import create_backend
 from h2ogpt_api.core import Core
+from h2ogpt_api.draining import Drain
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Identity
 from h2ogpt_api.settings import Settings, SettingsError, help_text, parse_settings_and_warnings
 
@@ -183,10 +185,11 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
 
             apps.append(("Gradio UI", "/", create_gradio_app(core, settings), settings.gradio_port))
 
+        drain = Drain(settings.drain_seconds)
         servers = [
             _Server(
                 uvicorn.Config(
-                    app,
+                    drain.wrap(app),
                     host=settings.server_name,
                     port=port,
                     log_level=settings.log_level,
@@ -199,7 +202,7 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
         ]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, _stop_all, servers)
+            loop.add_signal_handler(signum, drain.on_stop_signal, functools.partial(_stop_all, servers))
         # A worker listens on the OpenAI port beside the other workers (SO_REUSEPORT).
         sockets = [
             [workers.listening_socket(settings.server_name, port)]

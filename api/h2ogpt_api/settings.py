@@ -241,6 +241,15 @@ class Settings(BaseModel):
     tokens_per_minute: int = Field(
         0, ge=0, le=10_000_000_000, description="per-key token limit per minute (0 = none), counted as above"
     )
+    # Kubernetes stops a pod while its Service may still route to it, and keep-alive clients hold their
+    # connections: h2ogpt_api.draining. The operator sets it on its api pods.
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="after a stop signal keep serving this long, each answer closing its connection, so "
+        "keep-alive clients move to a replica that stays; then stop (a second signal stops at once)",
+    )
     anonymous_mydata_ttl: float = Field(
         86_400.0,
         gt=0,

@@ -843,7 +843,10 @@ def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
     return env
 
 
-API_STOP_DELAY_S = 5
+# A stopping api pod serves this much longer, each answer closing its connection (h2ogpt_api.draining):
+# kube-proxy drops the pod meanwhile, and keep-alive clients reconnect to a pod that stays instead of
+# crossing the server's close of an idle connection.
+API_DRAIN_S = 5
 
 
 def build_api_deployment(
@@ -861,6 +864,7 @@ def build_api_deployment(
         port, args = naming.OPENAI_PORT, ["--gradio", "False"]
     else:
         port, args = naming.GRADIO_PORT, ["--openai_server", "False"]
+    args += ["--drain_seconds", str(API_DRAIN_S)]
     health = {"httpGet": {"path": "/health", "port": "http"}}
     container: Manifest = {
         "name": "api",
@@ -872,10 +876,6 @@ def build_api_deployment(
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {**health, "periodSeconds": 5},
         "livenessProbe": {**health, "initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 6},
-        # A pod being stopped keeps serving this long before its SIGTERM, so that the Service's routing
-        # (kube-proxy, the ingress) has dropped it by the time it stops listening: no client is sent to a
-        # closed port during a rollout. Then uvicorn finishes the requests it has (5 s).
-        "lifecycle": {"preStop": {"sleep": {"seconds": API_STOP_DELAY_S}}},
         "resources": _resources(settings.resources),
         # The save dir (uploads) and /tmp (Gradio's uploads and caches) are the only writable paths.
         "volumeMounts": [{"name": "save", "mountPath": API_SAVE_DIR}, _TMP_MOUNT],

@@ -30,7 +30,7 @@ import yaml
 from gradio_client import Client
 from h2ogpt_api.backends.base import CONNECT_TIMEOUT_S
 from h2ogpt_client import GradioClient
-from h2ogpt_operator.builders import API_STOP_DELAY_S
+from h2ogpt_operator.builders import API_DRAIN_S
 
 from tests.support.cluster import Cluster, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
@@ -414,12 +414,13 @@ def _config_value(stack: Stack, key: str) -> str | None:
 
 def test_a_settings_change_rolls_the_api_pods_without_refusing_a_client(stack: Stack) -> None:
     """A settings edit rolls both api Deployments. Clients polling through the ClusterIPs all along are
-    never refused: each old pod keeps serving (preStop) until kube-proxy has dropped it, and the stack
-    is Ready again only once no old pod is left."""
+    never refused nor cut off: each old pod keeps serving (its drain) until kube-proxy has dropped it, its
+    answers closing their keep-alive connections meanwhile, and the stack is Ready again only once no old
+    pod is left."""
     def api_pods() -> set[str]:
         selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component in (openai,gradio)"
         pods = must_get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"]
-        # Pods already stopping (in their preStop sleep) are on their way out, not "left".
+        # Pods already stopping (in their drain) are on their way out, not "left".
         return {pod["metadata"]["uid"] for pod in pods if not pod["metadata"].get("deletionTimestamp")}
 
     urls = [stack.service_url("openai", 5000) + "/health", stack.service_url("gradio", 7860) + "/health"]
@@ -449,7 +450,7 @@ def test_a_settings_change_rolls_the_api_pods_without_refusing_a_client(stack: S
         stack.wait_ready()
         after = api_pods()
         assert not before & after, "Ready while an old api pod is still there"
-        time.sleep(API_STOP_DELAY_S + 5)  # the old pods' last seconds: preStop, then uvicorn's drain
+        time.sleep(API_DRAIN_S + 5)  # the old pods' last seconds: their drain, then uvicorn's shutdown
     finally:
         stop.set()
         poller.join(30)

@@ -205,7 +205,8 @@ def test_api_pods_take_credentials_from_secrets() -> None:
     openai = builders.build_api_deployment(STACK, spec, naming.OPENAI, CONFIG)
     assert openai is not None
     container = openai["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["--gradio", "False"]
+    assert container["args"] == ["--gradio", "False", "--drain_seconds", str(builders.API_DRAIN_S)]
+    assert "lifecycle" not in container  # the drain is the server's own, not a preStop sleep
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
     assert env == {
         "H2OGPT_H2OGPT_API_KEYS": {"name": "demo-auth", "key": "H2OGPT_H2OGPT_API_KEYS"},
@@ -216,7 +217,9 @@ def test_api_pods_take_credentials_from_secrets() -> None:
     assert container["envFrom"] == [{"configMapRef": {"name": "demo-config"}}]
     gradio = builders.build_api_deployment(STACK, spec, naming.GRADIO, CONFIG)
     assert gradio is not None
-    assert gradio["spec"]["template"]["spec"]["containers"][0]["args"] == ["--openai_server", "False"]
+    assert gradio["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "--openai_server", "False", "--drain_seconds", str(builders.API_DRAIN_S)
+    ]
 
 
 def test_tgi_deployment_requests_gpus_and_mounts_cache() -> None:
