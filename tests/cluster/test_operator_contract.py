@@ -67,7 +67,7 @@ def test_openai_pod_environment_serves_chat_with_the_generated_key(
 ) -> None:
     spec = H2oGPTDeploymentSpec.model_validate({"model": {"name": "org/model", "maxSeqLen": 2048}})
     env, args, api_key = openai_pod_environment(spec)
-    assert args == ["--gradio", "False"]
+    assert args == ["--gradio", "False", "--drain_seconds", str(builders.API_DRAIN_S)]
     server = api_server_factory(args, to_loopback(env, tgi_fake.url, weaviate_server.url))
     assert server.openai_url is not None
 
