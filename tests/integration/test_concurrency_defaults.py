@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from h2ogpt_api import concurrency
 from h2ogpt_api.backends.tgi import TgiBackend
@@ -47,6 +48,40 @@ def test_by_default_as_many_run_at_once_as_tgi_info_says(
     stats = slow_fake.fake.stats
     assert stats.peak_running == 96  # all the backend admits ran at once, and never more
     assert stats.overloaded == 0  # the 14 beyond waited in the proxy, not refused by TGI
+
+
+async def _gradio_streams(gradio_url: str, count: int) -> list[str]:
+    """`count` streamed /submit_nochat_api calls at once through Gradio's queued REST API (what
+    Gradio's API page shows for curl, and what the load generator sends); the event each stream
+    ended with."""
+    params = {"instruction": "count", "max_new_tokens": TOKENS, "stream_output": True}
+    call = f"{gradio_url.rstrip('/')}/gradio_api/call/submit_nochat_api"
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def one() -> str:
+            event_id = (await client.post(call, json={"data": [str(params)]})).json()["event_id"]
+            last = ""
+            async with client.stream("GET", f"{call}/{event_id}") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: "):
+                        last = line.removeprefix("event: ")
+            return last
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+@pytest.mark.parametrize("slow_fake", [96], indirect=True)
+def test_the_gradio_side_runs_as_many_at_once_too(
+    api_server_factory: ApiServerFactory, slow_fake: RunningFake
+) -> None:
+    # 60 is above what Gradio's queue runs at once by default (40).
+    server = api_server_factory([*llm_only_args(slow_fake.url, MODEL), "--gradio", "True"])
+    assert server.gradio_url is not None
+
+    ends = asyncio.run(_gradio_streams(server.gradio_url, 60))
+
+    assert ends == ["complete"] * 60
+    assert slow_fake.fake.stats.peak_running == 60
 
 
 @pytest.mark.parametrize("slow_fake", [96], indirect=True)

@@ -49,6 +49,10 @@ from h2ogpt_api.prompts import render, stop_sequences
 
 log = logging.getLogger("h2ogpt_api.backends.tgi")
 
+# How long an idle pooled connection is kept. Below the 5 s after which uvicorn-served backends
+# (vLLM, h2oGPT, our TGI fake) close idle connections: a connection the server closes as a request
+# goes out on it fails that request, which has then already been sent.
+POOL_IDLE_S = 4.0
 # The start of the error for a route the server does not have.
 NO_ROUTE = "TGI has no route"
 # The template for chat messages when the server has no chat route.
@@ -349,7 +353,7 @@ class TgiBackend:
         # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S),
                 timeout=self._timeout,
                 # A line may be TGI's final event with the whole generated_text: allow 2 MiB lines.
                 read_bufsize=1 << 20,

@@ -4,18 +4,47 @@ Gradio Blocks at `/` holding the UI and h2oGPT's api_names. Layers: service <- (
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import gradio as gr
 from fastapi import FastAPI
 
 from h2ogpt_api.core import Core
 from h2ogpt_api.gradio_api.endpoints import H2oGPTEndpoints
 from h2ogpt_api.gradio_api.service import GradioService
+from h2ogpt_api.gradio_api.sessions import use_lazy_sessions
 from h2ogpt_api.gradio_api.ui import THEME_CSS, build_ui
 from h2ogpt_api.ops import ops_router
 from h2ogpt_api.settings import Settings
 
+# Gradio's queue runs at most this many events at once, whatever the limit the core settles on:
+# above what vLLM schedules at once by default (max_num_seqs 256), and above TGI's default (128),
+# which the core uses while a TGI is still loading and cannot say its own.
+MIN_JOB_SLOTS = 1024
+
+
+def job_slots(admission_limit: int | None, max_queue: int) -> int:
+    """How many events Gradio's queue runs at once. Its default (`max_threads`: 40 for all events
+    together) is a limit of its own below the backend's: at 64 streams 24 waited a whole answer in
+    Gradio's queue. The core admits generations and holds those waiting for a slot
+    (`h2ogpt_api.concurrency`), so Gradio runs as many as the core may admit plus hold."""
+    admitted = MIN_JOB_SLOTS if admission_limit is None else max(MIN_JOB_SLOTS, admission_limit)
+    return admitted + max_queue
+
+
+def mark_matplotlib_absent() -> None:
+    """Gradio runs every step of every call (each partial output too) inside `import matplotlib`,
+    twice, to switch its plotting backend. h2ogpt-api does not install matplotlib, and a failed
+    import searches sys.path again each time: about 8% of the Gradio side's CPU in a profile at 64 streams. A
+    None in `sys.modules` (the import system's documented mark for an absent module) makes that
+    import fail at once. Where matplotlib is installed nothing changes."""
+    if importlib.util.find_spec("matplotlib") is None:
+        sys.modules.setdefault("matplotlib", None)  # type: ignore[arg-type]
+
 
 def create_app(core: Core, settings: Settings) -> FastAPI:
+    mark_matplotlib_absent()
     service = GradioService(core, settings)
     endpoints = H2oGPTEndpoints(service)
     app = FastAPI(title="h2oGPT Gradio API", docs_url=None, redoc_url=None, openapi_url=None)
@@ -34,6 +63,9 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
         max_size=settings.max_queue or None,
         api_open=False,
     )
+    # What `launch(max_threads=...)` sets, which `mount_gradio_app` does not offer. Only the
+    # queue's slots: Gradio's thread limiter for sync handlers keeps its default (40).
+    blocks._queue.max_thread_count = job_slots(core.admission.limit, settings.max_queue)
     mounted: FastAPI = gr.mount_gradio_app(
         app,
         blocks,
@@ -49,4 +81,5 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
         theme=gr.themes.Soft(),
         css=THEME_CSS,
     )
+    use_lazy_sessions(mounted, blocks)
     return mounted
