@@ -36,9 +36,9 @@ def job_slots(admission_limit: int | None, max_queue: int) -> int:
 def mark_matplotlib_absent() -> None:
     """Gradio runs every step of every call (each partial output too) inside `import matplotlib`,
     twice, to switch its plotting backend. h2ogpt-api does not install matplotlib, and a failed
-    import searches sys.path again each time: about 8% of the Gradio side's CPU in a profile at 64 streams. A
-    None in `sys.modules` (the import system's documented mark for an absent module) makes that
-    import fail at once. Where matplotlib is installed nothing changes."""
+    import searches sys.path again each time: about 8% of the Gradio side's CPU in a profile at
+    64 streams. A None in `sys.modules` (the import system's documented mark for an absent
+    module) makes that import fail at once. Where matplotlib is installed nothing changes."""
     if importlib.util.find_spec("matplotlib") is None:
         sys.modules.setdefault("matplotlib", None)  # type: ignore[arg-type]
 

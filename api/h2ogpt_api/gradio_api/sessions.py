@@ -1,13 +1,13 @@
 """Gradio's per-session state, made cheap for API callers.
 
 For every new session Gradio builds the config of every block in the app (71 here: the UI and the
-hidden components the api_names hang off). Every call to Gradio's REST API
-(`/gradio_api/call/<api_name>`, h2oGPT's curl route) is a new session, so each such call paid about
-6 ms of CPU, half of the Gradio side's work per answer at 64 streams, and left about 120 KB behind
-in the session store, which keeps up to `state_session_capacity` (10,000) sessions: over a gigabyte
-before the oldest is dropped. An API call reads none of those configs. Here each block's config is
-built the first time something reads it; the UI's deep links, the one reader of them all, build
-them all then.
+hidden components the api_names hang off). Every call to Gradio's queued REST API
+(`/gradio_api/call/<api_name>`, what Gradio's API page shows for curl) is a new session, so each
+such call paid about 6 ms of CPU (the Gradio side spent 21 to 30 ms per answer at 64 streams) and
+left about 120 KB in the session store, which keeps up to `state_session_capacity` (10,000)
+sessions: about 1.5 GB of RSS before the oldest were dropped. A call reads only its own inputs'
+and outputs' configs. Here each block's config is built the first time something reads it; the
+UI's deep links, the one reader of them all, build them all then.
 
 Gradio offers no hook for this, so it subclasses two of its classes (`gradio.state_holder`); the
 tests hold the subclass to Gradio's own results, so a Gradio release that changes them fails there.
