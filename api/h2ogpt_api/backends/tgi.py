@@ -49,9 +49,9 @@ from h2ogpt_api.prompts import render, stop_sequences
 
 log = logging.getLogger("h2ogpt_api.backends.tgi")
 
-# How long an idle pooled connection is kept. Below the 5 s after which uvicorn-served backends
-# (vLLM, h2oGPT, our TGI fake) close idle connections: a connection the server closes as a request
-# goes out on it fails that request, which has then already been sent.
+# How long an idle pooled connection is kept. Below the 5 s after which a server run by uvicorn
+# (our TGI fake; any Python TGI-protocol server on uvicorn's defaults) closes idle connections: a
+# connection the server closes as a request goes out on it fails that request, already sent.
 POOL_IDLE_S = 4.0
 # The start of the error for a route the server does not have.
 NO_ROUTE = "TGI has no route"

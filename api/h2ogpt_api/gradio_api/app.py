@@ -29,8 +29,7 @@ def job_slots(admission_limit: int | None, max_queue: int) -> int:
     together) is a limit of its own below the backend's: at 64 streams 24 waited a whole answer in
     Gradio's queue. The core admits generations and holds those waiting for a slot
     (`h2ogpt_api.concurrency`), so Gradio runs as many as the core may admit plus hold."""
-    admitted = MIN_JOB_SLOTS if admission_limit is None else max(MIN_JOB_SLOTS, admission_limit)
-    return admitted + max_queue
+    return max(MIN_JOB_SLOTS, admission_limit or 0) + max_queue
 
 
 def mark_matplotlib_absent() -> None:

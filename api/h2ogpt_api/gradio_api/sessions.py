@@ -70,12 +70,17 @@ class LazyStateHolder(StateHolder):
         return super().__getitem__(session_id)
 
 
-def use_lazy_sessions(mounted: Any, blocks: gr.Blocks) -> None:
-    """Give the Gradio app mounted in `mounted` (by `gr.mount_gradio_app`) a `LazyStateHolder`.
-    Call it before the app serves: sessions already made would be dropped."""
+def gradio_app_of(mounted: Any) -> App:
+    """The Gradio app `gr.mount_gradio_app` mounted in `mounted` (it returns only the outer app)."""
     apps = [route.app for route in mounted.routes if isinstance(route, Mount) and isinstance(route.app, App)]
     if len(apps) != 1:
         raise RuntimeError(f"expected one mounted Gradio app, found {len(apps)}")
+    return apps[0]
+
+
+def use_lazy_sessions(mounted: Any, blocks: gr.Blocks) -> None:
+    """Give the Gradio app mounted in `mounted` (by `gr.mount_gradio_app`) a `LazyStateHolder`.
+    Call it before the app serves: sessions already made would be dropped."""
     holder = LazyStateHolder()  # type: ignore[no-untyped-call]
     holder.set_blocks(blocks)  # also makes it blocks.state_holder
-    apps[0].state_holder = holder
+    gradio_app_of(mounted).state_holder = holder

@@ -11,14 +11,12 @@ import sys
 import gradio as gr
 import pytest
 import uvicorn
-from gradio.routes import App
 from gradio.state_holder import SessionState
 from h2ogpt_api.backends.tgi import POOL_IDLE_S, TgiBackend
 from h2ogpt_api.core import Core
 from h2ogpt_api.gradio_api.app import MIN_JOB_SLOTS, create_app, job_slots
-from h2ogpt_api.gradio_api.sessions import LazySessionState, LazyStateHolder
+from h2ogpt_api.gradio_api.sessions import LazySessionState, LazyStateHolder, gradio_app_of
 from h2ogpt_api.settings import Settings
-from starlette.routing import Mount
 
 MODEL = "fake/tgi-echo"
 
@@ -29,8 +27,7 @@ def blocks() -> gr.Blocks:
         settings = Settings(inference_server="http://127.0.0.1:9", base_model=MODEL, langchain_modes=["LLM"])
         core = Core(settings, TgiBackend("http://127.0.0.1:9", model_name=MODEL, timeout=5), None)
         app = create_app(core, settings)
-        (gradio_app,) = [r.app for r in app.routes if isinstance(r, Mount) and isinstance(r.app, App)]
-        blocks: gr.Blocks = gradio_app.get_blocks()
+        blocks: gr.Blocks = gradio_app_of(app).get_blocks()
         return blocks
 
     return asyncio.run(build())
