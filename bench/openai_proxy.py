@@ -61,6 +61,7 @@ TARGET_SHARE_AT = 64  # the concurrency the Gradio side's targets are judged at
 OPENAI_SHARE_AT = 256  # the concurrency the OpenAI side's throughput target is judged at
 WORKERS = 2  # the --workers target
 FLOOR = "floor-relay"  # bench/floor_relay.py: a reference, not a product
+VLLM = "h2ogpt-openai-vllm"  # the OpenAI side before the fake's OpenAI route, as before vLLM
 # The `api/` folder of another checkout (e.g. `git archive <commit> api | tar -x -C /tmp/before`):
 # its h2ogpt-api, with the same flags, is measured in the same run as "before-openai" and
 # "before-gradio", so a change is compared side by side on the same machine at the same time.
@@ -482,6 +483,14 @@ def targets_verdict(cells: dict[tuple[str, int], Cell], names: Sequence[str]) ->
                 f"server CPU {many.server_cpu_per_request * 1000:.1f} vs "
                 f"{one.server_cpu_per_request * 1000:.1f} ms/request."
             )
+        if VLLM in names:
+            share_level = at(OPENAI_SHARE_AT)
+            each = ", ".join(f"{added(VLLM, n) * 1000:.2f} ms at {n}" for n in (1, 16, 64) if n in levels)
+            lines.append(
+                "- Before a vLLM (`vllm:` form; the fake's OpenAI route stands in) the OpenAI side adds "
+                f"{each} streams to the median TTFT (the targets above are for the default TGI backend) "
+                f"and keeps {100 * share_of(VLLM, share_level):.1f}% of direct at {share_level} streams."
+            )
         if "litellm" in names:
             level = at(TARGET_SHARE_AT)
             lite = added("litellm", level)
@@ -548,6 +557,13 @@ def run(quick: bool = False) -> str:
             Target("h2ogpt-openai", Request(f"{api.openai_url}/chat/completions", "openai", chat_body()),
                    [api.process.process.pid])
         )
+        # The same front door before vLLM or any OpenAI-compatible server: the fake's OpenAI route
+        # stands in for vLLM's (the `vllm:host:port` form, no admission limit of ours).
+        vllm = stack.enter_context(h2ogpt_api_server(["--inference_server", vllm_form(fake_url), *API_ARGS]))
+        targets.append(
+            Target(VLLM, Request(f"{vllm.openai_url}/chat/completions", "openai", chat_body()),
+                   [vllm.process.process.pid])
+        )
         try:  # the same with two processes on the port: how it scales (CPU counts both workers)
             two = stack.enter_context(
                 h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS, "--workers", str(WORKERS)])
@@ -601,16 +617,26 @@ def baseline_targets(stack: contextlib.ExitStack, fake_url: str, api_dir: Path) 
             ["--inference_server", fake_url, *API_ARGS, "--openai_server", "False", "--gradio", "True"], env
         )
     )
+    vllm_side = stack.enter_context(
+        h2ogpt_api_server(["--inference_server", vllm_form(fake_url), *API_ARGS], env)
+    )
     if gradio_side.gradio_url is None:
         raise ServerError("the baseline h2ogpt-api printed no Gradio URL")
     return [
         Target("before-openai", Request(f"{openai_side.openai_url}/chat/completions", "openai", chat_body()),
                [openai_side.process.process.pid]),
+        Target("before-vllm", Request(f"{vllm_side.openai_url}/chat/completions", "openai", chat_body()),
+               [vllm_side.process.process.pid]),
         Target("before-gradio",
                Request(gradio_side.gradio_url.rstrip("/") + "/gradio_api/call/submit_nochat_api", "gradio",
                        gradio_body()),
                [gradio_side.process.process.pid]),
     ]
+
+
+def vllm_form(fake_url: str) -> str:
+    """`--inference_server` for the fake's OpenAI route as h2oGPT names a vLLM server."""
+    return "vllm:" + fake_url.removeprefix("http://")
 
 
 def _listener_pid(url: str) -> int:

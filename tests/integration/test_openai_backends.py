@@ -3,6 +3,7 @@ backend (503), and a full queue (429). The TGI fake's OpenAI routes stand in for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -12,11 +13,23 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from h2ogpt_api.backends.base import CONNECT_TIMEOUT_S
+import uvicorn
+from h2ogpt_api.backends.base import (
+    CONNECT_TIMEOUT_S,
+    POOL_IDLE_S,
+    Backend,
+    BackendRequest,
+    Sampling,
+    StreamEnd,
+)
+from h2ogpt_api.backends.openai_compat import OpenAICompatBackend
+from h2ogpt_api.backends.tgi import TgiBackend
+from h2ogpt_api.prompts import ChatMessage
 from openai import OpenAI
+from starlette.types import Receive, Scope, Send
 
 from tests.support.api_server import ApiServerFactory, llm_only_args
-from tests.support.tgi_fake import RunningFake, free_port
+from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 MODEL = "test/echo-model"
 
@@ -171,3 +184,51 @@ def test_full_queue_is_429(api_server_factory: ApiServerFactory, tgi_fake: Runni
     assert third.json()["error"]["code"] == "queue_full"
     assert third.headers["retry-after"] == "1"
     assert sorted(statuses) == [200, 200]
+
+
+class ConnectionRecordingFake(TgiFake):
+    """The fake, noting the client port of each request: a new port is a new connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client_ports: list[int] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("client"):
+            self.client_ports.append(scope["client"][1])
+        await super().__call__(scope, receive, send)
+
+
+def _backend(kind: str, url: str) -> Backend:
+    if kind == "tgi":
+        return TgiBackend(url, model_name=MODEL, timeout=10)
+    return OpenAICompatBackend(f"{url}/v1", kind="vllm", model_name=MODEL, timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["tgi", "vllm"])
+def test_a_backend_drops_an_idle_connection_before_a_uvicorn_server_would(kind: str) -> None:
+    # uvicorn (vLLM's server, the fake's) closes a connection idle for 5 s; a request sent on it as
+    # it closes fails, already sent. Both backends retire idle connections after POOL_IDLE_S < 5 s.
+    assert uvicorn.Config(app=None).timeout_keep_alive > POOL_IDLE_S
+    fake = ConnectionRecordingFake()
+    running = RunningFake(fake).start()
+    request = BackendRequest(
+        messages=(ChatMessage(role="user", content="hi"),), sampling=Sampling(max_new_tokens=4)
+    )
+
+    async def three_requests() -> None:
+        backend = _backend(kind, running.url)
+        try:
+            for pause in (0.0, 0.5, POOL_IDLE_S + 0.5):
+                await asyncio.sleep(pause)
+                assert isinstance([event async for event in backend.stream(request)][-1], StreamEnd)
+        finally:
+            await backend.aclose()
+
+    try:
+        asyncio.run(three_requests())
+    finally:
+        running.stop()
+    first, soon_after, after_idle = fake.client_ports
+    assert soon_after == first  # kept alive while it is in use
+    assert after_idle != first  # a new connection once it sat idle past POOL_IDLE_S, not before 5 s

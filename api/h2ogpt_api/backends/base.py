@@ -23,6 +23,11 @@ BackendErrorKind = Literal["unavailable", "timeout", "bad_response", "rejected"]
 # `unavailable` lets the hold (scale from zero) and the router try again at once. 5 s is also the
 # `openai` package's own default connect timeout.
 CONNECT_TIMEOUT_S = 5.0
+# How long an idle pooled connection to an inference server is kept, by every backend. Below the 5 s
+# after which a server run by uvicorn (vLLM's API server, our TGI fake, any Python server on uvicorn's
+# defaults) closes idle connections: a connection the server closes as a request goes out on it fails
+# that request, already sent, and no retry of ours could know the server had not started it.
+POOL_IDLE_S = 4.0
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 

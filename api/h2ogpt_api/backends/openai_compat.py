@@ -1,4 +1,4 @@
-"""vLLM and any OpenAI-compatible server, through the official `openai` async client.
+"""vLLM and any OpenAI-compatible server, over aiohttp (h2ogpt_api.backends.sse says why).
 
 Chat messages go to `/v1/chat/completions` (the server applies the model's template); a
 prompt rendered with `--prompt_type` goes to `/v1/completions`. A refusal of `max_tokens` as
@@ -14,31 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-# The `openai` client is built on httpx2 (not httpx). It wraps httpx2's errors, in a request and
-# mid-stream alike, in APITimeoutError / APIConnectionError; the httpx2 cause tells a connect timeout.
-import httpx2
-import openai
+import aiohttp
 
 from h2ogpt_api.backends.base import (
-    CONNECT_TIMEOUT_S,
     BackendError,
     BackendEvent,
     BackendRequest,
     OutputOptions,
     Sampling,
     StreamEnd,
-    TokenDelta,
-    TokenLogprob,
-    ToolCallDelta,
-    TopLogprob,
     finish_reason_from,
     first_unsupported,
 )
+from h2ogpt_api.backends.sse import ChunkDecoder, session, sse_batches, translate_errors
+
+SERVER = "the inference server"  # how errors name the server
 
 # What the upstream's routes take (OpenAI's own parameters, passed through as sent): the chat
 # route everything; /v1/completions (used with --prompt_type) has no tools, and its logprobs are
@@ -65,19 +61,6 @@ def option_args(options: OutputOptions, *, chat: bool) -> dict[str, Any]:
     if options.presence_penalty:
         args["presence_penalty"] = options.presence_penalty
     return args
-
-
-def logprobs_of(choice_logprobs: Any) -> tuple[TokenLogprob, ...]:
-    """OpenAI's chat `logprobs.content` entries as our TokenLogprobs."""
-    content = getattr(choice_logprobs, "content", None) or ()
-    return tuple(
-        TokenLogprob(
-            token=entry.token,
-            logprob=entry.logprob,
-            top=tuple(TopLogprob(top.token, top.logprob) for top in entry.top_logprobs or ()),
-        )
-        for entry in content
-    )
 
 
 def vllm_base_url(server: str) -> str:
@@ -110,25 +93,32 @@ def context_room(message: str) -> int | None:
 
 
 class OpenAICompatBackend:
+    """An OpenAI-compatible server at `base_url` (its `/v1`), over aiohttp: see
+    h2ogpt_api.backends.sse for why not the `openai` client."""
+
     supports_chat = True
     default_system_prompt = ""  # the server's chat template decides
 
     def __init__(self, base_url: str, *, kind: str, model_name: str, timeout: float) -> None:
         self.kind = kind
         self.model_name = model_name
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
-            timeout=openai.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S)),
-            max_retries=0,
-        )
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._headers = {"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY') or 'EMPTY'}"}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = session(self._timeout, self._headers)
+        return self._session
 
     @property
     def supports_min_new_tokens(self) -> bool:
         return self.kind == "vllm"  # vLLM's `min_tokens`; OpenAI's API has no such parameter
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def concurrency_limit(self) -> int | None:
         # vLLM and OpenAI-compatible servers publish no admission limit: they queue (vLLM
@@ -159,64 +149,62 @@ class OpenAICompatBackend:
                 extra["top_k"] = sampling.top_k
             if sampling.min_new_tokens:
                 extra["min_tokens"] = sampling.min_new_tokens
-            args["extra_body"] = extra
+            args.update(extra)
         return args
 
-    async def _create(self, request: BackendRequest, sampling: Sampling) -> Any:
-        args = self._common(dataclasses.replace(request, sampling=sampling))
+    def _body(self, request: BackendRequest, sampling: Sampling) -> dict[str, Any]:
+        body = self._common(dataclasses.replace(request, sampling=sampling))
         if request.prompt is None:
-            messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
-            return await self._client.chat.completions.create(messages=messages, **args)
-        return await self._client.completions.create(prompt=request.prompt, **args)
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        else:
+            body["prompt"] = request.prompt
+        return body
+
+    async def _post(
+        self, stack: contextlib.AsyncExitStack, request: BackendRequest
+    ) -> aiohttp.ClientResponse:
+        """POST the request, checked. When the server refuses max_tokens as over the context the prompt
+        leaves, POST once more with it lowered to that room."""
+        url = f"{self._base_url}/{'chat/completions' if request.prompt is None else 'completions'}"
+        response = await stack.enter_async_context(
+            self._client().post(url, json=self._body(request, request.sampling))
+        )
+        try:
+            await _raise_for_status(response)
+        except _ContextRefusal as refusal:
+            if refusal.room < 1:
+                raise BackendError(
+                    "rejected", f"the prompt leaves no room in the model's context: {refusal.message}"
+                ) from None
+            lowered = dataclasses.replace(request.sampling, max_new_tokens=refusal.room)
+            response = await stack.enter_async_context(
+                self._client().post(url, json=self._body(request, lowered))
+            )
+            await _raise_for_status(response)
+        return response
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
-        finish: str | None = None
-        text_chunks = 0
-        async with _translate_errors():
-            try:
-                chunks = await self._create(request, request.sampling)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                # max_tokens over the context the prompt leaves: once more, lowered to it.
-                # The words are in the message (OpenAI-shaped errors) or only in the body (TGI's).
-                room = context_room(f"{exc.message} {exc.body}")
-                if room is None:
-                    raise
-                if room < 1:
-                    raise BackendError(
-                        "rejected", f"the prompt leaves no room in the model's context: {exc.message}"
-                    ) from None
-                lowered = dataclasses.replace(request.sampling, max_new_tokens=room)
-                chunks = await self._create(request, lowered)
-        async with _translate_errors(mid_response=True), chunks:
-            async for chunk in chunks:
-                for choice in chunk.choices:
-                    if request.prompt is None:
-                        text = choice.delta.content
-                        logprobs = logprobs_of(choice.logprobs) if choice.logprobs else ()
-                        for call in choice.delta.tool_calls or ():
-                            function = call.function
-                            yield ToolCallDelta(
-                                index=call.index,
-                                id=call.id,
-                                name=function.name if function else None,
-                                arguments=(function.arguments if function else None) or "",
-                            )
-                    else:
-                        text, logprobs = choice.text, ()
-                    if text or logprobs:
-                        text_chunks += 1
-                        yield TokenDelta(text or "", logprobs)
-                    finish = choice.finish_reason or finish
-                if chunk.usage is not None:
-                    yield StreamEnd(
-                        prompt_tokens=chunk.usage.prompt_tokens,
-                        completion_tokens=chunk.usage.completion_tokens,
-                        finish_reason=finish_reason_from(finish),
-                    )
+        # The server applies the stop sequences and leaves them out of the text: nothing to trim.
+        decoder = ChunkDecoder((), SERVER)
+        async with translate_errors(SERVER), contextlib.AsyncExitStack() as stack:
+            response = await self._post(stack, request)
+            async for batch in sse_batches(response.content, SERVER):
+                for event in decoder.decode(batch):
+                    yield event
+                if decoder.usage is not None:
+                    end = decoder.reported_end()
+                    # Read `[DONE]` and the body's end: only a finished response's connection
+                    # goes back to the pool (else every request would open a new one).
+                    await response.content.read()
+                    yield end
                     return
-        if finish is not None:  # a complete answer from a server that reports no usage when streaming
+                if decoder.done:
+                    break
+        if decoder.finish is not None:  # a complete answer from a server that reports no usage when streaming
             yield StreamEnd(
-                prompt_tokens=0, completion_tokens=text_chunks, finish_reason=finish_reason_from(finish)
+                prompt_tokens=0,
+                completion_tokens=decoder.text_chunks,
+                finish_reason=finish_reason_from(decoder.finish),
             )
             return
         raise BackendError(
@@ -224,33 +212,43 @@ class OpenAICompatBackend:
         )
 
 
-@contextlib.asynccontextmanager
-async def _translate_errors(*, mid_response: bool = False) -> AsyncIterator[None]:
-    """The client's failures as BackendErrors. `mid_response`: the answer has begun (the `openai`
-    client reports a connection lost while streaming as an APIConnectionError too)."""
+class _ContextRefusal(Exception):
+    """The server refused max_tokens as over the room the prompt leaves in its context."""
+
+    def __init__(self, message: str, room: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.room = room
+
+
+def _error_message(body: str) -> str:
+    """The message of an error body: OpenAI's `{"error": {"message"}}`, vLLM's older
+    `{"message"}`, TGI's `{"error": "..."}`; else the text itself."""
     try:
-        yield
-    except openai.APITimeoutError as exc:  # before its base class, APIConnectionError
-        if not mid_response and isinstance(exc.__cause__, httpx2.ConnectTimeout):
-            # Nothing reached the model: safe to send again (the hold, the router).
-            raise BackendError(
-                "unavailable", f"cannot connect to the inference server within {CONNECT_TIMEOUT_S:g} s"
-            ) from None
-        raise BackendError("timeout", "the inference server did not answer in time") from None
-    except openai.APIConnectionError:
-        if mid_response:
-            raise BackendError(
-                "bad_response", "the inference server closed the connection mid-response"
-            ) from None
-        raise BackendError("unavailable", "cannot connect to the inference server") from None
-    except openai.APIStatusError as exc:
-        status = exc.status_code
-        if status in (429, 503):
-            raise BackendError("unavailable", f"the inference server is overloaded ({status})") from None
-        if 400 <= status < 500:
-            raise BackendError(
-                "rejected", f"the inference server refused the request ({status}): {exc.message}"
-            ) from None
-        raise BackendError("bad_response", f"the inference server failed ({status})") from None
-    except openai.APIError as exc:  # an error event inside the stream
-        raise BackendError("bad_response", f"the inference server failed mid-stream: {exc.message}") from None
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if isinstance(parsed.get("message"), str):
+            return str(parsed["message"])
+    return body
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    status = response.status
+    if status == 200:
+        return
+    body = (await response.read()).decode(errors="replace")[:2000]
+    message = _error_message(body)
+    if status in (400, 422) and (room := context_room(f"{message} {body}")) is not None:
+        raise _ContextRefusal(message, room)
+    if status in (429, 503):
+        raise BackendError("unavailable", f"{SERVER} is overloaded ({status})")
+    if 400 <= status < 500:
+        raise BackendError("rejected", f"{SERVER} refused the request ({status}): {message[:500]}")
+    raise BackendError("bad_response", f"{SERVER} failed ({status})")

@@ -23,14 +23,13 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
 import orjson
 
 from h2ogpt_api.backends.base import (
-    CONNECT_TIMEOUT_S,
     BackendError,
     BackendEvent,
     BackendRequest,
@@ -40,19 +39,23 @@ from h2ogpt_api.backends.base import (
     StreamEnd,
     TokenDelta,
     TokenLogprob,
-    ToolCallDelta,
     TopLogprob,
     finish_reason_from,
     first_unsupported,
+)
+from h2ogpt_api.backends.sse import (
+    ChunkDecoder,
+    TextRun,
+    session,
+    sse_batches,
+    translate_errors,
 )
 from h2ogpt_api.prompts import render, stop_sequences
 
 log = logging.getLogger("h2ogpt_api.backends.tgi")
 
-# How long an idle pooled connection is kept. Below the 5 s after which a server run by uvicorn
-# (our TGI fake; any Python TGI-protocol server on uvicorn's defaults) closes idle connections: a
-# connection the server closes as a request goes out on it fails that request, already sent.
-POOL_IDLE_S = 4.0
+SERVER = "TGI"  # how errors name the server
+
 # The start of the error for a route the server does not have.
 NO_ROUTE = "TGI has no route"
 # The template for chat messages when the server has no chat route.
@@ -149,39 +152,6 @@ def chat_body(request: BackendRequest, model_name: str) -> dict[str, Any]:
     return body
 
 
-def chat_logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:
-    content = (choice.get("logprobs") or {}).get("content") or ()
-    return tuple(
-        TokenLogprob(
-            token=entry["token"],
-            logprob=float(entry["logprob"]),
-            top=tuple(
-                TopLogprob(top["token"], float(top["logprob"])) for top in entry.get("top_logprobs") or ()
-            ),
-        )
-        for entry in content
-    )
-
-
-def tool_call_deltas(delta: dict[str, Any]) -> list[ToolCallDelta]:
-    """TGI's streamed `tool_calls` pieces; arguments may come as an object (TGI before 3.0)."""
-    calls = []
-    for position, call in enumerate(delta.get("tool_calls") or ()):
-        function = call.get("function") or {}
-        arguments = function.get("arguments") or ""
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments)
-        calls.append(
-            ToolCallDelta(
-                index=int(call.get("index", position)),
-                id=call.get("id") or None,
-                name=function.get("name") or None,
-                arguments=arguments,
-            )
-        )
-    return calls
-
-
 def generate_logprobs(event: dict[str, Any], options: OutputOptions) -> tuple[TokenLogprob, ...]:
     """A /generate_stream event's token logprob, and its `top_tokens` when asked for."""
     if not options.logprobs:
@@ -189,57 +159,6 @@ def generate_logprobs(event: dict[str, Any], options: OutputOptions) -> tuple[To
     token = event.get("token") or {}
     top = tuple(TopLogprob(entry["text"], float(entry["logprob"])) for entry in event.get("top_tokens") or ())
     return (TokenLogprob(token=token.get("text", ""), logprob=float(token.get("logprob") or 0.0), top=top),)
-
-
-def _sse_data(line: bytes) -> bytes | None:
-    """The payload of an SSE `data:` line; None for comments, blank lines and other fields."""
-    if not line.startswith(b"data:"):
-        return None
-    return line[5:].strip()
-
-
-# TGI's final `/generate_stream` event carries the whole generated_text on one line.
-MAX_EVENT_BYTES = 2 << 20
-
-
-async def _sse_batches(content: aiohttp.StreamReader) -> AsyncGenerator[list[bytes], None]:
-    """An SSE body's `data:` payloads in batches: every whole event already received when one is read.
-
-    At light load a batch is one token. When the proxy falls behind (many streams on few cores),
-    tokens wait in the socket's buffer; taking them together, as one delta and one write to the
-    client, keeps the cost per token from growing with the load, so the proxy catches up instead
-    of falling further behind (bench/openai_proxy.py at 64 and 256 streams).
-    """
-    partial = b""
-    while data := await content.readany():
-        lines = (partial + data if partial else data).split(b"\n")
-        partial = lines.pop()
-        if len(partial) > MAX_EVENT_BYTES:
-            raise BackendError("bad_response", f"TGI sent an event of over {MAX_EVENT_BYTES} bytes")
-        batch = [payload for line in lines if (payload := _sse_data(line))]
-        if batch:
-            yield batch
-    if payload := _sse_data(partial):
-        yield [payload]
-
-
-class _TextRun:
-    """Plain text pieces (no logprobs) of one batch, one per token, passed on as one delta."""
-
-    __slots__ = ("pieces",)
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-
-    def add(self, text: str) -> None:
-        self.pieces.append(text)
-
-    def flush_into(self, events: list[BackendEvent]) -> None:
-        """Append the run so far as one delta (nothing when it is empty), and start a new one."""
-        if self.pieces:
-            text = self.pieces[0] if len(self.pieces) == 1 else "".join(self.pieces)
-            events.append(TokenDelta(text, tokens=len(self.pieces)))
-            self.pieces = []
 
 
 class _GenerateDecoder:
@@ -252,7 +171,7 @@ class _GenerateDecoder:
 
     def decode(self, batch: list[bytes]) -> list[BackendEvent]:
         events: list[BackendEvent] = []
-        run = _TextRun()
+        run = TextRun()
         for payload in batch:
             event = orjson.loads(payload)  # per token: orjson decodes in a fraction of json's time
             if "error" in event:
@@ -275,62 +194,8 @@ class _GenerateDecoder:
         return events
 
 
-class _ChatDecoder:
-    """`/v1/chat/completions` chunks to deltas, a batch at a time. `usage` is set by the chunk that
-    carries it; `done` by `[DONE]` (a server that sends no usage); `finish` and `text_chunks`
-    (chunks that carried text: TGI streams one token per chunk) count the answer without usage."""
-
-    def __init__(self, stop: tuple[str, ...]) -> None:
-        self.trimmer = StopTrimmer(stop)
-        self.usage: dict[str, Any] | None = None
-        self.done = False
-        self.finish: str | None = None
-        self.text_chunks = 0
-
-    def decode(self, batch: list[bytes]) -> list[BackendEvent]:
-        events: list[BackendEvent] = []
-        run = _TextRun()
-        for payload in batch:
-            if payload == b"[DONE]":
-                self.done = True
-                break
-            chunk = orjson.loads(payload)  # per token (see above)
-            if "error" in chunk:
-                raise BackendError("bad_response", f"TGI error during generation: {chunk['error']}")
-            for choice in chunk.get("choices") or ():
-                self._choice(choice, run, events)
-            if chunk.get("usage"):
-                self.usage = chunk["usage"]
-                if rest := self.trimmer.flush():
-                    run.add(rest)
-                break
-        run.flush_into(events)
-        return events
-
-    def _choice(self, choice: dict[str, Any], run: _TextRun, events: list[BackendEvent]) -> None:
-        delta = choice.get("delta") or {}
-        if "tool_calls" in delta:
-            run.flush_into(events)
-            events.extend(tool_call_deltas(delta))
-        content = delta.get("content") or ""
-        self.text_chunks += 1 if content else 0
-        text = self.trimmer.feed(content)
-        logprobs = chat_logprobs(choice) if choice.get("logprobs") else ()
-        if logprobs:  # a token with logprobs is its own delta: they are per token
-            run.flush_into(events)
-            events.append(TokenDelta(text, logprobs))
-        elif text:
-            run.add(text)
-        self.finish = choice.get("finish_reason") or self.finish
-
-
 class TgiBackend:
-    """TGI at `base_url` (http://host:port).
-
-    aiohttp rather than httpx on this path: its C HTTP parser and line reader cost a fraction
-    of httpx's pure-Python h11 + anyio stack per streamed token, which is most of what a proxy
-    spends at 64+ concurrent streams (bench/openai_proxy.py measures it).
-    """
+    """TGI at `base_url` (http://host:port), over aiohttp (see h2ogpt_api.backends.sse for why)."""
 
     kind = "tgi"
     supports_chat = True
@@ -340,24 +205,14 @@ class TgiBackend:
     def __init__(self, base_url: str, *, model_name: str, timeout: float) -> None:
         self.model_name = model_name
         self._base_url = base_url.rstrip("/")
-        # sock_read bounds every wait for data (the headers, then each piece of the stream), as
-        # httpx's read timeout did; total=None lets a long generation run as long as it streams.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=min(timeout, CONNECT_TIMEOUT_S), sock_read=timeout
-        )
+        self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         # Whether the server has `/v1/chat/completions`: None until the first chat call tells.
         self.chat_route: bool | None = None
 
     def _client(self) -> aiohttp.ClientSession:
-        # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S),
-                timeout=self._timeout,
-                # A line may be TGI's final event with the whole generated_text: allow 2 MiB lines.
-                read_bufsize=1 << 20,
-            )
+            self._session = session(self._timeout)
         return self._session
 
     async def aclose(self) -> None:
@@ -368,7 +223,7 @@ class TgiBackend:
         """TGI's `max_concurrent_requests` from `/info` (its --max-concurrent-requests): past it
         TGI answers 429, below it the proxy would be the queue."""
         async with (
-            _translate_errors(),
+            translate_errors(SERVER),
             self._client().get(f"{self._base_url}/info", timeout=aiohttp.ClientTimeout(total=5)) as response,
         ):
             await _raise_for_status(response)
@@ -430,18 +285,18 @@ class TgiBackend:
         prompt_tokens = asyncio.ensure_future(self._count_prompt_tokens(prompt))
         decoder = _GenerateDecoder(sampling.stop, options)
         try:
-            async with _translate_errors(), contextlib.AsyncExitStack() as stack:
+            async with translate_errors(SERVER), contextlib.AsyncExitStack() as stack:
                 response = await self._post(
                     stack,
                     "/generate_stream",
                     lambda chosen: {"inputs": prompt, "parameters": generate_parameters(chosen, options)},
                     sampling,
                 )
-                async for batch in _sse_batches(response.content):
+                async for batch in sse_batches(response.content, SERVER):
                     for event in decoder.decode(batch):
                         yield event
                     if decoder.details is not None:
-                        async with _translate_errors():
+                        async with translate_errors(SERVER):
                             counted = await prompt_tokens
                         end = StreamEnd(
                             prompt_tokens=counted,
@@ -461,8 +316,8 @@ class TgiBackend:
                 await prompt_tokens
 
     async def _stream_chat(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
-        decoder = _ChatDecoder(request.sampling.stop)
-        async with _translate_errors(), contextlib.AsyncExitStack() as stack:
+        decoder = ChunkDecoder(request.sampling.stop, SERVER)
+        async with translate_errors(SERVER), contextlib.AsyncExitStack() as stack:
             try:
                 response = await self._post(
                     stack,
@@ -484,15 +339,11 @@ class TgiBackend:
                         yield event
                 return
             self.chat_route = True
-            async for batch in _sse_batches(response.content):
+            async for batch in sse_batches(response.content, SERVER):
                 for event in decoder.decode(batch):
                     yield event
                 if decoder.usage is not None:
-                    end = StreamEnd(
-                        prompt_tokens=int(decoder.usage["prompt_tokens"]),
-                        completion_tokens=int(decoder.usage["completion_tokens"]),
-                        finish_reason=finish_reason_from(decoder.finish),
-                    )
+                    end = decoder.reported_end()
                     # Read `[DONE]` and the body's end: only a finished response's connection
                     # goes back to the pool (else every request would open a new one to TGI).
                     await response.content.read()
@@ -511,7 +362,7 @@ class TgiBackend:
         if finish is None:
             raise BackendError("bad_response", "TGI's chat stream ended without a finish reason or usage")
         try:
-            async with _translate_errors():
+            async with translate_errors(SERVER):
                 rendered = render(request.messages, FALLBACK_PROMPT_TYPE)
                 prompt_tokens = await self._count_prompt_tokens(rendered)
         except BackendError as exc:
@@ -553,20 +404,3 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if 400 <= status < 500:
         raise BackendError("rejected", f"TGI refused the request ({status}): {detail}")
     raise BackendError("bad_response", f"TGI failed ({status}): {detail}")
-
-
-@contextlib.asynccontextmanager
-async def _translate_errors() -> AsyncIterator[None]:
-    """aiohttp failures as BackendErrors; messages name the failure, never the URL."""
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError:  # nothing reached the model: safe to send again
-        raise BackendError("unavailable", f"cannot connect to TGI within {CONNECT_TIMEOUT_S:g} s") from None
-    except TimeoutError:  # aiohttp's read timeouts are TimeoutErrors
-        raise BackendError("timeout", "TGI did not answer in time") from None
-    except aiohttp.ClientConnectorError:
-        raise BackendError("unavailable", "cannot connect to TGI") from None
-    except aiohttp.ClientError:  # disconnected, reset, truncated chunked body
-        raise BackendError("bad_response", "TGI closed the connection mid-response") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BackendError("bad_response", f"TGI sent a malformed event: {exc}") from None

@@ -10,9 +10,8 @@ import sys
 
 import gradio as gr
 import pytest
-import uvicorn
 from gradio.state_holder import SessionState
-from h2ogpt_api.backends.tgi import POOL_IDLE_S, TgiBackend
+from h2ogpt_api.backends.tgi import TgiBackend
 from h2ogpt_api.core import Core
 from h2ogpt_api.gradio_api.app import MIN_JOB_SLOTS, create_app, job_slots
 from h2ogpt_api.gradio_api.sessions import LazySessionState, LazyStateHolder, gradio_app_of
@@ -69,7 +68,3 @@ def test_an_absent_matplotlib_fails_to_import_at_once(blocks: gr.Blocks) -> None
         with pytest.raises(ImportError):
             import matplotlib  # noqa: F401, PLC0415
 
-
-def test_idle_backend_connections_close_before_a_uvicorn_server_closes_them() -> None:
-    # A server closing an idle connection as a request goes out on it fails that request.
-    assert uvicorn.Config(app=None).timeout_keep_alive > POOL_IDLE_S

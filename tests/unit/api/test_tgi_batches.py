@@ -25,7 +25,8 @@ from h2ogpt_api.backends.base import (
     StreamEnd,
     TokenDelta,
 )
-from h2ogpt_api.backends.tgi import MAX_EVENT_BYTES, TgiBackend
+from h2ogpt_api.backends.sse import MAX_EVENT_BYTES
+from h2ogpt_api.backends.tgi import TgiBackend
 from h2ogpt_api.prompts import ChatMessage
 
 from tests.support.loopback_http import serve_on_loopback
