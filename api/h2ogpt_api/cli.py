@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -166,6 +166,7 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
             stack.callback(asking.cancel)
 
         apps: list[tuple[str, str, Any, int]] = []
+        on_stop: list[Callable[[], None]] = []  # what else ends when the servers stop listening
         if settings.openai_server:
             from h2ogpt_api.openai_api.app import create_app as create_openai_app  # noqa: PLC0415
             from h2ogpt_api.openai_api.conversations import SharedConversations  # noqa: PLC0415
@@ -176,14 +177,16 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
             )
         if settings.gradio:
             try:
-                from h2ogpt_api.gradio_api.app import create_app as create_gradio_app  # noqa: PLC0415  # type: ignore[import-not-found,unused-ignore]
+                from h2ogpt_api.gradio_api import app as gradio_app_module  # noqa: PLC0415
             except ImportError as exc:
                 raise SystemExit(
                     f"h2ogpt-api: the Gradio app cannot be loaded ({exc}); "
                     "pass --gradio False to serve only the OpenAI API"
                 ) from None
 
-            apps.append(("Gradio UI", "/", create_gradio_app(core, settings), settings.gradio_port))
+            gradio_app = gradio_app_module.create_app(core, settings)
+            on_stop.append(gradio_app_module.heartbeat_stopper(gradio_app))
+            apps.append(("Gradio UI", "/", gradio_app, settings.gradio_port))
 
         drain = Drain(settings.drain_seconds)
         servers = [
@@ -195,14 +198,21 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
                     log_level=settings.log_level,
                     access_log=False,
                     lifespan="on",
-                    timeout_graceful_shutdown=5,
+                    # None: after the drain, answers still streaming finish (an LLM's can run for
+                    # minutes); the pod's grace period, or a second signal, bounds that.
+                    timeout_graceful_shutdown=None,
                 )
             )
             for _, _, app, port in apps
         ]
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, drain.on_stop_signal, functools.partial(_stop_all, servers))
+            loop.add_signal_handler(
+                signum,
+                drain.on_stop_signal,
+                functools.partial(_stop_all, servers, on_stop),
+                functools.partial(_stop_all, servers, on_stop, force=True),
+            )
         # A worker listens on the OpenAI port beside the other workers (SO_REUSEPORT).
         sockets = [
             [workers.listening_socket(settings.server_name, port)]
@@ -249,9 +259,15 @@ def _check_ports_free(settings: Settings) -> None:
                 ) from None
 
 
-def _stop_all(servers: Sequence[uvicorn.Server]) -> None:
+def _stop_all(
+    servers: Sequence[uvicorn.Server], on_stop: Sequence[Callable[[], None]], *, force: bool = False
+) -> None:
+    """Stop listening and end once the answers in flight are sent; `force`: end without waiting."""
     for server in servers:
         server.should_exit = True
+        server.force_exit = server.force_exit or force
+    for stop in on_stop:
+        stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -28,16 +28,24 @@ class Drain:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.draining = False
+        self.stopping = False
 
-    def on_stop_signal(self, stop: Callable[[], None]) -> None:
-        """The first signal starts the drain, then `stop`; a second, or no drain configured, stops now."""
-        if self.draining or self.seconds <= 0:
+    def on_stop_signal(self, stop: Callable[[], None], force: Callable[[], None]) -> None:
+        """The first signal starts the drain, then `stop`: the servers stop listening and the answers
+        in flight finish, however long they stream (a pod's grace period bounds that). Without a drain
+        configured the first signal stops at once; a second signal `force`s: answers are cut."""
+        if self.stopping:
+            log.info("second stop signal: stopping now, cutting the answers in flight")
+            force()
+            return
+        self.stopping = True
+        if self.seconds <= 0:
             stop()
             return
         self.draining = True
         log.info(
-            "stop signal: serving %s s more, each answer closing its connection, then stopping "
-            "(a second signal stops now)",
+            "stop signal: serving %s s more, each answer closing its connection, then stopping once "
+            "the answers in flight finish (a second signal stops now)",
             self.seconds,
         )
         asyncio.get_running_loop().call_later(self.seconds, stop)

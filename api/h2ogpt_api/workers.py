@@ -176,7 +176,7 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
         ]
         os.close(write_end)
         stack.callback(_stop, processes)
-        with _forwarding_signals(processes):
+        with _forwarding_signals(processes) as stopping:
             if not _wait_ready(read_end, processes):
                 return 1
             print(
@@ -184,7 +184,7 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
                 f"model {settings.base_model})",
                 flush=True,
             )
-            return _watch(processes)
+            return _watch(processes, stopping)
 
 
 def _wait_ready(read_end: int, processes: list[subprocess.Popen[bytes]]) -> bool:
@@ -204,28 +204,44 @@ def _wait_ready(read_end: int, processes: list[subprocess.Popen[bytes]]) -> bool
     return True
 
 
-def _watch(processes: list[subprocess.Popen[bytes]]) -> int:
-    """Until a worker ends: after a stop signal every worker's, else the first to die."""
+@dataclass
+class _Stopping:
+    """Whether a stop signal has been passed on to the workers."""
+
+    signalled: bool = False
+
+
+def _watch(processes: list[subprocess.Popen[bytes]], stopping: _Stopping) -> int:
+    """Until the workers end: after a stop signal every one of them, each finishing its drain and its
+    streams in its own time (the pod's grace period bounds them all); else the first to die, whose
+    exit status is returned (the others are then stopped)."""
     while True:
-        for index, process in enumerate(processes):
-            code = process.poll()
-            if code is not None:
-                if code != 0:
-                    log.error("worker %d exited with %s: stopping the others", index, code)
-                return code
+        codes = [process.poll() for process in processes]
+        if stopping.signalled:
+            if all(code is not None for code in codes):
+                return next((code for code in codes if code), 0)
+        else:
+            for index, code in enumerate(codes):
+                if code is not None:
+                    if code != 0:
+                        log.error("worker %d exited with %s: stopping the others", index, code)
+                    return code
         time.sleep(0.2)
 
 
 @contextlib.contextmanager
-def _forwarding_signals(processes: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+def _forwarding_signals(processes: list[subprocess.Popen[bytes]]) -> Iterator[_Stopping]:
+    stopping = _Stopping()
+
     def forward(signum: int, _: FrameType | None) -> None:
+        stopping.signalled = True
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stopping
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -847,6 +847,9 @@ def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
 # kube-proxy drops the pod meanwhile, and keep-alive clients reconnect to a pod that stays instead of
 # crossing the server's close of an idle connection.
 API_DRAIN_S = 5
+# Then the answers still streaming finish (h2ogpt-api waits for them, with no limit of its own): the
+# kubelet kills what is left this long after the drain. A pod with nothing in flight exits at once.
+API_FINISH_S = 120
 
 
 def build_api_deployment(
@@ -901,6 +904,7 @@ def build_api_deployment(
                 "spec": {
                     **api_service_account(stack, spec),
                     "securityContext": _RESTRICTED_POD,
+                    "terminationGracePeriodSeconds": API_DRAIN_S + API_FINISH_S,
                     "containers": [container],
                     "volumes": [{"name": "save", "emptyDir": {}}, _TMP_VOLUME],
                 },

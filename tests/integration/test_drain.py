@@ -1,5 +1,6 @@
 """`h2ogpt-api --drain_seconds`: after SIGTERM the real server keeps answering a keep-alive client for the
-drain, every answer closing its connection, then exits; a second signal stops it at once."""
+drain, every answer closing its connection, then exits; a second signal stops it at once. With
+`--workers`, a worker that finishes first does not cut another's streams short."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import signal
 import time
 
 import httpx
+import openai
 
 from tests.support.api_server import llm_only_args, run_api_server
-from tests.support.tgi_fake import RunningFake
+from tests.support.tgi_fake import RunningFake, TgiFake
 
 DRAIN_S = 3.0
 
@@ -59,3 +61,51 @@ def test_a_second_signal_stops_at_once(tgi_fake: RunningFake) -> None:
         server.process.wait(15)
         assert time.monotonic() - signalled < 10
         assert server.process.returncode == 0
+
+
+def test_with_workers_a_stop_signal_lets_every_worker_finish_its_streams() -> None:
+    # A stream longer than the drain plus the 15 s the supervisor gives workers it stops itself: it
+    # runs on one worker while the other, idle, exits as soon as its drain ends.
+    tokens, token_delay = 100, 0.2
+    slow = RunningFake(TgiFake(token_delay=token_delay, repeat=True)).start()
+    try:
+        args = [*llm_only_args(slow.url, "m"), "--workers", "2", "--drain_seconds", "1"]
+        with run_api_server(args) as server:
+            client = openai.OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0, timeout=60)
+            stream = client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "go"}], max_tokens=tokens, stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            chunks = iter(stream)
+            next(chunks)  # the stream has begun on one of the workers
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            rest = list(chunks)
+            server.process.wait(30)
+            exited_after = time.monotonic() - signalled
+    finally:
+        slow.stop()
+    usage = rest[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens == tokens  # the whole answer, not cut when the idle worker exited
+    assert server.process.returncode == 0
+    assert exited_after > tokens * token_delay - 2, exited_after
+
+
+def test_an_open_browser_tab_does_not_keep_a_stopping_gradio_server_alive(tgi_fake: RunningFake) -> None:
+    # Each Gradio page holds a heartbeat stream open for its life; the server, which waits for open
+    # connections when it stops, must end those itself.
+    args = [*llm_only_args(tgi_fake.url, "m"), "--gradio", "True", "--drain_seconds", "1"]
+    with run_api_server(args) as server:
+        assert server.gradio_url is not None
+        heartbeat = server.gradio_url.rstrip("/") + "/gradio_api/heartbeat/a-browser-tab"
+        with httpx.Client(timeout=30) as client, client.stream("GET", heartbeat) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(lines) == "data: ALIVE"
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            server.process.wait(20)
+            exited_after = time.monotonic() - signalled
+    assert server.process.returncode == 0
+    assert exited_after < 8, exited_after

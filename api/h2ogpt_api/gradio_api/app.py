@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
@@ -13,7 +15,7 @@ from fastapi import FastAPI
 from h2ogpt_api.core import Core
 from h2ogpt_api.gradio_api.endpoints import H2oGPTEndpoints
 from h2ogpt_api.gradio_api.service import GradioService
-from h2ogpt_api.gradio_api.sessions import use_lazy_sessions
+from h2ogpt_api.gradio_api.sessions import gradio_app_of, use_lazy_sessions
 from h2ogpt_api.gradio_api.ui import THEME_CSS, build_ui
 from h2ogpt_api.ops import ops_router
 from h2ogpt_api.settings import Settings
@@ -82,3 +84,10 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
     )
     use_lazy_sessions(mounted, blocks)
     return mounted
+
+
+def heartbeat_stopper(mounted: Any) -> Callable[[], None]:
+    """What ends the Gradio app's heartbeat streams (`/heartbeat/{session}`: each open browser tab holds
+    one for the page's life). A stopping server waits for its open connections, and these end only
+    when Gradio's stop event is set, which only Gradio's own `launch()` server would do."""
+    return gradio_app_of(mounted).stop_event.set

@@ -48,37 +48,40 @@ def test_a_websocket_is_left_alone_in_a_drain() -> None:
     assert (b"connection", b"close") not in start["headers"]
 
 
-def _signals(drain: Drain, count: int, run_for_s: float) -> list[float]:
-    """Deliver `count` stop signals at once; the loop times at which `stop` was called."""
-    async def scenario() -> list[float]:
+def _signals(drain: Drain, count: int, run_for_s: float) -> list[tuple[str, float]]:
+    """Deliver `count` stop signals at once; which of `stop` and `force` was called, and when (loop time)."""
+    async def scenario() -> list[tuple[str, float]]:
         loop = asyncio.get_running_loop()
-        stops: list[float] = []
+        calls: list[tuple[str, float]] = []
         started = loop.time()
         for _ in range(count):
-            drain.on_stop_signal(lambda: stops.append(loop.time() - started))
+            drain.on_stop_signal(
+                lambda: calls.append(("stop", loop.time() - started)),
+                lambda: calls.append(("force", loop.time() - started)),
+            )
         await asyncio.sleep(run_for_s)
-        return stops
+        return calls
 
     return asyncio.run(scenario())
 
 
 def test_the_first_signal_starts_the_drain_and_stops_after_it() -> None:
     drain = Drain(0.2)
-    stops = _signals(drain, 1, 0.4)
+    calls = _signals(drain, 1, 0.4)
     assert drain.draining
-    assert len(stops) == 1
-    assert 0.2 <= stops[0] < 0.35
+    assert [call for call, _ in calls] == ["stop"]
+    assert 0.2 <= calls[0][1] < 0.35
 
 
-def test_a_second_signal_stops_at_once() -> None:
-    stops = _signals(Drain(30), 2, 0.05)
-    assert len(stops) == 1
-    assert stops[0] < 0.05
+def test_a_second_signal_forces_at_once() -> None:
+    calls = _signals(Drain(30), 2, 0.05)
+    assert [call for call, _ in calls] == ["force"]
+    assert calls[0][1] < 0.05
 
 
-def test_without_a_drain_the_first_signal_stops_at_once() -> None:
+def test_without_a_drain_the_first_signal_stops_at_once_and_a_second_forces() -> None:
     drain = Drain(0)
-    stops = _signals(drain, 1, 0.05)
+    calls = _signals(drain, 2, 0.05)
     assert not drain.draining
-    assert len(stops) == 1
-    assert stops[0] < 0.05
+    assert [call for call, _ in calls] == ["stop", "force"]
+    assert calls[1][1] < 0.05
