@@ -41,12 +41,15 @@ def session(timeout: float, headers: Mapping[str, str] | None = None) -> aiohttp
 
     No cap on connections (the core's admission bounds the requests in flight); idle ones close
     after POOL_IDLE_S. sock_read bounds every wait for data (the headers, then each piece of the
-    stream); total=None lets a long generation run as long as it streams.
+    stream); total=None lets a long generation run as long as it streams. HTTP(S)_PROXY and
+    NO_PROXY apply, as in httpx and the `openai` client (an external OpenAI server behind a
+    company proxy); aiohttp alone would ignore them.
     """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S),
         timeout=aiohttp.ClientTimeout(total=None, connect=min(timeout, CONNECT_TIMEOUT_S), sock_read=timeout),
         headers=headers,
+        trust_env=True,
         # A line may be TGI's final event with the whole generated_text: allow 2 MiB lines.
         read_bufsize=1 << 20,
     )

@@ -37,13 +37,15 @@ def server() -> Iterator[str]:
 
         def do_POST(self) -> None:
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path.startswith("http://"):  # asked as a proxy: answer as the server it names
+                request["model"] = f"proxied to {self.path}"
             # The test picks how the stream ends through the model name.
             ending = request["model"]
             chunks = [_chunk({"role": "assistant"}, None)]
             chunks += [_chunk({"content": token}, None) for token in TOKENS]
             if ending == "finishes":
                 chunks.append(_chunk({}, "length"))
-            elif ending == "reports-usage":
+            elif ending == "reports-usage" or ending.startswith("proxied to "):
                 chunks.append(_chunk({}, "stop"))
                 chunks.append({**_chunk({}, None), "choices": [],
                                "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
@@ -116,3 +118,12 @@ def test_a_stream_cut_before_its_finish_is_an_error(server: str) -> None:
 )
 def test_context_room_reads_vllms_and_tgis_refusals(message: str, room: int | None) -> None:
     assert context_room(message) == room
+
+
+def test_the_proxy_environment_applies(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A name that does not resolve: only a proxy, which takes the whole URL, can reach it.
+    monkeypatch.setenv("HTTP_PROXY", server.removesuffix("/v1"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    events = _events("http://inference.invalid:8000/v1", "any")
+    assert events[-1] == StreamEnd(prompt_tokens=7, completion_tokens=5, finish_reason="stop")
