@@ -221,8 +221,13 @@ def test_openai_compatible_servers_get_max_tokens_lowered_too(
         answer = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "count these words"}], max_tokens=1000
         )
-    assert answer.usage is not None
-    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 36)
+        assert answer.usage is not None
+        assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (4, 36)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": " ".join(["word"] * 60)}], max_tokens=10
+            )
+        assert "leaves no room in the model's context" in caught.value.body["message"]  # type: ignore[index]
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,7 @@ class OpenAICompatBackend:
         except _ContextRefusal as refusal:
             if refusal.room < 1:
                 raise BackendError(
-                    "rejected", f"the prompt leaves no room in the model's context: {refusal.message}"
+                    "rejected", f"the prompt leaves no room in the model's context: {refusal.detail[:500]}"
                 ) from None
             lowered = dataclasses.replace(request.sampling, max_new_tokens=refusal.room)
             response = await stack.enter_async_context(
@@ -212,12 +212,13 @@ class OpenAICompatBackend:
         )
 
 
-class _ContextRefusal(Exception):
-    """The server refused max_tokens as over the room the prompt leaves in its context."""
+class _ContextRefusal(BackendError):
+    """The server refused max_tokens as over the `room` the prompt leaves in its context (a
+    refusal like any other if it comes again after the retry)."""
 
-    def __init__(self, message: str, room: int) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, detail: str, room: int) -> None:
+        super().__init__("rejected", f"{SERVER} refused max_tokens as over the context: {detail[:500]}")
+        self.detail = detail
         self.room = room
 
 
