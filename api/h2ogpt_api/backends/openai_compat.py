@@ -109,7 +109,7 @@ class OpenAICompatBackend:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = session(self._timeout, self._headers)
+            self._session = session(self._base_url, self._timeout, self._headers)
         return self._session
 
     @property

@@ -212,7 +212,7 @@ class TgiBackend:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = session(self._timeout)
+            self._session = session(self._base_url, self._timeout)
         return self._session
 
     async def aclose(self) -> None:
