@@ -171,6 +171,10 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
                  *([] if index == 0 else ["--gradio", "False"])],
                 env={**env, WORKER_ENV: f"{index}/{count}"},
                 pass_fds=(write_end,),
+                # A process group of their own: a terminal's Ctrl-C reaches this process alone, which
+                # passes it on once (had it reached the workers too, the copy passed on would be their
+                # second signal, which stops at once, cutting answers).
+                process_group=0,
             )
             for index in range(count)
         ]

@@ -4,11 +4,13 @@ drain, every answer closing its connection, then exits; a second signal stops it
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import httpx
 import openai
+import pytest
 
 from tests.support.api_server import llm_only_args, run_api_server
 from tests.support.tgi_fake import RunningFake, TgiFake
@@ -63,14 +65,17 @@ def test_a_second_signal_stops_at_once(tgi_fake: RunningFake) -> None:
         assert server.process.returncode == 0
 
 
-def test_with_workers_a_stop_signal_lets_every_worker_finish_its_streams() -> None:
+@pytest.mark.parametrize("delivered", ["to-the-process", "to-its-group"])
+def test_with_workers_a_stop_signal_lets_every_worker_finish_its_streams(delivered: str) -> None:
     # A stream longer than the drain plus the 15 s the supervisor gives workers it stops itself: it
-    # runs on one worker while the other, idle, exits as soon as its drain ends.
+    # runs on one worker while the other, idle, exits as soon as its drain ends. The signal comes as
+    # Kubernetes sends it (to the container's first process) or as a terminal's Ctrl-C does (SIGINT
+    # to the foreground process group).
     tokens, token_delay = 100, 0.2
     slow = RunningFake(TgiFake(token_delay=token_delay, repeat=True)).start()
     try:
         args = [*llm_only_args(slow.url, "m"), "--workers", "2", "--drain_seconds", "1"]
-        with run_api_server(args) as server:
+        with run_api_server(args, own_session=True) as server:
             client = openai.OpenAI(base_url=server.openai_url, api_key="EMPTY", max_retries=0, timeout=60)
             stream = client.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "go"}], max_tokens=tokens, stream=True,
@@ -78,7 +83,10 @@ def test_with_workers_a_stop_signal_lets_every_worker_finish_its_streams() -> No
             )  # fmt: skip
             chunks = iter(stream)
             next(chunks)  # the stream has begun on one of the workers
-            server.process.send_signal(signal.SIGTERM)
+            if delivered == "to-its-group":
+                os.killpg(server.process.pid, signal.SIGINT)
+            else:
+                server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             rest = list(chunks)
             server.process.wait(30)

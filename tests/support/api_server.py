@@ -79,11 +79,17 @@ def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> ApiServer:
 
 @contextlib.contextmanager
 def run_api_server(
-    args: Sequence[str], env: Mapping[str, str] | None = None, *, from_env: Sequence[str] = ()
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    from_env: Sequence[str] = (),
+    own_session: bool = False,
 ) -> Iterator[ApiServer]:
     """`h2ogpt-api --server_name 127.0.0.1 --openai_port 0 --gradio False <args>` until the block ends.
 
     `from_env` names default flags (e.g. `gradio_port`) left off so that `env` sets them.
+    `own_session`: the server leads its own session and process group, as a command in a terminal
+    does, so that a test may signal the group (a terminal's Ctrl-C) without signalling pytest.
     """
     log_file = tempfile.NamedTemporaryFile(prefix="h2ogpt-api-", suffix=".log", delete=False)  # noqa: SIM115
     log_path = Path(log_file.name)
@@ -103,8 +109,9 @@ def run_api_server(
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
-        command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT
-    )
+        command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT,
+        start_new_session=own_session,
+    )  # fmt: skip
     log_file.close()
     failed = True
     try:
