@@ -3,8 +3,9 @@
 Each worker is a whole `h2ogpt-api` process (one event loop, its own core and backend
 connections) listening on the same port with SO_REUSEPORT: the kernel spreads new connections
 over the workers. This process only starts them, waits until all are serving, and stops them
-together; when one dies, the others are stopped and the exit status says so (a supervisor such
-as Kubernetes restarts the whole pod).
+together: a stop signal is passed on once, and every worker finishes its answers; when one dies,
+the others are stopped and the exit status says so (a supervisor such as Kubernetes restarts the
+whole pod).
 
 What one process used to hold alone, and how it stays correct with N:
 - metrics: each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
