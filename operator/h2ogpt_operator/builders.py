@@ -19,6 +19,7 @@ import yaml
 from h2ogpt_operator import naming
 from h2ogpt_operator.config import OperatorConfig
 from h2ogpt_operator.models import (
+    API_DRAIN_S,
     GPU_ENGINES,
     IN_CLUSTER_ENGINES,
     ApiComponentSpec,
@@ -843,13 +844,6 @@ def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
     return env
 
 
-# A stopping api pod serves this much longer, each answer closing its connection (h2ogpt_api.draining):
-# kube-proxy drops the pod meanwhile, and keep-alive clients reconnect to a pod that stays instead of
-# crossing the server's close of an idle connection.
-API_DRAIN_S = 5
-# Then the answers still streaming finish (h2ogpt-api waits for them, with no limit of its own): the
-# kubelet kills what is left this long after the drain. A pod with nothing in flight exits at once.
-API_FINISH_S = 120
 
 
 def build_api_deployment(
@@ -904,7 +898,8 @@ def build_api_deployment(
                 "spec": {
                     **api_service_account(stack, spec),
                     "securityContext": _RESTRICTED_POD,
-                    "terminationGracePeriodSeconds": API_DRAIN_S + API_FINISH_S,
+                    # After the drain h2ogpt-api waits for its answers with no limit of its own.
+                    "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
                     "containers": [container],
                     "volumes": [{"name": "save", "emptyDir": {}}, _TMP_VOLUME],
                 },

@@ -350,12 +350,24 @@ class ServiceSpec(CrdModel):
     )
 
 
+# A stopping api pod serves this long more, each answer closing its connection (h2ogpt_api.draining):
+# kube-proxy drops the pod meanwhile, and keep-alive clients reconnect to a pod that stays instead of
+# crossing the server's close of an idle connection.
+API_DRAIN_S = 5
+
+
 class ApiComponentSpec(CrdModel):
     enabled: bool = True
     replicas: int = Field(default=1, ge=0, le=100)
     image: str | None = Field(default=None, min_length=1)
     resources: ResourceRequirements = section(ResourceRequirements)
     service: ServiceSpec = section(ServiceSpec)
+    termination_grace_period_seconds: int = Field(
+        default=API_DRAIN_S + 120, ge=API_DRAIN_S + 1, le=86_400,
+        description=f"How long a stopping api pod (a rollout, a scale-in) has: {API_DRAIN_S} s of drain, "
+        "then the answers still streaming finish, and what is left at this limit is cut. A pod with "
+        "nothing in flight exits after the drain. Raise it for answers that take longer.",
+    )
 
 
 class GenerationSpec(CrdModel):

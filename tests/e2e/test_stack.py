@@ -450,7 +450,7 @@ def test_a_settings_change_rolls_the_api_pods_without_refusing_a_client(stack: S
         stack.wait_ready()
         after = api_pods()
         assert not before & after, "Ready while an old api pod is still there"
-        time.sleep(API_DRAIN_S + 5)  # the old pods' last seconds: their drain, then uvicorn's shutdown
+        time.sleep(API_DRAIN_S + 5)  # the old pods' last seconds: their drain, then their exit
     finally:
         stop.set()
         poller.join(30)

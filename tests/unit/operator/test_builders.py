@@ -12,6 +12,7 @@ from h2ogpt_operator import builders, naming
 from h2ogpt_operator.builders import Stack
 from h2ogpt_operator.config import OperatorConfig
 from h2ogpt_operator.models import H2oGPTDeploymentSpec
+from pydantic import ValidationError
 
 from tests.unit.operator.samples import GOLDEN, SAMPLES, load_sample
 
@@ -220,6 +221,19 @@ def test_api_pods_take_credentials_from_secrets() -> None:
     assert gradio["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "--openai_server", "False", "--drain_seconds", str(builders.API_DRAIN_S)
     ]
+
+
+def test_api_pods_have_the_grace_period_the_cr_gives_each() -> None:
+    # The drain, then the answers in flight: 125 s by default, each component its own.
+    spec = spec_of(openai={"terminationGracePeriodSeconds": 900})
+    grace = {
+        component: deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for component in (naming.OPENAI, naming.GRADIO)
+        if (deployment := builders.build_api_deployment(STACK, spec, component, CONFIG)) is not None
+    }
+    assert grace == {naming.OPENAI: 900, naming.GRADIO: builders.API_DRAIN_S + 120}
+    with pytest.raises(ValidationError):  # no shorter than the drain itself
+        spec_of(frontend={"terminationGracePeriodSeconds": builders.API_DRAIN_S})
 
 
 def test_tgi_deployment_requests_gpus_and_mounts_cache() -> None:
