@@ -34,6 +34,7 @@ from h2ogpt_operator import metrics
 from h2ogpt_operator.autoscaler import Autoscaler
 from h2ogpt_operator.config import PROJECT_VERSION, OperatorConfig
 from h2ogpt_operator.crd import apply_own_crd
+from h2ogpt_operator.events import EventRecorder
 from h2ogpt_operator.handlers import HandlerContext, SecretReaders, build_registry
 from h2ogpt_operator.kube import Kube, load_api_client
 from h2ogpt_operator.leader import LeaderElector
@@ -42,6 +43,9 @@ from h2ogpt_operator.watchcache import WatchCache
 from h2ogpt_operator.workqueue import Key, WorkQueue
 
 log = logging.getLogger("h2ogpt_operator")
+# At a stop, Events still queued get this long to be sent (the pod's grace period is 30 s; the Lease
+# is released first so that a new leader need not wait for them).
+EVENTS_FLUSH_SECONDS = 5.0
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -127,6 +131,11 @@ def stop_when_one_ends(tasks: Sequence[asyncio.Task[None]], stop: asyncio.Event)
     return failed
 
 
+async def _send_the_last_events(events: EventRecorder) -> None:
+    if not await asyncio.to_thread(events.close, EVENTS_FLUSH_SECONDS):
+        log.warning("stopping with Events still unsent after %.0f s", EVENTS_FLUSH_SECONDS)
+
+
 async def run(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env(os.environ)
     kube = Kube(load_api_client(), count_write=metrics.count_write, count_read=metrics.count_read)
@@ -134,7 +143,8 @@ async def run(args: argparse.Namespace) -> int:
         # Before watching: stacks are read with the schema (defaults, pruning) of this release.
         await asyncio.to_thread(apply_own_crd, kube, PROJECT_VERSION)
     cache = WatchCache()
-    reconciler = Reconciler(kube, config, cache)
+    events = EventRecorder(kube, on_dropped=metrics.EVENTS_DROPPED.inc).start()
+    reconciler = Reconciler(kube, config, cache, events=events)
     secret_readers = SecretReaders()
     readiness: dict[Key, bool] = {}
 
@@ -215,6 +225,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(elector.release)
+        await _send_the_last_events(events)
     return 1 if elector.lost or failed else 0
 
 

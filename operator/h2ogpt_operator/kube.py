@@ -111,6 +111,32 @@ def error_message(exc: KubeError) -> str:
     return str(body.get("message") or exc.reason or exc.status)
 
 
+def event_manifest(owner: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> Manifest:
+    """A core/v1 Event about `owner`, stamped now (when it happened, not when it is sent)."""
+    meta = owner["metadata"]
+    now = now_rfc3339()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
 class Kube:
     def __init__(
         self,
@@ -287,29 +313,14 @@ class Kube:
 
     def post_event(self, owner: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:
         """A core/v1 Event on the CR, so `kubectl describe` shows what the operator did."""
-        meta = owner["metadata"]
-        now = now_rfc3339()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": owner["apiVersion"],
-                "kind": owner["kind"],
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": FIELD_MANAGER,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        self.post(event_manifest(owner, reason, message, warning))
+
+    def post(self, event: Manifest) -> None:
+        """Create an Event; best effort: a refusal or a lost connection is logged, never raised."""
         try:
             self.create(event)
-        except KubeError as exc:  # an event is best effort; never fail a reconcile for it
-            log.warning("cannot post event %s on %s: %s", reason, meta["name"], error_message(exc))
+        except APISERVER_ERRORS as exc:  # never fail a reconcile, or stop the event thread, for an Event
+            detail = error_message(exc) if isinstance(exc, KubeError) else str(exc)
+            log.warning(
+                "cannot post event %s on %s: %s", event["reason"], event["involvedObject"]["name"], detail
+            )

@@ -39,6 +39,10 @@ WORKQUEUE_QUEUE_DURATION = Histogram(
     "Time a stack waited in the work queue before a worker took it.",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+EVENTS_DROPPED = Counter(
+    "h2ogpt_operator_events_dropped_total",
+    "Events not sent because the queue of Events waiting for the apiserver was full.",
+)
 AUTOSCALER_DESIRED = Gauge(
     "h2ogpt_operator_autoscaler_desired_replicas",
     "Inference replicas the autoscaler last decided on (stacks with spec.inference.autoscaling).",

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from h2ogpt_operator import builders, naming, status
 from h2ogpt_operator.builders import Stack
 from h2ogpt_operator.config import OperatorConfig
+from h2ogpt_operator.events import EventSink
 from h2ogpt_operator.kube import SERVICE_MONITOR_CRD, Kube, KubeError, error_message, now_rfc3339
 from h2ogpt_operator.models import GROUP, KIND, VERSION, H2oGPTDeploymentSpec
 from h2ogpt_operator.watchcache import SecretFacts, StackView, WatchCache, resource_version
@@ -129,12 +130,16 @@ class Reconciler:
         kube: Kube,
         config: OperatorConfig,
         cache: WatchCache,
+        *,
+        events: EventSink | None = None,
         new_token: Callable[[], str] = lambda: secrets.token_urlsafe(32),
         now: Callable[[], str] = now_rfc3339,
     ) -> None:
         self.kube = kube
         self.config = config
         self.cache = cache
+        # The operator passes an EventRecorder, so a reconcile never waits for an Event to be sent.
+        self.events: EventSink = events or kube
         self.new_token = new_token
         self.now = now
         self._crd_lock = threading.Lock()
@@ -212,9 +217,9 @@ class Reconciler:
 
         self._prune(body, desired, live, outcome)
         if outcome.applied:
-            self.kube.post_event(body, "Applied", "applied " + ", ".join(outcome.applied))
+            self.events.post_event(body, "Applied", "applied " + ", ".join(outcome.applied))
         for message in outcome.errors:
-            self.kube.post_event(body, "ApplyFailed", message, warning=True)
+            self.events.post_event(body, "ApplyFailed", message, warning=True)
 
         pods = view.pods
         workloads = {
@@ -293,7 +298,7 @@ class Reconciler:
             if created is not None:
                 self.cache.wrote(stack_key, "Secret", secret_name, None, created)
                 outcome.writes += 1
-                self.kube.post_event(body, "GeneratedSecret", f"generated Secret {secret_name}")
+                self.events.post_event(body, "GeneratedSecret", f"generated Secret {secret_name}")
                 return SecretFacts.of(created)
             # It exists and the watch has not shown it yet (a restart mid-create): ask once.
             found = self.kube.get("v1", "Secret", stack.namespace, secret_name)
@@ -304,7 +309,7 @@ class Reconciler:
         patched = self.kube.merge_patch("v1", "Secret", stack.namespace, secret_name, {"stringData": absent})
         self.cache.wrote(stack_key, "Secret", secret_name, existing.resource_version, patched)
         outcome.writes += 1
-        self.kube.post_event(
+        self.events.post_event(
             body, "GeneratedSecret", f"added {', '.join(sorted(absent))} to Secret {secret_name}"
         )
         return SecretFacts.of(patched)
@@ -329,7 +334,7 @@ class Reconciler:
                 (namespace, body["metadata"]["name"]), kind, child_name, resource_version(item), None
             )
             outcome.writes += 1
-            self.kube.post_event(body, "Deleted", f"deleted {kind}/{child_name}: no longer in the spec")
+            self.events.post_event(body, "Deleted", f"deleted {kind}/{child_name}: no longer in the spec")
 
     def _write_status(self, body: Manifest, new_status: Manifest, outcome: Outcome) -> None:
         current = body.get("status") or {}
@@ -350,7 +355,7 @@ class Reconciler:
         was_ready = status.is_ready(current)
         if status.is_ready(new_status) != was_ready or not current:
             ready = next(c for c in new_status["conditions"] if c["type"] == status.READY)
-            self.kube.post_event(
+            self.events.post_event(
                 body,
                 "Ready" if ready["status"] == "True" else "NotReady",
                 ready["message"],

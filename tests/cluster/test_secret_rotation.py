@@ -137,8 +137,12 @@ def test_a_missing_secret_is_reported_and_rolls_its_readers_when_it_appears(
         return ready if ready and missing in ready["message"] else None
 
     wait_for(reported_missing, 60, "the status to name the missing Secret")
-    warned = [e["message"] for e in items(cluster, "events", namespace) if e.get("reason") == "NotReady"]
-    assert any("late-hf" in message for message in warned), warned
+
+    def warned() -> bool:  # sent just after the status, by the operator's event thread
+        events = items(cluster, "events", namespace)
+        return any("late-hf" in e["message"] for e in events if e.get("reason") == "NotReady")
+
+    wait_for(warned, 10, "a NotReady Event naming the missing Secret")
 
     def all_workloads() -> dict[str, str] | None:
         found = checksums(cluster, namespace, "late")
