@@ -99,6 +99,9 @@ class LocalCluster:
     # Write the apiserver's audit log (JSON lines) to `audit_log_path`: exact attribution of
     # requests to the client that made them (the operator benchmark counts its requests so).
     audit_log: bool = False
+    # More kube-controller-manager flags (the operator benchmark raises its client limits with
+    # `--kube-api-qps`/`--kube-api-burst` to show what they bound).
+    controller_manager_args: tuple[str, ...] = ()
     # The Popen objects of processes started by this Python process, so they are reaped
     # (a cluster started by an earlier `up` is stopped by pid alone).
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -201,6 +204,7 @@ class LocalCluster:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # No cloud, no real nodes: these controllers would only fight kwok.
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+                *self.controller_manager_args,
             ])
             self._start("scheduler", [
                 binaries["kube-scheduler"],
