@@ -62,11 +62,16 @@ def page(browser: Browser, server: ApiServer) -> Iterator[Page]:
     assert server.gradio_url is not None
     for attempt in (1, 2):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        # Every click and fill may wait as long as the page may take to render: once, in `make test`
+        # beside the image builds, the prompt had rendered but the Send button beside it was not
+        # there after playwright's default 30 s.
+        page.set_default_timeout(UI_WAIT_MS)
         trouble = watch_trouble(page)
         started = time.monotonic()
         page.goto(server.gradio_url)
         try:
             page.wait_for_selector("#h2ogpt-prompt textarea", timeout=UI_WAIT_MS)
+            page.wait_for_selector("#h2ogpt-send", timeout=UI_WAIT_MS)
             break
         except PlaywrightTimeoutError:
             # Seen twice in `make test`, with the cores taken by image builds or the e2e tier: the
