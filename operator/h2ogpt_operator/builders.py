@@ -844,8 +844,6 @@ def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
     return env
 
 
-
-
 def build_api_deployment(
     stack: Stack,
     spec: H2oGPTDeploymentSpec,
