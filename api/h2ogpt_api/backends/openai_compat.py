@@ -32,7 +32,14 @@ from h2ogpt_api.backends.base import (
     finish_reason_from,
     first_unsupported,
 )
-from h2ogpt_api.backends.sse import ChunkDecoder, session, sse_batches, translate_errors
+from h2ogpt_api.backends.sse import (
+    ChunkDecoder,
+    ContextRefusal,
+    decoded_batches,
+    post_fitting_the_context,
+    session,
+    translate_errors,
+)
 
 SERVER = "the inference server"  # how errors name the server
 
@@ -163,43 +170,27 @@ class OpenAICompatBackend:
     async def _post(
         self, stack: contextlib.AsyncExitStack, request: BackendRequest
     ) -> aiohttp.ClientResponse:
-        """POST the request, checked. When the server refuses max_tokens as over the context the prompt
-        leaves, POST once more with it lowered to that room."""
         url = f"{self._base_url}/{'chat/completions' if request.prompt is None else 'completions'}"
-        response = await stack.enter_async_context(
-            self._client().post(url, json=self._body(request, request.sampling))
+        return await post_fitting_the_context(
+            stack,
+            self._client(),
+            url,
+            body_for=lambda sampling: self._body(request, sampling),
+            sampling=request.sampling,
+            check=_raise_for_status,
         )
-        try:
-            await _raise_for_status(response)
-        except _ContextRefusal as refusal:
-            if refusal.room < 1:
-                raise BackendError(
-                    "rejected", f"the prompt leaves no room in the model's context: {refusal.detail[:500]}"
-                ) from None
-            lowered = dataclasses.replace(request.sampling, max_new_tokens=refusal.room)
-            response = await stack.enter_async_context(
-                self._client().post(url, json=self._body(request, lowered))
-            )
-            await _raise_for_status(response)
-        return response
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         # The server applies the stop sequences and leaves them out of the text: nothing to trim.
         decoder = ChunkDecoder((), SERVER)
         async with translate_errors(SERVER), contextlib.AsyncExitStack() as stack:
             response = await self._post(stack, request)
-            async for batch in sse_batches(response.content, SERVER):
-                for event in decoder.decode(batch):
-                    yield event
-                if decoder.usage is not None:
-                    end = decoder.reported_end()
-                    # Read `[DONE]` and the body's end: only a finished response's connection
-                    # goes back to the pool (else every request would open a new one).
-                    await response.content.read()
-                    yield end
-                    return
-                if decoder.done:
-                    break
+            async with contextlib.aclosing(decoded_batches(response, decoder, SERVER)) as batches:
+                async for decoded in batches:
+                    for event in decoded:
+                        yield event
+        if decoder.usage is not None:  # its StreamEnd was the last event
+            return
         if decoder.finish is not None:  # a complete answer from a server that reports no usage when streaming
             yield StreamEnd(
                 prompt_tokens=0,
@@ -210,16 +201,6 @@ class OpenAICompatBackend:
         raise BackendError(
             "bad_response", f"the {self.kind} server's stream ended without a finish reason or usage"
         )
-
-
-class _ContextRefusal(BackendError):
-    """The server refused max_tokens as over the `room` the prompt leaves in its context (a
-    refusal like any other if it comes again after the retry)."""
-
-    def __init__(self, detail: str, room: int) -> None:
-        super().__init__("rejected", f"{SERVER} refused max_tokens as over the context: {detail[:500]}")
-        self.detail = detail
-        self.room = room
 
 
 def _error_message(body: str) -> str:
@@ -247,7 +228,11 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     body = (await response.read()).decode(errors="replace")[:2000]
     message = _error_message(body)
     if status in (400, 422) and (room := context_room(f"{message} {body}")) is not None:
-        raise _ContextRefusal(message, room)
+        raise ContextRefusal(
+            f"{SERVER} refused max_tokens as over the context: {message[:500]}",
+            room=room,
+            no_room=f"the prompt leaves no room in the model's context: {message[:500]}",
+        )
     if status in (429, 503):
         raise BackendError("unavailable", f"{SERVER} is overloaded ({status})")
     if 400 <= status < 500:

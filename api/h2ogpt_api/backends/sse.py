@@ -11,9 +11,10 @@ is most of what a proxy spends at 64+ concurrent streams (bench/openai_proxy.py 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
@@ -26,6 +27,7 @@ from h2ogpt_api.backends.base import (
     POOL_IDLE_S,
     BackendError,
     BackendEvent,
+    Sampling,
     StopTrimmer,
     StreamEnd,
     TokenDelta,
@@ -219,6 +221,59 @@ class ChunkDecoder:
         elif text:
             run.add(text)
         self.finish = choice.get("finish_reason") or self.finish
+
+
+async def decoded_batches(
+    response: aiohttp.ClientResponse, decoder: ChunkDecoder, server: str
+) -> AsyncGenerator[list[BackendEvent], None]:
+    """An OpenAI-format stream's events, a batch per read, as `decoder` decodes them; when the server
+    reports usage, its StreamEnd comes last, alone. A stream without usage ends at `[DONE]` or the
+    body's end, and the caller ends the answer from what `decoder` saw."""
+    async for batch in sse_batches(response.content, server):
+        yield decoder.decode(batch)
+        if decoder.usage is not None:
+            end = decoder.reported_end()
+            # Read `[DONE]` and the body's end: only a finished response's connection goes back
+            # to the pool (else every request would open a new one).
+            await response.content.read()
+            yield [end]
+            return
+        if decoder.done:
+            return
+
+
+class ContextRefusal(BackendError):
+    """The server refused max_new_tokens as over the `room` its context leaves after the prompt.
+    `no_room`: the refusal to give instead when the prompt alone fills the context."""
+
+    def __init__(self, message: str, *, room: int, no_room: str) -> None:
+        super().__init__("rejected", message)
+        self.room = room
+        self.no_room = no_room
+
+
+async def post_fitting_the_context(
+    stack: contextlib.AsyncExitStack,
+    client: aiohttp.ClientSession,
+    url: str,
+    *,
+    body_for: Callable[[Sampling], Any],
+    sampling: Sampling,
+    check: Callable[[aiohttp.ClientResponse], Awaitable[None]],
+) -> aiohttp.ClientResponse:
+    """POST `body_for(sampling)`, `check`ed. When `check` finds the ContextRefusal of a max_new_tokens
+    over the context the prompt leaves, POST once more with max_new_tokens lowered to that room (a
+    refusal like any other if it comes again)."""
+    response = await stack.enter_async_context(client.post(url, json=body_for(sampling)))
+    try:
+        await check(response)
+    except ContextRefusal as refusal:
+        if refusal.room < 1:
+            raise BackendError("rejected", refusal.no_room) from None
+        lowered = dataclasses.replace(sampling, max_new_tokens=refusal.room)
+        response = await stack.enter_async_context(client.post(url, json=body_for(lowered)))
+        await check(response)
+    return response
 
 
 @contextlib.asynccontextmanager

@@ -45,7 +45,10 @@ from h2ogpt_api.backends.base import (
 )
 from h2ogpt_api.backends.sse import (
     ChunkDecoder,
+    ContextRefusal,
     TextRun,
+    decoded_batches,
+    post_fitting_the_context,
     session,
     sse_batches,
     translate_errors,
@@ -62,15 +65,6 @@ NO_ROUTE = "TGI has no route"
 FALLBACK_PROMPT_TYPE = "chatml"
 # TGI's validation message when prompt + max_new_tokens is over max_total_tokens.
 _TOTAL_TOKENS_REFUSAL = re.compile(r"must be <= (\d+)\. Given: (\d+) `inputs` tokens")
-
-
-class ContextOverflowError(BackendError):
-    """TGI refused prompt + max_new_tokens as over its `max_total_tokens`; the numbers are TGI's."""
-
-    def __init__(self, message: str, *, limit: int, input_tokens: int) -> None:
-        super().__init__("rejected", message)
-        self.limit = limit
-        self.input_tokens = input_tokens
 
 
 # TGI's chat route takes OpenAI's tools, logprobs and penalties, and a grammar as its
@@ -248,27 +242,14 @@ class TgiBackend:
     async def _post(
         self, stack: contextlib.AsyncExitStack, path: str, body_for: Any, sampling: Sampling
     ) -> aiohttp.ClientResponse:
-        """POST `body_for(sampling)`, checked. When TGI refuses prompt + max_new_tokens as over its
-        context, POST once more with max_new_tokens lowered to the room the prompt leaves."""
-        response = await stack.enter_async_context(
-            self._client().post(f"{self._base_url}{path}", json=body_for(sampling))
+        return await post_fitting_the_context(
+            stack,
+            self._client(),
+            f"{self._base_url}{path}",
+            body_for=body_for,
+            sampling=sampling,
+            check=_raise_for_status,
         )
-        try:
-            await _raise_for_status(response)
-        except ContextOverflowError as exc:
-            room = exc.limit - exc.input_tokens
-            if room < 1:
-                raise BackendError(
-                    "rejected",
-                    f"the prompt has {exc.input_tokens} tokens and TGI's context is {exc.limit}: "
-                    "shorten the messages, or give fewer documents (top_k_docs)",
-                ) from None
-            lowered = dataclasses.replace(sampling, max_new_tokens=room)
-            response = await stack.enter_async_context(
-                self._client().post(f"{self._base_url}{path}", json=body_for(lowered))
-            )
-            await _raise_for_status(response)
-        return response
 
     async def _count_prompt_tokens(self, prompt: str) -> int:
         async with self._client().post(f"{self._base_url}/tokenize", json={"inputs": prompt}) as response:
@@ -339,18 +320,12 @@ class TgiBackend:
                         yield event
                 return
             self.chat_route = True
-            async for batch in sse_batches(response.content, SERVER):
-                for event in decoder.decode(batch):
-                    yield event
-                if decoder.usage is not None:
-                    end = decoder.reported_end()
-                    # Read `[DONE]` and the body's end: only a finished response's connection
-                    # goes back to the pool (else every request would open a new one to TGI).
-                    await response.content.read()
-                    yield end
-                    return
-                if decoder.done:
-                    break
+            async with contextlib.aclosing(decoded_batches(response, decoder, SERVER)) as batches:
+                async for decoded in batches:
+                    for event in decoded:
+                        yield event
+            if decoder.usage is not None:  # its StreamEnd was the last event
+                return
         end = await self._counted_end(request, decoder.finish, decoder.text_chunks)
         if rest := decoder.trimmer.flush():
             yield TokenDelta(rest)
@@ -394,10 +369,12 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if status in (404, 405):
         raise BackendError("rejected", f"{NO_ROUTE} {response.url.path} ({status})")
     if status == 422 and isinstance(detail, str) and (numbers := _TOTAL_TOKENS_REFUSAL.search(detail)):
-        raise ContextOverflowError(
+        limit, input_tokens = int(numbers.group(1)), int(numbers.group(2))
+        raise ContextRefusal(
             f"TGI refused the request ({status}): {detail}",
-            limit=int(numbers.group(1)),
-            input_tokens=int(numbers.group(2)),
+            room=limit - input_tokens,
+            no_room=f"the prompt has {input_tokens} tokens and TGI's context is {limit}: "
+            "shorten the messages, or give fewer documents (top_k_docs)",
         )
     if status in (429, 503):
         raise BackendError("unavailable", f"TGI is overloaded or not ready ({status}): {detail}")
