@@ -44,6 +44,18 @@ def mark_matplotlib_absent() -> None:
         sys.modules.setdefault("matplotlib", None)  # type: ignore[arg-type]
 
 
+def skip_queue_analytics(queue: Any) -> None:
+    """Gradio's queue keeps a record of its last 10,000 events for its /monitoring dashboard and,
+    after every event, summarizes all of them again in a pandas DataFrame in a worker thread:
+    7 ms of CPU per event once the records are full (about 3 minutes at 50 answers/s), whether
+    monitoring is on or not. Monitoring is off here (`enable_monitoring=False`: the summary's route
+    answers 403), so nothing reads the summary: the queue keeps one record and never summarizes.
+    These are the two settings Gradio reads from GRADIO_ANALYTICS_MAX_EVENTS and
+    GRADIO_ANALYTICS_CACHE_FREQUENCY when its queue is made."""
+    queue.ANALYTICS_MAX_EVENTS = 1
+    queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize  # sic: Gradio's spelling
+
+
 def create_app(core: Core, settings: Settings) -> FastAPI:
     mark_matplotlib_absent()
     service = GradioService(core, settings)
@@ -67,6 +79,7 @@ def create_app(core: Core, settings: Settings) -> FastAPI:
     # What `launch(max_threads=...)` sets, which `mount_gradio_app` does not offer. Only the
     # queue's slots: Gradio's thread limiter for sync handlers keeps its default (40).
     blocks._queue.max_thread_count = job_slots(core.admission.limit, settings.max_queue)
+    skip_queue_analytics(blocks._queue)
     mounted: FastAPI = gr.mount_gradio_app(
         app,
         blocks,

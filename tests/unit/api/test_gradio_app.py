@@ -1,7 +1,7 @@
 """How the Gradio app is set up around Gradio itself: sessions that build block configs only when
-read (held to Gradio's own results), queue slots that do not cap below the core's admission, and
-no import search for an absent matplotlib on every step. The app is built in process, in front of
-a TGI backend that is never called."""
+read (held to Gradio's own results), queue slots that do not cap below the core's admission, no
+import search for an absent matplotlib on every step, and no analytics summary after every event.
+The app is built in process, in front of a TGI backend that is never called."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 
 import gradio as gr
 import pytest
+from gradio.queueing import Queue
 from gradio.state_holder import SessionState
 from h2ogpt_api.backends.tgi import TgiBackend
 from h2ogpt_api.core import Core
@@ -68,3 +69,22 @@ def test_an_absent_matplotlib_fails_to_import_at_once(blocks: gr.Blocks) -> None
         with pytest.raises(ImportError):
             import matplotlib  # noqa: F401, PLC0415
 
+
+
+def test_the_queue_keeps_no_analytics_that_nothing_reads(blocks: gr.Blocks) -> None:
+    queue = blocks._queue
+    # The names are Gradio's own (a rename would leave these set on nothing and pass unseen).
+    async def gradios_queue() -> Queue:  # in a running loop, as Gradio makes it
+        return Queue(
+            live_updates=False, concurrency_count=1, update_intervals=1, max_size=None, blocks=blocks
+        )
+
+    gradios = vars(asyncio.run(gradios_queue()))
+    assert {"ANALYTICS_MAX_EVENTS", "ANAYLTICS_CACHE_FREQUENCY"} <= gradios.keys()
+    assert queue.ANALYTICS_MAX_EVENTS == 1
+    # What Gradio runs after every event: with records to summarize, it answers its cache unchanged
+    # instead of building a DataFrame of them.
+    record = {"time": 0.0, "status": "success", "process_time": 0.5, "function": "submit_nochat_api"}
+    records = [{**record, "session_hash": str(n)} for n in range(100)]
+    queue.events_recorded += len(records)
+    assert queue.compute_analytics_summary(records) == {"functions": {}}
