@@ -11,7 +11,8 @@ Reported per target and concurrency: added time-to-first-token over direct (medi
 token throughput as a share of direct, CPU seconds per request of the serving process (from
 /proc, children included), and errors. Targets are interleaved within each round and the
 whole set is repeated for `ROUNDS`; each cell is the median over rounds, so a burst of load
-from other processes on the machine moves one round, not the result.
+from other processes on the machine moves one round, not the result. While one target is
+measured, the others' servers are stopped (SIGSTOP; the fake, which they all use, runs on).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -210,6 +212,15 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def process_state(pid: int) -> str | None:
+    """A process's state letter from /proc (T: stopped); None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
 def process_cpu(pid: int) -> float:
     """User + system CPU seconds of one live process (0 when it is gone)."""
     try:
@@ -220,13 +231,44 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
-def process_tree_cpu(pid: int) -> float:
-    total, pending = 0.0, [pid]
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (a --workers supervisor's workers, their children)."""
+    tree, pending = [], [pid]
     while pending:
         current = pending.pop()
-        total += process_cpu(current)
+        tree.append(current)
         pending += _children(current)
-    return total
+    return tree
+
+
+def process_tree_cpu(pid: int) -> float:
+    return sum(process_cpu(member) for member in process_tree(pid))
+
+
+@contextlib.contextmanager
+def paused(pids: Sequence[int]) -> Iterator[None]:
+    """The process trees of `pids` stopped (SIGSTOP) for the block, continued after it.
+
+    An idle server still works: Gradio's queue polls for new events every 1 ms (about 6% of a
+    core). With ten servers up at once, that work would land in whichever target is measured."""
+    stopped: list[int] = []
+    try:
+        for pid in pids:
+            for member in process_tree(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member, signal.SIGSTOP)
+                    stopped.append(member)
+        # A signal takes effect when its process is next scheduled: wait until each has stopped.
+        deadline = time.monotonic() + 5
+        while any(process_state(member) not in ("T", None) for member in stopped):
+            if time.monotonic() > deadline:
+                raise ServerError(f"processes {stopped} did not stop within 5 s of SIGSTOP")
+            time.sleep(0.001)
+        yield
+    finally:
+        for member in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGCONT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +353,7 @@ class Target:
     name: str
     request: Request
     pids: list[int]  # whose CPU counts as this target's cost
+    shared: bool = False  # the backend every target uses: never paused
 
 
 @dataclass
@@ -366,8 +409,11 @@ def measure(
     for _ in range(rounds):
         for level in levels:
             for target in targets:
-                outcome = drive(binary, target.request, level, per_stream_requests(level), target.pids,
-                                whole_answer_bytes=whole_answer_bytes)
+                others = [pid for other in targets if other is not target and not other.shared
+                          for pid in other.pids]
+                with paused(others):
+                    outcome = drive(binary, target.request, level, per_stream_requests(level), target.pids,
+                                    whole_answer_bytes=whole_answer_bytes)
                 cells.setdefault((target.name, level), Cell([])).outcomes.append(outcome)
     return cells
 
@@ -418,7 +464,8 @@ def report(
         "from the Go load generator (bench/loadgen). 'added' is the difference to direct at the same "
         "number of streams; throughput counts completed answers x tokens over the phase's wall time. "
         "Server CPU is the serving process (and its children) only: the fake's own CPU is in the "
-        "'direct' rows.",
+        "'direct' rows. While one target is measured, the other targets' servers are stopped (SIGSTOP), "
+        "so that their idle work (Gradio's queue polls every 1 ms) does not count against it.",
         "",
         f"Machine: {info.cpus} CPUs ({info.cpu_model}), {info.memory_gib:.0f} GiB, {info.kernel}, Python "
         f"{info.python}; load average at start {info.load_average[0]:.1f} (the machine is shared). "
@@ -561,7 +608,7 @@ def run(quick: bool = False) -> str:
         fake_url = stack.enter_context(tgi_fake_server(TOKEN_DELAY_S))
         fake_pid = _listener_pid(fake_url)
         direct = Request(f"{fake_url}/v1/chat/completions", "openai", chat_body())
-        targets = [Target("direct", direct, [fake_pid])]
+        targets = [Target("direct", direct, [fake_pid], shared=True)]
         try:  # the floor of a Python hop (bench/floor_relay.py): what h2ogpt-api's own work is judged above
             relay_url, relay = stack.enter_context(floor_relay_server(fake_url))
             targets.append(Target(FLOOR, Request(f"{relay_url}/v1/chat/completions", "openai", chat_body()),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from bench import rag, run_all, summarize
 from bench.common import LatencySummary, markdown_table, percentile
+from bench.openai_proxy import paused, process_state, process_tree
 
 
 @pytest.mark.parametrize("pct", [0, 5, 50, 95, 99, 100])
@@ -81,6 +84,27 @@ def _alive(pid: int) -> bool:
     # A zombie (exited, not yet reaped by its parent, now init) is not running.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_paused_stops_a_server_with_its_workers_and_continues_them() -> None:
+    # A supervisor with one worker, as `h2ogpt-api --workers 2` is a process tree.
+    worker = "import time; time.sleep(60)"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {worker!r}])"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while len(process_tree(supervisor.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = process_tree(supervisor.pid)
+        assert len(tree) == 2
+        with paused([supervisor.pid]):
+            assert [process_state(pid) for pid in tree] == ["T", "T"]
+        assert "T" not in [process_state(pid) for pid in tree]
+    finally:
+        for pid in reversed(process_tree(supervisor.pid)):
+            os.kill(pid, 9)
+        supervisor.wait()
 
 
 def test_rag_corpus_is_deterministic_and_each_fact_is_unique() -> None:
