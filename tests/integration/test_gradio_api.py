@@ -224,6 +224,31 @@ def test_bad_input_answers_an_error_and_the_server_keeps_serving(
     assert ask(client, instruction_nochat="still there?")["response"] == "user: still there?"
 
 
+def gradio_call(host: str, api_name: str, data: list[object]) -> dict[str, Any]:
+    """One call over Gradio's queued REST API (`/gradio_api/call/...`): its `complete` output."""
+    url = f"{host}/gradio_api/call/{api_name}"
+    event_id = httpx.post(url, json={"data": data}).json()["event_id"]
+    kind = ""
+    with httpx.stream("GET", f"{url}/{event_id}", timeout=30) as events:
+        for line in events.iter_lines():
+            if line.startswith("event:"):
+                kind = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and kind == "complete":
+                answer = ast.literal_eval(json.loads(line.removeprefix("data:"))[0])
+                assert isinstance(answer, dict)
+                return answer
+    raise AssertionError(f"no complete event (last event: {kind!r})")
+
+
+@pytest.mark.parametrize("api_name", ["submit_nochat_api", "submit_nochat_plain_api"])
+def test_the_input_is_read_as_gradios_textbox_gives_it(host: str, api_name: str) -> None:
+    # Gradio's Textbox passed str() of any JSON value; these api_names skip its preprocessing
+    # (a worker thread per call) and do the same themselves.
+    as_object = gradio_call(host, api_name, [{"instruction_nochat": "an object"}])
+    assert as_object["response"] == "user: an object"
+    assert "expected the str() of a dict" in gradio_call(host, api_name, [None])["error"]
+
+
 def test_backend_failure_mid_stream_keeps_the_text_so_far(client: Client) -> None:
     answer = ask(client, instruction_nochat="please FAKE:DROP now", stream_output=True)
     assert answer["error"]

@@ -162,6 +162,7 @@ class H2oGPTEndpoints:
     ) -> AsyncGenerator[dict[str, Any], None]:
         pieces: list[str] = []
         try:
+            text = None if text is None else str(text)  # what Gradio's Textbox.preprocess gives
             params = params_from_h2ogpt(parse_request_dict(text), streaming=streaming)
             caller = Caller.of(request)
             identity = self.service.identity(caller, params.h2ogpt_key)
@@ -363,8 +364,18 @@ class H2oGPTEndpoints:
             trigger = gr.Button("api")
             request_text = gr.Textbox(label="str(dict) of parameters")
             response_text = gr.Textbox(label="str(dict) of the answer")
+            # Without Gradio's pre- and postprocessing, which for a Textbox are str() (done in
+            # `_generate`; the answers are str already) but which Gradio runs in a worker thread:
+            # one thread hop for the input and one for every output, each waiting for the event
+            # loop to let go of the GIL.
+            as_is: dict[str, Any] = {"preprocess": False, "postprocess": False}
             trigger.click(
-                self.submit_nochat, [request_text], [response_text], api_name="submit_nochat_api", **public
+                self.submit_nochat,
+                [request_text],
+                [response_text],
+                api_name="submit_nochat_api",
+                **as_is,
+                **public,
             )
             trigger.click(
                 self.submit_nochat_plain,
@@ -372,6 +383,7 @@ class H2oGPTEndpoints:
                 [response_text],
                 api_name="submit_nochat_plain_api",
                 queue=False,
+                **as_is,
                 **public,
             )
             models_text = gr.Textbox(label="str(list) of model dicts")
