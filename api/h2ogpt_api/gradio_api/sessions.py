@@ -6,8 +6,9 @@ hidden components the api_names hang off). Every call to Gradio's queued REST AP
 such call paid about 6 ms of CPU (the Gradio side spent 21 to 30 ms per answer at 64 streams) and
 left about 120 KB in the session store, which keeps up to `state_session_capacity` (10,000)
 sessions: about 1.5 GB of RSS before the oldest were dropped. A call reads only its own inputs'
-and outputs' configs. Here each block's config is built the first time something reads it; the
-UI's deep links, the one reader of them all, build them all then.
+and outputs' configs, and sets their values in them. Here each block's config is built the first
+time something reads it, with the values set before; the UI's deep links, the one reader of them
+all, build them all then.
 
 Gradio offers no hook for this, so it subclasses two of its classes (`gradio.state_holder`); the
 tests hold the subclass to Gradio's own results, so a Gradio release that changes them fails there.
@@ -40,6 +41,25 @@ class LazySessionState(SessionState):
         super().__init__(_BlocksWithoutConfigs(blocks))  # type: ignore[arg-type]
         self._app_block_ids = blocks.blocks.keys()
         self._all_built = False
+        # Values set on blocks whose config is not built yet: Gradio sets every call's input and
+        # output value in its session's configs, and a REST call's session is never read again.
+        # Building those two configs (Gradio's `get_config` inspects the component's signature)
+        # was the larger part of a call's session cost.
+        self._values: dict[int, Any] = {}
+
+    def _update_value_in_config(self, key: int, value: Any) -> None:
+        if key in self.config_values or key not in self._app_block_ids:
+            super()._update_value_in_config(key, value)
+        else:
+            self._values[key] = value
+
+    def _update_config(self, key: int) -> None:
+        self._values.pop(key, None)  # Gradio's own rebuild drops the value set before
+        super()._update_config(key)
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        self._values.pop(key, None)  # as `_update_config`
+        super().__setitem__(key, value)
 
     def build_all_configs(self) -> None:
         """The configs Gradio's own `SessionState` holds, in its order: every app block's, built
@@ -54,6 +74,9 @@ class LazySessionState(SessionState):
                 )
         self.config_values = configs | self.config_values
         self._all_built = True
+        for block_id, value in self._values.items():
+            super()._update_value_in_config(block_id, value)
+        self._values.clear()
 
     @property
     def components(self) -> Iterator[dict[str, Any]]:

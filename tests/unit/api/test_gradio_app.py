@@ -50,8 +50,19 @@ def test_a_value_a_session_changed_survives_building_the_rest(blocks: gr.Blocks)
     textbox = next(i for i, b in blocks.blocks.items() if isinstance(b, gr.Textbox))
     for session in (lazy, gradios):
         session._update_value_in_config(textbox, "changed in this session")
-    assert lazy.config_values[textbox]["props"]["value"] == "changed in this session"
+    assert lazy.config_values == {}  # what every api call does to its session builds no config
     assert list(lazy.components) == list(gradios.components)
+    assert lazy.config_values[textbox]["props"]["value"] == "changed in this session"
+
+
+def test_a_block_rebuilt_after_a_value_was_set_drops_it_as_gradio_does(blocks: gr.Blocks) -> None:
+    lazy, gradios = LazySessionState(blocks), SessionState(blocks)
+    textbox = next(i for i, b in blocks.blocks.items() if isinstance(b, gr.Textbox))
+    for session in (lazy, gradios):
+        session._update_value_in_config(textbox, "set, then rebuilt")
+        session._update_config(textbox)
+    assert list(lazy.components) == list(gradios.components)
+    assert gradios.config_values[textbox]["props"].get("value") != "set, then rebuilt"
 
 
 def test_gradios_queue_runs_what_the_core_may_admit_and_hold(blocks: gr.Blocks) -> None:
