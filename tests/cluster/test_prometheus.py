@@ -15,6 +15,7 @@ scale-from-zero panels are drawn from what it did; a second, autoscaled stack fe
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import subprocess
@@ -95,35 +96,50 @@ class Observed:
 
 @pytest.fixture(scope="module")
 def weaviate_with_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A weaviate-server with its Prometheus endpoint on: (--weaviate_url, metrics address)."""
-    data = tmp_path_factory.mktemp("weaviate-metrics")
-    ports = WeaviatePorts.pick_free()
-    metrics_port = free_port()
-    env = {
-        **weaviate_environment(data, ports),
-        "PROMETHEUS_MONITORING_ENABLED": "true",
-        "PROMETHEUS_MONITORING_PORT": str(metrics_port),
-    }
-    with (data / "weaviate.log").open("w") as log:
-        process = subprocess.Popen(
-            [str(weaviate_binary_or_fail()), "--host", "127.0.0.1", "--port", str(ports.http),
-             "--scheme", "http"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    rest = f"http://127.0.0.1:{ports.http}"
+    """A weaviate-server with its Prometheus endpoint on: (--weaviate_url, metrics address).
 
-    def ready() -> bool:
+    Both endpoints must answer. Ports are picked free before Weaviate binds them, so another process
+    may take one meanwhile: once, the REST API came up and the metrics port refused connections for
+    the whole test. Then it starts again on other ports (up to 3 tries)."""
+    for attempt in range(3):
+        data = tmp_path_factory.mktemp("weaviate-metrics")
+        ports = WeaviatePorts.pick_free()
+        metrics_port = free_port()
+        env = {
+            **weaviate_environment(data, ports),
+            "PROMETHEUS_MONITORING_ENABLED": "true",
+            "PROMETHEUS_MONITORING_PORT": str(metrics_port),
+        }
+        with (data / "weaviate.log").open("w") as log:
+            process = subprocess.Popen(
+                [str(weaviate_binary_or_fail()), "--host", "127.0.0.1", "--port", str(ports.http),
+                 "--scheme", "http"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        rest = f"http://127.0.0.1:{ports.http}"
+        metrics = f"127.0.0.1:{metrics_port}"
         try:
-            return httpx.get(f"{rest}/v1/.well-known/ready", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+            ready = functools.partial(_answers, f"{rest}/v1/.well-known/ready")
+            wait_for(ready, 120, "weaviate-server ready")
+            try:
+                wait_for(functools.partial(_answers, f"http://{metrics}/metrics"), 30, "its metrics")
+            except AssertionError:
+                if attempt == 2:
+                    raise AssertionError(f"weaviate-server's metrics never answered; its log:\n"
+                                         f"{(data / 'weaviate.log').read_text()[-3000:]}") from None
+                continue
+            yield f"{rest}?grpc_port={ports.grpc}", metrics
+            return
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
+
+def _answers(url: str) -> bool:
     try:
-        wait_for(ready, 120, "weaviate-server ready")
-        yield f"{rest}?grpc_port={ports.grpc}", f"127.0.0.1:{metrics_port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def stack_manifest(gpus: int) -> str:
