@@ -212,22 +212,26 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def process_state(pid: int) -> str | None:
-    """A process's state letter from /proc (T: stopped); None when it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first); None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2 :].split()[0]
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter (T: stopped); None when it is gone."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
 
 
 def process_cpu(pid: int) -> float:
     """User + system CPU seconds of one live process (0 when it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = _stat_fields(pid)
+    if not fields:
         return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 

@@ -80,10 +80,15 @@ TARGET_STEADY_READS_PER_RECONCILE = 1.0
 # Written by kube-controller-manager's deployment and statefulset controllers (audit log resources).
 WORKLOAD_STATUS = ("deployments/status", "statefulsets/status")
 BASELINE_ENV = "H2OGPT_BENCH_OPERATOR_BASELINE"
-SIZES_ENV = "H2OGPT_BENCH_OPERATOR_SIZES"
+SIZES_ENV = "H2OGPT_BENCH_OPERATOR_SIZES"  # e.g. "300,100": these sizes, in this order
 # e.g. "--kube-api-qps=100 --kube-api-burst=150": kube-controller-manager's client limits, to see
 # what its defaults (20/s, bursts of 30) bound. Unset: the defaults, as on most clusters.
-KCM_ARGS_ENV = "H2OGPT_BENCH_OPERATOR_KCM_ARGS"  # e.g. "300,100": these sizes, in this order
+KCM_ARGS_ENV = "H2OGPT_BENCH_OPERATOR_KCM_ARGS"
+
+
+def controller_manager_args() -> tuple[str, ...]:
+    """The kube-controller-manager flags this run adds (KCM_ARGS_ENV); () for none."""
+    return tuple(os.environ.get(KCM_ARGS_ENV, "").split())
 
 CRD_FILE = REPO_ROOT / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
 SAMPLE_FILE = REPO_ROOT / "crds" / "samples" / "external-openai.yaml"
@@ -518,7 +523,7 @@ def measure(count: int, steady_s: float, extra_args: Sequence[str] = (),
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as work:
         workdir = Path(work)
         cluster = LocalCluster(directory=workdir / "cluster", audit_log=True,
-                               controller_manager_args=tuple(os.environ.get(KCM_ARGS_ENV, "").split()))
+                               controller_manager_args=controller_manager_args())
         cluster.up()
         try:
             return _measure_on(cluster, workdir, count, steady_s, extra_args, build=build)
@@ -673,7 +678,7 @@ def report(results: Sequence[SizeResult], quick: bool) -> str:
     memory_note = " ".join(memory_notes)
     current = [r for r in results if r.label == THIS_TREE.label]
     target = next((r for r in current if r.count == TARGET_N), None)
-    kcm_args = os.environ.get(KCM_ARGS_ENV, "").strip()
+    kcm_args = " ".join(controller_manager_args())
     kcm_limits = (f"**this run set `{kcm_args}`** ({KCM_ARGS_ENV})" if kcm_args
                   else "`hack/localcluster.py` keeps the defaults")
     steady_writes = {r.row: sum(1 for q in r.steady if q.is_write and q.family != "lease") for r in results}

@@ -15,6 +15,7 @@ scale-from-zero panels are drawn from what it did; a second, autoscaled stack fe
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
@@ -101,38 +102,43 @@ def weaviate_with_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     Both endpoints must answer. Ports are picked free before Weaviate binds them, so another process
     may take one meanwhile: once, the REST API came up and the metrics port refused connections for
     the whole test. Then it starts again on other ports (up to 3 tries)."""
-    for attempt in range(3):
+    for _ in range(3):
         data = tmp_path_factory.mktemp("weaviate-metrics")
         ports = WeaviatePorts.pick_free()
         metrics_port = free_port()
-        env = {
-            **weaviate_environment(data, ports),
-            "PROMETHEUS_MONITORING_ENABLED": "true",
-            "PROMETHEUS_MONITORING_PORT": str(metrics_port),
-        }
-        with (data / "weaviate.log").open("w") as log:
-            process = subprocess.Popen(
-                [str(weaviate_binary_or_fail()), "--host", "127.0.0.1", "--port", str(ports.http),
-                 "--scheme", "http"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        rest = f"http://127.0.0.1:{ports.http}"
-        metrics = f"127.0.0.1:{metrics_port}"
-        try:
-            ready = functools.partial(_answers, f"{rest}/v1/.well-known/ready")
-            wait_for(ready, 120, "weaviate-server ready")
+        metrics, rest = f"127.0.0.1:{metrics_port}", f"http://127.0.0.1:{ports.http}"
+        with _weaviate_running(data, ports, metrics_port):
+            wait_for(functools.partial(_answers, f"{rest}/v1/.well-known/ready"), 120, "weaviate-server")
             try:
                 wait_for(functools.partial(_answers, f"http://{metrics}/metrics"), 30, "its metrics")
             except AssertionError:
-                if attempt == 2:
-                    raise AssertionError(f"weaviate-server's metrics never answered; its log:\n"
-                                         f"{(data / 'weaviate.log').read_text()[-3000:]}") from None
-                continue
+                continue  # stopped on the way out; again on other ports
             yield f"{rest}?grpc_port={ports.grpc}", metrics
             return
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    raise AssertionError(
+        f"weaviate-server's metrics never answered; its log:\n{(data / 'weaviate.log').read_text()[-3000:]}"
+    )
+
+
+@contextlib.contextmanager
+def _weaviate_running(data: Path, ports: WeaviatePorts, metrics_port: int) -> Iterator[None]:
+    """weaviate-server on `ports`, its Prometheus endpoint on `metrics_port`, logging into `data`."""
+    env = {
+        **weaviate_environment(data, ports),
+        "PROMETHEUS_MONITORING_ENABLED": "true",
+        "PROMETHEUS_MONITORING_PORT": str(metrics_port),
+    }
+    with (data / "weaviate.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(weaviate_binary_or_fail()), "--host", "127.0.0.1", "--port", str(ports.http),
+             "--scheme", "http"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def _answers(url: str) -> bool:

@@ -81,7 +81,6 @@ def test_an_absent_matplotlib_fails_to_import_at_once(blocks: gr.Blocks) -> None
             import matplotlib  # noqa: F401, PLC0415
 
 
-
 def test_the_queue_keeps_no_analytics_that_nothing_reads(blocks: gr.Blocks) -> None:
     queue = blocks._queue
     # The names are Gradio's own (a rename would leave these set on nothing and pass unseen).

@@ -77,13 +77,8 @@ def test_a_bench_over_its_limit_is_stopped_with_its_servers() -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     # A zombie (exited, not yet reaped by its parent, now init) is not running.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
+    return process_state(pid) not in (None, "Z")
 
 
 def test_paused_stops_a_server_with_its_workers_and_continues_them() -> None:
