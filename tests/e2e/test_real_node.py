@@ -99,6 +99,11 @@ def test_network_policies_are_enforced_between_pods(cluster: Cluster, node_names
     apply(cluster, node_namespace, web_pod("web", "only-for-friends"), service("web"))
     wait_ready(cluster, node_namespace, "web")
     url = f"http://web.{node_namespace}.svc/"
+    # A Ready pod is not yet an endpoint kube-proxy routes to: until its next sync the ClusterIP refuses
+    # connections (CI saw a stranger refused there under load). Once the host is answered through the
+    # ClusterIP, only a policy can keep a pod out.
+    cluster_ip = must_get_json(cluster, "svc", "web", "-n", node_namespace)["spec"]["clusterIP"]
+    wait_for(lambda: _get(f"http://{cluster_ip}/"), 30, "the ClusterIP to answer from the host")
     assert fetch_from_pod(cluster, node_namespace, "stranger-before", url) == "REACHED"
     only_friends = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                     "metadata": {"name": "web-friends-only"},
@@ -114,7 +119,6 @@ def test_network_policies_are_enforced_between_pods(cluster: Cluster, node_names
     wait_for(lambda: fetch_from_pod(cluster, node_namespace, "friend", url, {"role": "friend"}) == "REACHED"
              or None, 60, "the policy to let a pod it lists through")
     # The node itself (kubelet probes, the host's clients) is never cut off.
-    cluster_ip = must_get_json(cluster, "svc", "web", "-n", node_namespace)["spec"]["clusterIP"]
     assert _get(f"http://{cluster_ip}/") == "only-for-friends\n"
     cluster.kubectl("delete", "networkpolicy", "web-friends-only", "-n", node_namespace)
     wait_for(lambda: fetch_from_pod(cluster, node_namespace, "stranger-after", url) == "REACHED" or None, 60,

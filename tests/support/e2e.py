@@ -117,12 +117,15 @@ def port_forward(cluster: Cluster, namespace: str, target: str, port: int) -> It
 
 def fetch_from_pod(cluster: Cluster, namespace: str, name: str, url: str,
                    labels: dict[str, str] | None = None) -> str:
-    """REACHED or REFUSED: whether a pod with `labels`, run to completion in `namespace`, got an HTTP
-    answer (any status) from `url` within 5 s. The pod passes Pod Security `restricted`."""
+    """What a pod with `labels`, run to completion in `namespace`, got from `url` within 5 s: REACHED (an
+    HTTP answer, any status), NO ADDRESS (the name did not resolve: DNS, not a policy) or REFUSED (no
+    answer: refused, dropped or timed out). The pod passes Pod Security `restricted`."""
     # busybox's own `wget -T` crashes (1.35, Debian's static build): `timeout` bounds it instead.
     script = (f"out=$(timeout 5 wget -O /dev/null {url} 2>&1); rc=$?; "
               'case "$out" in *"server returned error"*) rc=0;; esac; echo "$out"; '
-              'if [ $rc -eq 0 ]; then echo REACHED; else echo REFUSED; fi')
+              'case "$out" in *"bad address"*) rc=NO_ADDRESS;; esac; '
+              'if [ $rc = 0 ]; then echo REACHED; elif [ $rc = NO_ADDRESS ]; then echo NO ADDRESS; '
+              'else echo REFUSED; fi')
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
            "spec": {"restartPolicy": "Never",
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
