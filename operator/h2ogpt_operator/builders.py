@@ -830,6 +830,19 @@ def _api_component(spec: H2oGPTDeploymentSpec, component: str) -> ApiComponentSp
     return spec.frontend if component == naming.GRADIO else spec.openai
 
 
+def openai_workers(spec: H2oGPTDeploymentSpec) -> int:
+    """`openai.workers`, else the pod's CPU limit, else its CPU request, in whole cores (at least 1);
+    1 while per-key limits are set. Rounded down: each process is an event loop that keeps a core busy
+    under load, and two loops sharing one core's quota both stall when the quota runs out."""
+    if spec.openai.workers is not None:
+        return spec.openai.workers
+    if spec.auth.limits.requests_per_minute or spec.auth.limits.tokens_per_minute:
+        return 1
+    resources = spec.openai.resources
+    cpu = resources.limits.get("cpu", resources.requests.get("cpu"))
+    return 1 if cpu is None else max(1, math.floor(cpu_cores(cpu)))
+
+
 def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
     """Credentials of the api pods, each from a Secret (the ConfigMap holds everything else)."""
     env = [_secret_env("H2OGPT_H2OGPT_API_KEYS", api_keys_ref(stack, spec), API_KEYS_KEY)]
@@ -857,6 +870,8 @@ def build_api_deployment(
         return None
     if component == naming.OPENAI:
         port, args = naming.OPENAI_PORT, ["--gradio", "False"]
+        if (workers := openai_workers(spec)) > 1:
+            args += ["--workers", str(workers)]
     else:
         port, args = naming.GRADIO_PORT, ["--openai_server", "False"]
     args += ["--drain_seconds", str(API_DRAIN_S)]

@@ -370,6 +370,15 @@ class ApiComponentSpec(CrdModel):
     )
 
 
+class OpenAIComponentSpec(ApiComponentSpec):
+    workers: int | None = Field(
+        default=None, ge=1, le=64,
+        description="Processes serving the OpenAI port in each openai pod (h2ogpt-api --workers): one "
+        "process uses about one core. Default: the pod's CPU limit, else its CPU request, in whole cores "
+        "(at least 1), and 1 while per-key limits are set (auth.limits: each process would count its own).",
+    )
+
+
 class GenerationSpec(CrdModel):
     async_output: bool = True
     num_async: int = Field(default=3, ge=1, le=256)
@@ -481,17 +490,49 @@ class NetworkPolicySpec(CrdModel):
     )
 
 
+WORKERS_WITH_LIMITS = (
+    "openai.workers above 1 cannot be combined with auth.limits: each process would count its own "
+    "per-key limits, admitting workers times each"
+)
+
+
 class H2oGPTDeploymentSpec(CrdModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # has(): the apiserver also checks these rules where a section was left out.
+                    "rule": (
+                        "!has(self.openai) || !has(self.openai.workers) || self.openai.workers == 1 "
+                        "|| !has(self.auth) || !has(self.auth.limits) "
+                        "|| ((!has(self.auth.limits.requestsPerMinute) "
+                        "|| self.auth.limits.requestsPerMinute == 0) "
+                        "&& (!has(self.auth.limits.tokensPerMinute) "
+                        "|| self.auth.limits.tokensPerMinute == 0))"
+                    ),
+                    "message": WORKERS_WITH_LIMITS,
+                },
+            ]
+        }
+    )
+
     model: ModelSpec
     inference: InferenceSpec = section(InferenceSpec)
     retrieval: RetrievalSpec = section(RetrievalSpec)
     frontend: ApiComponentSpec = section(ApiComponentSpec)
-    openai: ApiComponentSpec = section(ApiComponentSpec)
+    openai: OpenAIComponentSpec = section(OpenAIComponentSpec)
     generation: GenerationSpec = section(GenerationSpec)
     auth: AuthSpec = section(AuthSpec)
     monitoring: MonitoringSpec = section(MonitoringSpec)
     network_policy: NetworkPolicySpec = section(NetworkPolicySpec)
     suspend: bool = Field(default=False, description="Scale the inference to zero; keep all data.")
+
+    @model_validator(mode="after")
+    def _one_worker_with_limits(self) -> H2oGPTDeploymentSpec:
+        limited = self.auth.limits.requests_per_minute or self.auth.limits.tokens_per_minute
+        if limited and (self.openai.workers or 1) > 1:
+            raise ValueError(WORKERS_WITH_LIMITS)
+        return self
 
 
 class Condition(CrdModel):

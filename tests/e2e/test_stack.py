@@ -157,6 +157,15 @@ def test_restricted_namespace_admits_the_whole_stack_and_refuses_a_privileged_po
     assert 'violates PodSecurity "restricted:latest"' in refused.stderr
 
 
+def test_the_openai_pod_serves_with_a_process_per_core_of_its_limit(stack: Stack) -> None:
+    """The sample gives the openai pod a 2-core CPU limit: it runs two h2ogpt-api processes on its port
+    (every OpenAI answer in this module went through them)."""
+    limit = yaml.safe_load(SAMPLE.read_text())["spec"]["openai"]["resources"]["limits"]["cpu"]
+    assert limit == "2"
+    logs = stack.cluster.kubectl("logs", f"deployment/{stack.name}-openai", "-n", stack.namespace).stdout
+    assert "h2ogpt-api ready (2 workers on port 5000" in logs, logs[-2000:]
+
+
 def test_prometheus_scrapes_the_stacks_real_pods_and_the_operator_pods(
     stack: Stack, prometheus: Prometheus
 ) -> None:

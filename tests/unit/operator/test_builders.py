@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import pytest
+from h2ogpt_api import workers as api_workers
 from h2ogpt_api.settings import parse_settings
 from h2ogpt_operator import builders, naming
 from h2ogpt_operator.builders import Stack
@@ -167,6 +168,49 @@ def test_per_key_limits_reach_the_api_pods_as_their_flags() -> None:
     # A new limit is read at start: it rolls the api pods, and only them.
     base, limited = _checksums(spec_of()), _checksums(spec)
     assert {name for name in base if base[name] != limited[name]} == {"demo-openai", "demo-gradio"}
+
+
+def _openai_args(spec: H2oGPTDeploymentSpec) -> list[str]:
+    deployment = builders.build_api_deployment(STACK, spec, naming.OPENAI, CONFIG)
+    assert deployment is not None
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+@pytest.mark.parametrize(
+    ("openai", "others", "workers"),
+    [
+        ({}, {}, 1),
+        ({"resources": {"limits": {"cpu": "4"}}}, {}, 4),
+        ({"resources": {"limits": {"cpu": "2500m"}, "requests": {"cpu": "6"}}}, {}, 2),  # the limit, down
+        ({"resources": {"requests": {"cpu": 3}}}, {}, 3),
+        ({"resources": {"limits": {"cpu": "500m"}}}, {}, 1),
+        ({"resources": {"limits": {"cpu": "8"}}, "workers": 3}, {}, 3),
+        ({"resources": {"limits": {"cpu": "2"}}}, {"retrieval": {"enabled": False}}, 2),
+        ({"workers": 2}, {"inference": {"engine": "external", "external": {"url": "https://x/v1"}}}, 2),
+        ({"resources": {"limits": {"cpu": "8"}}}, {"auth": {"limits": {"requestsPerMinute": 60}}}, 1),
+        ({"workers": 1}, {"auth": {"limits": {"tokensPerMinute": 1000}}}, 1),
+    ],
+)
+def test_the_openai_pod_runs_a_process_per_core_it_is_given(
+    openai: dict[str, Any], others: dict[str, Any], workers: int
+) -> None:
+    spec = spec_of(openai=openai, **others)
+    args = _openai_args(spec)
+    assert builders.openai_workers(spec) == workers
+    assert ("--workers" in args) == (workers > 1)
+    # What the api pod reads (its ConfigMap, then its args) is what h2ogpt-api serves with several
+    # processes: the operator never asks for a combination the server refuses at start.
+    settings = parse_settings(args, builders.build_settings(STACK, spec))
+    assert settings.workers == workers
+    if workers > 1:
+        assert api_workers.refusals(settings) == []
+
+
+def test_the_gradio_pod_is_one_process_whatever_openai_workers_says() -> None:
+    spec = spec_of(openai={"workers": 4})
+    gradio = builders.build_api_deployment(STACK, spec, naming.GRADIO, CONFIG)
+    assert gradio is not None
+    assert "--workers" not in gradio["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize(

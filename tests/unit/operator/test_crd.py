@@ -212,6 +212,10 @@ def test_samples_parse(sample: str) -> None:
         ),
         ({"model": {"name": "m"}, "inference": {"autoscaling": {"minReplicas": 0}}}, "Field required"),
         (
+            {"model": {"name": "m"}, "openai": {"workers": 2}, "auth": {"limits": {"requestsPerMinute": 60}}},
+            "openai.workers above 1 cannot be combined with auth.limits",
+        ),
+        (
             {
                 "model": {"name": "m"},
                 "inference": {
