@@ -62,17 +62,21 @@ async def _open_documents(settings: Settings, stack: contextlib.AsyncExitStack) 
             f"h2ogpt-api: document collections {settings.document_modes} need the retrieval "
             f"module, which cannot be imported ({exc}); use --langchain_modes \"['LLM']\""
         ) from None
-    store: DocumentStore = await stack.enter_async_context(
-        open_document_store(
-            weaviate_url=settings.weaviate_url,
-            weaviate_api_key=settings.weaviate_api_key,
-            save_dir=settings.save_dir,
-            embedding_server=settings.embedding_server,
-            embedding_model=settings.hf_embedding_model,
-            collections=settings.document_modes,
-            url_policy=settings.url_policy(),
+    try:
+        store: DocumentStore = await stack.enter_async_context(
+            open_document_store(
+                weaviate_url=settings.weaviate_url,
+                weaviate_api_key=settings.weaviate_api_key,
+                save_dir=settings.save_dir,
+                embedding_server=settings.embedding_server,
+                embedding_model=settings.hf_embedding_model,
+                collections=settings.document_modes,
+                url_policy=settings.url_policy(),
+                wait_seconds=settings.weaviate_wait_seconds,
+            )
         )
-    )
+    except DocumentError as exc:  # Weaviate unreachable or not ready: one line saying so, no traceback
+        raise SystemExit(f"h2ogpt-api: {exc}") from None
     return store
 
 

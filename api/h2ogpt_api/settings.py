@@ -136,6 +136,11 @@ class Settings(BaseModel):
         "", description="external Weaviate (WEAVIATE_URL also read); empty = start a local weaviate-server"
     )
     weaviate_api_key: str = Field("", description="the external Weaviate's key (WEAVIATE_API_KEY also read)")
+    weaviate_wait_seconds: float = Field(
+        0.0, ge=0, le=3600,
+        description="at start, how long to keep trying an external Weaviate that is not reachable or not "
+        "ready before exiting with the reason; 0 = try once (the operator's api pods wait 300)",
+    )
     embedding_server: str = Field(
         "", description="OpenAI-compatible /v1/embeddings base URL; empty = MiniLM in-process"
     )

@@ -285,6 +285,12 @@ def weaviate_url(stack: Stack, spec: H2oGPTDeploymentSpec) -> str:
     return f"http://{host}:{naming.WEAVIATE_HTTP_PORT}"
 
 
+# An api pod may start before Weaviate answers (a new stack, a Weaviate pod restarting) or before the
+# NetworkPolicy that admits it covers its address: it waits this long at start instead of exiting
+# into the kubelet's crash-loop backoff.
+API_WEAVIATE_WAIT_S = 300
+
+
 def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
     """The `H2OGPT_*` environment of the api pods (docs/architecture.md, "Settings contract"). No secrets."""
     modes = ["UserData", "MyData", "LLM"] if spec.retrieval.enabled else ["LLM"]
@@ -304,6 +310,7 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_LANGCHAIN_MODE": "LLM",
         "H2OGPT_LANGCHAIN_MODES": json.dumps(modes),
         "H2OGPT_WEAVIATE_URL": weaviate_url(stack, spec),
+        "H2OGPT_WEAVIATE_WAIT_SECONDS": str(API_WEAVIATE_WAIT_S),
         "H2OGPT_EMBEDDING_SERVER": spec.retrieval.embedding.server or "",
         "H2OGPT_HF_EMBEDDING_MODEL": spec.retrieval.embedding.model,
         "H2OGPT_ALLOWED_URL_HOSTS": ",".join(spec.retrieval.allowed_url_hosts),

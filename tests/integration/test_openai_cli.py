@@ -44,3 +44,18 @@ def test_port_in_use_fails_with_one_line() -> None:
         f"h2ogpt-api: cannot listen on 127.0.0.1:{port} (Address already in use): "
         "stop what uses it, or pass another --openai_port"
     )
+
+
+def test_an_unreachable_weaviate_fails_with_one_line_after_its_wait() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = run_cli("--server_name", "127.0.0.1", "--openai_port", "0", "--gradio", "False",
+                     "--inference_server", "http://127.0.0.1:9", "--weaviate_url", f"http://127.0.0.1:{port}",
+                     "--weaviate_wait_seconds", "1")
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"h2ogpt-api: Weaviate at 127.0.0.1:{port} is not reachable ("), last_line
+    assert last_line.endswith(" after 1 s of trying; check --weaviate_url and that the server is up")
+    assert "Traceback" not in result.stderr
+    assert "trying again for" in result.stderr  # each wait is logged

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 import weaviate
@@ -24,9 +25,10 @@ from h2ogpt_api.retrieval.store import (
     weaviate_collection_name,
 )
 from h2ogpt_api.retrieval.url_guard import UrlPolicy
+from h2ogpt_api.retrieval.weaviate_process import WeaviatePorts, WeaviateProcess
 
 from tests.support.loopback_http import serve_on_loopback
-from tests.support.weaviate import WeaviateServer
+from tests.support.weaviate import WeaviateServer, weaviate_binary_or_fail
 
 ALICE = Identity("alice@example.com", authenticated=True)
 BOB = Identity("bob", authenticated=True)
@@ -340,3 +342,48 @@ def test_embedded_weaviate_is_restarted_when_it_dies_and_keeps_documents(tmp_pat
     asyncio.run(first_life())
     assert not any(pid_alive(pid) for pid in pids), "weaviate-server still runs after the store closed"
     asyncio.run(second_life())
+
+
+def test_a_weaviate_that_starts_late_is_waited_for_and_one_that_never_answers_is_named(
+        tmp_path: Path) -> None:
+    """An api pod may start before its Weaviate (a new stack, a restarting Weaviate pod, a
+    NetworkPolicy not yet covering the pod's address): `wait_seconds` keeps trying instead of exiting."""
+    ports = WeaviatePorts.pick_free()
+    url = f"http://127.0.0.1:{ports.http}?grpc_port={ports.grpc}"
+
+    def opening(wait_seconds: float) -> Any:
+        return open_document_store(weaviate_url=url, weaviate_api_key="", save_dir=tmp_path,
+                                   embedding_server="", collections=["LLM", "Late"], limits=LIMITS,
+                                   wait_seconds=wait_seconds)
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        with pytest.raises(DocumentError, match=rf"Weaviate at 127.0.0.1:{ports.http} is not reachable "
+                                                r"\(.*\); check --weaviate_url and that the server is up"):
+            async with opening(0):
+                pass
+        assert time.monotonic() - started < 5  # asked once
+        started = time.monotonic()
+        with pytest.raises(DocumentError, match=r"is not reachable .* after 1\.5 s of trying; check"):
+            async with opening(1.5):
+                pass
+        assert 1.5 <= time.monotonic() - started < 10
+        late = WeaviateProcess(tmp_path / "late", binary=weaviate_binary_or_fail(), ports=ports)
+
+        async def start_late() -> None:
+            await asyncio.sleep(2)
+            await asyncio.to_thread(late.start)
+
+        starting = asyncio.create_task(start_late())
+        started = time.monotonic()
+        try:
+            async with opening(120) as store:
+                assert time.monotonic() - started >= 2  # open once the server is up, not before
+                await store.add_text(RIVERS, collection="Late", identity=ALICE, source="rivers")
+                hits = await store.search("longest river", collection="Late", identity=ALICE, k=1)
+                assert [hit.source for hit in hits] == ["rivers"]
+        finally:
+            await starting
+            await asyncio.to_thread(late.stop)
+
+    asyncio.run(scenario())

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
@@ -499,6 +500,42 @@ def _connect(endpoint: WeaviateEndpoint, api_key: str) -> weaviate.WeaviateAsync
     )
 
 
+# Why a connection to Weaviate was not made: the client wraps most failures, a connect timeout
+# reaches us as httpx's own.
+_CONNECT_FAILURES = (WeaviateBaseError, httpx.HTTPError, OSError, TimeoutError)
+_FIRST_RETRY_S, _LONGEST_RETRY_S = 0.5, 5.0
+
+
+async def _connect_when_ready(
+    endpoint: WeaviateEndpoint, api_key: str, wait_seconds: float
+) -> weaviate.WeaviateAsyncClient:
+    """A client whose server said it is ready. Tried again, at growing intervals, for `wait_seconds`:
+    in a cluster an api pod may start before Weaviate does, or before the NetworkPolicy that admits it
+    covers its new address; exiting would only trade this wait for the kubelet's crash-loop backoff."""
+    deadline = time.monotonic() + wait_seconds
+    delay = _FIRST_RETRY_S
+    where = f"Weaviate at {endpoint.http_host}:{endpoint.http_port}"
+    while True:
+        client = _connect(endpoint, api_key)
+        try:
+            await client.connect()
+            if await client.is_ready():
+                return client
+            problem = "not ready"
+        except _CONNECT_FAILURES as exc:
+            problem = f"not reachable ({type(exc).__name__}: {exc})" if str(exc) else \
+                f"not reachable ({type(exc).__name__})"
+        await client.close()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waited = f" after {wait_seconds:g} s of trying" if wait_seconds else ""
+            raise DocumentError(f"{where} is {problem}{waited}; check --weaviate_url and that the server "
+                                "is up")
+        log.info("%s is %s; trying again for %.0f s more", where, problem, left)
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, _LONGEST_RETRY_S)
+
+
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
@@ -526,10 +563,12 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
                               embedding_model: str = "",
                               limits: IngestLimits = DEFAULT_LIMITS,
                               url_policy: UrlPolicy = DEFAULT_URL_POLICY,
-                              embedder: Embedder | None = None) -> AsyncIterator[WeaviateDocumentStore]:
+                              embedder: Embedder | None = None,
+                              wait_seconds: float = 0.0) -> AsyncIterator[WeaviateDocumentStore]:
     """A connected store; with no `weaviate_url`, also a local weaviate-server under `save_dir`,
     restarted if it dies and stopped on exit. `embedder` overrides `embedding_server` (tests);
-    `url_policy` says which hosts `add_url` may fetch from."""
+    `url_policy` says which hosts `add_url` may fetch from; `wait_seconds`: how long an external
+    Weaviate may take to answer ready (0: asked once)."""
     if embedder is None:
         embedder = await asyncio.to_thread(functools.partial(load_embedder, embedding_server,
                                                              model=embedding_model))
@@ -545,12 +584,8 @@ async def open_document_store(*, weaviate_url: str, weaviate_api_key: str, save_
             stack.callback(supervisor.cancel)
             assert process.ports is not None
             endpoint = WeaviateEndpoint(LOOPBACK, process.ports.http, False, LOOPBACK, process.ports.grpc)
-        client = _connect(endpoint, weaviate_api_key)
-        await client.connect()
+        client = await _connect_when_ready(endpoint, weaviate_api_key, wait_seconds if weaviate_url else 0.0)
         stack.push_async_callback(client.close)
-        if not await client.is_ready():
-            raise DocumentError(f"Weaviate at {endpoint.http_host}:{endpoint.http_port} is not ready; "
-                                "check --weaviate_url and that the server is up")
         store = WeaviateDocumentStore(client, embedder, collections, limits=limits, url_policy=url_policy)
         store.local_weaviate = process
         store.logins = WeaviateLogins(client, process)
