@@ -170,15 +170,16 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
             stack.callback(asking.cancel)
 
         apps: list[tuple[str, str, Any, int]] = []
+        # A worker's /health says "starting" until every worker serves (workers.ALL_STARTED_FILE).
+        started = worker.all_started if worker is not None else None
         on_stop: list[Callable[[], None]] = []  # what else ends when the servers stop listening
         if settings.openai_server:
             from h2ogpt_api.openai_api.app import create_app as create_openai_app  # noqa: PLC0415
             from h2ogpt_api.openai_api.conversations import SharedConversations  # noqa: PLC0415
 
             conversations = SharedConversations(worker.state_file) if worker is not None else None
-            apps.append(
-                ("OpenAI API", "/v1", create_openai_app(core, settings, conversations), settings.openai_port)
-            )
+            openai_app = create_openai_app(core, settings, conversations, started=started)
+            apps.append(("OpenAI API", "/v1", openai_app, settings.openai_port))
         if settings.gradio:
             try:
                 from h2ogpt_api.gradio_api import app as gradio_app_module  # noqa: PLC0415
@@ -188,7 +189,7 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
                     "pass --gradio False to serve only the OpenAI API"
                 ) from None
 
-            gradio_app = gradio_app_module.create_app(core, settings)
+            gradio_app = gradio_app_module.create_app(core, settings, started=started)
             on_stop.append(gradio_app_module.heartbeat_stopper(gradio_app))
             apps.append(("Gradio UI", "/", gradio_app, settings.gradio_port))
 

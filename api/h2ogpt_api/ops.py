@@ -7,9 +7,10 @@ same answers on either port (the metrics live in one process-wide registry).
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from h2ogpt_api import metrics
 
@@ -21,12 +22,20 @@ def package_version() -> str:
         return "unknown"
 
 
-def ops_router() -> APIRouter:
+def ops_router(started: Callable[[], bool] | None = None) -> APIRouter:
+    """`started`: whether the whole server has started (one of --workers N serves before the others
+    do); None: serving means started."""
     router = APIRouter()
+    seen_started = started is None
 
     @router.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        nonlocal seen_started
+        if not seen_started and started is not None and not started():
+            return JSONResponse({"status": "starting", "detail": "the other --workers processes are still "
+                                 "starting"}, status_code=503)
+        seen_started = True
+        return JSONResponse({"status": "ok"})
 
     @router.get("/version")
     async def version() -> dict[str, str]:

@@ -49,6 +49,9 @@ STATE_DIR_ENV = "H2OGPT_API_WORKERS_DIR"
 READY_FD_ENV = "H2OGPT_API_WORKER_READY_FD"
 METRICS_SUBDIR = "metrics"
 STATE_FILE = "state.sqlite3"
+# Written by the supervisor once every worker serves: until then a worker's /health says "starting",
+# since one worker failing its start-up stops them all (the pod must not look ready before that).
+ALL_STARTED_FILE = "all-started"
 START_TIMEOUT_S = 600.0  # a worker loads the embedding model and connects to Weaviate first
 LISTEN_BACKLOG = 2048
 
@@ -69,6 +72,10 @@ class WorkerRole:
     @property
     def state_file(self) -> Path:
         return self.state_dir / STATE_FILE
+
+    def all_started(self) -> bool:
+        """Whether the supervisor has seen every worker start."""
+        return (self.state_dir / ALL_STARTED_FILE).exists()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerRole | None:
@@ -184,6 +191,7 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
         with _forwarding_signals(processes) as stopping:
             if not _wait_ready(read_end, processes):
                 return 1
+            (state_dir / ALL_STARTED_FILE).touch()
             print(
                 f"h2ogpt-api ready ({count} workers on port {port}, Gradio in the first; "
                 f"model {settings.base_model})",

@@ -10,11 +10,15 @@ add up to the backend's limit.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from h2ogpt_api import workers
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.api_server import (
@@ -24,7 +28,8 @@ from tests.support.api_server import (
     concurrent_streams,
     llm_only_args,
 )
-from tests.support.tgi_fake import RunningFake, TgiFake
+from tests.support.cluster import wait_for
+from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 MODEL = "fake/tgi-echo"
 TOKENS = 20
@@ -55,6 +60,7 @@ def test_two_workers_serve_each_its_share_and_metrics_sum_them(
     server: ApiServer, slow_fake: RunningFake
 ) -> None:
     assert "h2ogpt-api ready (2 workers" in server.log()
+    assert httpx.get(server.base_url + "/health").json() == {"status": "ok"}  # every worker has started
     assert server.log().count("max_concurrency 5 (what the tgi backend admits") == 2
 
     tokens = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, STREAMS, TOKENS))
@@ -72,6 +78,40 @@ def test_two_workers_serve_each_its_share_and_metrics_sum_them(
         assert _sample(text, "h2ogpt_api_generated_tokens_total", {"route": "/v1/chat/completions"}) == (
             STREAMS * TOKENS
         )
+
+
+def test_a_worker_reports_starting_until_every_worker_serves(
+    slow_fake: RunningFake, tmp_path: Path
+) -> None:
+    """One worker serves before the others (each loads and connects on its own), and one failing its
+    start-up stops them all: its /health must not tell a readiness probe the pod is ready before the
+    supervisor has seen every worker start. A worker process run here by hand, as the supervisor
+    runs it, with the supervisor's part (the marker file) played by the test."""
+    (tmp_path / workers.METRICS_SUBDIR).mkdir()
+    port = free_port()
+    env = {**os.environ, workers.WORKER_ENV: "0/2", workers.STATE_DIR_ENV: str(tmp_path),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / workers.METRICS_SUBDIR), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "h2ogpt_api", *llm_only_args(slow_fake.url, MODEL), "--gradio", "False",
+               "--server_name", "127.0.0.1", "--openai_port", str(port), "--workers", "2"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        health = f"http://127.0.0.1:{port}/health"
+
+        def answer() -> httpx.Response | None:
+            try:
+                return httpx.get(health, timeout=2)
+            except httpx.TransportError:
+                return None
+
+        starting = wait_for(answer, 60, "the worker to serve")
+        assert (starting.status_code, starting.json()["status"]) == (503, "starting")
+        assert httpx.get(health, timeout=2).status_code == 503  # still: the others have not started
+        (tmp_path / workers.ALL_STARTED_FILE).touch()
+        ready = httpx.get(health, timeout=2)
+        assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_a_stored_response_continues_on_any_worker(server: ApiServer) -> None:

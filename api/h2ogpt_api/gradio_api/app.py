@@ -56,13 +56,14 @@ def skip_queue_analytics(queue: Any) -> None:
     queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize  # sic: Gradio's spelling
 
 
-def create_app(core: Core, settings: Settings) -> FastAPI:
+def create_app(core: Core, settings: Settings, *, started: Callable[[], bool] | None = None) -> FastAPI:
+    """`started`: see `ops_router`."""
     mark_matplotlib_absent()
     service = GradioService(core, settings)
     endpoints = H2oGPTEndpoints(service)
     app = FastAPI(title="h2oGPT Gradio API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    app.include_router(ops_router())
+    app.include_router(ops_router(started))
     endpoints.add_rest_route(app)
 
     blocks = gr.Blocks(title="h2oGPT", analytics_enabled=False)

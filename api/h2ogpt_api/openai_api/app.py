@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,9 +32,10 @@ from h2ogpt_api.settings import Settings
 log = logging.getLogger("h2ogpt_api.openai")
 
 
-def create_app(core: Core, settings: Settings, conversations: Conversations | None = None) -> FastAPI:
+def create_app(core: Core, settings: Settings, conversations: Conversations | None = None, *,
+               started: Callable[[], bool] | None = None) -> FastAPI:
     """The OpenAI-compatible FastAPI app over `core`; /v1/responses' stored conversations in
-    `conversations` (default: this process's memory)."""
+    `conversations` (default: this process's memory); `started`: see `ops_router`."""
     routes = OpenAIRoutes(core, settings, conversations)
     app = FastAPI(
         title="h2oGPT OpenAI-compatible API",
@@ -93,7 +95,7 @@ def create_app(core: Core, settings: Settings, conversations: Conversations | No
     # Route by route, not with include_router: FastAPI (0.165) keeps an included router as one nested
     # route without a path, and MetricsMiddleware labels requests by their route's path (else every
     # probe and scrape would count as route "unmatched", which the dashboard showed).
-    app.router.routes.extend(ops_router().routes)
+    app.router.routes.extend(ops_router(started).routes)
     app.add_middleware(MetricsMiddleware, routes=app.router.routes)
     app.add_middleware(SessionAffinityMiddleware)
     if settings.cors_origins:
