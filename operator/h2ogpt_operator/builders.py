@@ -289,6 +289,8 @@ def weaviate_url(stack: Stack, spec: H2oGPTDeploymentSpec) -> str:
 # NetworkPolicy that admits it covers its address: it waits this long at start instead of exiting
 # into the kubelet's crash-loop backoff.
 API_WEAVIATE_WAIT_S = 300
+# The api container's startup probe (every 5 s) allows that wait and a minute more to load and serve.
+API_STARTUP_PROBES = (API_WEAVIATE_WAIT_S + 60) // 5
 
 
 def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
@@ -892,6 +894,9 @@ def build_api_deployment(
         "env": api_env(stack, spec),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {**health, "periodSeconds": 5},
+        # Liveness only once started: start-up may wait API_WEAVIATE_WAIT_S for Weaviate (and /health says
+        # "starting" until every --workers process serves), which liveness alone would cut short.
+        "startupProbe": {**health, "periodSeconds": 5, "failureThreshold": API_STARTUP_PROBES},
         "livenessProbe": {**health, "initialDelaySeconds": 30, "periodSeconds": 20, "failureThreshold": 6},
         "resources": _resources(settings.resources),
         # The save dir (uploads) and /tmp (Gradio's uploads and caches) are the only writable paths.
