@@ -289,6 +289,9 @@ def weaviate_url(stack: Stack, spec: H2oGPTDeploymentSpec) -> str:
 # NetworkPolicy that admits it covers its address: it waits this long at start instead of exiting
 # into the kubelet's crash-loop backoff.
 API_WEAVIATE_WAIT_S = 300
+# What one h2ogpt-api process of an openai pod needs, rounded up from what it holds resident with the
+# embedding model loaded (about 385 MiB, docs/operator.md): the default workers fit the memory limit.
+API_WORKER_MEMORY_MIB = 400
 # The api container's startup probe (every 5 s) allows that wait and a minute more to load and serve.
 API_STARTUP_PROBES = (API_WEAVIATE_WAIT_S + 60) // 5
 
@@ -426,12 +429,17 @@ _QUANTITY_FACTORS = {
 }  # fmt: skip
 
 
-def cpu_cores(quantity: int | str) -> float:
-    """A Kubernetes CPU quantity in cores: "500m" -> 0.5, "2" or 2 -> 2.0."""
+def quantity_value(quantity: int | str) -> float:
+    """A Kubernetes quantity as a number: "500m" -> 0.5, "2" or 2 -> 2.0, "1Gi" -> 1073741824.0."""
     match = _QUANTITY.match(str(quantity))
     if match is None or match.group(2) not in _QUANTITY_FACTORS:
-        raise ValueError(f"not a CPU quantity: {quantity!r}")
+        raise ValueError(f"not a quantity: {quantity!r}")
     return float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)]
+
+
+def cpu_cores(quantity: int | str) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" -> 0.5, "2" or 2 -> 2.0."""
+    return quantity_value(quantity)
 
 
 def llamacpp_settings(spec: H2oGPTDeploymentSpec) -> LlamaCppSpec:
@@ -840,16 +848,21 @@ def _api_component(spec: H2oGPTDeploymentSpec, component: str) -> ApiComponentSp
 
 
 def openai_workers(spec: H2oGPTDeploymentSpec) -> int:
-    """`openai.workers`, else the pod's CPU limit, else its CPU request, in whole cores (at least 1);
-    1 while per-key limits are set. Rounded down: each process is an event loop that keeps a core busy
-    under load, and two loops sharing one core's quota both stall when the quota runs out."""
+    """`openai.workers`, else the pod's CPU limit, else its CPU request, in whole cores, no more than its
+    memory limit holds at API_WORKER_MEMORY_MIB each (at least 1); 1 while per-key limits are set.
+    Rounded down: each process is an event loop that keeps a core busy under load, and two loops
+    sharing one core's quota both stall when the quota runs out."""
     if spec.openai.workers is not None:
         return spec.openai.workers
     if spec.auth.limits.requests_per_minute or spec.auth.limits.tokens_per_minute:
         return 1
     resources = spec.openai.resources
     cpu = resources.limits.get("cpu", resources.requests.get("cpu"))
-    return 1 if cpu is None else max(1, math.floor(cpu_cores(cpu)))
+    workers = 1 if cpu is None else max(1, math.floor(cpu_cores(cpu)))
+    memory = resources.limits.get("memory")
+    if memory is not None:
+        workers = min(workers, max(1, math.floor(quantity_value(memory) / (API_WORKER_MEMORY_MIB * 2**20))))
+    return workers
 
 
 def api_env(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:

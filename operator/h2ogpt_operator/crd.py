@@ -67,6 +67,9 @@ def _without_any_of(node: dict[str, Any]) -> dict[str, Any]:
     types = sorted(v.get("type", "") for v in non_null)
     if types == ["integer", "string"]:
         node["x-kubernetes-int-or-string"] = True
+        # A pattern on the string form (a quantity) applies to strings only, as in Kubernetes' own schemas.
+        node.update({k: v for variant in non_null if variant.get("type") == "string"
+                     for k, v in variant.items() if k == "pattern"})
     elif len(non_null) == 1:
         node = {**non_null[0], **node}
     else:

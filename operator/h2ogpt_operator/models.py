@@ -69,11 +69,16 @@ class SecretKeyRef(CrdModel):
     key: str | None = Field(default=None, min_length=1, max_length=253)
 
 
+# A resource quantity as a number or a string QUANTITY_PATTERN reads ("500m", "2", "1.5Gi"): a typo is
+# refused at kubectl apply with the field named, not when a pod is built from it.
+Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
+
+
 class ResourceRequirements(CrdModel):
     """Kubernetes container resources; quantities as strings or numbers."""
 
-    requests: dict[str, int | str] = Field(default_factory=dict)
-    limits: dict[str, int | str] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
 class ModelSpec(CrdModel):
@@ -374,8 +379,9 @@ class OpenAIComponentSpec(ApiComponentSpec):
     workers: int | None = Field(
         default=None, ge=1, le=64,
         description="Processes serving the OpenAI port in each openai pod (h2ogpt-api --workers): one "
-        "process uses about one core. Default: the pod's CPU limit, else its CPU request, in whole cores "
-        "(at least 1), and 1 while per-key limits are set (auth.limits: each process would count its own).",
+        "process uses about one core. Default: the pod's CPU limit, else its CPU request, in whole cores, "
+        "no more than its memory limit holds at 400Mi each (at least 1), and 1 while per-key limits are set "
+        "(auth.limits: each process would count its own).",
     )
 
 

@@ -116,6 +116,10 @@ def pods_by_component(cluster: Cluster, namespace: str, name: str) -> dict[str, 
             {"model": {"name": "m"}, "openai": {"workers": 2}, "auth": {"limits": {"tokensPerMinute": 1000}}},
             "openai.workers above 1 cannot be combined with auth.limits",
         ),
+        (
+            {"model": {"name": "m"}, "inference": {"resources": {"limits": {"memory": "1 Gi"}}}},
+            "spec.inference.resources.limits.memory: Invalid value",
+        ),
     ],
 )
 def test_invalid_crs_are_refused_by_kubectl_apply(

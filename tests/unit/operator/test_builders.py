@@ -185,6 +185,11 @@ def _openai_args(spec: H2oGPTDeploymentSpec) -> list[str]:
         ({"resources": {"requests": {"cpu": 3}}}, {}, 3),
         ({"resources": {"limits": {"cpu": "500m"}}}, {}, 1),
         ({"resources": {"limits": {"cpu": "8"}}, "workers": 3}, {}, 3),
+        ({"resources": {"limits": {"cpu": "4", "memory": "1Gi"}}}, {}, 2),  # 400Mi each: the memory holds 2
+        ({"resources": {"limits": {"cpu": "4", "memory": "256Mi"}}}, {}, 1),
+        ({"resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}, {}, 2),
+        ({"resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "4"}}}, {}, 2),
+        ({"resources": {"limits": {"cpu": "4", "memory": "1Gi"}}, "workers": 4}, {}, 4),  # as asked
         ({"resources": {"limits": {"cpu": "2"}}}, {"retrieval": {"enabled": False}}, 2),
         ({"workers": 2}, {"inference": {"engine": "external", "external": {"url": "https://x/v1"}}}, 2),
         ({"resources": {"limits": {"cpu": "8"}}}, {"auth": {"limits": {"requestsPerMinute": 60}}}, 1),

@@ -215,6 +215,8 @@ def test_samples_parse(sample: str) -> None:
             {"model": {"name": "m"}, "openai": {"workers": 2}, "auth": {"limits": {"requestsPerMinute": 60}}},
             "openai.workers above 1 cannot be combined with auth.limits",
         ),
+        ({"model": {"name": "m"}, "openai": {"resources": {"limits": {"cpu": "two"}}}},
+         "should match pattern"),
         (
             {
                 "model": {"name": "m"},
