@@ -523,8 +523,8 @@ async def _connect_when_ready(
                 return client
             problem = "not ready"
         except _CONNECT_FAILURES as exc:
-            problem = f"not reachable ({type(exc).__name__}: {exc})" if str(exc) else \
-                f"not reachable ({type(exc).__name__})"
+            detail = f": {exc}" if str(exc) else ""
+            problem = f"not reachable ({type(exc).__name__}{detail})"
         await client.close()
         left = deadline - time.monotonic()
         if left <= 0:
