@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,8 +35,6 @@ from h2ogpt_api.backends.base import (
     TopLogprob,
     finish_reason_from,
 )
-
-log = logging.getLogger("h2ogpt_api.backends")
 
 # TGI's final `/generate_stream` event carries the whole generated_text on one line.
 MAX_EVENT_BYTES = 2 << 20
@@ -65,15 +62,13 @@ def env_proxy(url: str) -> str | None:
     """The proxy that HTTP(S)_PROXY and NO_PROXY give for `url`, as httpx and the `openai` client read
     them (an external OpenAI server behind a company proxy); None for none. Looked up once per pool:
     aiohttp's own `trust_env` looks it up, and reads ~/.netrc, in a worker thread on every request
-    (the lookup alone took 0.19 ms here, on the way to each first token). Credentials in the proxy's
-    URL are not sent (aiohttp takes them only per request): a warning says so, and the proxy's 407
-    reaches the client as a refusal."""
+    (the lookup alone took 0.19 ms here, on the way to each first token). A login in the proxy's URL
+    (`http://user:password@proxy:3128`, percent-encoded) goes to the proxy as Proxy-Authorization: the
+    session's proxy URL carries it (tests/unit/api/test_openai_compat_usage.py)."""
     parts = urlsplit(url)
     proxy = getproxies().get(parts.scheme)
     if not proxy or not parts.hostname or proxy_bypass(parts.hostname):
         return None
-    if urlsplit(proxy).username:
-        log.warning("the proxy for %s asks for credentials, which are not sent to it", parts.hostname)
     return proxy
 
 

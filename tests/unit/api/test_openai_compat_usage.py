@@ -8,6 +8,7 @@ delta, then `[DONE]`, and no usage chunk whatever `stream_options` asks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -20,6 +21,7 @@ from h2ogpt_api.prompts import ChatMessage
 from tests.support.loopback_http import serve_on_loopback
 
 TOKENS = ["Hello", ",", " I", " am", " Smol"]
+PROXY_LOGIN = "corp user:p@ss:word"  # what the proxy takes; in a URL it is percent-encoded
 
 
 def _chunk(delta: dict[str, str], finish: str | None) -> dict[str, object]:
@@ -38,6 +40,14 @@ def server() -> Iterator[str]:
         def do_POST(self) -> None:
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path.startswith("http://"):  # asked as a proxy: answer as the server it names
+                if request["model"] == "needs-proxy-login" and self.headers.get("Proxy-Authorization") != (
+                    "Basic " + base64.b64encode(PROXY_LOGIN.encode()).decode()
+                ):
+                    self.send_response(407)  # as a proxy does when its login is missing or wrong
+                    self.send_header("Proxy-Authenticate", 'Basic realm="proxy"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 request["model"] = f"proxied to {self.path}"
             # The test picks how the stream ends through the model name.
             ending = request["model"]
@@ -126,4 +136,15 @@ def test_the_proxy_environment_applies(server: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     events = _events("http://inference.invalid:8000/v1", "any")
+    assert events[-1] == StreamEnd(prompt_tokens=7, completion_tokens=5, finish_reason="stop")
+
+
+def test_the_proxy_login_in_its_url_is_sent_to_it(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # HTTP_PROXY=http://user:password@proxy:port, as httpx and the `openai` client read it: the login
+    # (percent-decoded) goes to the proxy as Proxy-Authorization, and nowhere else.
+    proxy = server.removesuffix("/v1").replace("http://", "http://corp%20user:p%40ss%3Aword@")
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    events = _events("http://inference.invalid:8000/v1", "needs-proxy-login")
     assert events[-1] == StreamEnd(prompt_tokens=7, completion_tokens=5, finish_reason="stop")
