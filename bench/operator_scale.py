@@ -85,11 +85,6 @@ SIZES_ENV = "H2OGPT_BENCH_OPERATOR_SIZES"  # e.g. "300,100": these sizes, in thi
 # what its defaults (20/s, bursts of 30) bound. Unset: the defaults, as on most clusters.
 KCM_ARGS_ENV = "H2OGPT_BENCH_OPERATOR_KCM_ARGS"
 
-
-def controller_manager_args() -> tuple[str, ...]:
-    """The kube-controller-manager flags this run adds (KCM_ARGS_ENV); () for none."""
-    return tuple(os.environ.get(KCM_ARGS_ENV, "").split())
-
 CRD_FILE = REPO_ROOT / "crds" / "h2ogptdeployments.h2ogpt.dev.yaml"
 SAMPLE_FILE = REPO_ROOT / "crds" / "samples" / "external-openai.yaml"
 CHART_DIR = REPO_ROOT / "charts" / "h2ogpt-operator"
@@ -110,6 +105,11 @@ CHILD_RESOURCES = frozenset({"configmaps", "secrets", "services", "deployments",
                              "persistentvolumeclaims"})
 CHILD_KINDS_FOR_KUBECTL = "configmaps,secrets,services,deployments,statefulsets"
 VERB_COLUMNS = ("get", "list", "watch", "create", "patch", "update", "delete")
+
+
+def controller_manager_args() -> tuple[str, ...]:
+    """The kube-controller-manager flags this run adds (KCM_ARGS_ENV); () for none."""
+    return tuple(os.environ.get(KCM_ARGS_ENV, "").split())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,15 +26,12 @@ def ops_router(started: Callable[[], bool] | None = None) -> APIRouter:
     """`started`: whether the whole server has started (one of --workers N serves before the others
     do); None: serving means started."""
     router = APIRouter()
-    seen_started = started is None
 
     @router.get("/health")
     async def health() -> Response:
-        nonlocal seen_started
-        if not seen_started and started is not None and not started():
+        if started is not None and not started():
             return JSONResponse({"status": "starting", "detail": "the other --workers processes are still "
                                  "starting"}, status_code=503)
-        seen_started = True
         return JSONResponse({"status": "ok"})
 
     @router.get("/version")

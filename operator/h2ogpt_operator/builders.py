@@ -854,7 +854,7 @@ def openai_workers(spec: H2oGPTDeploymentSpec) -> int:
     sharing one core's quota both stall when the quota runs out."""
     if spec.openai.workers is not None:
         return spec.openai.workers
-    if spec.auth.limits.requests_per_minute or spec.auth.limits.tokens_per_minute:
+    if spec.auth.limits.any_set:
         return 1
     resources = spec.openai.resources
     cpu = resources.limits.get("cpu", resources.requests.get("cpu"))

@@ -406,6 +406,10 @@ class LimitsSpec(CrdModel):
         "0 = no limit.",
     )
 
+    @property
+    def any_set(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute)
+
 
 class AuthSpec(CrdModel):
     access: Literal["open", "closed"] = "open"
@@ -535,8 +539,7 @@ class H2oGPTDeploymentSpec(CrdModel):
 
     @model_validator(mode="after")
     def _one_worker_with_limits(self) -> H2oGPTDeploymentSpec:
-        limited = self.auth.limits.requests_per_minute or self.auth.limits.tokens_per_minute
-        if limited and (self.openai.workers or 1) > 1:
+        if self.auth.limits.any_set and (self.openai.workers or 1) > 1:
             raise ValueError(WORKERS_WITH_LIMITS)
         return self
 

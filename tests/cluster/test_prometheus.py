@@ -44,7 +44,7 @@ from tests.cluster.operator_harness import (
     wait_ready,
 )
 from tests.support.api_server import ApiServer, run_api_server
-from tests.support.cluster import Cluster, condition
+from tests.support.cluster import Cluster, answers_ok, condition
 from tests.support.documents import DocumentLoader
 from tests.support.e2e import helm
 from tests.support.prometheus import Prometheus, has_data, screenshot_graph_page, selector_text, selectors
@@ -108,9 +108,9 @@ def weaviate_with_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         metrics_port = free_port()
         metrics, rest = f"127.0.0.1:{metrics_port}", f"http://127.0.0.1:{ports.http}"
         with _weaviate_running(data, ports, metrics_port):
-            wait_for(functools.partial(_answers, f"{rest}/v1/.well-known/ready"), 120, "weaviate-server")
+            wait_for(functools.partial(answers_ok, f"{rest}/v1/.well-known/ready"), 120, "weaviate-server")
             try:
-                wait_for(functools.partial(_answers, f"http://{metrics}/metrics"), 30, "its metrics")
+                wait_for(functools.partial(answers_ok, f"http://{metrics}/metrics"), 30, "its metrics")
             except AssertionError:
                 continue  # stopped on the way out; again on other ports
             yield f"{rest}?grpc_port={ports.grpc}", metrics
@@ -140,12 +140,6 @@ def _weaviate_running(data: Path, ports: WeaviatePorts, metrics_port: int) -> It
         process.terminate()
         process.wait(timeout=30)
 
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def stack_manifest(gpus: int) -> str:

@@ -33,7 +33,7 @@ from tests.cluster.operator_harness import (
     wait_for,
     wait_ready,
 )
-from tests.support.cluster import Cluster, delete_namespace
+from tests.support.cluster import Cluster, answers_ok, delete_namespace
 from tests.support.images import (
     IMAGE_NAMES,
     REPO,
@@ -428,7 +428,7 @@ def weaviate_from_image(
         def ready() -> bool:
             if weaviate.process.poll() is not None:
                 raise AssertionError(f"the weaviate image exited:\n{weaviate.log()}")
-            return _answers(f"{url}/v1/.well-known/ready")
+            return answers_ok(f"{url}/v1/.well-known/ready")
 
         wait_for(ready, 120, "the weaviate image's /v1/.well-known/ready")
         yield url, ports, volumes["/var/lib/weaviate"], weaviate.process
@@ -517,7 +517,7 @@ def test_llamacpp_image_serves_the_model_and_a_chat_completion(
         def up() -> bool:
             if server.process.poll() is not None:
                 raise AssertionError(f"the llamacpp image exited:\n{server.log()}")
-            return _answers(f"{base}/models")
+            return answers_ok(f"{base}/models")
 
         wait_for(up, 120, "the llamacpp image's /v1/models")
         models = httpx.get(f"{base}/models", timeout=10).json()
@@ -578,7 +578,7 @@ def test_operator_image_reconciles_a_sample(
                 def live() -> bool:
                     if operator.process.poll() is not None:
                         raise AssertionError(f"the operator image exited:\n{operator.log()}")
-                    return _answers(f"http://127.0.0.1:{liveness}/healthz")
+                    return answers_ok(f"http://127.0.0.1:{liveness}/healthz")
 
                 wait_for(live, 60, "the operator image's liveness")
                 manifest = (SAMPLES / "tgi-gpu.yaml").read_text()
@@ -602,12 +602,6 @@ def test_operator_image_reconciles_a_sample(
     finally:
         remove_volumes(cluster, tag)
 
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _metadata_name(manifest: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from hack.localcluster import BIN, LocalCluster
@@ -110,6 +111,14 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def answers_ok(url: str) -> bool:
+    """Whether `url` answers 200 within 2 s (a `wait_for` check for a server coming up)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def get_json_or_none(cluster: Cluster, *args: str) -> dict[str, Any] | None:
