@@ -13,16 +13,18 @@ Rules, in order:
   stays, with some missing it may only grow.
 - Up at once: ceil(in flight / targetInFlight) replicas, at least one while a request is held (scale
   from zero), and at least ceil(engine queue / targetQueueSize) when the engines' queue says so.
-- Down only when the load has fitted fewer replicas for `scaleDownDelaySeconds` AND no request is
-  in flight on any API pod: the Deployment picks which pod goes, and the API pods cannot say which
-  replica a stream runs on, so waiting for zero is what guarantees no stream is cut.
+- Down only when the load has fitted fewer replicas for `scaleDownDelaySeconds`, and then only by
+  replicas no stream runs on: all of them when nothing is in flight on any API pod, else the idle
+  replicas the API pods' per-replica figures show (where they route across replicas themselves),
+  which the operator marks for the ReplicaSet to remove first (autoscaler.py). A scale-in never
+  waits on a count it cannot prove, so no stream is cut.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from h2ogpt_operator.models import AutoscalingSpec
 
@@ -30,10 +32,12 @@ from h2ogpt_operator.models import AutoscalingSpec
 @dataclass(frozen=True)
 class PodLoad:
     """One API pod's figures (its /metrics): generations in flight (running or waiting for a slot,
-    held ones included) and requests held because no inference replica was ready."""
+    held ones included), requests held because no inference replica was ready, and, where it routes
+    across replicas itself, requests streaming from each replica it knows (host:port)."""
 
     in_flight: float
     held: float = 0.0
+    replicas: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class Load:
     api_pods: Sequence[PodLoad]
     unreadable: int = 0  # API pods whose metrics could not be read
     engine_queue: float | None = None  # requests waiting inside the engines, summed; None = not read
+    # Serving inference replicas that no API pod has a request on (0 where the API pods do not route
+    # across replicas themselves and so cannot say).
+    idle_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,10 +125,19 @@ def decide(policy: AutoscalingSpec, current: int, load: Load, memory: Memory, no
             current, f"load fits {desired}, scaling in after {_fmt(round(left))}s more: {why}", kept
         )
     if in_flight > 0:
+        if load.idle_replicas == 0:
+            return Decision(
+                current,
+                f"load fits {desired}, scaling in once a replica is idle or the {_fmt(in_flight)} "
+                "requests in flight finish",
+                kept,
+            )
+        desired = max(desired, current - load.idle_replicas)
         return Decision(
-            current,
-            f"load fits {desired}, scaling in once the {_fmt(in_flight)} requests in flight finish",
-            kept,
+            desired,
+            f"scale in {current} -> {desired}: low for {_fmt(round(waited))}s, {load.idle_replicas} "
+            f"replicas idle ({_fmt(in_flight)} requests in flight on the others)",
+            Memory(None, now),
         )
     return Decision(
         desired,

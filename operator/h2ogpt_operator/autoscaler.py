@@ -4,7 +4,10 @@ Every `--autoscale-interval-seconds`, for each stack with `spec.inference.autosc
 operator reads each serving API pod's /metrics through the apiserver's pod proxy
 (`/api/v1/namespaces/N/pods/P:port/proxy/metrics`: no route to the pod network needed, no
 metrics adapter), and, with `targetQueueSize`, the inference pods' own queue gauge. The pure
-`autoscale.decide` turns that into a replica count and a reason. A new decision is written to
+`autoscale.decide` turns that into a replica count and a reason. Before a scale-in that counts on
+idle replicas (the API pods' `h2ogpt_api_replica_in_flight` shows no request on them), those
+inference pods get the lowest `controller.kubernetes.io/pod-deletion-cost`, so that the
+ReplicaSet removes them and not a pod that is streaming. A new decision is written to
 `status.autoscaling` (and posted as an Event when the count changes); the stack is then
 reconciled, and the reconciler applies the count to the inference Deployment
 (`builders.inference_replicas`): one writer of the replicas, so nothing fights over them.
@@ -42,34 +45,43 @@ API_PORTS = {naming.OPENAI: naming.OPENAI_PORT, naming.GRADIO: naming.GRADIO_POR
 # The API's figures: generations admitted or waiting for a slot (held ones are among them), and held.
 IN_FLIGHT_SERIES = ("h2ogpt_api_generations_running", "h2ogpt_api_requests_waiting")
 HELD_SERIES = "h2ogpt_api_held_requests"
+# Requests streaming from each inference replica (label `replica`: host:port), where the API routes.
+REPLICA_SERIES = "h2ogpt_api_replica_in_flight"
+# The ReplicaSet controller removes the pods with the lowest cost first (after unscheduled, pending
+# and not-ready ones); unmarked pods count 0.
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+IDLE_COST = "-1000"
 ENGINE_QUEUE_SERIES = {"tgi": "tgi_queue_size", "vllm": "vllm:num_requests_waiting"}
 
 
-def _samples(text: str) -> Iterable[tuple[str, float]]:
+def _samples(text: str) -> Iterable[tuple[str, Mapping[str, str], float]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            yield sample.name, float(sample.value)
+            yield sample.name, sample.labels, float(sample.value)
 
 
 def api_pod_load(text: str) -> PodLoad:
     """One API pod's figures from its /metrics page; ValueError when the page is not h2ogpt-api's."""
     in_flight = held = 0.0
+    replicas: dict[str, float] = {}
     seen = False
-    for name, value in _samples(text):
+    for name, labels, value in _samples(text):
         if name in IN_FLIGHT_SERIES:
             in_flight += value
             seen = True
         elif name == HELD_SERIES:
             held += value
+        elif name == REPLICA_SERIES and "replica" in labels:
+            replicas[labels["replica"]] = replicas.get(labels["replica"], 0.0) + value
     if not seen:
         raise ValueError(f"no {' / '.join(IN_FLIGHT_SERIES)} on the page: not an h2ogpt-api /metrics")
-    return PodLoad(in_flight=in_flight, held=held)
+    return PodLoad(in_flight=in_flight, held=held, replicas=replicas)
 
 
 def engine_queue(text: str, engine: str) -> float:
     """Requests waiting inside one engine pod (TGI's tgi_queue_size, vLLM's vllm:num_requests_waiting)."""
     series = ENGINE_QUEUE_SERIES[engine]
-    values = [value for name, value in _samples(text) if name == series]
+    values = [value for name, _labels, value in _samples(text) if name == series]
     if not values:
         raise ValueError(f"no {series} on the engine's /metrics")
     return sum(values)
@@ -88,6 +100,38 @@ def serving_pods(pods: Sequence[Manifest], component: str) -> list[Manifest]:
         if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
             serving.append(pod)
     return serving
+
+
+def idle_inference_pods(pods: Sequence[Manifest], api_loads: Sequence[PodLoad], port: int) -> list[str]:
+    """Names of the serving inference pods no API pod has a request streaming from, in name order.
+
+    Only meaningful where the API pods route across replicas themselves (each request goes to the
+    replica it chose, named podIP:port) and every serving API pod's figures were read: an API pod
+    that does not name a replica has sent it nothing since the replica joined.
+    """
+    busy = {name for load in api_loads for name, count in load.replicas.items() if count > 0}
+    idle = []
+    for pod in serving_pods(pods, naming.INFERENCE):
+        address = (pod.get("status") or {}).get("podIP")
+        if address and f"{address}:{port}" not in busy:
+            idle.append(pod["metadata"]["name"])
+    return sorted(idle)
+
+
+def deletion_cost_patches(pods: Sequence[Manifest], marked: Iterable[str]) -> dict[str, Manifest]:
+    """Pod name -> merge patch: the `marked` inference pods get IDLE_COST, the others lose a mark set
+    before (a pod marked idle that the ReplicaSet kept may be busy now). Pods already right: none."""
+    marked = set(marked)
+    patches: dict[str, Manifest] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get("app.kubernetes.io/component") != naming.INFERENCE:
+            continue
+        has = (meta.get("annotations") or {}).get(DELETION_COST)
+        wanted = IDLE_COST if meta["name"] in marked else None
+        if has != wanted:
+            patches[meta["name"]] = {"metadata": {"annotations": {DELETION_COST: wanted}}}
+    return patches
 
 
 def rfc3339(epoch: float) -> str:
@@ -149,7 +193,10 @@ class Autoscaler:
                 log.info("autoscaler: cannot read %s/%s metrics: %s", namespace, pod_name, exc)
         return found, unreadable
 
-    def load(self, namespace: str, pods: Sequence[Manifest], spec: H2oGPTDeploymentSpec) -> Load:
+    def load(
+        self, namespace: str, pods: Sequence[Manifest], spec: H2oGPTDeploymentSpec
+    ) -> tuple[Load, list[str]]:
+        """The stack's load, and the names of its idle inference pods (see `idle_inference_pods`)."""
         api_pods = [pod for component in API_PORTS for pod in serving_pods(pods, component)]
         loads, unreadable = self._read_all(
             namespace,
@@ -168,7 +215,11 @@ class Autoscaler:
                 lambda text: engine_queue(text, engine),
             )
             queue = None if missed else sum(queues)
-        return Load(api_pods=loads, unreadable=unreadable, engine_queue=queue)
+        idle: list[str] = []
+        port = naming.INFERENCE_PORTS.get(engine)
+        if port is not None and builders.routes_across_replicas(spec) and loads and not unreadable:
+            idle = idle_inference_pods(pods, loads, port)
+        return Load(api_pods=loads, unreadable=unreadable, engine_queue=queue, idle_replicas=len(idle)), idle
 
     async def run(self, interval: float, leading: asyncio.Event, reconcile: Callable[[Key], None]) -> None:
         """Look at every autoscaled stack each `interval`, while leading; a new decision is reconciled."""
@@ -187,6 +238,14 @@ class Autoscaler:
                         reconcile(key)
                 except Exception:  # one stack's failure must not stop the others' scaling
                     log.exception("autoscaler: %s/%s failed", *key)
+
+    def mark_idle(self, namespace: str, pods: Sequence[Manifest], idle: Sequence[str]) -> None:
+        """Give the idle pods a scale-in removes the lowest deletion cost, and take it back from others."""
+        for pod_name, patch in deletion_cost_patches(pods, idle).items():
+            try:
+                self.kube.merge_patch("v1", "Pod", namespace, pod_name, patch)
+            except APISERVER_ERRORS as exc:  # a pod gone meanwhile; the ReplicaSet ranks the rest
+                log.info("autoscaler: cannot mark %s/%s: %s", namespace, pod_name, exc)
 
     def step(self, view: StackView, namespace: str, name: str) -> bool:
         """One look at one stack; True when a new decision was recorded (the stack needs a reconcile)."""
@@ -211,9 +270,12 @@ class Autoscaler:
         if applied_yet(spec, previous, current) is False:
             return True  # the last decision is not on the Deployment yet: reconcile, decide next time
         now = self.clock()
-        decision = decide(policy, current, self.load(namespace, view.pods, spec),
-                          self.memory.get(key, Memory()), now)
+        load, idle = self.load(namespace, view.pods, spec)
+        decision = decide(policy, current, load, self.memory.get(key, Memory()), now)
         self.memory[key] = decision.memory
+        if decision.desired < current and idle:
+            # Before the count goes down (the status write below leads to the Deployment's patch).
+            self.mark_idle(namespace, view.pods, idle[: current - decision.desired])
         metrics.publish_autoscaling(namespace, name, (decision.desired, current))
         record = autoscaling_status(previous, decision.desired, current, decision.reason, now)
         if record is None:

@@ -159,7 +159,8 @@ class AutoscalingSpec(CrdModel):
     )
     scale_down_delay_seconds: int = Field(
         default=300, ge=0, le=86_400,
-        description="Load must stay low this long, and no stream be in flight, before a replica is removed.",
+        description="Load must stay low this long before a replica is removed; only replicas no stream "
+        "runs on are removed.",
     )
     hold_seconds: int = Field(
         default=300, ge=1, le=3600,

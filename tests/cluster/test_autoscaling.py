@@ -170,3 +170,107 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
                 assert [f"held {i}" in f.result(timeout=60) for i, f in enumerate(answers)] == [True] * 3
             finally:
                 fake.stop()
+
+
+# Addresses of this machine (all of 127/8 is loopback) that stand in for the kwok inference pods' IPs.
+REPLICA_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+
+def replica_in_flight(api: ApiServer) -> dict[str, float]:
+    text = httpx.get(api.base_url + "/metrics", timeout=5).text
+    return {
+        sample.labels["replica"]: float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "h2ogpt_api_replica_in_flight"
+    }
+
+
+def test_a_scale_in_under_load_removes_the_idle_replicas_not_the_streaming_one(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three inference replicas, one streaming an answer, the load fits one: the autoscaler marks the
+    two idle pods and the real ReplicaSet controller removes exactly those.
+
+    Each kwok inference pod is given, in the view the Autoscaler reads, a loopback address where a
+    TGI fake answers for it (kwok pods run nothing and their addresses are not on this machine); the
+    pods it marks and the ReplicaSet removes are the real ones. The Autoscaler runs with the chart's
+    ServiceAccount's credentials, so its pod patches need what the chart grants."""
+    stack = {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"name": "org/model"},
+            "inference": {
+                "engine": "llamacpp",
+                "replicas": 3,
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "scaleDownDelaySeconds": 0},
+            },
+            "retrieval": {"enabled": False},
+            "frontend": {"enabled": False},
+        },
+    }  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
+    wait_ready(cluster, namespace, NAME, timeout=90)
+    selector = f"{INSTANCE}={NAME},app.kubernetes.io/component=inference"
+    wait_for(lambda: len(items(cluster, "pods", namespace, selector)) == 3, 60, "three inference pods")
+    pods = sorted(p["metadata"]["name"] for p in items(cluster, "pods", namespace, selector))
+    stand_in = dict(zip(pods, REPLICA_HOSTS, strict=True))
+    port = 8000  # the llamacpp engine's port: the replicas are named podIP:8000
+
+    def view_with_stand_ins() -> StackView:
+        view = view_of(cluster, namespace)
+        for pod in view.pods:
+            if pod["metadata"]["name"] in stand_in:
+                pod["status"]["podIP"] = stand_in[pod["metadata"]["name"]]
+        return view
+
+    fakes = [RunningFake(TgiFake(token_delay=0.05, repeat=True), port=port, host=host).start()
+             for host in REPLICA_HOSTS]  # fmt: skip
+    servers = ",".join(f"http://{host}:{port}" for host in REPLICA_HOSTS)
+    api_args = ["--inference_server", servers, "--routing", "round_robin", "--base_model", "org/model",
+                "--langchain_modes", "['LLM']"]  # fmt: skip
+    monkeypatch.setenv("KUBECONFIG", str(operator.kubeconfig))  # the chart's ServiceAccount
+    kube = Kube(load_api_client())
+    try:
+        with run_api_server(api_args) as api, \
+                OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0, timeout=120) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # fmt: skip
+
+            def long_answer() -> int:
+                stream = client.chat.completions.create(
+                    model="org/model", messages=[{"role": "user", "content": "a long answer"}],
+                    max_tokens=300, stream=True,
+                )  # fmt: skip
+                return sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+
+            answer = pool.submit(long_answer)
+            wait_for(lambda: sum(replica_in_flight(api).values()) == 1, 30, "the answer streaming")
+            busy_host = next(name for name, n in replica_in_flight(api).items() if n == 1).split(":")[0]
+            busy_pod = next(pod for pod, host in stand_in.items() if host == busy_host)
+
+            def read(_namespace: str, _pod: str, _port: int, path: str) -> str:
+                return httpx.get(f"{api.base_url}/{path}").text
+
+            autoscaler = Autoscaler(kube, WatchCache(), read=read)
+            assert autoscaler.step(view_with_stand_ins(), namespace, NAME) is True
+            record = status_autoscaling(cluster, namespace)
+            assert record["desiredReplicas"] == 1
+            assert record["reason"] == (
+                "scale in 3 -> 1: low for 0s, 2 replicas idle (1 requests in flight on the others)"
+            )
+            wait_for(lambda: replicas(cluster, namespace) == 1, 30, "the operator to apply 1 replica")
+
+            def staying() -> list[str]:
+                found = [p["metadata"] for p in items(cluster, "pods", namespace, selector)]
+                return sorted(meta["name"] for meta in found if "deletionTimestamp" not in meta)
+
+            wait_for(lambda: staying() == [busy_pod], 60, f"only the streaming pod {busy_pod} to stay")
+            kept = get_json_or_none(cluster, "pod", busy_pod, "-n", namespace) or {}
+            assert "controller.kubernetes.io/pod-deletion-cost" not in kept["metadata"].get("annotations", {})
+            # The answer was not cut: every one of its tokens arrived.
+            assert answer.result(timeout=60) == 300
+    finally:
+        for fake in fakes:
+            fake.stop()

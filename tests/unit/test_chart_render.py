@@ -72,7 +72,7 @@ OPERATOR_NAMESPACED_RULES = (
     | expand(("",), ("configmaps", "persistentvolumeclaims"), CHILD)
     | expand(("",), ("secrets",), "get list watch create patch")
     | expand(("",), ("services",), f"{CHILD} delete")
-    | expand(("",), ("pods",), "list watch")
+    | expand(("",), ("pods",), "list watch patch")
     | expand(("",), ("pods/proxy",), "get")
     | expand(("",), ("events",), "create")
     | expand(("apps",), ("deployments", "statefulsets"), f"{CHILD} delete")

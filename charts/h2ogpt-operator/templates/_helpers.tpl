@@ -118,9 +118,11 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# patch: the autoscaler gives idle inference pods the lowest pod-deletion-cost before a scale-in
+# (stacks with autoscaling only), so that a pod streaming an answer is not the one removed.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 # The autoscaler reads the API pods' /metrics through the apiserver (stacks with autoscaling only).
 - apiGroups: [""]
   resources: ["pods/proxy"]

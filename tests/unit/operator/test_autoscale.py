@@ -81,12 +81,34 @@ def test_scale_in_waits_for_the_delay_then_for_nothing_in_flight() -> None:
 
     streams = run(4, pods(2), still.memory, now=61.0)
     assert streams.desired == 4
-    assert "once the 2 requests in flight finish" in streams.reason
+    assert "once a replica is idle or the 2 requests in flight finish" in streams.reason
 
     done = run(4, pods(0, 0), streams.memory, now=62.0)
     assert done.desired == 0
     assert done.reason == "scale in 4 -> 0: low for 62s and nothing in flight"
     assert done.memory == Memory(low_since=None, last_scale=62.0)
+
+
+def test_scale_in_under_load_removes_only_idle_replicas() -> None:
+    # 2 in flight fit 1 replica of 4; two replicas have no request: only those two go.
+    decision = run(4, Load(api_pods=[PodLoad(2)], idle_replicas=2), Memory(low_since=0.0), now=61.0)
+    assert decision.desired == 2
+    assert decision.reason == (
+        "scale in 4 -> 2: low for 61s, 2 replicas idle (2 requests in flight on the others)"
+    )
+    assert decision.memory == Memory(low_since=None, last_scale=61.0)
+
+
+def test_idle_replicas_beyond_the_need_are_not_all_removed() -> None:
+    # 6 in flight need 2 replicas; three of five idle: down to the need, not to 2 - 3.
+    decision = run(5, Load(api_pods=[PodLoad(6)], idle_replicas=3), Memory(low_since=0.0), now=61.0)
+    assert decision.desired == 2
+
+
+def test_idle_replicas_wait_for_the_delay_too() -> None:
+    decision = run(4, Load(api_pods=[PodLoad(2)], idle_replicas=3), Memory(low_since=30.0), now=61.0)
+    assert decision.desired == 4
+    assert "scaling in after 29s more" in decision.reason
 
 
 def test_scale_in_goes_to_the_floor_not_below() -> None:

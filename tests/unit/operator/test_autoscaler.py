@@ -11,7 +11,9 @@ from h2ogpt_operator.autoscaler import (
     applied_yet,
     asks_for_autoscaling,
     autoscaling_status,
+    deletion_cost_patches,
     engine_queue,
+    idle_inference_pods,
     rfc3339,
     serving_pods,
 )
@@ -30,14 +32,31 @@ vllm:num_requests_waiting{engine="0",model_name="m"} 3.0
 """
 
 
-def api_page(running: float, waiting: float, held: float | None) -> str:
+def api_page(
+    running: float, waiting: float, held: float | None, replicas: dict[str, float] | None = None
+) -> str:
     """An /metrics page with the API's own series, written by prometheus_client as the API writes it."""
     registry = CollectorRegistry()
     Gauge("h2ogpt_api_generations_running", "Generations holding a slot", registry=registry).set(running)
     Gauge("h2ogpt_api_requests_waiting", "Generations waiting for a slot", registry=registry).set(waiting)
     if held is not None:
         Gauge("h2ogpt_api_held_requests", "Requests held", registry=registry).set(held)
+    if replicas is not None:
+        per_replica = Gauge(
+            "h2ogpt_api_replica_in_flight", "Requests streaming", ["replica"], registry=registry
+        )
+        for name, count in replicas.items():
+            per_replica.labels(replica=name).set(count)
     return generate_latest(registry).decode()
+
+
+def inference_pod(name: str, ip: str, ready: bool = True, cost: str | None = None) -> dict[str, Any]:
+    annotations = {"controller.kubernetes.io/pod-deletion-cost": cost} if cost is not None else {}
+    return {
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "inference"},
+                     "annotations": annotations},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }  # fmt: skip
 
 
 def test_api_pod_load_adds_running_and_waiting_and_reads_held() -> None:
@@ -117,3 +136,40 @@ def test_only_stacks_that_name_autoscaling_are_looked_at() -> None:
     assert not asks_for_autoscaling({"spec": {"inference": {"replicas": 3}}})
     assert not asks_for_autoscaling({"spec": {}})
     assert not asks_for_autoscaling(None)
+
+
+def test_api_pod_load_reads_each_replicas_streams() -> None:
+    load = api_pod_load(api_page(3, 0, None, {"10.0.0.5:80": 2, "10.0.0.6:80": 0, "10.0.0.7:80": 1}))
+    assert load.replicas == {"10.0.0.5:80": 2, "10.0.0.6:80": 0, "10.0.0.7:80": 1}
+    assert api_pod_load(api_page(0, 0, None)).replicas == {}
+
+
+def test_idle_inference_pods_are_serving_ones_no_api_pod_streams_from() -> None:
+    pods = [
+        inference_pod("busy-on-a", "10.0.0.5"),
+        inference_pod("busy-on-b", "10.0.0.6"),
+        inference_pod("idle", "10.0.0.7"),
+        inference_pod("never-named", "10.0.0.8"),
+        inference_pod("starting", "10.0.0.9", ready=False),
+    ]
+    a = PodLoad(2, replicas={"10.0.0.5:80": 2, "10.0.0.6:80": 0, "10.0.0.7:80": 0})
+    b = PodLoad(1, replicas={"10.0.0.6:80": 1})
+    assert idle_inference_pods(pods, [a, b], 80) == ["idle", "never-named"]
+    # Another port is another replica (the same address, a different server).
+    assert idle_inference_pods(pods, [a, b], 8000) == ["busy-on-a", "busy-on-b", "idle", "never-named"]
+
+
+def test_deletion_cost_marks_the_chosen_and_unmarks_the_rest_once() -> None:
+    pods = [
+        inference_pod("chosen", "10.0.0.5"),
+        inference_pod("marked-before-now-busy", "10.0.0.6", cost="-1000"),
+        inference_pod("chosen-already-marked", "10.0.0.7", cost="-1000"),
+        inference_pod("untouched", "10.0.0.8"),
+        {"metadata": {"name": "api", "labels": {"app.kubernetes.io/component": "openai"}}},
+    ]
+    patches = deletion_cost_patches(pods, ["chosen", "chosen-already-marked"])
+    key = "controller.kubernetes.io/pod-deletion-cost"
+    assert patches == {
+        "chosen": {"metadata": {"annotations": {key: "-1000"}}},
+        "marked-before-now-busy": {"metadata": {"annotations": {key: None}}},
+    }
