@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 
 from h2ogpt_operator import naming
 from h2ogpt_operator.config import OperatorConfig
@@ -422,19 +422,13 @@ def _gpu_engine_args(spec: H2oGPTDeploymentSpec) -> list[str]:
     return args + list(inference.extra_args)
 
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
-_QUANTITY_FACTORS = {
-    "": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60,
-}  # fmt: skip
-
-
 def quantity_value(quantity: int | str) -> float:
-    """A Kubernetes quantity as a number: "500m" -> 0.5, "2" or 2 -> 2.0, "1Gi" -> 1073741824.0."""
-    match = _QUANTITY.match(str(quantity))
-    if match is None or match.group(2) not in _QUANTITY_FACTORS:
-        raise ValueError(f"not a quantity: {quantity!r}")
-    return float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)]
+    """A Kubernetes quantity as a number: "500m" -> 0.5, "2" or 2 -> 2.0, "1Gi" -> 1073741824.0, and
+    every other form Kubernetes reads (".5", "1e3", "+2"), as the kubernetes client parses them."""
+    try:
+        return float(parse_quantity(quantity))
+    except ValueError as exc:
+        raise ValueError(f"not a quantity: {quantity!r}") from exc
 
 
 def cpu_cores(quantity: int | str) -> float:

@@ -67,9 +67,12 @@ def _without_any_of(node: dict[str, Any]) -> dict[str, Any]:
     types = sorted(v.get("type", "") for v in non_null)
     if types == ["integer", "string"]:
         node["x-kubernetes-int-or-string"] = True
-        # A pattern on the string form (a quantity) applies to strings only, as in Kubernetes' own schemas.
+        # A pattern on the string form (a quantity) applies to strings only, as in Kubernetes' own
+        # schemas; a minimum on the integer form applies to integers only.
         node.update({k: v for variant in non_null if variant.get("type") == "string"
                      for k, v in variant.items() if k == "pattern"})
+        node.update({k: v for variant in non_null if variant.get("type") == "integer"
+                     for k, v in variant.items() if k == "minimum"})
     elif len(non_null) == 1:
         node = {**non_null[0], **node}
     else:

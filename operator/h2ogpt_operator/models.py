@@ -21,7 +21,12 @@ PLURAL = "h2ogptdeployments"
 SINGULAR = "h2ogptdeployment"
 SHORT_NAME = "h2ogpt"
 
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# Kubernetes' own quantity grammar (apimachinery's resource.Quantity), without a sign of minus: what a
+# pod's resources take, so a value copied from a pod spec is accepted as it is ("500m", ".5", "1e3").
+QUANTITY_PATTERN = (
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
 CIDR_PATTERN = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
 Cidr = Annotated[str, Field(pattern=CIDR_PATTERN, max_length=64)]
@@ -71,7 +76,7 @@ class SecretKeyRef(CrdModel):
 
 # A resource quantity as a number or a string QUANTITY_PATTERN reads ("500m", "2", "1.5Gi"): a typo is
 # refused at kubectl apply with the field named, not when a pod is built from it.
-Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
+Quantity = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
 
 
 class ResourceRequirements(CrdModel):

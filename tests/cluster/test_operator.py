@@ -72,6 +72,23 @@ def pods_by_component(cluster: Cluster, namespace: str, name: str) -> dict[str, 
 # --- the schema --------------------------------------------------------------------------------------------
 
 
+def test_resource_quantities_are_read_as_kubernetes_reads_them(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """Every form a pod's resources take passes the CRD's schema (the apiserver's own RE2 check)."""
+    resources = {"requests": {"cpu": ".5", "memory": "1e9"}, "limits": {"cpu": "+2", "memory": "1.5Gi"}}
+    manifest = {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": "quantities"},
+        "spec": {"model": {"name": "m"}, "inference": {"engine": "llamacpp", "resources": resources}},
+    }
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -119,6 +136,10 @@ def pods_by_component(cluster: Cluster, namespace: str, name: str) -> dict[str, 
         (
             {"model": {"name": "m"}, "inference": {"resources": {"limits": {"memory": "1 Gi"}}}},
             "spec.inference.resources.limits.memory: Invalid value",
+        ),
+        (
+            {"model": {"name": "m"}, "inference": {"resources": {"requests": {"cpu": -1}}}},
+            "spec.inference.resources.requests.cpu: Invalid value",
         ),
     ],
 )

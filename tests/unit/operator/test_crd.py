@@ -235,6 +235,14 @@ def test_samples_parse(sample: str) -> None:
             },
             "targetQueueSize needs an engine that exports its queue",
         ),
+        *(
+            ({"model": {"name": "m"}, "inference": {"resources": {"limits": {"memory": typo}}}}, "pattern")
+            for typo in ("1 Gi", "2Gb", "e3", ".", "1.5.2")
+        ),
+        *(
+            ({"model": {"name": "m"}, "inference": {"resources": {"requests": {"cpu": below}}}}, "greater")
+            for below in (-1, "-1")
+        ),
     ],
 )
 def test_invalid_specs_are_refused(spec: dict[str, Any], message: str) -> None:
@@ -250,6 +258,17 @@ def test_invalid_specs_are_refused(spec: dict[str, Any], message: str) -> None:
         {
             "model": {"name": "m"},
             "retrieval": {"embedding": {"model": "BAAI/bge-small-en-v1.5", "server": "http://tei:8080"}},
+        },
+        # Every form Kubernetes reads a quantity in (apimachinery's grammar, no minus).
+        {
+            "model": {"name": "m"},
+            "inference": {
+                "engine": "llamacpp",
+                "resources": {
+                    "requests": {"cpu": ".5", "memory": "1e9"},
+                    "limits": {"cpu": "+2", "memory": "1.5Gi"},
+                },
+            },
         },
     ],
 )

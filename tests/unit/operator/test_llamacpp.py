@@ -75,7 +75,9 @@ def test_threads_follow_the_pods_cpu(inference: dict[str, Any], threads: str | N
 
 
 @pytest.mark.parametrize(
-    ("quantity", "cores"), [("500m", 0.5), ("2", 2.0), (3, 3.0), ("1.5", 1.5), ("1k", 1000.0)]
+    ("quantity", "cores"),
+    [("500m", 0.5), ("2", 2.0), (3, 3.0), ("1.5", 1.5), ("1k", 1000.0), (".5", 0.5), ("1e3", 1000.0),
+     ("+2", 2.0), ("250000u", 0.25)],
 )
 def test_cpu_cores(quantity: int | str, cores: float) -> None:
     assert builders.cpu_cores(quantity) == cores
