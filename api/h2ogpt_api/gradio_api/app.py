@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from h2ogpt_api.core import Core
 from h2ogpt_api.gradio_api.endpoints import H2oGPTEndpoints
+from h2ogpt_api.gradio_api.queue_idle import wait_for_work
 from h2ogpt_api.gradio_api.service import GradioService
 from h2ogpt_api.gradio_api.sessions import gradio_app_of, use_lazy_sessions
 from h2ogpt_api.gradio_api.ui import THEME_CSS, build_ui
@@ -81,6 +82,7 @@ def create_app(core: Core, settings: Settings, *, started: Callable[[], bool] | 
     # queue's slots: Gradio's thread limiter for sync handlers keeps its default (40).
     blocks._queue.max_thread_count = job_slots(core.admission.limit, settings.max_queue)
     skip_queue_analytics(blocks._queue)
+    wait_for_work(blocks._queue)
     mounted: FastAPI = gr.mount_gradio_app(
         app,
         blocks,
