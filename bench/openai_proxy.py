@@ -603,6 +603,16 @@ def gradio_works(gradio_url: str) -> None:
         raise ServerError(f"/submit_nochat_api answered without a response: {str(answer)[:300]}")
 
 
+def why_not(exc: BaseException) -> str:
+    """A target's failure for the report: its first line and, for a server that exited, the last
+    lines of its log (where the reason is), on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    tail = " | ".join(line[:200] for line in lines[1:][-6:])
+    return lines[0][:300] + (f" (log: {tail})" if tail else "")
+
+
 def run(quick: bool = False) -> str:
     started = time.monotonic()
     levels = QUICK_CONCURRENCY if quick else CONCURRENCY
@@ -618,7 +628,7 @@ def run(quick: bool = False) -> str:
             targets.append(Target(FLOOR, Request(f"{relay_url}/v1/chat/completions", "openai", chat_body()),
                                   [relay.process.pid]))
         except ServerError as exc:
-            notes.append(f"{FLOOR} not measured: {str(exc).splitlines()[0][:300]}")
+            notes.append(f"{FLOOR} not measured: {why_not(exc)}")
 
         api = stack.enter_context(h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS]))
         targets.append(
@@ -642,7 +652,7 @@ def run(quick: bool = False) -> str:
                        [two.process.process.pid])
             )
         except ServerError as exc:
-            notes.append(f"--workers {WORKERS} not measured: {str(exc).splitlines()[0][:300]}")
+            notes.append(f"--workers {WORKERS} not measured: {why_not(exc)}")
         try:
             gradio = stack.enter_context(
                 h2ogpt_api_server(["--inference_server", fake_url, *API_ARGS, "--openai_server", "False",
@@ -658,7 +668,7 @@ def run(quick: bool = False) -> str:
                        [gradio.process.process.pid])
             )
         except Exception as exc:  # the other targets are still worth measuring
-            notes.append(f"Gradio side not measured: {str(exc).splitlines()[0][:300]}")
+            notes.append(f"Gradio side not measured: {why_not(exc)}")
         baseline = os.environ.get(BASELINE_ENV)
         if baseline:
             targets += baseline_targets(stack, fake_url, Path(baseline))
@@ -671,7 +681,7 @@ def run(quick: bool = False) -> str:
                        [litellm.process.pid])
             )
         except ServerError as exc:
-            notes.append(f"LiteLLM not measured: {str(exc).splitlines()[0][:300]}")
+            notes.append(f"LiteLLM not measured: {why_not(exc)}")
         cells = measure(targets, levels, rounds, answer_bytes(direct))
     return report(cells, targets, levels, notes=notes, started=started, rounds=rounds)
 
