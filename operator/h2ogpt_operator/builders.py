@@ -426,7 +426,7 @@ def quantity_value(quantity: int | str) -> float:
     """A Kubernetes quantity as a number: "500m" -> 0.5, "2" or 2 -> 2.0, "1Gi" -> 1073741824.0, and
     every other form Kubernetes reads (".5", "1e3", "+2"), as the kubernetes client parses them."""
     try:
-        return float(parse_quantity(quantity))
+        return float(parse_quantity(quantity))  # type: ignore[no-untyped-call]  # the client has no types
     except ValueError as exc:
         raise ValueError(f"not a quantity: {quantity!r}") from exc
 

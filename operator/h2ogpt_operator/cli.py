@@ -49,6 +49,9 @@ EVENTS_FLUSH_SECONDS = 5.0
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
+# How often autoscaled stacks have their API pods' metrics read, unless --autoscale-interval-seconds.
+AUTOSCALE_INTERVAL_S = 15.0
+
 def _own_namespace() -> str:
     if os.environ.get("POD_NAMESPACE"):
         return os.environ["POD_NAMESPACE"]
@@ -100,7 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--autoscale-interval-seconds",
         type=float,
-        default=15.0,
+        default=AUTOSCALE_INTERVAL_S,
         help="how often stacks with spec.inference.autoscaling have their API pods' metrics read",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
