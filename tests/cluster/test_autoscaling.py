@@ -73,6 +73,21 @@ def event_reasons(cluster: Cluster, namespace: str) -> list[str]:
     return [e["reason"] for e in events if e["involvedObject"]["name"] == NAME]
 
 
+def llamacpp_stack(**inference: Any) -> dict[str, Any]:
+    """The stack these tests scale: llama.cpp inference (kwok pods), no Weaviate, no frontend."""
+    return {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"name": "org/model"},
+            "inference": {"engine": "llamacpp", **inference},
+            "retrieval": {"enabled": False},
+            "frontend": {"enabled": False},
+        },
+    }
+
+
 def held(api: ApiServer) -> float:
     text = httpx.get(api.base_url + "/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
@@ -85,21 +100,8 @@ def held(api: ApiServer) -> float:
 def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
     cluster: Cluster, namespace: str, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stack = {
-        "apiVersion": "h2ogpt.dev/v1alpha1",
-        "kind": "H2oGPTDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "model": {"name": "org/model"},
-            "inference": {
-                "engine": "llamacpp",
-                "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "scaleDownDelaySeconds": 0,
-                                "holdSeconds": 120, "maxHeld": 32},
-            },
-            "retrieval": {"enabled": False},
-            "frontend": {"enabled": False},
-        },
-    }  # fmt: skip
+    stack = llamacpp_stack(autoscaling={"minReplicas": 0, "maxReplicas": 3, "scaleDownDelaySeconds": 0,
+                                        "holdSeconds": 120, "maxHeld": 32})  # fmt: skip
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
     wait_ready(cluster, namespace, NAME, timeout=90)
     config = get_json_or_none(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {}
@@ -196,21 +198,9 @@ def test_a_scale_in_under_load_removes_the_idle_replicas_not_the_streaming_one(
     TGI fake answers for it (kwok pods run nothing and their addresses are not on this machine); the
     pods it marks and the ReplicaSet removes are the real ones. The Autoscaler runs with the chart's
     ServiceAccount's credentials, so its pod patches need what the chart grants."""
-    stack = {
-        "apiVersion": "h2ogpt.dev/v1alpha1",
-        "kind": "H2oGPTDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "model": {"name": "org/model"},
-            "inference": {
-                "engine": "llamacpp",
-                "replicas": 3,
-                "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "scaleDownDelaySeconds": 0},
-            },
-            "retrieval": {"enabled": False},
-            "frontend": {"enabled": False},
-        },
-    }  # fmt: skip
+    stack = llamacpp_stack(
+        replicas=3, autoscaling={"minReplicas": 1, "maxReplicas": 3, "scaleDownDelaySeconds": 0}
+    )
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
     wait_ready(cluster, namespace, NAME, timeout=90)
     selector = f"{INSTANCE}={NAME},app.kubernetes.io/component=inference"
