@@ -87,12 +87,17 @@ def engine_queue(text: str, engine: str) -> float:
     return sum(values)
 
 
+def component_of(pod: Manifest) -> str | None:
+    """The stack component a pod belongs to (its app.kubernetes.io/component label)."""
+    return ((pod.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component")
+
+
 def serving_pods(pods: Sequence[Manifest], component: str) -> list[Manifest]:
     """The component's pods that are Ready and not going away: those the Service sends requests to."""
     serving = []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get("app.kubernetes.io/component") != component:
+        if component_of(pod) != component:
             continue
         if meta.get("deletionTimestamp"):
             continue
@@ -107,9 +112,19 @@ def idle_inference_pods(pods: Sequence[Manifest], api_loads: Sequence[PodLoad], 
 
     Only meaningful where the API pods route across replicas themselves (each request goes to the
     replica it chose, named podIP:port) and every serving API pod's figures were read: an API pod
-    that does not name a replica has sent it nothing since the replica joined.
+    that does not name a replica has sent it nothing since the replica joined. A stream on a name
+    that is no inference pod's (the Service's address, which an API pod uses until its first list
+    of the EndpointSlices, or forever if it cannot list them) may run on any pod: then none is
+    known to be idle.
     """
     busy = {name for load in api_loads for name, count in load.replicas.items() if count > 0}
+    known = {
+        f"{address}:{port}"
+        for pod in pods
+        if component_of(pod) == naming.INFERENCE and (address := (pod.get("status") or {}).get("podIP"))
+    }
+    if busy - known:
+        return []
     idle = []
     for pod in serving_pods(pods, naming.INFERENCE):
         address = (pod.get("status") or {}).get("podIP")
@@ -125,7 +140,7 @@ def deletion_cost_patches(pods: Sequence[Manifest], marked: Iterable[str]) -> di
     patches: dict[str, Manifest] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get("app.kubernetes.io/component") != naming.INFERENCE:
+        if component_of(pod) != naming.INFERENCE:
             continue
         has = (meta.get("annotations") or {}).get(DELETION_COST)
         wanted = IDLE_COST if meta["name"] in marked else None
@@ -201,7 +216,7 @@ class Autoscaler:
         loads, unreadable = self._read_all(
             namespace,
             api_pods,
-            lambda pod: API_PORTS[pod["metadata"]["labels"]["app.kubernetes.io/component"]],
+            lambda pod: API_PORTS[component_of(pod) or ""],
             api_pod_load,
         )
         queue: float | None = None

@@ -155,8 +155,19 @@ def test_idle_inference_pods_are_serving_ones_no_api_pod_streams_from() -> None:
     a = PodLoad(2, replicas={"10.0.0.5:80": 2, "10.0.0.6:80": 0, "10.0.0.7:80": 0})
     b = PodLoad(1, replicas={"10.0.0.6:80": 1})
     assert idle_inference_pods(pods, [a, b], 80) == ["idle", "never-named"]
-    # Another port is another replica (the same address, a different server).
-    assert idle_inference_pods(pods, [a, b], 8000) == ["busy-on-a", "busy-on-b", "idle", "never-named"]
+    # Streams named on another port are on no inference pod's server: they may be anywhere.
+    assert idle_inference_pods(pods, [a, b], 8000) == []
+
+
+def test_a_stream_through_the_service_leaves_no_pod_known_idle() -> None:
+    # An API pod that has not listed the EndpointSlices yet sends through the Service's address:
+    # that stream may be on any pod.
+    pods = [inference_pod("a", "10.0.0.5"), inference_pod("b", "10.0.0.6")]
+    through_service = PodLoad(1, replicas={"10.96.0.20:8000": 1})
+    assert idle_inference_pods(pods, [through_service], 8000) == []
+    # A stream on a pod that is going away is still a known one.
+    leaving = [*pods, inference_pod("c", "10.0.0.7", ready=False)]
+    assert idle_inference_pods(leaving, [PodLoad(1, replicas={"10.0.0.7:8000": 1})], 8000) == ["a", "b"]
 
 
 def test_deletion_cost_marks_the_chosen_and_unmarks_the_rest_once() -> None:
