@@ -33,9 +33,11 @@ import gradio.queueing
 IDLE_RECHECK_S = 0.5
 
 Loop = Literal["events", "progress"]
-# Set by each of the two loops' tasks for itself: which loop of which queue it is, and its waker.
-_asking: contextvars.ContextVar[tuple[Loop, Any, _Waker] | None] = contextvars.ContextVar(
-    "h2ogpt_gradio_queue_loop", default=None
+# Set by each of the two loops' tasks for itself: which loop of which queue it is, its waker and
+# the task. Tasks the loop starts (each event's) copy the variable with the context; the task
+# recorded keeps their sleeps their own.
+_asking: contextvars.ContextVar[tuple[Loop, Any, _Waker, asyncio.Task[Any] | None] | None] = (
+    contextvars.ContextVar("h2ogpt_gradio_queue_loop", default=None)
 )
 
 
@@ -80,9 +82,11 @@ class _AsyncioWithIdleWaits:
     @staticmethod
     async def sleep(delay: float, result: Any = None) -> Any:
         asking = _asking.get()
-        if asking is not None and _idle(asking[0], asking[1], delay):
-            await asking[2].wait()
-            return result
+        if asking is not None:
+            loop, queue, waker, task = asking
+            if task is asyncio.current_task() and _idle(loop, queue, delay):
+                await waker.wait()
+                return result
         return await asyncio.sleep(delay, result)
 
 
@@ -90,7 +94,7 @@ def _in_loop(
     loop: Loop, queue: Any, waker: _Waker, run: Callable[[], Awaitable[None]]
 ) -> Callable[[], Awaitable[None]]:
     async def marked() -> None:
-        _asking.set((loop, queue, waker))  # in this loop's own task: only its sleeps see it
+        _asking.set((loop, queue, waker, asyncio.current_task()))
         await run()
 
     return marked
