@@ -13,7 +13,16 @@ import pytest
 
 from bench import rag, run_all, summarize
 from bench.common import LatencySummary, markdown_table, percentile
-from bench.openai_proxy import paused, process_state, process_tree
+from bench.openai_proxy import (
+    BEFORE_OPENAI,
+    FILED_COMMIT,
+    Cell,
+    Outcome,
+    paused,
+    process_state,
+    process_tree,
+    targets_verdict,
+)
 
 
 @pytest.mark.parametrize("pct", [0, 5, 50, 95, 99, 100])
@@ -137,3 +146,30 @@ def test_retrieval_corpus_is_deterministic_and_only_its_own_article_holds_a_fact
         assert sum(page.fact in text for text in visible_texts) > 1
     text = "\n\n".join(main_texts[:3])
     assert all(len(chunk) <= 512 for chunk in retrieval_quality.character_chunks(text, 512))
+
+
+def _cell(cpu_ms_per_answer: float) -> Cell:
+    """One round of 100 answers at 1 ms TTFT, costing the server `cpu_ms_per_answer` each."""
+    return Cell([Outcome([0.001] * 100, 100, [], 1.0, 0.1, cpu_ms_per_answer * 100 / 1000)])
+
+
+def test_the_cpu_target_is_judged_only_against_the_filed_code_measured_in_the_same_run() -> None:
+    cells = {("direct", 64): _cell(2.0), ("h2ogpt-openai", 64): _cell(3.0)}
+    names = ["direct", "h2ogpt-openai", BEFORE_OPENAI]
+
+    def cpu_verdict(found: dict[tuple[str, int], Cell], names: list[str], baseline: str | None) -> str:
+        return next(
+            line for line in targets_verdict(found, names, baseline) if "server CPU per answer" in line
+        )
+
+    # Without that code in the run there is nothing to halve against: a figure from another day's
+    # machine would judge the machine, not the code.
+    assert "not judged" in cpu_verdict(cells, names[:2], None)
+    # Beside it, 3.0 ms is 0.75 of its 4.0 ms: missed; 0.50 of 6.0 ms: met.
+    missed = cpu_verdict({**cells, (BEFORE_OPENAI, 64): _cell(4.0)}, names, FILED_COMMIT)
+    assert "0.75 of it (target: halved, <= 0.50: missed)" in missed
+    met = cpu_verdict({**cells, (BEFORE_OPENAI, 64): _cell(6.0)}, names, FILED_COMMIT)
+    assert "0.50 of it (target: halved, <= 0.50: met)" in met
+    # Another baseline (a change's before and after) is compared, not judged.
+    other = cpu_verdict({**cells, (BEFORE_OPENAI, 64): _cell(6.0)}, names, "/tmp/before/api")
+    assert "0.50 of it (not judged" in other
