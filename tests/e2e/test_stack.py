@@ -382,8 +382,31 @@ def _pod_ready(stack: Stack, pod: str, *, not_uid: str = "") -> bool:
 
 
 def test_deleted_inference_pod_is_recreated_and_status_follows(stack: Stack) -> None:
+    """The inference pod is deleted while it streams an answer: the stream either finishes or ends
+    in an OpenAI-shaped error, never as a short answer with no error (llama-cpp-python ends its
+    streams at once when stopped: docs/architecture.md). Then the pod comes back and the CR's status
+    follows."""
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
-    stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
+    client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
+                           max_retries=0, timeout=120)
+    stream = client.chat.completions.create(
+        model=stack.model, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_tokens=400, stream=True)
+    finish, failure, deleted = None, None, False
+    try:
+        for chunk in stream:
+            if chunk.choices:
+                finish = chunk.choices[0].finish_reason or finish
+            if not deleted:  # after the first chunk: the answer is streaming from the pod
+                stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
+                deleted = True
+    except openai.APIError as error:  # the error event our API sends when the backend's stream breaks
+        failure = error.message
+    assert deleted
+    if failure is not None:
+        assert "mid-response" in failure or "finish reason" in failure, failure
+    else:
+        assert finish is not None, "the stream ended with neither a finish reason nor an error"
     seen = wait_for(lambda: _not_ready(stack), 60, "the CR to report the inference not Ready", interval=0.2)
     assert seen["reason"], seen
     stack.wait_ready()
