@@ -87,17 +87,12 @@ def engine_queue(text: str, engine: str) -> float:
     return sum(values)
 
 
-def component_of(pod: Manifest) -> str | None:
-    """The stack component a pod belongs to (its app.kubernetes.io/component label)."""
-    return ((pod.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component")
-
-
 def serving_pods(pods: Sequence[Manifest], component: str) -> list[Manifest]:
     """The component's pods that are Ready and not going away: those the Service sends requests to."""
     serving = []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if component_of(pod) != component:
+        if naming.component_of(pod) != component:
             continue
         if meta.get("deletionTimestamp"):
             continue
@@ -118,19 +113,23 @@ def idle_inference_pods(pods: Sequence[Manifest], api_loads: Sequence[PodLoad], 
     known to be idle.
     """
     busy = {name for load in api_loads for name, count in load.replicas.items() if count > 0}
-    known = {
-        f"{address}:{port}"
-        for pod in pods
-        if component_of(pod) == naming.INFERENCE and (address := (pod.get("status") or {}).get("podIP"))
-    }
+    inference = [pod for pod in pods if naming.component_of(pod) == naming.INFERENCE]
+    known = {replica for pod in inference if (replica := _replica_name(pod, port))}
     if busy - known:
         return []
     idle = []
     for pod in serving_pods(pods, naming.INFERENCE):
-        address = (pod.get("status") or {}).get("podIP")
-        if address and f"{address}:{port}" not in busy:
+        replica = _replica_name(pod, port)
+        if replica and replica not in busy:
             idle.append(pod["metadata"]["name"])
     return sorted(idle)
+
+
+def _replica_name(pod: Manifest, port: int) -> str | None:
+    """How the API pods name an inference pod in their per-replica figures (podIP:port); None before
+    it has an address."""
+    address = (pod.get("status") or {}).get("podIP")
+    return f"{address}:{port}" if address else None
 
 
 def deletion_cost_patches(pods: Sequence[Manifest], marked: Iterable[str]) -> dict[str, Manifest]:
@@ -140,7 +139,7 @@ def deletion_cost_patches(pods: Sequence[Manifest], marked: Iterable[str]) -> di
     patches: dict[str, Manifest] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if component_of(pod) != naming.INFERENCE:
+        if naming.component_of(pod) != naming.INFERENCE:
             continue
         has = (meta.get("annotations") or {}).get(DELETION_COST)
         wanted = IDLE_COST if meta["name"] in marked else None
@@ -216,7 +215,7 @@ class Autoscaler:
         loads, unreadable = self._read_all(
             namespace,
             api_pods,
-            lambda pod: API_PORTS[component_of(pod) or ""],
+            lambda pod: API_PORTS[naming.component_of(pod) or ""],
             api_pod_load,
         )
         queue: float | None = None

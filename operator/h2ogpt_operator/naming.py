@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 FIELD_MANAGER = "h2ogpt-operator"
 MANAGED_BY = "h2ogpt-operator"
 CHECKSUM_ANNOTATION = "h2ogpt.dev/config-checksum"
@@ -60,6 +63,11 @@ def selector_labels(cr_name: str, component: str) -> dict[str, str]:
         "app.kubernetes.io/instance": cr_name,
         "app.kubernetes.io/component": component,
     }
+
+
+def component_of(obj: Mapping[str, Any]) -> str | None:
+    """The stack component an object belongs to (its app.kubernetes.io/component label)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component")
 
 
 def labels(cr_name: str, component: str) -> dict[str, str]:

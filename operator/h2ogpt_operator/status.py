@@ -148,11 +148,7 @@ _API_SECRET_PATHS = {
 
 
 def _component_pods(pods: Sequence[Manifest], component: str) -> list[Manifest]:
-    return [
-        p
-        for p in pods
-        if (p.get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/component") == component
-    ]
+    return [p for p in pods if naming.component_of(p) == component]
 
 
 def inference_verdict(stack: Stack, spec: H2oGPTDeploymentSpec, observed: Observed) -> Verdict:

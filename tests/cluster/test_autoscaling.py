@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.operator_harness import OperatorProcess, items, running_operator, wait_for, wait_ready
 from tests.support.api_server import ApiServer, run_api_server
-from tests.support.cluster import Cluster, get_json_or_none
+from tests.support.cluster import Cluster, get_json_or_none, llamacpp_cr
 from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -75,17 +75,7 @@ def event_reasons(cluster: Cluster, namespace: str) -> list[str]:
 
 def llamacpp_stack(**inference: Any) -> dict[str, Any]:
     """The stack these tests scale: llama.cpp inference (kwok pods), no Weaviate, no frontend."""
-    return {
-        "apiVersion": "h2ogpt.dev/v1alpha1",
-        "kind": "H2oGPTDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "model": {"name": "org/model"},
-            "inference": {"engine": "llamacpp", **inference},
-            "retrieval": {"enabled": False},
-            "frontend": {"enabled": False},
-        },
-    }
+    return llamacpp_cr(NAME, inference, frontend={"enabled": False})
 
 
 def held(api: ApiServer) -> float:

@@ -36,7 +36,7 @@ from tests.cluster.operator_harness import (
     wait_ready,
 )
 from tests.support.api_server import run_api_server
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, llamacpp_cr
 from tests.support.tgi_fake import RunningFake, TgiFake
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -55,16 +55,7 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def stack(replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "h2ogpt.dev/v1alpha1",
-        "kind": "H2oGPTDeployment",
-        "metadata": {"name": NAME},
-        "spec": {
-            "model": {"name": "org/model"},
-            "inference": {"engine": "llamacpp", "replicas": replicas},
-            "retrieval": {"enabled": False},
-        },
-    }
+    return llamacpp_cr(NAME, {"replicas": replicas})
 
 
 def identity(cluster: Cluster, namespace: str) -> list[str]:

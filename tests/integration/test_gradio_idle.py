@@ -3,14 +3,13 @@ nothing happens is measured, and a call after a quiet moment starts as fast as c
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from bench.openai_proxy import process_cpu
 from tests.support.api_server import ApiServer, ApiServerFactory
 from tests.support.tgi_fake import RunningFake
 
@@ -24,12 +23,6 @@ FIRST_EVENT_LIMIT_S = 0.25
 @pytest.fixture(scope="module")
 def server(api_server_factory: ApiServerFactory, tgi_fake: RunningFake) -> ApiServer:
     return api_server_factory(["--gradio", "True", "--inference_server", tgi_fake.url])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (/proc/PID/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def first_event_s(gradio_url: str) -> float:
@@ -48,9 +41,9 @@ def test_an_idle_gradio_side_uses_almost_no_cpu(server: ApiServer) -> None:
     assert server.gradio_url is not None
     first_event_s(server.gradio_url)  # everything imported and warm
     time.sleep(1.0)
-    before, started = cpu_seconds(server.process.pid), time.monotonic()
+    before, started = process_cpu(server.process.pid), time.monotonic()
     time.sleep(6.0)
-    share = (cpu_seconds(server.process.pid) - before) / (time.monotonic() - started)
+    share = (process_cpu(server.process.pid) - before) / (time.monotonic() - started)
     assert share < IDLE_CPU_LIMIT, f"idle, the server used {share:.1%} of a core"
 
 

@@ -142,3 +142,19 @@ def condition(cr: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
         if cond.get("type") == kind:
             return dict(cond)
     return None
+
+
+def llamacpp_cr(name: str, inference: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """An H2oGPTDeployment with llama.cpp inference (on kwok nodes its pods never run a process) and
+    no Weaviate; `spec` adds or replaces other top-level fields (e.g. frontend)."""
+    return {
+        "apiVersion": "h2ogpt.dev/v1alpha1",
+        "kind": "H2oGPTDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "org/model"},
+            "inference": {"engine": "llamacpp", **inference},
+            "retrieval": {"enabled": False},
+            **spec,
+        },
+    }
