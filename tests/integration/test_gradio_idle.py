@@ -3,7 +3,6 @@ nothing happens is measured, and a call after a quiet moment starts as fast as c
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import httpx
@@ -15,8 +14,11 @@ from tests.support.tgi_fake import RunningFake
 
 # Gradio's two polling loops cost this server 3.7% of a core while idle (0.3% with them waiting).
 IDLE_CPU_LIMIT = 0.015
-# A queued call's first event comes about 0.05 s after its POST here. A loop wait that the push did
-# not end would end at queue_idle.IDLE_RECHECK_S (0.5 s): seen at 0.38 to 0.50 s with the wake off.
+# A queued call's first event comes about 0.05 s after its POST on a quiet machine, and 0.2 to 0.3 s
+# while the rest of the suite loads both cores. A loop wait that the push did not end would end at
+# queue_idle.IDLE_RECHECK_S (0.5 s): every call after a quiet moment took 0.38 to 0.50 s with the
+# wake off. Load only ever adds time, so the fastest of five calls is judged: with the wake off even
+# the fastest waits, and with it on one call of five on a free core is enough.
 FIRST_EVENT_LIMIT_S = 0.25
 
 
@@ -54,5 +56,5 @@ def test_calls_start_at_once_in_a_row_and_after_a_quiet_moment(server: ApiServer
     for _ in range(5):
         time.sleep(0.6)  # both queue loops are waiting by now
         after_quiet.append(first_event_s(server.gradio_url))
-    assert statistics.median(in_a_row) < FIRST_EVENT_LIMIT_S, in_a_row
-    assert statistics.median(after_quiet) < FIRST_EVENT_LIMIT_S, after_quiet
+    assert min(in_a_row) < FIRST_EVENT_LIMIT_S, in_a_row
+    assert min(after_quiet) < FIRST_EVENT_LIMIT_S, after_quiet
