@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -534,6 +535,30 @@ def test_llamacpp_image_serves_the_model_and_a_chat_completion(
         assert answer.usage.completion_tokens > 0
         status = Path(f"/proc/{server.process.pid}/status").read_text()
         assert re.search(r"^Uid:\s+10001\s", status, re.M), status
+        # Stopped while it streams (a pod's SIGTERM), the server finishes the answer and then exits
+        # by itself (images/llamacpp/serve.py); llama_cpp.server alone ends the stream at once.
+        stream = client.chat.completions.create(
+            model=LLAMA_ALIAS,
+            messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+            max_tokens=200,
+            temperature=0,
+            stream=True,
+        )
+        pieces, finish, stopped_at = [], None, None
+        for chunk in stream:
+            if not chunk.choices:
+                continue
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+            if stopped_at is None and "".join(pieces):
+                server.process.send_signal(signal.SIGTERM)
+                stopped_at = len(pieces)
+        assert stopped_at is not None
+        assert finish is not None, f"the stream ended after {len(pieces)} chunks with no finish reason"
+        assert len(pieces) > stopped_at + 10, (stopped_at, len(pieces))
+        # uvicorn re-raises the SIGTERM it handled once its shutdown is complete.
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM), server.log()
+        assert "Finished server process" in server.log()
         assert "Traceback" not in server.log()
 
 

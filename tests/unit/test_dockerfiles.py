@@ -40,8 +40,10 @@ IMAGES = {
         copies=frozenset({(".build/images/weaviate/weaviate-server", "/usr/local/bin/weaviate-server")}),
     ),
     "llamacpp": Expected(
-        ("python3", "-m", "llama_cpp.server"), {"8000"}, {"python3", "libgomp1"},
-        copies=frozenset({("/opt/venv", "/opt/venv"), ("/models", "/models")}),
+        ("python3", "/opt/h2ogpt/serve.py"), {"8000"}, {"python3", "libgomp1"},
+        copies=frozenset({
+            ("/opt/venv", "/opt/venv"), ("/models", "/models"), ("/opt/h2ogpt", "/opt/h2ogpt"),
+        }),
     ),
 }  # fmt: skip
 DEFAULT_BASE = "python:3.11-slim-bookworm"
@@ -271,6 +273,7 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
         "operator/h2ogpt_operator/cli.py",
         ".build/images/weaviate/weaviate-server",
         ".build/images/llamacpp/llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl",
+        "images/llamacpp/serve.py",
     ):
         assert dockerignore_includes(kept, patterns), kept
     for dropped in (
@@ -285,6 +288,7 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
         "h2ogpt_platform.egg-info/PKG-INFO",
         ".build/other/file",
         ".build/images/weaviate/weaviate-server.partial",
+        "images/llamacpp/Dockerfile",
     ):
         assert not dockerignore_includes(dropped, patterns), dropped
 
