@@ -19,6 +19,7 @@ from kubernetes.utils.quantity import parse_quantity
 from h2ogpt_operator import naming
 from h2ogpt_operator.config import OperatorConfig
 from h2ogpt_operator.models import (
+    ANSWER_GRACE_S,
     API_DRAIN_S,
     GPU_ENGINES,
     IN_CLUSTER_ENGINES,
@@ -610,6 +611,19 @@ def _llamacpp_pod_spec(spec: H2oGPTDeploymentSpec, config: OperatorConfig) -> Ma
     return pod_spec
 
 
+def inference_grace_seconds(spec: H2oGPTDeploymentSpec) -> int | None:
+    """The inference pods' terminationGracePeriodSeconds; None leaves Kubernetes' 30 s.
+
+    The llama.cpp image finishes the answers in flight when stopped, so it gets the time an api pod
+    gives them. TGI and vLLM keep Kubernetes' default unless set: writing one into their template
+    would make an operator upgrade restart every GPU pod (Recreate: the model loads again).
+    """
+    explicit = spec.inference.termination_grace_period_seconds
+    if explicit is not None:
+        return explicit
+    return ANSWER_GRACE_S if spec.inference.engine == "llamacpp" else None
+
+
 def build_inference_deployment(
     stack: Stack,
     spec: H2oGPTDeploymentSpec,
@@ -635,6 +649,8 @@ def build_inference_deployment(
         pod_spec["affinity"] = inference.affinity
     if inference.runtime_class_name:
         pod_spec["runtimeClassName"] = inference.runtime_class_name
+    if (grace := inference_grace_seconds(spec)) is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
     # The template holds every inference setting; hashing it (not the replica count) marks a real change.
     # The HF token (and any Secret in `inference.env`) is read at start: its digest rolls the pods too.
     parts: list[Mapping[str, Any]] = [pod_spec["containers"][0], pod_spec]

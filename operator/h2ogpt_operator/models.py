@@ -184,6 +184,15 @@ class AutoscalingSpec(CrdModel):
         return self
 
 
+# A stopping api pod serves this long more, each answer closing its connection (h2ogpt_api.draining):
+# kube-proxy drops the pod meanwhile, and keep-alive clients reconnect to a pod that stays instead of
+# crossing the server's close of an idle connection.
+API_DRAIN_S = 5
+# How long, by default, the answers still streaming on a stopping pod get to finish: on an api pod
+# after its drain, and on a llama.cpp pod (its image finishes them: images/llamacpp/serve.py).
+ANSWER_GRACE_S = 120
+
+
 class InferenceSpec(CrdModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -243,6 +252,13 @@ class InferenceSpec(CrdModel):
         default=None,
         description="Set the replicas from the load instead of `replicas` (which is then only the count "
         "at creation, kept within min and max).",
+    )
+    termination_grace_period_seconds: int | None = Field(
+        default=None, ge=1, le=86_400,
+        description="How long a stopping inference pod (a rollout, a scale-in, a node drain) has to finish "
+        "the answers it is streaming; what is left at this limit is cut. A pod with nothing in flight exits "
+        f"at once. Default: {ANSWER_GRACE_S} for llamacpp, whose image finishes its answers; for tgi and "
+        "vllm, Kubernetes' 30 (what their servers do on SIGTERM is up to them).",
     )
 
     @model_validator(mode="after")
@@ -361,10 +377,6 @@ class ServiceSpec(CrdModel):
     )
 
 
-# A stopping api pod serves this long more, each answer closing its connection (h2ogpt_api.draining):
-# kube-proxy drops the pod meanwhile, and keep-alive clients reconnect to a pod that stays instead of
-# crossing the server's close of an idle connection.
-API_DRAIN_S = 5
 
 
 class ApiComponentSpec(CrdModel):
@@ -374,7 +386,7 @@ class ApiComponentSpec(CrdModel):
     resources: ResourceRequirements = section(ResourceRequirements)
     service: ServiceSpec = section(ServiceSpec)
     termination_grace_period_seconds: int = Field(
-        default=API_DRAIN_S + 120, ge=API_DRAIN_S + 1, le=86_400,
+        default=API_DRAIN_S + ANSWER_GRACE_S, ge=API_DRAIN_S + 1, le=86_400,
         description=f"How long a stopping api pod (a rollout, a scale-in) has: {API_DRAIN_S} s of drain, "
         "then the answers still streaming finish, and what is left at this limit is cut. A pod with "
         "nothing in flight exits after the drain. Raise it for answers that take longer.",

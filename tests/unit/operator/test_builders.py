@@ -285,6 +285,30 @@ def test_api_pods_have_the_grace_period_the_cr_gives_each() -> None:
         spec_of(frontend={"terminationGracePeriodSeconds": builders.API_DRAIN_S})
 
 
+@pytest.mark.parametrize(
+    ("inference", "expected"),
+    [
+        # The llama.cpp image finishes its answers when stopped: they get what an api pod gives them.
+        ({"engine": "llamacpp"}, 120),
+        ({"engine": "llamacpp", "terminationGracePeriodSeconds": 600}, 600),
+        # TGI and vLLM keep Kubernetes' default unless asked: an upgrade must not restart GPU pods.
+        ({"engine": "tgi"}, None),
+        ({"engine": "vllm"}, None),
+        ({"engine": "vllm", "terminationGracePeriodSeconds": 300}, 300),
+    ],
+)
+def test_inference_pods_grace_period(inference: dict[str, Any], expected: int | None) -> None:
+    deployment = builders.build_inference_deployment(STACK, spec_of(inference=inference), CONFIG)
+    assert deployment is not None
+    assert deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") == expected
+
+
+def test_inference_grace_period_is_a_positive_number_of_seconds() -> None:
+    for bad in (0, -5, 86_401):
+        with pytest.raises(ValidationError):
+            spec_of(inference={"engine": "llamacpp", "terminationGracePeriodSeconds": bad})
+
+
 def test_tgi_deployment_requests_gpus_and_mounts_cache() -> None:
     spec = spec_of(
         model={"name": "org/model", "maxSeqLen": 8192, "hfTokenSecretRef": {"name": "hf"}},
