@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import functools
 import json
 import os
 import threading
@@ -32,7 +33,7 @@ from h2ogpt_api.backends.base import CONNECT_TIMEOUT_S
 from h2ogpt_client import GradioClient
 from h2ogpt_operator.builders import API_DRAIN_S
 
-from tests.support.cluster import Cluster, condition, must_get_json, wait_for
+from tests.support.cluster import Cluster, answers_ok, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
 from tests.support.leak_sweep import SWEEP
 from tests.support.prometheus import Prometheus
@@ -117,7 +118,14 @@ def stack(cluster: Cluster, operator_release: tuple[str, str]) -> Stack:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sample))
     handle = Stack(cluster, operator_ns, namespace, name, sample["spec"]["model"]["name"], api_key="")
     handle.wait_ready()
-    record_timing("kubectl apply -> Ready=True (llamacpp stack, cold)", time.monotonic() - started)
+    ready = time.monotonic()
+    record_timing("kubectl apply -> Ready=True (llamacpp stack, cold)", ready - started)
+    # The tests reach the stack from the host through its ClusterIPs, which the node's proxy programs
+    # from the EndpointSlices after the pods are Ready: a request at once could find no route yet.
+    for component, port in (("openai", 5000), ("gradio", 7860)):
+        health = handle.service_url(component, port) + "/health"
+        wait_for(functools.partial(answers_ok, health), 60, f"the {component} ClusterIP to answer")
+    record_timing("Ready=True -> both api ClusterIPs answer from the host", time.monotonic() - ready)
     secret = must_get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
     keys = json.loads(_b64(secret["data"]["H2OGPT_H2OGPT_API_KEYS"]))
     return Stack(cluster, operator_ns, namespace, name, handle.model, api_key=keys[0])
@@ -382,31 +390,27 @@ def _pod_ready(stack: Stack, pod: str, *, not_uid: str = "") -> bool:
 
 
 def test_deleted_inference_pod_is_recreated_and_status_follows(stack: Stack) -> None:
-    """The inference pod is deleted while it streams an answer: the stream either finishes or ends
-    in an OpenAI-shaped error, never as a short answer with no error (llama-cpp-python ends its
-    streams at once when stopped: docs/architecture.md). Then the pod comes back and the CR's status
-    follows."""
+    """The inference pod is deleted while it streams an answer: the answer still arrives whole (the
+    llama.cpp image finishes its streams when stopped, within the pod's grace period:
+    docs/architecture.md). Then a new pod comes and the CR's status follows."""
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
     client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
                            max_retries=0, timeout=120)
     stream = client.chat.completions.create(
         model=stack.model, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-        max_tokens=400, stream=True)
-    finish, failure, deleted = None, None, False
-    try:
-        for chunk in stream:
-            if chunk.choices:
-                finish = chunk.choices[0].finish_reason or finish
-            if not deleted:  # after the first chunk: the answer is streaming from the pod
-                stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
-                deleted = True
-    except openai.APIError as error:  # the error event our API sends when the backend's stream breaks
-        failure = error.message
-    assert deleted
-    if failure is not None:
-        assert "mid-response" in failure or "finish reason" in failure, failure
-    else:
-        assert finish is not None, "the stream ended with neither a finish reason nor an error"
+        max_tokens=400, temperature=0, stream=True)
+    finish, chunks, deleted_at = None, 0, None
+    for chunk in stream:  # an error event would raise openai.APIError here and fail the test
+        if chunk.choices:
+            chunks += 1
+            finish = chunk.choices[0].finish_reason or finish
+        if deleted_at is None and chunks:  # the answer is streaming from the pod
+            stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
+            deleted_at = time.monotonic()
+    assert deleted_at is not None
+    ran_on = time.monotonic() - deleted_at
+    print(f"\nthe stream ran {ran_on:.1f} s past the delete: {chunks} chunks, finish {finish}")
+    assert finish is not None, f"the stream ended after {chunks} chunks with no finish reason"
     seen = wait_for(lambda: _not_ready(stack), 60, "the CR to report the inference not Ready", interval=0.2)
     assert seen["reason"], seen
     stack.wait_ready()
