@@ -255,7 +255,8 @@ class InferenceSpec(CrdModel):
     )
     termination_grace_period_seconds: int | None = Field(
         default=None, ge=1, le=86_400,
-        description="How long a stopping inference pod (a rollout, a scale-in, a node drain) has to finish "
+        description="How long a stopping inference pod (a rollout, a scale-in, a node drain; not used with "
+        "engine external) has to finish "
         "the answers it is streaming; what is left at this limit is cut. A pod with nothing in flight exits "
         f"at once. Default: {ANSWER_GRACE_S} for llamacpp, whose image finishes its answers; for tgi and "
         "vllm, Kubernetes' 30 (what their servers do on SIGTERM is up to them).",
