@@ -259,7 +259,8 @@ class InferenceSpec(CrdModel):
         "engine external) has to finish "
         "the answers it is streaming; what is left at this limit is cut. A pod with nothing in flight exits "
         f"at once. Default: {ANSWER_GRACE_S} for llamacpp, whose image finishes its answers; for tgi and "
-        "vllm, Kubernetes' 30 (what their servers do on SIGTERM is up to them).",
+        "vllm, Kubernetes' 30; TGI finishes its queue for up to 90 s when stopped, so set 100 or more "
+        "there to let its longer answers finish.",
     )
 
     @model_validator(mode="after")
