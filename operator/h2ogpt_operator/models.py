@@ -379,8 +379,6 @@ class ServiceSpec(CrdModel):
     )
 
 
-
-
 class ApiComponentSpec(CrdModel):
     enabled: bool = True
     replicas: int = Field(default=1, ge=0, le=100)

@@ -31,12 +31,13 @@ import yaml
 from gradio_client import Client
 from h2ogpt_api.backends.base import CONNECT_TIMEOUT_S
 from h2ogpt_client import GradioClient
-from h2ogpt_operator.builders import API_DRAIN_S
+from h2ogpt_operator.models import API_DRAIN_S
 
 from tests.support.cluster import Cluster, answers_ok, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
 from tests.support.leak_sweep import SWEEP
 from tests.support.prometheus import Prometheus
+from tests.support.streams import stream_through_a_stop
 from tests.support.timings import record_timing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -71,10 +72,27 @@ class Stack:
         return f"http://{ip}:{port}"
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """The CR Ready for its generation, then its api Services answering from the host."""
+        cr = self.wait_cr_ready(timeout)
+        self.wait_routed(cr)
+        return cr
+
+    def wait_cr_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         try:
             return dict(wait_for(self._ready_cr, timeout, f"{self.name} Ready=True"))
         except AssertionError as error:
             raise AssertionError(f"{error}\n{diagnose(self.cluster, self.namespace)}") from None
+
+    def wait_routed(self, cr: dict[str, Any]) -> None:
+        """Each enabled api Service answers /health through its ClusterIP. The tests reach the stack from
+        the host that way, and the node's proxy programs a ClusterIP from the EndpointSlices after the
+        pods are Ready: a request at once could find no route yet."""
+        for component, key, default_port in (("openai", "openai", 5000), ("gradio", "frontend", 7860)):
+            settings = cr["spec"].get(key) or {}
+            if settings.get("enabled", True):
+                port = (settings.get("service") or {}).get("port") or default_port
+                health = self.service_url(component, port) + "/health"
+                wait_for(functools.partial(answers_ok, health), 60, f"the {component} ClusterIP to answer")
 
     def _ready_cr(self) -> dict[str, Any] | None:
         cr = self.cr()
@@ -117,14 +135,10 @@ def stack(cluster: Cluster, operator_release: tuple[str, str]) -> Stack:
     started = time.monotonic()
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(sample))
     handle = Stack(cluster, operator_ns, namespace, name, sample["spec"]["model"]["name"], api_key="")
-    handle.wait_ready()
+    cr = handle.wait_cr_ready()
     ready = time.monotonic()
     record_timing("kubectl apply -> Ready=True (llamacpp stack, cold)", ready - started)
-    # The tests reach the stack from the host through its ClusterIPs, which the node's proxy programs
-    # from the EndpointSlices after the pods are Ready: a request at once could find no route yet.
-    for component, port in (("openai", 5000), ("gradio", 7860)):
-        health = handle.service_url(component, port) + "/health"
-        wait_for(functools.partial(answers_ok, health), 60, f"the {component} ClusterIP to answer")
+    handle.wait_routed(cr)
     record_timing("Ready=True -> both api ClusterIPs answer from the host", time.monotonic() - ready)
     secret = must_get_json(cluster, "secret", f"{name}-auth", "-n", namespace)
     keys = json.loads(_b64(secret["data"]["H2OGPT_H2OGPT_API_KEYS"]))
@@ -396,21 +410,13 @@ def test_deleted_inference_pod_is_recreated_and_status_follows(stack: Stack) -> 
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
     client = openai.OpenAI(base_url=stack.service_url("openai", 5000) + "/v1", api_key=stack.api_key,
                            max_retries=0, timeout=120)
-    stream = client.chat.completions.create(
-        model=stack.model, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-        max_tokens=400, temperature=0, stream=True)
-    finish, chunks, deleted_at = None, 0, None
-    for chunk in stream:  # an error event would raise openai.APIError here and fail the test
-        if chunk.choices:
-            chunks += 1
-            finish = chunk.choices[0].finish_reason or finish
-        if deleted_at is None and chunks:  # the answer is streaming from the pod
-            stack.cluster.kubectl("delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false")
-            deleted_at = time.monotonic()
-    assert deleted_at is not None
-    ran_on = time.monotonic() - deleted_at
-    print(f"\nthe stream ran {ran_on:.1f} s past the delete: {chunks} chunks, finish {finish}")
-    assert finish is not None, f"the stream ended after {chunks} chunks with no finish reason"
+    # The answer is streaming from the pod when it is deleted; an error event would fail the test.
+    stopped = stream_through_a_stop(client, stack.model, 400, lambda: stack.cluster.kubectl(
+        "delete", "pod", "-n", stack.namespace, "-l", selector, "--wait=false"))
+    assert stopped.chunks_at_stop is not None
+    print(f"\nthe stream ran {stopped.ran_on_s:.1f} s past the delete: {stopped.chunks} chunks, "
+          f"finish {stopped.finish_reason}")
+    assert stopped.finish_reason is not None, f"the stream ended with no finish reason: {stopped}"
     seen = wait_for(lambda: _not_ready(stack), 60, "the CR to report the inference not Ready", interval=0.2)
     assert seen["reason"], seen
     stack.wait_ready()

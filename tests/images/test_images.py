@@ -48,6 +48,7 @@ from tests.support.images import (
     run_images_script,
     runtime_mounts,
 )
+from tests.support.streams import stream_through_a_stop
 from tests.support.tgi_fake import RunningFake
 
 # A cold build takes minutes; pytest-timeout counts the session fixture's build in the first test.
@@ -537,25 +538,12 @@ def test_llamacpp_image_serves_the_model_and_a_chat_completion(
         assert re.search(r"^Uid:\s+10001\s", status, re.M), status
         # Stopped while it streams (a pod's SIGTERM), the server finishes the answer and then exits
         # by itself (images/llamacpp/serve.py); llama_cpp.server alone ends the stream at once.
-        stream = client.chat.completions.create(
-            model=LLAMA_ALIAS,
-            messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-            max_tokens=200,
-            temperature=0,
-            stream=True,
+        stopped = stream_through_a_stop(
+            client, LLAMA_ALIAS, 200, lambda: server.process.send_signal(signal.SIGTERM)
         )
-        pieces, finish, stopped_at = [], None, None
-        for chunk in stream:
-            if not chunk.choices:
-                continue
-            pieces.append(chunk.choices[0].delta.content or "")
-            finish = chunk.choices[0].finish_reason or finish
-            if stopped_at is None and "".join(pieces):
-                server.process.send_signal(signal.SIGTERM)
-                stopped_at = len(pieces)
-        assert stopped_at is not None
-        assert finish is not None, f"the stream ended after {len(pieces)} chunks with no finish reason"
-        assert len(pieces) > stopped_at + 10, (stopped_at, len(pieces))
+        assert stopped.chunks_at_stop is not None
+        assert stopped.finish_reason is not None, f"the stream ended with no finish reason: {stopped}"
+        assert stopped.chunks > stopped.chunks_at_stop + 10, stopped
         # uvicorn re-raises the SIGTERM it handled once its shutdown is complete.
         assert server.process.wait(timeout=30) in (0, -signal.SIGTERM), server.log()
         assert "Finished server process" in server.log()
