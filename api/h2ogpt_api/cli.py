@@ -128,7 +128,14 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
     except ValueError as exc:
         raise SystemExit(f"h2ogpt-api: {exc}") from None
     async with contextlib.AsyncExitStack() as stack:
-        backend = create_backend(settings)
+        on_hold = None
+        if settings.demand_lease and settings.inference_server:
+            from h2ogpt_api.demand import DemandSignal  # noqa: PLC0415
+
+            demand = DemandSignal(settings.demand_lease)
+            stack.push_async_callback(demand.aclose)
+            on_hold = demand.signal
+        backend = create_backend(settings, on_hold)
         stack.push_async_callback(backend.aclose)
         if settings.inference_endpointslices:
             from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415

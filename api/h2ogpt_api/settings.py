@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from h2ogpt_api.demand import parse_lease
 from h2ogpt_api.h2ogpt_flags import IGNORED_H2OGPT_FLAGS
 from h2ogpt_api.retrieval.url_guard import UrlPolicy
 
@@ -229,6 +230,12 @@ class Settings(BaseModel):
     max_held: int = Field(
         256, ge=1, le=100_000, description="requests held at once while no replica is ready; more get 503"
     )
+    demand_lease: str = Field(
+        "",
+        description="<namespace>/<name>: renew this Lease when a request starts being held, so the "
+        "operator scales from zero at once instead of at its next poll (demand.py; needs --hold_seconds); "
+        "empty = no signal",
+    )
     keepalive_seconds: float = Field(
         10.0,
         gt=0,
@@ -338,6 +345,19 @@ class Settings(BaseModel):
 
     def url_policy(self) -> UrlPolicy:
         return UrlPolicy.from_settings(self.allowed_url_hosts, self.blocked_url_cidrs)
+
+    @field_validator("demand_lease")
+    @classmethod
+    def _demand_lease_named(cls, value: str) -> str:
+        if value:
+            parse_lease(value)
+        return value
+
+    @model_validator(mode="after")
+    def _demand_lease_holds(self) -> Settings:
+        if self.demand_lease and self.hold_seconds <= 0:
+            raise ValueError("--demand_lease signals held requests: it needs --hold_seconds > 0")
+        return self
 
     @model_validator(mode="after")
     def _embedding_model_available(self) -> Settings:

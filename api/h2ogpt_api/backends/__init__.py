@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from h2ogpt_api.backends.base import Backend, BackendError
@@ -12,10 +13,11 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "BackendError", "create_backend", "create_server_backend"]
 
 
-def create_backend(settings: Settings) -> Backend:
+def create_backend(settings: Settings, on_hold: Callable[[], None] | None = None) -> Backend:
     """The backend `--inference_server` names (several comma-separated servers are replicas behind
     one `RoutedBackend`), holding requests while it has no ready replica when `--hold_seconds` is
-    set (the embedded model is always there: never held)."""
+    set (the embedded model is always there: never held); `on_hold` is called as a request starts
+    being held."""
     backend = _routed_or_single_backend(settings)
     if settings.hold_seconds > 0 and settings.inference_server:
         from h2ogpt_api.backends.holding import HoldingBackend  # noqa: PLC0415
@@ -25,6 +27,7 @@ def create_backend(settings: Settings) -> Backend:
             hold_seconds=settings.hold_seconds,
             max_held=settings.max_held,
             keepalive_seconds=settings.keepalive_seconds,
+            on_hold=on_hold,
         )
     return backend
 

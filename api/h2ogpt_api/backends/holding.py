@@ -8,10 +8,11 @@ call is safe to send again: the request is held and retried until the server ans
 cut and resent).
 
 While held, the request counts in `h2ogpt_api_held_requests`, the signal the operator's
-autoscaler reads to scale a stack from zero to one. Every `--keepalive_seconds` it yields a
-`Held` event, which the OpenAI door turns into an SSE comment so an idle proxy does not cut the
-stream. At most `--max_held` requests are held at once; one more is refused at once. Refusals
-and time-outs are `NoReplicaError`s: 503 with `Retry-After`.
+autoscaler reads to scale a stack from zero to one; `on_hold` is called as each request starts
+being held (demand.py renews the stack's demand Lease, so the operator reads that gauge at once).
+Every `--keepalive_seconds` it yields a `Held` event, which the OpenAI door turns into an SSE
+comment so an idle proxy does not cut the stream. At most `--max_held` requests are held at once;
+one more is refused at once. Refusals and time-outs are `NoReplicaError`s: 503 with `Retry-After`.
 
 Retries back off from 0.1 s to 1 s, and the first request that gets through wakes every other
 held request at once, so 200 held requests cost ~200 connection attempts a second at worst
@@ -24,7 +25,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from h2ogpt_api import metrics
 from h2ogpt_api.backends.base import Backend, BackendError, BackendEvent, BackendRequest, Held, OutputOptions
@@ -43,9 +44,16 @@ class NoReplicaError(BackendError):
 
 class HoldingBackend:
     def __init__(
-        self, inner: Backend, *, hold_seconds: float, max_held: int, keepalive_seconds: float
+        self,
+        inner: Backend,
+        *,
+        hold_seconds: float,
+        max_held: int,
+        keepalive_seconds: float,
+        on_hold: Callable[[], None] | None = None,
     ) -> None:
         self._inner = inner
+        self._on_hold = on_hold
         self._hold_seconds = hold_seconds
         self._max_held = max_held
         self._keepalive_seconds = keepalive_seconds
@@ -101,6 +109,8 @@ class HoldingBackend:
             )
         self._held += 1
         metrics.HELD_REQUESTS.inc()
+        if self._on_hold is not None:
+            self._on_hold()
         return time.monotonic()
 
     def _release(self, since: float, outcome: str) -> None:

@@ -86,6 +86,8 @@ def test_redacted_hides_keys_and_inline_passwords() -> None:
         (["--inference_server", "ftp://x"], "--inference_server"),
         (["--langchain_modes", "['LLM'"], "--langchain_modes"),
         (["--langchain_mode", "UserData", "--langchain_modes", "['LLM']"], "is not one of --langchain_modes"),
+        (["--hold_seconds", "60", "--demand_lease", "no-namespace"], "expected <namespace>/<name>"),
+        (["--demand_lease", "team-a/demo-demand"], "it needs --hold_seconds > 0"),
     ],
 )
 def test_bad_input_fails_with_one_clear_line(argv: list[str], message: str) -> None:

@@ -1,0 +1,107 @@
+"""Tell the operator at once that requests wait for a replica (scale from zero), instead of at its poll.
+
+The operator reads the API pods' held-requests gauge every `--autoscale-interval-seconds` (15 s by
+default), so a first request at zero replicas used to wait most of that interval before a replica
+was even asked for. `--demand_lease <namespace>/<name>` names a Lease the operator creates for a
+stack that can scale to zero and watches; when this process starts holding a request it renews that
+Lease (`holderIdentity`: this pod, `renewTime`: now), and the operator's watch event makes it read
+the API pods' figures and decide right away. The decision itself is unchanged: the Lease carries no
+count, only "look now", so a stale or forged renewal costs one early look and nothing more.
+
+Why a Lease: it is the object Kubernetes has for small, frequent writes by many holders (node
+heartbeats, leader election), and RBAC can grant `patch` on that one name and nothing else (the
+stack's api Role does). At most one renewal per `RENEW_EVERY_S` per process; a failed one is logged
+and the operator's poll still sees the held requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("h2ogpt_api.demand")
+
+# A held request renews at most this often: a burst of 200 held requests is one write, and while
+# requests keep arriving at zero replicas (the operator restarting, say) it is renewed again.
+RENEW_EVERY_S = 5.0
+
+
+def parse_lease(target: str) -> tuple[str, str]:
+    """`<namespace>/<name>` -> (namespace, name)."""
+    namespace, _, name = target.partition("/")
+    if not namespace or not name or "/" in name:
+        raise ValueError(f"--demand_lease {target!r}: expected <namespace>/<name>")
+    return namespace, name
+
+
+def renewal(identity: str, now: float) -> dict[str, Any]:
+    """The merge patch that renews the Lease: who asked and when (MicroTime, as Kubernetes writes it)."""
+    stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"spec": {"holderIdentity": identity, "renewTime": stamp}}
+
+
+class DemandSignal:
+    """`signal()` (on the event loop, cheap, never raises) renews the Lease in the background."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        identity: str | None = None,
+        kubeconfig: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.namespace, self.name = parse_lease(target)
+        self.identity = identity or socket.gethostname()  # the pod's name in a pod
+        self._kubeconfig = kubeconfig
+        self._clock = clock
+        self._last: float | None = None
+        self._client: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.renewed = 0  # renewals that reached the apiserver (tests read it)
+
+    def signal(self) -> None:
+        now = self._clock()
+        if self._last is not None and now - self._last < RENEW_EVERY_S:
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self._last = now
+        self._task = asyncio.create_task(self._renew(), name="demand-lease-renewal")
+
+    async def _renew(self) -> None:
+        # lightkube, as for the EndpointSlice watch (endpointslices.py); imported only in the cluster.
+        from lightkube import AsyncClient, KubeConfig  # noqa: PLC0415
+        from lightkube.resources.coordination_v1 import Lease  # noqa: PLC0415
+        from lightkube.types import PatchType  # noqa: PLC0415
+
+        try:
+            if self._client is None:
+                config = KubeConfig.from_file(self._kubeconfig) if self._kubeconfig else KubeConfig.from_env()
+                self._client = AsyncClient(config=config, namespace=self.namespace)
+            await self._client.patch(
+                Lease, self.name, renewal(self.identity, time.time()),
+                namespace=self.namespace, patch_type=PatchType.MERGE,
+            )  # fmt: skip
+            self.renewed += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "renewing the demand Lease %s/%s failed (%s: %s); the operator's poll will see the "
+                "held requests instead", self.namespace, self.name, type(exc).__name__, exc,
+            )  # fmt: skip
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.close()

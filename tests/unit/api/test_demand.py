@@ -1,0 +1,105 @@
+"""The demand signal's own logic: its target, its patch, how often it renews, and when holding calls it.
+The renewal against a real apiserver, with the api pods' RBAC, is tests/cluster/test_autoscaling.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+import pytest
+from h2ogpt_api.backends.base import (
+    BackendError,
+    BackendEvent,
+    BackendRequest,
+    Sampling,
+    StreamEnd,
+    TokenDelta,
+)
+from h2ogpt_api.backends.holding import HoldingBackend
+from h2ogpt_api.demand import RENEW_EVERY_S, DemandSignal, parse_lease, renewal
+
+
+def test_the_lease_is_named_namespace_slash_name() -> None:
+    assert parse_lease("team-a/demo-demand") == ("team-a", "demo-demand")
+    for bad in ("demo-demand", "/demo-demand", "team-a/", "team-a/x/y"):
+        with pytest.raises(ValueError, match="expected <namespace>/<name>"):
+            parse_lease(bad)
+
+
+def test_a_renewal_names_the_holder_and_the_time_as_kubernetes_writes_microtime() -> None:
+    assert renewal("demo-openai-5c9d-x2", 1_764_642_000.25) == {
+        "spec": {"holderIdentity": "demo-openai-5c9d-x2", "renewTime": "2025-12-02T02:20:00.250000Z"}
+    }
+
+
+class _Counted(DemandSignal):
+    """Counts renewals instead of sending them (what `signal` decides is tested, not the patch)."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__("team-a/demo-demand", identity="pod", clock=lambda: clock[0])
+        self.sent = 0
+
+    async def _renew(self) -> None:
+        self.sent += 1
+
+
+def test_a_burst_renews_once_and_a_later_hold_again() -> None:
+    async def scenario() -> list[int]:
+        clock = [100.0]
+        signal = _Counted(clock)
+        sent = []
+        for _ in range(200):  # a burst of held requests
+            signal.signal()
+        await asyncio.sleep(0)
+        sent.append(signal.sent)
+        clock[0] += RENEW_EVERY_S - 0.1
+        signal.signal()
+        await asyncio.sleep(0)
+        sent.append(signal.sent)
+        clock[0] += 0.2
+        signal.signal()
+        await asyncio.sleep(0)
+        sent.append(signal.sent)
+        await signal.aclose()
+        return sent
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+
+
+class _StartsLate:
+    """A networked backend that refuses (`unavailable`) until `up` is set: a replica starting."""
+
+    kind = "tgi"
+    model_name = "m"
+
+    def __init__(self) -> None:
+        self.up = asyncio.Event()
+
+    async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+        if not self.up.is_set():
+            raise BackendError("unavailable", "connection refused")
+        yield TokenDelta("hi")
+        yield StreamEnd(prompt_tokens=1, completion_tokens=1, finish_reason="stop")
+
+
+def test_holding_calls_on_hold_once_per_request_held_and_not_for_one_answered() -> None:
+    async def scenario() -> tuple[int, int]:
+        inner = _StartsLate()
+        calls: list[None] = []
+        backend = HoldingBackend(
+            inner, hold_seconds=30, max_held=10, keepalive_seconds=10, on_hold=lambda: calls.append(None)
+        )
+        request = BackendRequest(messages=(), sampling=Sampling(max_new_tokens=1), prompt="q")
+
+        async def answer() -> list[BackendEvent]:
+            return [event async for event in backend.stream(request)]
+
+        held = [asyncio.create_task(answer()) for _ in range(3)]
+        await asyncio.sleep(0.35)  # several retries each: still one call per request
+        inner.up.set()
+        await asyncio.gather(*held)
+        while_held = len(calls)
+        await answer()  # a replica is up: nothing is held
+        return while_held, len(calls)
+
+    assert asyncio.run(scenario()) == (3, 3)
