@@ -12,11 +12,16 @@ ReplicaSet removes them and not a pod that is streaming. A new decision is writt
 reconciled, and the reconciler applies the count to the inference Deployment
 (`builders.inference_replicas`): one writer of the replicas, so nothing fights over them.
 A decision that changes nothing writes nothing, so an idle stack costs reads only.
+
+A stack that can scale to zero is also looked at as soon as its api pods start holding a request:
+they renew its demand Lease (api demand.py), the Lease's watch event calls `wake`, and the next look
+comes now instead of up to an interval later. The look and the decision are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
@@ -194,6 +199,8 @@ class Autoscaler:
         self.read: MetricsReader = read or kube.pod_proxy_text
         self.clock = clock
         self.memory: dict[Key, Memory] = {}
+        self._woken: set[Key] = set()
+        self._wakeup = asyncio.Event()
 
     def _read_all(self, namespace: str, pods: Sequence[Manifest], port: Callable[[Manifest], int],
                   parse: Callable[[str], Any]) -> tuple[list[Any], int]:
@@ -235,13 +242,30 @@ class Autoscaler:
             idle = idle_inference_pods(pods, loads, port)
         return Load(api_pods=loads, unreadable=unreadable, engine_queue=queue, idle_replicas=len(idle)), idle
 
+    def wake(self, key: Key) -> None:
+        """Look at this stack now rather than at the next interval (its api pods started holding a
+        request). On the event loop, like the watch handler that calls it."""
+        self._woken.add(key)
+        self._wakeup.set()
+
     async def run(self, interval: float, leading: asyncio.Event, reconcile: Callable[[Key], None]) -> None:
-        """Look at every autoscaled stack each `interval`, while leading; a new decision is reconciled."""
+        """Look at every autoscaled stack each `interval`, and at a woken one at once, while leading; a
+        new decision is reconciled."""
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, next_round - loop.time()))
+            self._wakeup.clear()
+            woken, self._woken = self._woken, set()
+            if loop.time() >= next_round:
+                next_round = loop.time() + interval
+                keys = list(self.cache.stack_keys())
+            else:
+                keys = sorted(woken)
             if not leading.is_set():
                 continue
-            for key in self.cache.stack_keys():
+            for key in keys:
                 # Most stacks are not autoscaled: skip those it has nothing to decide or clear for,
                 # before building their view and validating their spec, each interval.
                 if key not in self.memory and not asks_for_autoscaling(self.cache.watched_body(*key)):

@@ -325,7 +325,7 @@ def build_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
         "H2OGPT_SERVER_NAME": "0.0.0.0",
         "H2OGPT_OPENAI_PORT": str(naming.OPENAI_PORT),
         "H2OGPT_GRADIO_PORT": str(naming.GRADIO_PORT),
-        **hold_settings(spec),
+        **hold_settings(stack, spec),
         **routing_settings(stack, spec),
     }
 
@@ -355,12 +355,36 @@ def routing_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]
     return {"H2OGPT_INFERENCE_ENDPOINTSLICES": f"{stack.namespace}/{service}:{INFERENCE_PORT_NAME}"}
 
 
-def hold_settings(spec: H2oGPTDeploymentSpec) -> dict[str, str]:
-    """With autoscaling, the api pods hold requests while no inference replica is ready (scale from zero)."""
+def hold_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
+    """With autoscaling, the api pods hold requests while no inference replica is ready (scale from zero),
+    and where the stack can be at zero they renew its demand Lease as they start holding one."""
     scaling = spec.inference.autoscaling
     if scaling is None:
         return {}
-    return {"H2OGPT_HOLD_SECONDS": str(scaling.hold_seconds), "H2OGPT_MAX_HELD": str(scaling.max_held)}
+    held = {"H2OGPT_HOLD_SECONDS": str(scaling.hold_seconds), "H2OGPT_MAX_HELD": str(scaling.max_held)}
+    if scales_to_zero(spec):
+        held["H2OGPT_DEMAND_LEASE"] = f"{stack.namespace}/{naming.child_name(stack.name, naming.DEMAND)}"
+    return held
+
+
+def scales_to_zero(spec: H2oGPTDeploymentSpec) -> bool:
+    """Whether the stack's inference can be at zero replicas, where a request waits for the operator to
+    ask for one: autoscaling with `minReplicas: 0`."""
+    scaling = spec.inference.autoscaling
+    return _runs_inference(spec) and scaling is not None and scaling.min_replicas == 0
+
+
+def build_demand_lease(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest | None:
+    """`<cr>-demand`, the Lease the api pods renew when they start holding a request (api demand.py): the
+    operator watches it and reads the api pods' figures at once instead of at its next poll. Created
+    empty: its holder and renew time are the api pods' to write (server-side apply leaves them alone)."""
+    if not scales_to_zero(spec):
+        return None
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": _metadata(stack, naming.DEMAND),
+    }
 
 
 def inference_replicas(spec: H2oGPTDeploymentSpec, decided: int | None = None) -> int:
@@ -957,9 +981,9 @@ def build_api_deployment(
 
 
 def api_service_account(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest:
-    """The api pods' identity: `<cr>-api`, its token mounted, when they watch EndpointSlices; else
-    nothing set (the pod spec stays as it was before routing existed)."""
-    if not routes_across_replicas(spec):
+    """The api pods' identity: `<cr>-api`, its token mounted, when they watch EndpointSlices or renew the
+    demand Lease; else nothing set (the pod spec stays as it was before routing existed)."""
+    if not api_rules(stack, spec):
         return {}
     account = naming.child_name(stack.name, naming.API)
     return {
@@ -979,11 +1003,36 @@ ENDPOINTSLICE_READER_RULES: list[Manifest] = [
 ]
 
 
+def demand_lease_rules(stack: Stack) -> list[Manifest]:
+    """Renew the stack's own demand Lease, by name: no other Lease (leader elections, node heartbeats)."""
+    lease = naming.child_name(stack.name, naming.DEMAND)
+    return [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["patch"],
+        }
+    ]
+
+
+def api_rules(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
+    """What the api pods' token may do: watch the inference EndpointSlices where they route across
+    replicas, renew the demand Lease where the stack scales to zero; nothing otherwise."""
+    rules: list[Manifest] = []
+    if routes_across_replicas(spec):
+        rules += ENDPOINTSLICE_READER_RULES
+    if scales_to_zero(spec):
+        rules += demand_lease_rules(stack)
+    return rules
+
+
 def build_api_rbac(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
-    """ServiceAccount, Role and RoleBinding `<cr>-api` for the api pods' EndpointSlice watch; none with
-    one inference replica. The Role is namespaced: the token reads this namespace's slices, nothing else
-    (other stacks' slices in the namespace included: they hold pod addresses, no secret)."""
-    if not routes_across_replicas(spec):
+    """ServiceAccount, Role and RoleBinding `<cr>-api` for the api pods' EndpointSlice watch and demand
+    Lease (`api_rules`); none when they need neither. The Role is namespaced: the token reads this
+    namespace's slices (other stacks' included: they hold pod addresses, no secret) and writes one Lease."""
+    rules = api_rules(stack, spec)
+    if not rules:
         return []
     name = naming.child_name(stack.name, naming.API)
     return [
@@ -992,7 +1041,7 @@ def build_api_rbac(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _metadata(stack, naming.API),
-            "rules": ENDPOINTSLICE_READER_RULES,
+            "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -1172,8 +1221,9 @@ def build_children(
         build_inference_deployment(stack, spec, config, secret_digests, decided_replicas),
         *build_weaviate_services(stack, spec),
         build_weaviate_statefulset(stack, spec, config, secret_digests),
-        # Before the api Deployments: their pods name the ServiceAccount.
+        # Before the api Deployments: their pods name the ServiceAccount (and renew the Lease).
         *build_api_rbac(stack, spec),
+        build_demand_lease(stack, spec),
         build_api_service(stack, spec, naming.OPENAI),
         build_api_deployment(stack, spec, naming.OPENAI, config, secret_digests),
         build_api_service(stack, spec, naming.GRADIO),

@@ -214,7 +214,11 @@ async def run(args: argparse.Namespace) -> int:
     failed = stop_when_one_ends(tasks, stop)
     try:
         await kopf.operator(
-            registry=build_registry(HandlerContext(queue=queue, cache=cache, secret_readers=secret_readers)),
+            registry=build_registry(
+                HandlerContext(
+                    queue=queue, cache=cache, secret_readers=secret_readers, wake_autoscaler=autoscaler.wake
+                )
+            ),
             indexers=cache.indexers,
             standalone=True,
             clusterwide=not args.namespace,

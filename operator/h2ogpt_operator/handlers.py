@@ -1,8 +1,9 @@
-"""kopf handlers: thin. Every watch event only enqueues the stack it concerns.
+"""kopf handlers: thin. Every watch event only enqueues the stack it concerns (a demand Lease renewed
+by an api pod also wakes the autoscaler).
 
 The CR and every labelled child (Deployments, StatefulSets, Services, ConfigMaps, Secrets, PVCs,
-ServiceMonitors, NetworkPolicies, the api pods' ServiceAccounts, Roles and RoleBindings, pods) are
-watched; a child event enqueues its owner by the
+ServiceMonitors, NetworkPolicies, the api pods' ServiceAccounts, Roles and RoleBindings, the demand
+Lease, pods) are watched; a child event enqueues its owner by the
 `app.kubernetes.io/instance` label, so a child deleted or edited by hand is restored within
 seconds. A Secret a stack's pods read (the user's own, referenced by the CR) enqueues that stack
 when it appears, changes or goes. The same watches feed the indexes the reconciler reads
@@ -20,7 +21,7 @@ queue's semaphore can stop every worker without a word.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from h2ogpt_operator.workqueue import Key, WorkQueue
 
 log = logging.getLogger(__name__)
 
+DEMAND_RESOURCE = ("coordination.k8s.io", "v1", "leases")
 CHILD_RESOURCES = [
     *[(group, version, plural) for group, version, plural, _kind in CACHED_CHILDREN],
     SECRET_RESOURCE,
@@ -72,11 +74,17 @@ class SecretReaders:
         return set(self.reading.get((namespace, secret_name), ()))
 
 
+def _ignore(_key: Key) -> None:
+    return None
+
+
 @dataclass
 class HandlerContext:
     queue: WorkQueue
     cache: WatchCache = field(default_factory=WatchCache)
     secret_readers: SecretReaders = field(default_factory=SecretReaders)
+    # The autoscaler's `wake`: a stack's api pods renewed its demand Lease (they hold a request).
+    wake_autoscaler: Callable[[Key], None] = _ignore
 
 
 def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
@@ -118,6 +126,15 @@ def build_registry(context: HandlerContext) -> kopf.OperatorRegistry:
             key = (namespace or "", labels["app.kubernetes.io/instance"])
             if news(key, event):
                 context.queue.add(key)
+
+    # Besides enqueueing the stack like every child event: a renewal by an api pod (not the operator's
+    # own apply, not the listing at start) asks the autoscaler to look at the stack now.
+    @kopf.on.event(*DEMAND_RESOURCE, labels=OURS, id="demand", registry=registry)
+    async def on_demand(event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+        key = (namespace or "", labels["app.kubernetes.io/instance"])
+        renewed = ((event.get("object") or {}).get("spec") or {}).get("renewTime")
+        if event.get("type") == "MODIFIED" and renewed and news(key, event):
+            context.wake_autoscaler(key)
 
     @kopf.on.event(*SECRET_RESOURCE, id="read-secrets", registry=registry)
     async def on_secret(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:

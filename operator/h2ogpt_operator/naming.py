@@ -17,6 +17,7 @@ CONFIG = "config"
 AUTH = "auth"
 MODEL_CACHE = "model-cache"
 API = "api"  # the Gradio and OpenAI pods together (their NetworkPolicy)
+DEMAND = "demand"  # the Lease the api pods renew when they hold a request (scale from zero)
 
 # Each engine's own default port, so its documentation and tooling apply unchanged.
 INFERENCE_PORTS = {"tgi": 80, "vllm": 8000, "llamacpp": 8000}

@@ -90,12 +90,16 @@ def operator_kubeconfig(cluster: Cluster, directory: Path, watch_namespaces: lis
         "apply", "--server-side", "--force-conflicts", "--field-manager=tests", "-f", "-",
         input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
     )  # fmt: skip
-    token = cluster.kubectl("create", "token", release, "-n", LEASE_NAMESPACE, "--duration=6h").stdout.strip()
+    return service_account_kubeconfig(cluster, LEASE_NAMESPACE, release, directory / "operator.kubeconfig")
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig at `path` that acts as ServiceAccount `namespace/account` (a token it was issued)."""
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=6h").stdout.strip()
     config = json.loads(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    config["users"] = [{"name": account, "user": {"token": token}}]
     for context in config["contexts"]:
-        context["context"]["user"] = "operator"
-    path = directory / "operator.kubeconfig"
+        context["context"]["user"] = account
     path.write_text(json.dumps(config))
     path.chmod(0o600)
     return path

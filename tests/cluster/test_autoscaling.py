@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +26,14 @@ from h2ogpt_operator.watchcache import StackView, WatchCache
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster.operator_harness import OperatorProcess, items, running_operator, wait_for, wait_ready
+from tests.cluster.operator_harness import (
+    OperatorProcess,
+    items,
+    running_operator,
+    service_account_kubeconfig,
+    wait_for,
+    wait_ready,
+)
 from tests.support.api_server import ApiServer, run_api_server
 from tests.support.cluster import Cluster, get_json_or_none, llamacpp_cr
 from tests.support.tgi_fake import RunningFake, TgiFake, free_port
@@ -87,8 +96,16 @@ def held(api: ApiServer) -> float:
     return 0.0
 
 
+def lease_spec(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict((get_json_or_none(cluster, "lease", name, "-n", namespace) or {}).get("spec") or {})
+
+
 def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
-    cluster: Cluster, namespace: str, operator: OperatorProcess, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     stack = llamacpp_stack(autoscaling={"minReplicas": 0, "maxReplicas": 3, "scaleDownDelaySeconds": 0,
                                         "holdSeconds": 120, "maxHeld": 32})  # fmt: skip
@@ -108,10 +125,29 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
         "['LLM']",
         "--hold_seconds",
         "120",
+        # What the operator set in the ConfigMap: the stack can be at zero, so it has a demand Lease.
+        "--demand_lease",
+        config["data"]["H2OGPT_DEMAND_LEASE"],
     ]
+    assert config["data"]["H2OGPT_DEMAND_LEASE"] == f"{namespace}/{NAME}-demand"
+    assert lease_spec(cluster, namespace, f"{NAME}-demand") == {}  # created empty
+    # The API renews it as the stack's api pods would: with their ServiceAccount's token, so with
+    # exactly the Role the operator gave them.
+    account = f"{NAME}-api"
+    api_kubeconfig = service_account_kubeconfig(cluster, namespace, account, tmp_path / "api.kubeconfig")
+
+    def api_pods_may(*request: str) -> bool:
+        subject = f"--as=system:serviceaccount:{namespace}:{account}"
+        answer = cluster.kubectl("auth", "can-i", *request, subject, "-n", namespace, check=False)
+        return answer.stdout.strip() == "yes"
+
+    assert api_pods_may("patch", f"leases/{NAME}-demand")
+    assert not api_pods_may("patch", "leases/another-lease")
+    assert not api_pods_may("get", "leases")
+    assert not api_pods_may("delete", f"leases/{NAME}-demand")
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     kube = Kube(load_api_client())
-    with run_api_server(api_args) as api:
+    with run_api_server(api_args, {"KUBECONFIG": str(api_kubeconfig)}) as api:
         autoscaler = Autoscaler(
             kube, WatchCache(), read=lambda _ns, _pod, _port, path: httpx.get(f"{api.base_url}/{path}").text
         )
@@ -150,6 +186,14 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
 
             answers = [pool.submit(ask, index) for index in range(3)]
             wait_for(lambda: held(api) == 3, 30, "three held requests")
+            # The first held request renewed the demand Lease (once: the other two came within
+            # demand.RENEW_EVERY_S), and its watch event woke the operator's own autoscaler, whose
+            # interval is a day here: its gauges for the stack appear only if it looked.
+            wait_for(lambda: lease_spec(cluster, namespace, f"{NAME}-demand").get("renewTime"), 10,
+                     "the API to renew the demand Lease")  # fmt: skip
+            assert lease_spec(cluster, namespace, f"{NAME}-demand")["holderIdentity"] == socket.gethostname()
+            looked = f'h2ogpt_operator_autoscaler_current_replicas{{name="{NAME}",namespace="{namespace}"}}'
+            wait_for(lambda: looked in operator.metrics(), 10, "the operator's autoscaler to look at once")
             assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
             record = status_autoscaling(cluster, namespace)
             assert record["desiredReplicas"] == 1

@@ -135,10 +135,13 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
         # answer nothing, so the decision records that and keeps the count).
         # maxReplicas 2: several inference replicas, so the api pods get their ServiceAccount, Role
         # and RoleBinding (created by server-side apply, which the Role's escalation check allows).
-        apply(stack(monitoring=monitored, inference={"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}))
+        # minReplicas 0: the stack can scale to zero, so it gets its demand Lease, which the api
+        # pods' Role may renew (kwok pods hold no request, so nobody does here).
+        apply(stack(monitoring=monitored, inference={"autoscaling": {"minReplicas": 0, "maxReplicas": 2}}))
         wait_ready(cluster, namespace, "least", timeout=90)
-        routed = items(cluster, "serviceaccounts,roles,rolebindings", namespace, f"{INSTANCE}=least")
+        routed = items(cluster, "serviceaccounts,roles,rolebindings,leases", namespace, f"{INSTANCE}=least")
         assert sorted(f"{i['kind']}/{i['metadata']['name']}" for i in routed) == [
+            "Lease/least-demand",
             "Role/least-api",
             "RoleBinding/least-api",
             "ServiceAccount/least-api",
@@ -150,7 +153,8 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
 
         wait_for(autoscaled, 60, "the autoscaler's first decision in status.autoscaling")
         # 3. Components off: their children are pruned (deleted) one kind each; an external engine
-        # has no inference replicas to route across, so the api pods' identity goes too.
+        # has no inference replicas to route across or scale, so the api pods' identity and the
+        # demand Lease go too.
         apply(
             stack(
                 retrieval={"enabled": False},
@@ -162,7 +166,7 @@ def test_the_operator_uses_every_permission_the_chart_grants_and_no_other(
 
         def pruned() -> bool:
             found = items(cluster, "deployments,statefulsets,networkpolicies,servicemonitors,serviceaccounts,"
-                          "roles,rolebindings", namespace, f"{INSTANCE}=least")  # fmt: skip
+                          "roles,rolebindings,leases", namespace, f"{INSTANCE}=least")  # fmt: skip
             seen[:] = sorted(f"{i['kind']}/{i['metadata']['name']}" for i in found)
             return seen == ["Deployment/least-openai"]
 

@@ -148,6 +148,12 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# A stack that scales to zero gets a demand Lease `<cr>-demand`, which its api pods renew when they
+# hold a request (their Role may patch that one name); the operator's watch on it wakes the
+# autoscaler. `patch` is also what lets the operator grant the api pods theirs.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Held only to be granted: Kubernetes lets a Role (and its binding) be written only by someone who
 # holds its rules. Holding these three read verbs is the least privilege that allows it; `escalate`
 # or `bind` instead would let a stolen operator token write or bind Roles with any rule.

@@ -1,12 +1,16 @@
-"""The autoscaler's reading of metrics pages and pods, and what it records: pure parts."""
+"""The autoscaler's reading of metrics pages and pods, and what it records: pure parts; and when it looks."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Any
 
 import pytest
 from h2ogpt_operator.autoscale import PodLoad
 from h2ogpt_operator.autoscaler import (
+    Autoscaler,
     api_pod_load,
     applied_yet,
     asks_for_autoscaling,
@@ -184,3 +188,69 @@ def test_deletion_cost_marks_the_chosen_and_unmarks_the_rest_once() -> None:
         "chosen": {"metadata": {"annotations": {key: "-1000"}}},
         "marked-before-now-busy": {"metadata": {"annotations": {key: None}}},
     }
+
+
+class _Stacks:
+    """The two calls `Autoscaler.run` makes of the watch cache, for stacks that all ask for autoscaling."""
+
+    def __init__(self, *keys: tuple[str, str]) -> None:
+        self.keys = list(keys)
+
+    def stack_keys(self) -> list[tuple[str, str]]:
+        return self.keys
+
+    def watched_body(self, _namespace: str, _name: str) -> dict[str, Any]:
+        return {"spec": {"inference": {"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}}}
+
+    def view(self, namespace: str, name: str) -> tuple[str, str]:
+        return (namespace, name)
+
+
+class _Looks(Autoscaler):
+    """An Autoscaler whose look at a stack is recorded instead of reading pods (the timing is tested)."""
+
+    def __init__(self, cache: _Stacks) -> None:
+        super().__init__(kube=None, cache=cache, read=lambda *_: "")  # type: ignore[arg-type]
+        self.looked: list[tuple[tuple[str, str], float]] = []
+
+    def step(self, view: Any, namespace: str, name: str) -> bool:
+        self.looked.append(((namespace, name), time.monotonic()))
+        return True
+
+
+async def _looks_within(
+    seconds: float, interval: float, *, leading: bool, wake: tuple[str, str] | None
+) -> tuple[list[tuple[tuple[str, str], float]], list[tuple[str, str]], float]:
+    autoscaler = _Looks(_Stacks(("ns", "a"), ("ns", "b")))
+    lead = asyncio.Event()
+    if leading:
+        lead.set()
+    reconciled: list[tuple[str, str]] = []
+    task = asyncio.create_task(autoscaler.run(interval, lead, reconciled.append))
+    await asyncio.sleep(0.05)
+    woken_at = time.monotonic()
+    if wake is not None:
+        autoscaler.wake(wake)
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return autoscaler.looked, reconciled, woken_at
+
+
+def test_a_woken_stack_is_looked_at_at_once_and_alone() -> None:
+    looked, reconciled, woken_at = asyncio.run(_looks_within(0.5, 3600, leading=True, wake=("ns", "a")))
+    assert [key for key, _at in looked] == [("ns", "a")]  # not b: the day-long round has not come
+    assert looked[0][1] - woken_at < 0.2
+    assert reconciled == [("ns", "a")]  # a new decision is reconciled, as at the round
+
+
+def test_the_round_still_looks_at_every_stack_each_interval() -> None:
+    looked, _reconciled, _woken_at = asyncio.run(_looks_within(0.5, 0.2, leading=True, wake=None))
+    keys = [key for key, _at in looked]
+    assert keys[:4] == [("ns", "a"), ("ns", "b"), ("ns", "a"), ("ns", "b")]
+
+
+def test_a_standby_operator_ignores_a_wake() -> None:
+    looked, _reconciled, _woken_at = asyncio.run(_looks_within(0.3, 3600, leading=False, wake=("ns", "a")))
+    assert looked == []

@@ -558,33 +558,60 @@ def test_autoscaled_stacks_hold_requests_in_the_api_pods() -> None:
 
 # -- routing across inference replicas (issue 14) --------------------------------------------------
 
-ROUTED_KINDS = {"ServiceAccount", "Role", "RoleBinding"}
+API_IDENTITY_KINDS = {"ServiceAccount", "Role", "RoleBinding"}
 
 
 @pytest.mark.parametrize(
-    ("inference", "routed"),
+    ("inference", "routed", "to_zero"),
     [
-        ({}, False),  # one replica: the Service's address is the replica
-        ({"replicas": 3}, True),
-        ({"replicas": 0}, False),
-        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, True),  # by what it CAN have
-        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, False),
-        ({"engine": "llamacpp", "replicas": 2}, True),
-        ({"engine": "external", "replicas": 3, "external": {"url": "http://up:8000/v1"}}, False),
+        ({}, False, False),  # one replica: the Service's address is the replica
+        ({"replicas": 3}, True, False),
+        ({"replicas": 0}, False, False),
+        # By what it CAN have: routed with maxReplicas > 1, a demand Lease with minReplicas 0.
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, True, True),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, False, True),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}, True, False),
+        ({"engine": "llamacpp", "replicas": 2}, True, False),
+        ({"engine": "external", "replicas": 3, "external": {"url": "http://up:8000/v1"}}, False, False),
     ],
 )
-def test_api_pods_route_across_replicas_only_when_the_stack_can_have_several(
-    inference: dict[str, Any], routed: bool
+def test_api_pods_get_an_identity_only_to_route_across_replicas_or_signal_demand(
+    inference: dict[str, Any], routed: bool, to_zero: bool
 ) -> None:
     spec = spec_of(inference=inference)
     children = builders.build_children(STACK, spec, CONFIG, {})
-    assert bool({c["kind"] for c in children} & ROUTED_KINDS) is routed
+    kinds = {c["kind"] for c in children}
+    assert bool(kinds & API_IDENTITY_KINDS) is (routed or to_zero)
+    assert ("Lease" in kinds) is to_zero
     settings = builders.build_settings(STACK, spec)
     assert ("H2OGPT_INFERENCE_ENDPOINTSLICES" in settings) is routed
+    assert ("H2OGPT_DEMAND_LEASE" in settings) is to_zero
     for component in (naming.OPENAI, naming.GRADIO):
         pod = _by_name(children)[("Deployment", f"demo-{component}")]["spec"]["template"]["spec"]
-        assert ("serviceAccountName" in pod) is routed
-        assert ("automountServiceAccountToken" in pod) is routed
+        assert ("serviceAccountName" in pod) is (routed or to_zero)
+        assert ("automountServiceAccountToken" in pod) is (routed or to_zero)
+
+
+def test_api_pods_of_a_stack_at_zero_may_renew_its_demand_lease_and_no_other() -> None:
+    from h2ogpt_api.demand import parse_lease  # noqa: PLC0415
+
+    spec = spec_of(inference={"autoscaling": {"minReplicas": 0, "maxReplicas": 1}})
+    children = _by_name(builders.build_children(STACK, spec, CONFIG, {}))
+    lease = children[("Lease", "demo-demand")]
+    assert lease["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert "spec" not in lease  # the holder and renew time are the api pods' to write
+    # One replica at most: no EndpointSlice watch, only the Lease, by name, patch only.
+    assert children[("Role", "demo-api")]["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["demo-demand"],
+            "verbs": ["patch"],
+        }
+    ]
+    settings = parse_settings([], builders.build_settings(STACK, spec))  # what the api pod reads
+    assert parse_lease(settings.demand_lease) == (STACK.namespace, "demo-demand")
+    assert settings.hold_seconds > 0
 
 
 def test_routed_api_pods_get_a_service_account_that_only_reads_endpointslices() -> None:
