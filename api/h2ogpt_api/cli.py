@@ -19,7 +19,7 @@ import uvicorn
 
 from h2ogpt_api import concurrency, workers
 from h2ogpt_api.auth import ApiKeys, SharedLogins, anonymous_session_prefix, parse_users
-from h2ogpt_api.backends import create_backend
+from h2ogpt_api.backends import create_backend, replica_follower
 from h2ogpt_api.core import Core
 from h2ogpt_api.draining import Drain
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Identity
@@ -138,12 +138,10 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
         backend = create_backend(settings, on_hold)
         stack.push_async_callback(backend.aclose)
         if settings.inference_endpointslices:
-            from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
             from h2ogpt_api.endpointslices import EndpointSliceWatcher  # noqa: PLC0415
 
-            assert isinstance(backend, RoutedBackend)  # create_backend routes when slices are followed
             watcher = EndpointSliceWatcher(
-                settings.inference_endpointslices, settings.inference_server, backend.set_servers
+                settings.inference_endpointslices, settings.inference_server, replica_follower(backend)
             )
             watcher.start()
             stack.push_async_callback(watcher.aclose)

@@ -10,7 +10,7 @@ from h2ogpt_api.backends.base import Backend, BackendError
 if TYPE_CHECKING:
     from h2ogpt_api.settings import Settings
 
-__all__ = ["Backend", "BackendError", "create_backend", "create_server_backend"]
+__all__ = ["Backend", "BackendError", "create_backend", "create_server_backend", "replica_follower"]
 
 
 def create_backend(settings: Settings, on_hold: Callable[[], None] | None = None) -> Backend:
@@ -30,6 +30,26 @@ def create_backend(settings: Settings, on_hold: Callable[[], None] | None = None
             on_hold=on_hold,
         )
     return backend
+
+
+def replica_follower(backend: Backend) -> Callable[[list[str]], None]:
+    """What the EndpointSlice watch calls with each new set of replicas: the routed backend takes them,
+    and requests held meanwhile (scale from zero, a `HoldingBackend` around it) try again at once, so
+    a replica is used as soon as its endpoint is Ready, not after the held request's next backoff."""
+    from h2ogpt_api.backends.holding import HoldingBackend  # noqa: PLC0415
+    from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
+
+    holding = backend if isinstance(backend, HoldingBackend) else None
+    routed = holding.inner if holding is not None else backend
+    if not isinstance(routed, RoutedBackend):
+        raise TypeError(f"replicas can only be followed by a routed backend, not {type(routed).__name__}")
+
+    def follow(servers: list[str]) -> None:
+        routed.set_servers(servers)
+        if holding is not None:
+            holding.retry_now()
+
+    return follow
 
 
 def _routed_or_single_backend(settings: Settings) -> Backend:

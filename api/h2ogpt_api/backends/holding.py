@@ -91,6 +91,17 @@ class HoldingBackend:
     def held(self) -> int:
         return self._held
 
+    @property
+    def inner(self) -> Backend:
+        return self._inner
+
+    def retry_now(self) -> None:
+        """Held requests try again at once instead of waiting out their backoff: a replica was just
+        announced (the EndpointSlice watch), so the next attempt can get through."""
+        if self._held:
+            self._answered.set()
+            self._answered = asyncio.Event()
+
     async def concurrency_limit(self) -> int | None:
         return await self._inner.concurrency_limit()
 
@@ -124,9 +135,7 @@ class HoldingBackend:
             await asyncio.wait_for(answered.wait(), timeout=seconds)
 
     def _got_through(self) -> None:
-        if self._held:
-            self._answered.set()
-            self._answered = asyncio.Event()
+        self.retry_now()
 
     async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         held_since: float | None = None

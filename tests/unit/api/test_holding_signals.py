@@ -1,12 +1,15 @@
-"""The demand signal's own logic: its target, its patch, how often it renews, and when holding calls it.
+"""What a held request tells, and is told: the demand signal (its target, its patch, how often it renews,
+when holding calls it), and a replica announced by the EndpointSlice watch waking held requests.
 The renewal against a real apiserver, with the api pods' RBAC, is tests/cluster/test_autoscaling.py."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator
 
 import pytest
+from h2ogpt_api.backends import replica_follower
 from h2ogpt_api.backends.base import (
     BackendError,
     BackendEvent,
@@ -16,7 +19,9 @@ from h2ogpt_api.backends.base import (
     TokenDelta,
 )
 from h2ogpt_api.backends.holding import HoldingBackend
+from h2ogpt_api.backends.routed import RoutedBackend
 from h2ogpt_api.demand import RENEW_EVERY_S, DemandSignal, parse_lease, renewal
+from h2ogpt_api.routing import Router
 
 
 def test_the_lease_is_named_namespace_slash_name() -> None:
@@ -103,3 +108,36 @@ def test_holding_calls_on_hold_once_per_request_held_and_not_for_one_answered() 
         return while_held, len(calls)
 
     assert asyncio.run(scenario()) == (3, 3)
+
+
+def test_a_replica_announced_is_tried_at_once_by_the_held_requests() -> None:
+    """Held behind the EndpointSlice watch's routed backend with no replica: their retries have backed
+    off to about a second when the watch names one, and they get through within a few milliseconds."""
+
+    async def scenario() -> tuple[float, int]:
+        replica = _StartsLate()
+        replica.up.set()  # a Ready endpoint: its server answers
+        routed = RoutedBackend([], lambda _server: replica, router=Router([], policy="round_robin"),
+                               prefix_chars=64)  # fmt: skip
+        backend = HoldingBackend(routed, hold_seconds=30, max_held=10, keepalive_seconds=10)
+        request = BackendRequest(messages=(), sampling=Sampling(max_new_tokens=1), prompt="q")
+
+        async def answer() -> float:
+            _events = [event async for event in backend.stream(request)]
+            return time.monotonic()
+
+        held = [asyncio.create_task(answer()) for _ in range(3)]
+        await asyncio.sleep(1.6)  # retries at 0.1, 0.3, 0.7, 1.5 s: the next one is about 1 s away
+        announced = time.monotonic()
+        replica_follower(backend)(["http://10.0.0.5:8000"])
+        answered = await asyncio.gather(*held)
+        return max(answered) - announced, backend.held
+
+    after, still_held = asyncio.run(scenario())
+    assert still_held == 0
+    assert after < 0.1, f"held requests got through {after:.3f} s after the replica was announced"
+
+
+def test_only_a_routed_backend_follows_replicas() -> None:
+    with pytest.raises(TypeError, match="routed backend"):
+        replica_follower(_StartsLate())  # type: ignore[arg-type]
