@@ -335,13 +335,16 @@ def routes_across_replicas(spec: H2oGPTDeploymentSpec) -> bool:
 
     Decided on how many replicas the stack CAN have (`replicas`, or autoscaling's `maxReplicas`), not on
     how many it has now: an autoscaled stack keeps one setting while it scales, so its api pods do not
-    roll (and its ServiceAccount and Role do not come and go) with every decision.
+    roll (and its ServiceAccount and Role do not come and go) with every decision. A stack that can be
+    at zero routes too, even to one replica at most: the watch tells a held request at once that there
+    is no replica (through the Service it first waits out a connect), and forwards it the moment the
+    new pod's endpoint is Ready, to the pod itself, not when the node's proxy has caught up.
     """
     if not _runs_inference(spec):
         return False
     scaling = spec.inference.autoscaling
     most = scaling.max_replicas if scaling is not None else spec.inference.replicas
-    return most > 1
+    return most > 1 or scales_to_zero(spec)
 
 
 def routing_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:

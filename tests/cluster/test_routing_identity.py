@@ -14,24 +14,29 @@ one of this machine's other addresses (traffic stays on the machine).
 from __future__ import annotations
 
 import array
+import concurrent.futures
 import fcntl
 import ipaddress
 import json
 import re
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.operator_harness import (
     OperatorProcess,
     get_json_or_none,
     items,
     running_operator,
+    service_account_kubeconfig,
     wait_for,
     wait_ready,
 )
@@ -81,20 +86,6 @@ def can_i(cluster: Cluster, verb: str, resource: str, namespace: str, as_namespa
     account = f"system:serviceaccount:{as_namespace}:{ACCOUNT}"
     result = cluster.kubectl("auth", "can-i", verb, resource, f"--as={account}", "-n", namespace, check=False)
     return result.stdout.strip()
-
-
-def token_kubeconfig(cluster: Cluster, namespace: str, directory: Path) -> Path:
-    """The cluster's kubeconfig with the admin credentials replaced by the ServiceAccount's token."""
-    token = cluster.kubectl("create", "token", ACCOUNT, "-n", namespace, "--duration=1h").stdout.strip()
-    config = json.loads(cluster.kubeconfig.read_text())
-    config["users"] = [{"name": ACCOUNT, "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = ACCOUNT
-        context["context"]["namespace"] = namespace
-    path = directory / "api.kubeconfig"
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return path
 
 
 def local_address() -> str:
@@ -227,7 +218,7 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
     try:
         for index, fake in enumerate(fakes):
             apply_slice(cluster, namespace, f"hand-{index}", address, fake.port)
-        kubeconfig = token_kubeconfig(cluster, namespace, tmp_path)
+        kubeconfig = service_account_kubeconfig(cluster, namespace, ACCOUNT, tmp_path / "api.kubeconfig")
         denied = cluster.kubectl(
             "--kubeconfig", str(kubeconfig), "get", "secrets", "-n", namespace, check=False
         )
@@ -277,3 +268,69 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
         assert "serviceAccountName" not in pod_spec
         assert "serviceAccount" not in pod_spec  # the deprecated alias would bring the name back
         assert "automountServiceAccountToken" not in pod_spec
+
+
+def held(api_url: str) -> float:
+    text = httpx.get(api_url + "/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "h2ogpt_api_held_requests"
+    )
+
+
+def test_an_autoscaled_stacks_api_settings_hold_at_once_and_forward_to_the_first_ready_endpoint(
+    cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """What the operator gives the api pods of a stack that autoscales from zero across several replicas
+    (hold, the EndpointSlice watch, the demand Lease, their token) runs a real h2ogpt-api: with no Ready
+    endpoint a request is held at once and the Lease renewed; the moment a slice names a Ready endpoint
+    the request goes there. Until this test, hold and watch together stopped h2ogpt-api at start."""
+    autoscaled = llamacpp_cr(NAME, {"autoscaling": {"minReplicas": 0, "maxReplicas": 3, "holdSeconds": 120}})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(autoscaled))
+    wait_ready(cluster, namespace, NAME, timeout=90)
+    data = settings(cluster, namespace)
+    assert data["H2OGPT_HOLD_SECONDS"] == "120"
+    assert data["H2OGPT_INFERENCE_ENDPOINTSLICES"] == f"{namespace}/{NAME}-inference:http"
+    assert data["H2OGPT_DEMAND_LEASE"] == f"{namespace}/{NAME}-demand"
+    kubeconfig = service_account_kubeconfig(cluster, namespace, ACCOUNT, tmp_path / "api.kubeconfig")
+    env = {
+        **data,
+        # The stack's kwok inference pods answer nothing: the slices of a Service of our own stand in.
+        "H2OGPT_INFERENCE_ENDPOINTSLICES": f"{namespace}/{HAND_SERVICE}:http",
+        # The API key comes from the stack's Secret in a pod; none is needed to ask it here.
+        "H2OGPT_ENFORCE_H2OGPT_API_KEY": "False",
+        "KUBECONFIG": str(kubeconfig),
+    }
+    address = local_address()
+    fake = RunningFake(TgiFake(), host=address)
+    with (
+        run_api_server([], env=env) as api,
+        OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0, timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        asked_at = time.monotonic()
+        answer = pool.submit(
+            client.chat.completions.create,
+            model="org/model", messages=[{"role": "user", "content": "held until a replica"}], max_tokens=16,
+        )  # fmt: skip
+        wait_for(lambda: held(api.base_url) == 1, 10, "the request held")
+        held_after = time.monotonic() - asked_at
+        wait_for(lambda: (get_json_or_none(cluster, "lease", f"{NAME}-demand", "-n", namespace) or {})
+                 .get("spec", {}).get("renewTime"), 10, "the demand Lease renewed")  # fmt: skip
+        fake.start()
+        try:
+            apply_slice(cluster, namespace, "hand-0", address, fake.port)
+            announced_at = time.monotonic()
+            reply = answer.result(timeout=30)
+            forwarded_after = time.monotonic() - announced_at
+        finally:
+            fake.stop()
+        log = api.log()
+    assert "held until a replica" in (reply.choices[0].message.content or "")
+    # At once: no connect to wait out first (nothing to connect to is known), and no backoff after.
+    assert held_after < 3, f"held {held_after:.2f} s after the request"
+    assert forwarded_after < 3, f"answered {forwarded_after:.2f} s after the slice was applied"
+    print(f"held {held_after:.2f} s after the request; answered {forwarded_after:.2f} s after the slice")
+    assert not re.search(r"HTTP/[\d.]+ 403\b", log), log

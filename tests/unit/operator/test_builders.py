@@ -569,7 +569,7 @@ API_IDENTITY_KINDS = {"ServiceAccount", "Role", "RoleBinding"}
         ({"replicas": 0}, False, False),
         # By what it CAN have: routed with maxReplicas > 1, a demand Lease with minReplicas 0.
         ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, True, True),
-        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, False, True),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, True, True),  # at zero too
         ({"replicas": 1, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}, True, False),
         ({"engine": "llamacpp", "replicas": 2}, True, False),
         ({"engine": "external", "replicas": 3, "external": {"url": "http://up:8000/v1"}}, False, False),
@@ -600,8 +600,9 @@ def test_api_pods_of_a_stack_at_zero_may_renew_its_demand_lease_and_no_other() -
     lease = children[("Lease", "demo-demand")]
     assert lease["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
     assert "spec" not in lease  # the holder and renew time are the api pods' to write
-    # One replica at most: no EndpointSlice watch, only the Lease, by name, patch only.
+    # The EndpointSlice watch (it knows at once that no replica is there), and the Lease: by name, patch.
     assert children[("Role", "demo-api")]["rules"] == [
+        *builders.ENDPOINTSLICE_READER_RULES,
         {
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
