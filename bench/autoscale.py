@@ -362,7 +362,9 @@ def run(quick: bool = False) -> str:
         f"burst: the operator's poll saw the held requests at {_cell(result.scale_asked_at)} s, the modelled "
         f"{start_s:.0f} s start plus the fake's own process start put the replica up at "
         f"{_cell(result.replica_up_at)} s, and the first answer came "
-        f"{_cell(first_after_up)} s after that (held requests retry at once when one gets through).",
+        f"{_cell(first_after_up)} s after that (held requests retry at once when one gets through). "
+        "The loop here polls; the real operator is also woken at once by the API pods' demand Lease "
+        "(no Kubernetes in this bench): docs/operator.md has the real node's figures.",
         "",
         f"### A 5x load step (simulated, {len(seeds)} seeds)",
         "",
