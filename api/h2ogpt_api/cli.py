@@ -132,7 +132,10 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
         if settings.demand_lease and settings.inference_server:
             from h2ogpt_api.demand import DemandSignal  # noqa: PLC0415
 
-            demand = DemandSignal(settings.demand_lease)
+            try:
+                demand = DemandSignal(settings.demand_lease)
+            except ValueError as exc:
+                raise SystemExit(f"h2ogpt-api: {exc}") from None
             stack.push_async_callback(demand.aclose)
             on_hold = demand.signal
         backend = create_backend(settings, on_hold)
@@ -140,9 +143,12 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
         if settings.inference_endpointslices:
             from h2ogpt_api.endpointslices import EndpointSliceWatcher  # noqa: PLC0415
 
-            watcher = EndpointSliceWatcher(
-                settings.inference_endpointslices, settings.inference_server, replica_follower(backend)
-            )
+            try:
+                watcher = EndpointSliceWatcher(
+                    settings.inference_endpointslices, settings.inference_server, replica_follower(backend)
+                )
+            except ValueError as exc:
+                raise SystemExit(f"h2ogpt-api: {exc}") from None
             watcher.start()
             stack.push_async_callback(watcher.aclose)
         documents = await _open_documents(settings, stack)

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from h2ogpt_api.endpointslices import kube_config
+
 log = logging.getLogger("h2ogpt_api.demand")
 
 # A held request renews at most this often: a burst of 200 held requests is one write, and while
@@ -59,7 +61,7 @@ class DemandSignal:
     ) -> None:
         self.namespace, self.name = parse_lease(target)
         self.identity = identity or socket.gethostname()  # the pod's name in a pod
-        self._kubeconfig = kubeconfig
+        self._config = kube_config("--demand_lease", kubeconfig)
         self._clock = clock
         self._last: float | None = None
         self._client: Any = None
@@ -77,14 +79,13 @@ class DemandSignal:
 
     async def _renew(self) -> None:
         # lightkube, as for the EndpointSlice watch (endpointslices.py); imported only in the cluster.
-        from lightkube import AsyncClient, KubeConfig  # noqa: PLC0415
+        from lightkube import AsyncClient  # noqa: PLC0415
         from lightkube.resources.coordination_v1 import Lease  # noqa: PLC0415
         from lightkube.types import PatchType  # noqa: PLC0415
 
         try:
             if self._client is None:
-                config = KubeConfig.from_file(self._kubeconfig) if self._kubeconfig else KubeConfig.from_env()
-                self._client = AsyncClient(config=config, namespace=self.namespace)
+                self._client = AsyncClient(config=self._config, namespace=self.namespace)
             await self._client.patch(
                 Lease, self.name, renewal(self.identity, time.time()),
                 namespace=self.namespace, patch_type=PatchType.MERGE,

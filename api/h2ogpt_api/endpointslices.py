@@ -71,6 +71,23 @@ def replica_servers(slices: Iterable[Mapping[str, Any]], template: str, port_nam
     return sorted(servers)
 
 
+def kube_config(flag: str, kubeconfig: str | None = None) -> Any:
+    """lightkube's credentials: the pod's ServiceAccount in a pod, else $KUBECONFIG or ~/.kube/config
+    (or `kubeconfig`). Read at start, so that a process with none stops with one clear line instead of
+    serving without what `flag` asked for; ValueError says which."""
+    # lightkube, not the `kubernetes` package: async, and a few MB in the api image where the
+    # `kubernetes` package is over 100 MB. Imported only where a flag asks for the apiserver.
+    from lightkube import KubeConfig  # noqa: PLC0415
+    from lightkube.core.exceptions import ConfigError  # noqa: PLC0415
+
+    try:
+        return KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+    except ConfigError as exc:
+        raise ValueError(
+            f"{flag} needs Kubernetes credentials (a pod's ServiceAccount token, or KUBECONFIG): {exc}"
+        ) from None
+
+
 class EndpointSliceWatcher:
     """Calls `on_change(servers)` whenever the Service's Ready endpoints change (on the event loop)."""
 
@@ -86,7 +103,7 @@ class EndpointSliceWatcher:
         self.namespace = namespace or _in_cluster_namespace()
         self.template = template
         self._on_change = on_change
-        self._kubeconfig = kubeconfig
+        self._config = kube_config("--inference_endpointslices", kubeconfig)
         self._task: asyncio.Task[None] | None = None
         self._last: list[str] | None = None
 
@@ -106,14 +123,11 @@ class EndpointSliceWatcher:
             self._on_change(servers)
 
     async def _run(self) -> None:
-        # lightkube, not the `kubernetes` package: async, and a few MB in the api image where the
-        # `kubernetes` package is over 100 MB.
-        from lightkube import AsyncClient, KubeConfig  # noqa: PLC0415 (only in the cluster)
+        from lightkube import AsyncClient  # noqa: PLC0415 (only in the cluster)
         from lightkube.core.exceptions import NotReadyError  # noqa: PLC0415
         from lightkube.resources.discovery_v1 import EndpointSlice  # noqa: PLC0415
 
-        config = KubeConfig.from_file(self._kubeconfig) if self._kubeconfig else KubeConfig.from_env()
-        client = AsyncClient(config=config, namespace=self.namespace)
+        client = AsyncClient(config=self._config, namespace=self.namespace)
         labels: dict[str, Any] = {SERVICE_NAME_LABEL: self.service}
         try:
             while True:

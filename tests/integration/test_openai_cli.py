@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+from pathlib import Path
 
 from tests.support.api_server import api_executable
 
@@ -59,3 +61,21 @@ def test_an_unreachable_weaviate_fails_with_one_line_after_its_wait() -> None:
     assert last_line.endswith(" after 1 s of trying; check --weaviate_url and that the server is up")
     assert "Traceback" not in result.stderr
     assert "trying again for" in result.stderr  # each wait is logged
+
+
+def test_flags_that_need_the_apiserver_fail_with_one_line_without_credentials(tmp_path: Path) -> None:
+    base = ["--server_name", "127.0.0.1", "--openai_port", "0", "--gradio", "False",
+            "--langchain_modes", "['LLM']", "--inference_server", "http://127.0.0.1:9"]  # fmt: skip
+    missing = tmp_path / "no-such-kubeconfig"
+    watch, lease = ["--inference_endpointslices", "ns/svc"], ["--hold_seconds", "5", "--demand_lease", "ns/x"]
+    for flags in (watch, lease):
+        result = subprocess.run(
+            [api_executable(), *base, *flags], capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "KUBECONFIG": str(missing)},
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"h2ogpt-api: {flags[-2]} needs Kubernetes credentials (a pod's ServiceAccount token, or "
+            f"KUBECONFIG): Configuration file {missing} not found"
+        )
+        assert "Traceback" not in result.stderr

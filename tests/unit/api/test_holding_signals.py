@@ -5,8 +5,10 @@ The renewal against a real apiserver, with the api pods' RBAC, is tests/cluster/
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncGenerator
+from pathlib import Path
 
 import pytest
 from h2ogpt_api.backends import replica_follower
@@ -40,18 +42,37 @@ def test_a_renewal_names_the_holder_and_the_time_as_kubernetes_writes_microtime(
 class _Counted(DemandSignal):
     """Counts renewals instead of sending them (what `signal` decides is tested, not the patch)."""
 
-    def __init__(self, clock: list[float]) -> None:
-        super().__init__("team-a/demo-demand", identity="pod", clock=lambda: clock[0])
+    def __init__(self, clock: list[float], kubeconfig: Path) -> None:
+        super().__init__(
+            "team-a/demo-demand", identity="pod", kubeconfig=str(kubeconfig), clock=lambda: clock[0]
+        )
         self.sent = 0
 
     async def _renew(self) -> None:
         self.sent += 1
 
 
-def test_a_burst_renews_once_and_a_later_hold_again() -> None:
+def kubeconfig_file(directory: Path) -> Path:
+    """A kubeconfig naming an apiserver nothing here talks to (the renewal itself is not sent)."""
+    path = directory / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))  # fmt: skip
+    return path
+
+
+def test_without_credentials_the_signal_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--demand_lease needs Kubernetes credentials"):
+        DemandSignal("team-a/demo-demand", kubeconfig=str(tmp_path / "none"))
+
+
+def test_a_burst_renews_once_and_a_later_hold_again(tmp_path: Path) -> None:
     async def scenario() -> list[int]:
         clock = [100.0]
-        signal = _Counted(clock)
+        signal = _Counted(clock, kubeconfig_file(tmp_path))
         sent = []
         for _ in range(200):  # a burst of held requests
             signal.signal()
