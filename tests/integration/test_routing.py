@@ -16,7 +16,6 @@ import openai
 import pytest
 from gradio_client import Client
 from openai import OpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.api_server import ApiServer, ApiServerFactory
 from tests.support.tgi_fake import RunningFake, TgiFake
@@ -69,16 +68,6 @@ def served_by(replicas: list[RunningFake], before: list[int]) -> int:
     return grown[0]
 
 
-def metric(server: ApiServer, name: str, **labels: str) -> float:
-    text = httpx.get(server.base_url + "/metrics", timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def chat(client: OpenAI, messages: list[dict[str, str]], max_tokens: int = 8) -> str:
     answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens)  # type: ignore[arg-type]
     return str(answer.choices[0].message.content)
@@ -102,7 +91,7 @@ def test_each_conversation_stays_on_one_replica_and_conversations_spread(
     client: OpenAI, replicas: list[RunningFake], server: ApiServer
 ) -> None:
     homes: dict[str, set[int]] = {}
-    hits_before = metric(server, "h2ogpt_api_routing_prefix_total", result="hit")
+    hits_before = server.metric("h2ogpt_api_routing_prefix_total", result="hit")
     for document in [f"doc{index}" for index in range(12)]:
         for messages in conversation(document, turns=3):
             before = started(replicas)
@@ -112,8 +101,8 @@ def test_each_conversation_stays_on_one_replica_and_conversations_spread(
     # 12 conversations over 3 replicas: the ring puts them on more than one.
     assert len(set().union(*homes.values())) > 1
     # Turns 2 and 3 of every conversation went where turn 1 had gone: 24 prefix hits.
-    assert metric(server, "h2ogpt_api_routing_prefix_total", result="hit") - hits_before == 24
-    assert metric(server, "h2ogpt_api_routing_decisions_total", policy="prefix") >= 36
+    assert server.metric("h2ogpt_api_routing_prefix_total", result="hit") - hits_before == 24
+    assert server.metric("h2ogpt_api_routing_decisions_total", policy="prefix") >= 36
 
 
 def test_a_session_header_pins_different_prompts_to_one_replica(
@@ -163,16 +152,16 @@ def test_a_stopped_replica_is_taken_out_and_requests_go_elsewhere(
     victim = replicas[home]
     victim.stop()
     try:
-        failures = metric(server, "h2ogpt_api_replica_failures_total", kind="unavailable")
+        failures = server.metric("h2ogpt_api_replica_failures_total", kind="unavailable")
         started_at = time.monotonic()
         # The home is gone: the request is retried on another replica and answered.
         assert chat(client, messages).startswith("user: Document: victim")
         assert time.monotonic() - started_at < 5
-        assert metric(server, "h2ogpt_api_replica_failures_total", kind="unavailable") == failures + 1
+        assert server.metric("h2ogpt_api_replica_failures_total", kind="unavailable") == failures + 1
         # While it is out, its requests go elsewhere without trying it again.
         for _ in range(3):
             assert chat(client, messages).startswith("user: Document: victim")
-        assert metric(server, "h2ogpt_api_replica_failures_total", kind="unavailable") == failures + 1
+        assert server.metric("h2ogpt_api_replica_failures_total", kind="unavailable") == failures + 1
     finally:
         replicas[home] = victim.started_again()
     # After its backoff (1 s) it is tried again, succeeds, and its keys come home.
@@ -185,7 +174,7 @@ def test_a_stopped_replica_is_taken_out_and_requests_go_elsewhere(
 def test_a_replica_failing_mid_stream_ends_that_stream_with_an_openai_error(
     client: OpenAI, replicas: list[RunningFake], server: ApiServer
 ) -> None:
-    failures = metric(server, "h2ogpt_api_replica_failures_total", kind="bad_response")
+    failures = server.metric("h2ogpt_api_replica_failures_total", kind="bad_response")
     started_at = time.monotonic()
     stream = client.chat.completions.create(
         model=MODEL,
@@ -197,7 +186,7 @@ def test_a_replica_failing_mid_stream_ends_that_stream_with_an_openai_error(
         for _ in stream:
             pass
     assert time.monotonic() - started_at < 5  # an error, not a hang
-    assert metric(server, "h2ogpt_api_replica_failures_total", kind="bad_response") == failures + 1
+    assert server.metric("h2ogpt_api_replica_failures_total", kind="bad_response") == failures + 1
     time.sleep(1.2)  # its backoff, so the next tests see every replica up
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _URL_LINE = re.compile(r"^(OpenAI API|Gradio UI): (http://\S+)$")
@@ -52,6 +53,16 @@ class ApiServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the /metrics samples named `name` whose labels include `labels` (0 when none)."""
+        text = httpx.get(self.base_url + "/metrics", timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> ApiServer:
