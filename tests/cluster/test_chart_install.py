@@ -178,6 +178,10 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
         ("create", "roles.rbac.authorization.k8s.io", "-n", other),
         ("delete", "rolebindings.rbac.authorization.k8s.io", "-n", other),
         ("watch", "endpointslices.discovery.k8s.io", "-n", other),
+        # The demand Lease of stacks that scale to zero (server-side apply: patch), and its prune.
+        ("patch", "leases.coordination.k8s.io", "-n", other),
+        ("delete", "leases.coordination.k8s.io", "-n", other),
+        ("watch", "leases.coordination.k8s.io", "-A"),
     ]
     # ...and nothing more.
     denied = [
@@ -206,7 +210,7 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
         ("delete", "secrets", "-n", other),
         ("get", "pods", "-n", other),
         ("create", "events.events.k8s.io", "-n", other),
-        ("patch", "leases.coordination.k8s.io", "-n", namespace),
+        ("get", "leases.coordination.k8s.io", "-n", other),  # only its own, in its namespace
     ]
     assert [c for c in allowed if not can_i(cluster, sa, *c)] == []
     assert [c for c in denied if can_i(cluster, sa, *c)] == []
