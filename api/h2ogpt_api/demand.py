@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from h2ogpt_api import metrics
 from h2ogpt_api.endpointslices import kube_config
 
 log = logging.getLogger("h2ogpt_api.demand")
@@ -66,7 +67,6 @@ class DemandSignal:
         self._last: float | None = None
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
-        self.renewed = 0  # renewals that reached the apiserver (tests read it)
 
     def signal(self) -> None:
         now = self._clock()
@@ -90,10 +90,11 @@ class DemandSignal:
                 Lease, self.name, renewal(self.identity, time.time()),
                 namespace=self.namespace, patch_type=PatchType.MERGE,
             )  # fmt: skip
-            self.renewed += 1
+            metrics.DEMAND_RENEWALS.labels(result="sent").inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            metrics.DEMAND_RENEWALS.labels(result="failed").inc()
             log.warning(
                 "renewing the demand Lease %s/%s failed (%s: %s); the operator's poll will see the "
                 "held requests instead", self.namespace, self.name, type(exc).__name__, exc,

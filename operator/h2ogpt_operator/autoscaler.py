@@ -260,9 +260,9 @@ class Autoscaler:
             woken, self._woken = self._woken, set()
             if loop.time() >= next_round:
                 next_round = loop.time() + interval
-                keys = list(self.cache.stack_keys())
+                keys, trigger = list(self.cache.stack_keys()), "poll"
             else:
-                keys = sorted(woken)
+                keys, trigger = sorted(woken), "demand"
             if not leading.is_set():
                 continue
             for key in keys:
@@ -271,6 +271,7 @@ class Autoscaler:
                 if key not in self.memory and not asks_for_autoscaling(self.cache.watched_body(*key)):
                     continue
                 view = self.cache.view(*key)  # copied on the event loop, where kopf writes the indexes
+                metrics.AUTOSCALER_LOOKS.labels(trigger=trigger).inc()
                 try:
                     if await asyncio.to_thread(self.step, view, *key):
                         reconcile(key)

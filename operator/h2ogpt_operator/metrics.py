@@ -48,6 +48,11 @@ AUTOSCALER_DESIRED = Gauge(
     "Inference replicas the autoscaler last decided on (stacks with spec.inference.autoscaling).",
     ["namespace", "name"],
 )
+AUTOSCALER_LOOKS = Counter(
+    "h2ogpt_operator_autoscaler_looks_total",
+    "Looks at an autoscaled stack, by what started them: the interval (poll), its api pods' Lease (demand).",
+    ["trigger"],
+)
 AUTOSCALER_CURRENT = Gauge(
     "h2ogpt_operator_autoscaler_current_replicas",
     "Inference replicas the Deployment had when the autoscaler last looked.",

@@ -87,15 +87,6 @@ def llamacpp_stack(**inference: Any) -> dict[str, Any]:
     return llamacpp_cr(NAME, inference, frontend={"enabled": False})
 
 
-def held(api: ApiServer) -> float:
-    text = httpx.get(api.base_url + "/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "h2ogpt_api_held_requests":
-                return float(sample.value)
-    return 0.0
-
-
 def lease_spec(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict((get_json_or_none(cluster, "lease", name, "-n", namespace) or {}).get("spec") or {})
 
@@ -185,15 +176,18 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
                 return answer.choices[0].message.content or ""
 
             answers = [pool.submit(ask, index) for index in range(3)]
-            wait_for(lambda: held(api) == 3, 30, "three held requests")
+            wait_for(lambda: api.metric("h2ogpt_api_held_requests") == 3, 30, "three held requests")
             # The first held request renewed the demand Lease (once: the other two came within
             # demand.RENEW_EVERY_S), and its watch event woke the operator's own autoscaler, whose
-            # interval is a day here: its gauges for the stack appear only if it looked.
+            # interval is a day here: it looks only when woken.
             wait_for(lambda: lease_spec(cluster, namespace, f"{NAME}-demand").get("renewTime"), 10,
                      "the API to renew the demand Lease")  # fmt: skip
             assert lease_spec(cluster, namespace, f"{NAME}-demand")["holderIdentity"] == socket.gethostname()
-            looked = f'h2ogpt_operator_autoscaler_current_replicas{{name="{NAME}",namespace="{namespace}"}}'
-            wait_for(lambda: looked in operator.metrics(), 10, "the operator's autoscaler to look at once")
+            assert api.metric("h2ogpt_api_demand_renewals_total", result="sent") == 1
+            looks = "h2ogpt_operator_autoscaler_looks_total"
+            wait_for(lambda: operator.metric_sum(f'{looks}{{trigger="demand"}}') >= 1, 10,
+                     "the operator's autoscaler to look at once")  # fmt: skip
+            assert operator.metric_sum(f'{looks}{{trigger="poll"}}') == 0
             assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
             record = status_autoscaling(cluster, namespace)
             assert record["desiredReplicas"] == 1

@@ -152,6 +152,9 @@ def stack_manifest(gpus: int) -> str:
     })  # fmt: skip
 
 
+DEMAND_LEASE = "obs-demand"
+
+
 def autoscaled_manifest() -> str:
     return json.dumps({
         "apiVersion": "h2ogpt.dev/v1alpha1", "kind": "H2oGPTDeployment", "metadata": {"name": AUTOSCALED},
@@ -193,6 +196,8 @@ def observed(
         "--base_model", MODEL, "--weaviate_url", weaviate_url,
         "--gradio", "True", "--h2ogpt_api_keys", json.dumps({"ops": KEY}),
         "--enforce_h2ogpt_api_key", "True", "--requests_per_minute", "12",
+        # A held request renews it (h2ogpt_api_demand_renewals_total); made by hand below.
+        "--demand_lease", f"{namespace}/{DEMAND_LEASE}",
     ]  # fmt: skip
     try:
         # The chart as a user with the Prometheus Operator installs it; short intervals for a test.
@@ -220,8 +225,10 @@ def observed(
         operator.start()
         wait_for(operator.is_leader, 30, "the operator to take the Lease")
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=stack_manifest(gpus=1))
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": DEMAND_LEASE}}
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lease))
         wait_ready(cluster, namespace, STACK)
-        with run_api_server(api_args) as api:
+        with run_api_server(api_args, {"KUBECONFIG": str(cluster.kubeconfig)}) as api:
             assert api.openai_url
             assert api.gradio_url
             stand_ins = {
@@ -368,6 +375,7 @@ def after_workload(cluster: Cluster, observed: Observed) -> Observed:
         "h2ogpt_api_rate_limited_total",
         'h2ogpt_operator_reconciles_total{result="error"}',
         'h2ogpt_api_held_wait_seconds_count{outcome="forwarded"}',
+        'h2ogpt_api_demand_renewals_total{result="sent"}',
     ):
         wait_for(
             lambda last=last: observed.prometheus.query(f"count_over_time({last}[5m]) >= 3"),  # type: ignore[misc]

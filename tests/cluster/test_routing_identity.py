@@ -26,10 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from openai import OpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.operator_harness import (
     OperatorProcess,
@@ -270,16 +268,6 @@ def test_several_replicas_give_the_api_pods_a_token_that_only_reads_endpointslic
         assert "automountServiceAccountToken" not in pod_spec
 
 
-def held(api_url: str) -> float:
-    text = httpx.get(api_url + "/metrics", timeout=5).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "h2ogpt_api_held_requests"
-    )
-
-
 def test_an_autoscaled_stacks_api_settings_hold_at_once_and_forward_to_the_first_ready_endpoint(
     cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
@@ -315,7 +303,7 @@ def test_an_autoscaled_stacks_api_settings_hold_at_once_and_forward_to_the_first
             client.chat.completions.create,
             model="org/model", messages=[{"role": "user", "content": "held until a replica"}], max_tokens=16,
         )  # fmt: skip
-        wait_for(lambda: held(api.base_url) == 1, 10, "the request held")
+        wait_for(lambda: api.metric("h2ogpt_api_held_requests") == 1, 10, "the request held")
         held_after = time.monotonic() - asked_at
         wait_for(lambda: (get_json_or_none(cluster, "lease", f"{NAME}-demand", "-n", namespace) or {})
                  .get("spec", {}).get("renewTime"), 10, "the demand Lease renewed")  # fmt: skip
