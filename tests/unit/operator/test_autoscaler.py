@@ -241,7 +241,7 @@ async def _looks_within(
 def test_a_woken_stack_is_looked_at_at_once_and_alone() -> None:
     looked, reconciled, woken_at = asyncio.run(_looks_within(0.5, 3600, leading=True, wake=("ns", "a")))
     assert [key for key, _at in looked] == [("ns", "a")]  # not b: the day-long round has not come
-    assert looked[0][1] - woken_at < 0.2
+    assert looked[0][1] - woken_at < 0.4  # a day-long interval otherwise; a busy CI machine is slow
     assert reconciled == [("ns", "a")]  # a new decision is reconciled, as at the round
 
 
