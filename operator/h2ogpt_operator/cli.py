@@ -104,7 +104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--autoscale-interval-seconds",
         type=float,
         default=AUTOSCALE_INTERVAL_S,
-        help="how often stacks with spec.inference.autoscaling have their API pods' metrics read",
+        help="how often stacks with spec.inference.autoscaling have their API pods' metrics read (a stack "
+        "at zero is also read as soon as its API pods renew its demand Lease)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
