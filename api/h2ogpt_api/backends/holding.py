@@ -134,9 +134,6 @@ class HoldingBackend:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(answered.wait(), timeout=seconds)
 
-    def _got_through(self) -> None:
-        self.retry_now()
-
     async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
         held_since: float | None = None
         outcome = "cancelled"
@@ -174,7 +171,7 @@ class HoldingBackend:
                 if held_since is not None:
                     self._release(held_since, "forwarded")
                     held_since = None
-                self._got_through()
+                self.retry_now()  # the first through wakes the rest
                 async with contextlib.aclosing(events):
                     yield first
                     async for event in events:
