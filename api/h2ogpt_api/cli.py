@@ -128,9 +128,9 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
     except ValueError as exc:
         raise SystemExit(f"h2ogpt-api: {exc}") from None
     async with contextlib.AsyncExitStack() as stack:
-        on_hold = None
+        on_hold = on_start = None
         if settings.demand_lease and settings.inference_server:
-            from h2ogpt_api.demand import DemandSignal  # noqa: PLC0415
+            from h2ogpt_api.demand import DemandSignal, ScaleUpWake  # noqa: PLC0415
 
             try:
                 demand = DemandSignal(settings.demand_lease)
@@ -138,7 +138,10 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
                 raise SystemExit(f"h2ogpt-api: {exc}") from None
             stack.push_async_callback(demand.aclose)
             on_hold = demand.signal
-        backend = create_backend(settings, on_hold)
+            if settings.scale_up_in_flight:
+                wake = ScaleUpWake(settings.scale_up_in_flight, settings.scale_up_max_replicas, demand.signal)
+                on_start = wake.started
+        backend = create_backend(settings, on_hold, on_start)
         stack.push_async_callback(backend.aclose)
         if settings.inference_endpointslices:
             from h2ogpt_api.endpointslices import EndpointSliceWatcher  # noqa: PLC0415

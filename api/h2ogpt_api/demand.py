@@ -1,4 +1,4 @@
-"""Tell the operator at once that requests wait for a replica (scale from zero), instead of at its poll.
+"""Tell the operator at once that the stack needs more inference replicas, instead of at its next poll.
 
 The operator reads the API pods' held-requests gauge every `--autoscale-interval-seconds` (15 s by
 default), so a first request at zero replicas used to wait most of that interval before a replica
@@ -7,6 +7,11 @@ stack that can scale to zero and watches; when this process starts holding a req
 Lease (`holderIdentity`: this pod, `renewTime`: now), and the operator's watch event makes it read
 the API pods' figures and decide right away. The decision itself is unchanged: the Lease carries no
 count, only "look now", so a stale or forged renewal costs one early look and nothing more.
+
+The same renewal is sent when this process alone already has more generations in flight than
+`--scale_up_in_flight` (the stack's targetInFlight) per ready replica (`ScaleUpWake`): the operator
+sums every API pod's figures, so its next decision would scale up anyway; the wake only makes it
+come now. A load step then waits for the replicas' start, not for the poll as well.
 
 Why a Lease: it is the object Kubernetes has for small, frequent writes by many holders (node
 heartbeats, leader election), and RBAC can grant `patch` on that one name and nothing else (the
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -50,7 +56,8 @@ def renewal(identity: str, now: float) -> dict[str, Any]:
 
 
 class DemandSignal:
-    """`signal()` (on the event loop, cheap, never raises) renews the Lease in the background."""
+    """`signal()` (on the event loop, cheap, never raises) renews the Lease in the background; it
+    returns whether it did (False within `RENEW_EVERY_S` of the last renewal, or while one is sent)."""
 
     def __init__(
         self,
@@ -68,14 +75,15 @@ class DemandSignal:
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
 
-    def signal(self) -> None:
+    def signal(self) -> bool:
         now = self._clock()
         if self._last is not None and now - self._last < RENEW_EVERY_S:
-            return
+            return False
         if self._task is not None and not self._task.done():
-            return
+            return False
         self._last = now
         self._task = asyncio.create_task(self._renew(), name="demand-lease-renewal")
+        return True
 
     async def _renew(self) -> None:
         # lightkube, as for the EndpointSlice watch (endpointslices.py); imported only in the cluster.
@@ -107,3 +115,33 @@ class DemandSignal:
                 await self._task
         if self._client is not None:
             await self._client.close()
+
+
+class ScaleUpWake:
+    """Wakes the operator (`signal`, a `DemandSignal.signal`) when this process alone asks for more
+    inference replicas than are ready: ceil(in flight / target_in_flight), at most `max_replicas`.
+
+    The operator's decision sums every API pod's in-flight figure, so what one pod asks for is a floor
+    of what it will decide: a wake never asks for more than the poll would. Each larger ask wakes it
+    once (a wake the Lease's throttle drops is tried again by the next request); an ask the ready
+    replicas already meet starts over, so the next step up wakes it again. At `max_replicas` nothing
+    is sent: the operator could not add one, and a stack held at its peak writes nothing.
+    Pure and synchronous: `started` runs on the event loop for every routed generation.
+    """
+
+    def __init__(self, target_in_flight: int, max_replicas: int, signal: Callable[[], bool]) -> None:
+        if target_in_flight < 1 or max_replicas < 1:
+            raise ValueError("ScaleUpWake: target_in_flight and max_replicas must be at least 1")
+        self.target_in_flight = target_in_flight
+        self.max_replicas = max_replicas
+        self._signal = signal
+        self._asked = 0  # the ask last sent and not yet met by ready replicas
+
+    def started(self, in_flight: int, ready: int) -> None:
+        """A generation started: `in_flight` this process's generations now (it included), `ready`
+        the replicas it routes to."""
+        ask = min(math.ceil(in_flight / self.target_in_flight), self.max_replicas)
+        if ask <= ready:
+            self._asked = 0
+        elif ask > self._asked and self._signal():
+            self._asked = ask

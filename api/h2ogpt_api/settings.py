@@ -233,8 +233,19 @@ class Settings(BaseModel):
     demand_lease: str = Field(
         "",
         description="<namespace>/<name>: renew this Lease when a request starts being held, so the "
-        "operator scales from zero at once instead of at its next poll (demand.py; needs --hold_seconds); "
-        "empty = no signal",
+        "operator scales from zero at once instead of at its next poll (demand.py; needs --hold_seconds "
+        "or --scale_up_in_flight); empty = no signal",
+    )
+    scale_up_in_flight: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="renew --demand_lease also when this process alone has more generations in flight "
+        "than this many per ready replica (the stack's targetInFlight), so the operator scales up at "
+        "once; needs several replicas to route to; 0 = only held requests renew it",
+    )
+    scale_up_max_replicas: int = Field(
+        64, ge=1, le=64, description="the most replicas the stack may have: at that many, load renews nothing"
     )
     keepalive_seconds: float = Field(
         10.0,
@@ -331,6 +342,11 @@ class Settings(BaseModel):
         """`--inference_server` as its replicas (one entry, or none for the embedded model)."""
         return [server for server in self.inference_server.split(",") if server]
 
+    @property
+    def routes_across_replicas(self) -> bool:
+        """Whether the API picks the inference replica itself (backends/routed.py)."""
+        return len(self.inference_servers) > 1 or bool(self.inference_endpointslices)
+
     @field_validator("allowed_url_hosts")
     @classmethod
     def _allowed_hosts_parse(cls, value: list[str]) -> list[str]:
@@ -354,9 +370,19 @@ class Settings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _demand_lease_holds(self) -> Settings:
-        if self.demand_lease and self.hold_seconds <= 0:
-            raise ValueError("--demand_lease signals held requests: it needs --hold_seconds > 0")
+    def _demand_lease_has_a_use(self) -> Settings:
+        if self.demand_lease and self.hold_seconds <= 0 and self.scale_up_in_flight == 0:
+            raise ValueError(
+                "--demand_lease signals held requests or load: it needs --hold_seconds > 0 or "
+                "--scale_up_in_flight > 0"
+            )
+        if self.scale_up_in_flight and not self.demand_lease:
+            raise ValueError("--scale_up_in_flight renews the demand Lease: it needs --demand_lease")
+        if self.scale_up_in_flight and not self.routes_across_replicas:
+            raise ValueError(
+                "--scale_up_in_flight counts the replicas it routes to: it needs several --inference_server "
+                "entries or --inference_endpointslices"
+            )
         return self
 
     @model_validator(mode="after")

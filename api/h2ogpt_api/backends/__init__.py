@@ -13,12 +13,16 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "BackendError", "create_backend", "create_server_backend", "replica_follower"]
 
 
-def create_backend(settings: Settings, on_hold: Callable[[], None] | None = None) -> Backend:
+def create_backend(
+    settings: Settings,
+    on_hold: Callable[[], object] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> Backend:
     """The backend `--inference_server` names (several comma-separated servers are replicas behind
     one `RoutedBackend`), holding requests while it has no ready replica when `--hold_seconds` is
     set (the embedded model is always there: never held); `on_hold` is called as a request starts
-    being held."""
-    backend = _routed_or_single_backend(settings)
+    being held, `on_start` as a routed generation starts on a replica (`RoutedBackend`)."""
+    backend = _routed_or_single_backend(settings, on_start)
     if settings.hold_seconds > 0 and settings.inference_server:
         from h2ogpt_api.backends.holding import HoldingBackend  # noqa: PLC0415
 
@@ -52,10 +56,10 @@ def replica_follower(backend: Backend) -> Callable[[list[str]], None]:
     return follow
 
 
-def _routed_or_single_backend(settings: Settings) -> Backend:
+def _routed_or_single_backend(settings: Settings, on_start: Callable[[int, int], None] | None) -> Backend:
     """Heavy imports happen only for the kind chosen."""
     servers = settings.inference_servers
-    if len(servers) > 1 or settings.inference_endpointslices:
+    if settings.routes_across_replicas:
         from h2ogpt_api.backends.routed import RoutedBackend  # noqa: PLC0415
         from h2ogpt_api.routing import Router  # noqa: PLC0415
 
@@ -67,6 +71,7 @@ def _routed_or_single_backend(settings: Settings) -> Backend:
             lambda server: create_server_backend(server, settings),
             router=router,
             prefix_chars=settings.routing_prefix_chars,
+            on_start=on_start,
         )
     return create_server_backend(servers[0] if servers else "", settings)
 

@@ -50,7 +50,7 @@ class HoldingBackend:
         hold_seconds: float,
         max_held: int,
         keepalive_seconds: float,
-        on_hold: Callable[[], None] | None = None,
+        on_hold: Callable[[], object] | None = None,
     ) -> None:
         self._inner = inner
         self._on_hold = on_hold

@@ -10,6 +10,9 @@ cannot be resumed elsewhere without repeating what the client has seen. A refusa
 request's fault, not the replica's: it is passed on and the replica stays in.
 
 Replicas are named `host:port` in metrics and logs (never a URL, which may carry credentials).
+
+`on_start(in_flight, ready)` is told of every generation that starts on a replica: this backend's
+generations in flight (it included) and the replicas it routes to (demand.ScaleUpWake).
 """
 
 from __future__ import annotations
@@ -56,8 +59,11 @@ class RoutedBackend:
         *,
         router: Router,
         prefix_chars: int,
+        on_start: Callable[[int, int], None] | None = None,
     ) -> None:
         self.router = router
+        self._on_start = on_start
+        self._in_flight = 0
         self._make_backend = make_backend
         self._prefix_chars = prefix_chars
         self._backends: dict[str, Backend] = {}
@@ -159,9 +165,12 @@ class RoutedBackend:
             backend = self._backends[name]
             self.router.started(name)
             self._streams[name] = self._streams.get(name, 0) + 1
+            self._in_flight += 1
             metrics.REPLICA_IN_FLIGHT.labels(replica=name).inc()
             streaming = False
             try:
+                if self._on_start is not None:
+                    self._on_start(self._in_flight, len(self.router.replicas))
                 async with contextlib.aclosing(backend.stream(request)) as events:
                     async for event in events:
                         streaming = True
@@ -182,6 +191,7 @@ class RoutedBackend:
             finally:
                 self.router.finished(name)
                 self._streams[name] -= 1
+                self._in_flight -= 1
                 metrics.REPLICA_IN_FLIGHT.labels(replica=name).dec()
                 self._retire_if_idle(name)
         if failure is not None:

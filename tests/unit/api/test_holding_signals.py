@@ -1,5 +1,6 @@
 """What a held request tells, and is told: the demand signal (its target, its patch, how often it renews,
-when holding calls it), and a replica announced by the EndpointSlice watch waking held requests.
+when holding calls it, when load past the target calls it), and a replica announced by the
+EndpointSlice watch waking held requests.
 The renewal against a real apiserver, with the api pods' RBAC, is tests/cluster/test_autoscaling.py."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from h2ogpt_api.backends.base import (
 )
 from h2ogpt_api.backends.holding import HoldingBackend
 from h2ogpt_api.backends.routed import RoutedBackend
-from h2ogpt_api.demand import RENEW_EVERY_S, DemandSignal, parse_lease, renewal
+from h2ogpt_api.demand import RENEW_EVERY_S, DemandSignal, ScaleUpWake, parse_lease, renewal
 from h2ogpt_api.routing import Router
 
 
@@ -162,3 +163,82 @@ def test_a_replica_announced_is_tried_at_once_by_the_held_requests() -> None:
 def test_only_a_routed_backend_follows_replicas() -> None:
     with pytest.raises(TypeError, match="routed backend"):
         replica_follower(_StartsLate())  # type: ignore[arg-type]
+
+
+class _Signals:
+    """A `DemandSignal.signal` stand-in: records each call; `accept`: whether the throttle lets it by."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.sent = 0
+        self.accept = True
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        self.sent += self.accept
+        return self.accept
+
+
+def test_load_wakes_the_operator_once_per_larger_ask_and_never_at_max_replicas() -> None:
+    signals = _Signals()
+    wake = ScaleUpWake(target_in_flight=2, max_replicas=4, signal=signals)
+    for in_flight in (1, 2):  # one ready replica takes two at the target: nothing to ask
+        wake.started(in_flight, ready=1)
+    assert signals.calls == 0
+    wake.started(3, ready=1)  # this pod alone asks for 2
+    wake.started(4, ready=1)  # the same ask: already sent
+    assert signals.sent == 1
+    wake.started(5, ready=1)  # asks for 3
+    assert signals.sent == 2
+    for in_flight in range(6, 40):  # past maxReplicas (4) it asks for 4, once
+        wake.started(in_flight, ready=2)
+    assert signals.sent == 3
+    wake.started(8, ready=4)  # met: the next step up wakes it again
+    wake.started(9, ready=4)  # asks for 5, but 4 is the most
+    assert signals.sent == 3
+    wake.started(3, ready=1)
+    assert signals.sent == 4
+
+
+def test_a_wake_the_throttle_drops_is_tried_again_by_the_next_request() -> None:
+    signals = _Signals()
+    wake = ScaleUpWake(target_in_flight=1, max_replicas=8, signal=signals)
+    signals.accept = False  # within RENEW_EVERY_S of a renewal for a held request, say
+    wake.started(2, ready=1)
+    signals.accept = True
+    wake.started(2, ready=1)
+    assert (signals.calls, signals.sent) == (2, 1)
+
+
+def test_the_routed_backend_tells_each_start_its_in_flight_and_ready_replicas() -> None:
+    class _Streams:
+        kind = "tgi"
+        model_name = "m"
+
+        def __init__(self) -> None:
+            self.go = asyncio.Event()
+
+        async def stream(self, request: BackendRequest) -> AsyncGenerator[BackendEvent, None]:
+            await self.go.wait()
+            yield TokenDelta("hi")
+            yield StreamEnd(prompt_tokens=1, completion_tokens=1, finish_reason="stop")
+
+    async def scenario() -> list[tuple[int, int]]:
+        replica = _Streams()
+        seen: list[tuple[int, int]] = []
+        routed = RoutedBackend(["http://10.0.0.5:8000", "http://10.0.0.6:8000"], lambda _server: replica,
+                               router=Router([], policy="round_robin"), prefix_chars=64,
+                               on_start=lambda in_flight, ready: seen.append((in_flight, ready)))  # fmt: skip
+        request = BackendRequest(messages=(), sampling=Sampling(max_new_tokens=1), prompt="q")
+
+        async def answer() -> None:
+            _events = [event async for event in routed.stream(request)]
+
+        running = [asyncio.create_task(answer()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        replica.go.set()
+        await asyncio.gather(*running)
+        await answer()  # the three ended: one in flight again
+        return seen
+
+    assert asyncio.run(scenario()) == [(1, 2), (2, 2), (3, 2), (1, 2)]

@@ -88,6 +88,9 @@ def test_redacted_hides_keys_and_inline_passwords() -> None:
         (["--langchain_mode", "UserData", "--langchain_modes", "['LLM']"], "is not one of --langchain_modes"),
         (["--hold_seconds", "60", "--demand_lease", "no-namespace"], "expected <namespace>/<name>"),
         (["--demand_lease", "team-a/demo-demand"], "it needs --hold_seconds > 0"),
+        (["--scale_up_in_flight", "8"], "it needs --demand_lease"),
+        (["--inference_server", "http://a:80", "--demand_lease", "a/b", "--scale_up_in_flight", "8"],
+         "it needs several --inference_server entries or --inference_endpointslices"),
     ],
 )
 def test_bad_input_fails_with_one_clear_line(argv: list[str], message: str) -> None:
