@@ -13,9 +13,10 @@ reconciled, and the reconciler applies the count to the inference Deployment
 (`builders.inference_replicas`): one writer of the replicas, so nothing fights over them.
 A decision that changes nothing writes nothing, so an idle stack costs reads only.
 
-A stack that can scale to zero is also looked at as soon as its api pods start holding a request:
-they renew its demand Lease (api demand.py), the Lease's watch event calls `wake`, and the next look
-comes now instead of up to an interval later. The look and the decision are the same.
+A stack is also looked at as soon as its api pods ask for more replicas: they renew its demand Lease
+(api demand.py) when they start holding a request at zero replicas, or when one pod alone has more
+than targetInFlight per ready replica in flight; the Lease's watch event calls `wake`, and the next
+look comes now instead of up to an interval later. The look and the decision are the same.
 """
 
 from __future__ import annotations
@@ -243,8 +244,8 @@ class Autoscaler:
         return Load(api_pods=loads, unreadable=unreadable, engine_queue=queue, idle_replicas=len(idle)), idle
 
     def wake(self, key: Key) -> None:
-        """Look at this stack now rather than at the next interval (its api pods started holding a
-        request). On the event loop, like the watch handler that calls it."""
+        """Look at this stack now rather than at the next interval (its api pods asked for more
+        replicas). On the event loop, like the watch handler that calls it."""
         self._woken.add(key)
         self._wakeup.set()
 

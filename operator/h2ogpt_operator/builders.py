@@ -359,14 +359,17 @@ def routing_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]
 
 
 def hold_settings(stack: Stack, spec: H2oGPTDeploymentSpec) -> dict[str, str]:
-    """With autoscaling, the api pods hold requests while no inference replica is ready (scale from zero),
-    and where the stack can be at zero they renew its demand Lease as they start holding one."""
+    """With autoscaling, the api pods hold requests while no inference replica is ready (scale from zero);
+    where the autoscaler can add replicas they renew the stack's demand Lease as they start holding one,
+    or as they alone have more than targetInFlight per ready replica in flight (api demand.py)."""
     scaling = spec.inference.autoscaling
     if scaling is None:
         return {}
     held = {"H2OGPT_HOLD_SECONDS": str(scaling.hold_seconds), "H2OGPT_MAX_HELD": str(scaling.max_held)}
-    if scales_to_zero(spec):
+    if signals_demand(spec):
         held["H2OGPT_DEMAND_LEASE"] = f"{stack.namespace}/{naming.child_name(stack.name, naming.DEMAND)}"
+        held["H2OGPT_SCALE_UP_IN_FLIGHT"] = str(scaling.target_in_flight)
+        held["H2OGPT_SCALE_UP_MAX_REPLICAS"] = str(scaling.max_replicas)
     return held
 
 
@@ -377,11 +380,21 @@ def scales_to_zero(spec: H2oGPTDeploymentSpec) -> bool:
     return _runs_inference(spec) and scaling is not None and scaling.min_replicas == 0
 
 
+def signals_demand(spec: H2oGPTDeploymentSpec) -> bool:
+    """Whether the api pods tell the operator at once that more replicas are needed (the demand Lease):
+    autoscaling with room to add one (maxReplicas above minReplicas, which includes every stack that
+    can be at zero). Such a stack always routes across replicas (`routes_across_replicas`), so its api
+    pods know how many are ready."""
+    scaling = spec.inference.autoscaling
+    return _runs_inference(spec) and scaling is not None and scaling.max_replicas > scaling.min_replicas
+
+
 def build_demand_lease(stack: Stack, spec: H2oGPTDeploymentSpec) -> Manifest | None:
-    """`<cr>-demand`, the Lease the api pods renew when they start holding a request (api demand.py): the
-    operator watches it and reads the api pods' figures at once instead of at its next poll. Created
-    empty: its holder and renew time are the api pods' to write (server-side apply leaves them alone)."""
-    if not scales_to_zero(spec):
+    """`<cr>-demand`, the Lease the api pods renew when they start holding a request or pass the target
+    in flight (api demand.py): the operator watches it and reads the api pods' figures at once instead
+    of at its next poll. Created empty: its holder and renew time are the api pods' to write
+    (server-side apply leaves them alone)."""
+    if not signals_demand(spec):
         return None
     return {
         "apiVersion": "coordination.k8s.io/v1",
@@ -1021,11 +1034,11 @@ def demand_lease_rules(stack: Stack) -> list[Manifest]:
 
 def api_rules(stack: Stack, spec: H2oGPTDeploymentSpec) -> list[Manifest]:
     """What the api pods' token may do: watch the inference EndpointSlices where they route across
-    replicas, renew the demand Lease where the stack scales to zero; nothing otherwise."""
+    replicas, renew the demand Lease where the autoscaler can add replicas; nothing otherwise."""
     rules: list[Manifest] = []
     if routes_across_replicas(spec):
         rules += ENDPOINTSLICE_READER_RULES
-    if scales_to_zero(spec):
+    if signals_demand(spec):
         rules += demand_lease_rules(stack)
     return rules
 

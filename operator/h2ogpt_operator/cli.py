@@ -105,7 +105,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=AUTOSCALE_INTERVAL_S,
         help="how often stacks with spec.inference.autoscaling have their API pods' metrics read (a stack "
-        "at zero is also read as soon as its API pods renew its demand Lease)",
+        "is also read as soon as its API pods renew its demand Lease: a request held at zero replicas, "
+        "or more than targetInFlight per ready replica in flight)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)

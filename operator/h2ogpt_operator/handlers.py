@@ -83,7 +83,7 @@ class HandlerContext:
     queue: WorkQueue
     cache: WatchCache = field(default_factory=WatchCache)
     secret_readers: SecretReaders = field(default_factory=SecretReaders)
-    # The autoscaler's `wake`: a stack's api pods renewed its demand Lease (they hold a request).
+    # The autoscaler's `wake`: a stack's api pods renewed its demand Lease (they need more replicas).
     wake_autoscaler: Callable[[Key], None] = _ignore
 
 

@@ -49,7 +49,7 @@ CHILD_RESOURCES: list[tuple[str, str, str, str]] = [
     ("", "v1", "serviceaccounts", "ServiceAccount"),
     ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
-    # The demand Lease the api pods renew when they hold a request (builders.build_demand_lease).
+    # The demand Lease the api pods renew when they need more replicas (builders.build_demand_lease).
     ("coordination.k8s.io", "v1", "leases", "Lease"),
 ]
 POD_RESOURCE = ("", "v1", "pods")

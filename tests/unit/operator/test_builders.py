@@ -562,34 +562,46 @@ API_IDENTITY_KINDS = {"ServiceAccount", "Role", "RoleBinding"}
 
 
 @pytest.mark.parametrize(
-    ("inference", "routed", "to_zero"),
+    ("inference", "routed", "demand"),
     [
         ({}, False, False),  # one replica: the Service's address is the replica
         ({"replicas": 3}, True, False),
         ({"replicas": 0}, False, False),
-        # By what it CAN have: routed with maxReplicas > 1, a demand Lease with minReplicas 0.
+        # By what it CAN have: routed with maxReplicas > 1, a demand Lease where the autoscaler can add
+        # a replica (maxReplicas above minReplicas, at zero included).
         ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}}, True, True),
         ({"replicas": 1, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}}, True, True),  # at zero too
-        ({"replicas": 1, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}, True, False),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}, True, True),
+        ({"replicas": 4, "autoscaling": {"minReplicas": 4, "maxReplicas": 4}}, True, False),  # fixed
         ({"engine": "llamacpp", "replicas": 2}, True, False),
         ({"engine": "external", "replicas": 3, "external": {"url": "http://up:8000/v1"}}, False, False),
     ],
 )
 def test_api_pods_get_an_identity_only_to_route_across_replicas_or_signal_demand(
-    inference: dict[str, Any], routed: bool, to_zero: bool
+    inference: dict[str, Any], routed: bool, demand: bool
 ) -> None:
     spec = spec_of(inference=inference)
     children = builders.build_children(STACK, spec, CONFIG, {})
     kinds = {c["kind"] for c in children}
-    assert bool(kinds & API_IDENTITY_KINDS) is (routed or to_zero)
-    assert ("Lease" in kinds) is to_zero
+    assert bool(kinds & API_IDENTITY_KINDS) is (routed or demand)
+    assert ("Lease" in kinds) is demand
     settings = builders.build_settings(STACK, spec)
     assert ("H2OGPT_INFERENCE_ENDPOINTSLICES" in settings) is routed
-    assert ("H2OGPT_DEMAND_LEASE" in settings) is to_zero
+    assert ("H2OGPT_DEMAND_LEASE" in settings) is demand
+    assert ("H2OGPT_SCALE_UP_IN_FLIGHT" in settings) is demand
     for component in (naming.OPENAI, naming.GRADIO):
         pod = _by_name(children)[("Deployment", f"demo-{component}")]["spec"]["template"]["spec"]
-        assert ("serviceAccountName" in pod) is (routed or to_zero)
-        assert ("automountServiceAccountToken" in pod) is (routed or to_zero)
+        assert ("serviceAccountName" in pod) is (routed or demand)
+        assert ("automountServiceAccountToken" in pod) is (routed or demand)
+
+
+def test_api_pods_of_a_stack_that_can_grow_wake_the_operator_past_its_target_in_flight() -> None:
+    spec = spec_of(inference={"autoscaling": {"minReplicas": 1, "maxReplicas": 6, "targetInFlight": 3}})
+    settings = parse_settings([], builders.build_settings(STACK, spec))  # what the api pod reads
+    assert settings.demand_lease == f"{STACK.namespace}/demo-demand"
+    assert settings.scale_up_in_flight == 3
+    assert settings.scale_up_max_replicas == 6
+    assert settings.routes_across_replicas
 
 
 def test_api_pods_of_a_stack_at_zero_may_renew_its_demand_lease_and_no_other() -> None:
