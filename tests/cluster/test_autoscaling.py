@@ -301,3 +301,81 @@ def test_a_scale_in_under_load_removes_the_idle_replicas_not_the_streaming_one(
     finally:
         for fake in fakes:
             fake.stop()
+
+
+def test_api_pods_past_the_target_in_flight_wake_the_operator_to_scale_up(
+    cluster: Cluster,
+    namespace: str,
+    operator: OperatorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A stack at two replicas that may grow to three, targetInFlight 1. A real h2ogpt-api on the
+    settings the operator wrote for it, with its api pods' token, routes to two stand-in replicas: one
+    stream per replica renews nothing; a third in flight asks for three replicas, and the API renews
+    the demand Lease, which wakes the operator's own autoscaler (its interval a day here) at once."""
+    stack = llamacpp_stack(replicas=2, autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetInFlight": 1})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(stack))
+    wait_ready(cluster, namespace, NAME, timeout=90)
+    data = (get_json_or_none(cluster, "configmap", f"{NAME}-config", "-n", namespace) or {})["data"]
+    # Not at zero, yet the autoscaler can add a replica: the stack has a demand Lease all the same.
+    assert data["H2OGPT_DEMAND_LEASE"] == f"{namespace}/{NAME}-demand"
+    assert (data["H2OGPT_SCALE_UP_IN_FLIGHT"], data["H2OGPT_SCALE_UP_MAX_REPLICAS"]) == ("1", "3")
+    assert lease_spec(cluster, namespace, f"{NAME}-demand") == {}
+    api_kubeconfig = service_account_kubeconfig(
+        cluster, namespace, f"{NAME}-api", tmp_path / "api.kubeconfig"
+    )
+
+    port = free_port()
+    hosts = REPLICA_HOSTS[:2]
+    fakes = [
+        RunningFake(TgiFake(token_delay=0.05, repeat=True), port=port, host=host).start() for host in hosts
+    ]
+    api_args = [
+        "--inference_server", ",".join(f"http://{host}:{port}" for host in hosts),
+        "--base_model", "org/model", "--langchain_modes", "['LLM']",
+        "--hold_seconds", data["H2OGPT_HOLD_SECONDS"],
+        "--demand_lease", data["H2OGPT_DEMAND_LEASE"],
+        "--scale_up_in_flight", data["H2OGPT_SCALE_UP_IN_FLIGHT"],
+        "--scale_up_max_replicas", data["H2OGPT_SCALE_UP_MAX_REPLICAS"],
+    ]  # fmt: skip
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    kube = Kube(load_api_client())
+    looks = "h2ogpt_operator_autoscaler_looks_total"
+    try:
+        with run_api_server(api_args, {"KUBECONFIG": str(api_kubeconfig)}) as api, \
+                OpenAI(base_url=api.openai_url, api_key="EMPTY", max_retries=0, timeout=120) as client, \
+                concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:  # fmt: skip
+
+            def answer(index: int) -> str | None:
+                reply = client.chat.completions.create(
+                    model="org/model", messages=[{"role": "user", "content": f"load {index}"}], max_tokens=100
+                )
+                return reply.choices[0].finish_reason
+
+            first_two = [pool.submit(answer, index) for index in range(2)]
+            wait_for(lambda: sum(replica_in_flight(api).values()) == 2, 30, "two answers streaming")
+            # One per ready replica: at the target, nothing to ask for.
+            assert api.metric("h2ogpt_api_demand_renewals_total") == 0
+            third = pool.submit(answer, 2)
+            wait_for(lambda: lease_spec(cluster, namespace, f"{NAME}-demand").get("renewTime"), 10,
+                     "the API to renew the demand Lease")  # fmt: skip
+            assert api.metric("h2ogpt_api_demand_renewals_total", result="sent") == 1
+            wait_for(lambda: operator.metric_sum(f'{looks}{{trigger="demand"}}') >= 1, 10,
+                     "the operator's autoscaler to look at once")  # fmt: skip
+            assert operator.metric_sum(f'{looks}{{trigger="poll"}}') == 0
+            # What that look decides, from this API's figures while the three stream.
+            autoscaler = Autoscaler(
+                kube,
+                WatchCache(),
+                read=lambda _ns, _pod, _port, path: httpx.get(f"{api.base_url}/{path}").text,
+            )
+            assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
+            assert status_autoscaling(cluster, namespace)["reason"] == (
+                "scale up 2 -> 3: 3 in flight, target 1 per replica"
+            )
+            wait_for(lambda: replicas(cluster, namespace) == 3, 30, "the operator to apply 3 replicas")
+            assert [f.result(timeout=60) for f in (*first_two, third)] == ["length"] * 3
+    finally:
+        for fake in fakes:
+            fake.stop()
