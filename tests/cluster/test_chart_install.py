@@ -178,7 +178,7 @@ def test_install_grants_exactly_what_the_operator_uses_then_upgrades_and_uninsta
         ("create", "roles.rbac.authorization.k8s.io", "-n", other),
         ("delete", "rolebindings.rbac.authorization.k8s.io", "-n", other),
         ("watch", "endpointslices.discovery.k8s.io", "-n", other),
-        # The demand Lease of stacks that scale to zero (server-side apply: patch), and its prune.
+        # The demand Lease of stacks their autoscaling can grow (server-side apply: patch), and its prune.
         ("patch", "leases.coordination.k8s.io", "-n", other),
         ("delete", "leases.coordination.k8s.io", "-n", other),
         ("watch", "leases.coordination.k8s.io", "-A"),

@@ -83,7 +83,7 @@ OPERATOR_NAMESPACED_RULES = (
     | expand(("rbac.authorization.k8s.io",), ("roles", "rolebindings"), f"{CHILD} delete")
     # ... and what its Role grants, held so that the operator may grant it (no escalate, no bind).
     | expand(("discovery.k8s.io",), ("endpointslices",), "get list watch")
-    # The demand Lease of a stack that scales to zero (its patch is also what the api Role grants).
+    # The demand Lease of a stack its autoscaling can grow (its patch is also what the api Role grants).
     | expand(("coordination.k8s.io",), ("leases",), f"{CHILD} delete")
 )
 # Reading every CRD (is ServiceMonitor served?), patching only its own (the CRD applied at start).

@@ -148,9 +148,9 @@ watches all namespaces and by one Role per namespace otherwise.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# A stack that scales to zero gets a demand Lease `<cr>-demand`, which its api pods renew when they
-# hold a request (their Role may patch that one name); the operator's watch on it wakes the
-# autoscaler. `patch` is also what lets the operator grant the api pods theirs.
+# A stack its autoscaling can grow gets a demand Lease `<cr>-demand`, which its api pods renew when
+# they hold a request or pass targetInFlight (their Role may patch that one name); the operator's
+# watch on it wakes the autoscaler. `patch` is also what lets the operator grant the api pods theirs.
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["list", "watch", "create", "patch", "delete"]
