@@ -139,7 +139,9 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
             stack.push_async_callback(demand.aclose)
             on_hold = demand.signal
             if settings.scale_up_in_flight:
-                wake = ScaleUpWake(settings.scale_up_in_flight, settings.scale_up_max_replicas, demand.signal)
+                wake = ScaleUpWake(
+                    settings.scale_up_in_flight, settings.scale_up_max_replicas, lambda: demand.signal("load")
+                )
                 on_start = wake.started
         backend = create_backend(settings, on_hold, on_start)
         stack.push_async_callback(backend.aclose)

@@ -75,17 +75,18 @@ class DemandSignal:
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
 
-    def signal(self) -> bool:
+    def signal(self, cause: str = "held") -> bool:
+        """`cause`: what asks (`held`, `load`), for the renewals metric."""
         now = self._clock()
         if self._last is not None and now - self._last < RENEW_EVERY_S:
             return False
         if self._task is not None and not self._task.done():
             return False
         self._last = now
-        self._task = asyncio.create_task(self._renew(), name="demand-lease-renewal")
+        self._task = asyncio.create_task(self._renew(cause), name="demand-lease-renewal")
         return True
 
-    async def _renew(self) -> None:
+    async def _renew(self, cause: str) -> None:
         # lightkube, as for the EndpointSlice watch (endpointslices.py); imported only in the cluster.
         from lightkube import AsyncClient  # noqa: PLC0415
         from lightkube.resources.coordination_v1 import Lease  # noqa: PLC0415
@@ -98,11 +99,11 @@ class DemandSignal:
                 Lease, self.name, renewal(self.identity, time.time()),
                 namespace=self.namespace, patch_type=PatchType.MERGE,
             )  # fmt: skip
-            metrics.DEMAND_RENEWALS.labels(result="sent").inc()
+            metrics.DEMAND_RENEWALS.labels(result="sent", cause=cause).inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            metrics.DEMAND_RENEWALS.labels(result="failed").inc()
+            metrics.DEMAND_RENEWALS.labels(result="failed", cause=cause).inc()
             log.warning(
                 "renewing the demand Lease %s/%s failed (%s: %s); the operator's poll will see the "
                 "held requests instead", self.namespace, self.name, type(exc).__name__, exc,

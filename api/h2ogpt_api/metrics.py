@@ -75,11 +75,12 @@ HELD_WAIT = Histogram(
     ["outcome"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
 )
-# demand.py: renewals of the stack's demand Lease as requests start being held (result: sent, failed).
+# demand.py: renewals of the stack's demand Lease (result: sent, failed), by what asked for it (cause:
+# held, a request held at zero replicas; load, past --scale_up_in_flight per ready replica).
 DEMAND_RENEWALS = Counter(
     "h2ogpt_api_demand_renewals_total",
     "Renewals of the demand Lease that tells the operator to look now",
-    ["result"],
+    ["result", "cause"],
 )
 BACKEND_ERRORS = Counter("h2ogpt_api_backend_errors_total", "Inference backend failures", ["backend", "kind"])
 

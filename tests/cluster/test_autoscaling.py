@@ -183,7 +183,7 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
             wait_for(lambda: lease_spec(cluster, namespace, f"{NAME}-demand").get("renewTime"), 10,
                      "the API to renew the demand Lease")  # fmt: skip
             assert lease_spec(cluster, namespace, f"{NAME}-demand")["holderIdentity"] == socket.gethostname()
-            assert api.metric("h2ogpt_api_demand_renewals_total", result="sent") == 1
+            assert api.metric("h2ogpt_api_demand_renewals_total", result="sent", cause="held") == 1
             looks = "h2ogpt_operator_autoscaler_looks_total"
             wait_for(lambda: operator.metric_sum(f'{looks}{{trigger="demand"}}') >= 1, 10,
                      "the operator's autoscaler to look at once")  # fmt: skip
@@ -360,7 +360,7 @@ def test_api_pods_past_the_target_in_flight_wake_the_operator_to_scale_up(
             third = pool.submit(answer, 2)
             wait_for(lambda: lease_spec(cluster, namespace, f"{NAME}-demand").get("renewTime"), 10,
                      "the API to renew the demand Lease")  # fmt: skip
-            assert api.metric("h2ogpt_api_demand_renewals_total", result="sent") == 1
+            assert api.metric("h2ogpt_api_demand_renewals_total", result="sent", cause="load") == 1
             wait_for(lambda: operator.metric_sum(f'{looks}{{trigger="demand"}}') >= 1, 10,
                      "the operator's autoscaler to look at once")  # fmt: skip
             assert operator.metric_sum(f'{looks}{{trigger="poll"}}') == 0

@@ -49,7 +49,7 @@ class _Counted(DemandSignal):
         )
         self.sent = 0
 
-    async def _renew(self) -> None:
+    async def _renew(self, cause: str) -> None:
         self.sent += 1
 
 
