@@ -128,7 +128,7 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
     except ValueError as exc:
         raise SystemExit(f"h2ogpt-api: {exc}") from None
     async with contextlib.AsyncExitStack() as stack:
-        on_hold = on_start = None
+        on_hold = on_start = in_flight = None
         if settings.demand_lease and settings.inference_server:
             from h2ogpt_api.demand import DemandSignal, ScaleUpWake  # noqa: PLC0415
 
@@ -143,7 +143,9 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
                     settings.scale_up_in_flight, settings.scale_up_max_replicas, lambda: demand.signal("load")
                 )
                 on_start = wake.started
-        backend = create_backend(settings, on_hold, on_start)
+                if worker is not None:  # the pod's generations, not this worker's share, against the target
+                    in_flight = workers.SharedInFlightCount(worker)
+        backend = create_backend(settings, on_hold, on_start, in_flight)
         stack.push_async_callback(backend.aclose)
         if settings.inference_endpointslices:
             from h2ogpt_api.endpointslices import EndpointSliceWatcher  # noqa: PLC0415

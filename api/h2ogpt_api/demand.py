@@ -1,22 +1,23 @@
 """Tell the operator at once that the stack needs more inference replicas, instead of at its next poll.
 
-The operator reads the API pods' held-requests gauge every `--autoscale-interval-seconds` (15 s by
-default), so a first request at zero replicas used to wait most of that interval before a replica
-was even asked for. `--demand_lease <namespace>/<name>` names a Lease the operator creates for a
-stack that can scale to zero and watches; when this process starts holding a request it renews that
-Lease (`holderIdentity`: this pod, `renewTime`: now), and the operator's watch event makes it read
-the API pods' figures and decide right away. The decision itself is unchanged: the Lease carries no
-count, only "look now", so a stale or forged renewal costs one early look and nothing more.
+The operator reads the API pods' figures every `--autoscale-interval-seconds` (15 s by default), so
+a first request at zero replicas used to wait most of that interval before a replica was even asked
+for. `--demand_lease <namespace>/<name>` names a Lease the operator creates for a stack its
+autoscaling can grow, and watches; when this process starts holding a request it renews that Lease
+(`holderIdentity`: this pod, `renewTime`: now), and the operator's watch event makes it read the API
+pods' figures and decide right away. The decision itself is unchanged: the Lease carries no count,
+only "look now", so a stale or forged renewal costs one early look and nothing more.
 
-The same renewal is sent when this process alone already has more generations in flight than
-`--scale_up_in_flight` (the stack's targetInFlight) per ready replica (`ScaleUpWake`): the operator
-sums every API pod's figures, so its next decision would scale up anyway; the wake only makes it
-come now. A load step then waits for the replicas' start, not for the poll as well.
+The same renewal is sent when this server alone (its `--workers` counted together) already has more
+generations in flight than `--scale_up_in_flight` (the stack's targetInFlight) per ready replica
+(`ScaleUpWake`): the operator sums every API pod's figures, so its next decision would scale up
+anyway; the wake only makes it come now. A load step then waits for the replicas' start, not for
+the poll as well.
 
 Why a Lease: it is the object Kubernetes has for small, frequent writes by many holders (node
 heartbeats, leader election), and RBAC can grant `patch` on that one name and nothing else (the
 stack's api Role does). At most one renewal per `RENEW_EVERY_S` per process; a failed one is logged
-and the operator's poll still sees the held requests.
+and the operator's poll still sees the load.
 """
 
 from __future__ import annotations

@@ -240,9 +240,9 @@ class Settings(BaseModel):
         0,
         ge=0,
         le=10_000,
-        description="renew --demand_lease also when this process alone has more generations in flight "
-        "than this many per ready replica (the stack's targetInFlight), so the operator scales up at "
-        "once; needs several replicas to route to; 0 = only held requests renew it",
+        description="renew --demand_lease also when this server alone (its --workers together) has more "
+        "generations in flight than this many per ready replica (the stack's targetInFlight), so the "
+        "operator scales up at once; needs several replicas to route to; 0 = only held requests renew it",
     )
     scale_up_max_replicas: int = Field(
         64, ge=1, le=64, description="the most replicas the stack may have: at that many, load renews nothing"

@@ -10,6 +10,9 @@ whole pod).
 What one process used to hold alone, and how it stays correct with N:
 - metrics: each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
   multiprocess mode); `/metrics` on any worker sums every worker (gauges: the live ones).
+- the load wake's count of generations in flight (`--scale_up_in_flight`): one integer per worker in
+  a file they all map (`SharedInFlightCount`), so each compares the pod's load, not its share, with
+  the target.
 - admission: each worker admits its share of the limit, rounded up (h2ogpt_api.concurrency).
 - /v1/responses' stored conversations and open-access registrations (without a document
   store): a SQLite file every worker opens, so a continuation or a login may reach any worker.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import select
 import shutil
@@ -49,6 +53,7 @@ STATE_DIR_ENV = "H2OGPT_API_WORKERS_DIR"
 READY_FD_ENV = "H2OGPT_API_WORKER_READY_FD"
 METRICS_SUBDIR = "metrics"
 STATE_FILE = "state.sqlite3"
+IN_FLIGHT_FILE = "in-flight"
 # Written by the supervisor once every worker serves: until then a worker's /health says "starting",
 # since one worker failing its start-up stops them all (the pod must not look ready before that).
 ALL_STARTED_FILE = "all-started"
@@ -90,6 +95,32 @@ class WorkerRole:
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"r")
             os.close(self.ready_fd)
+
+
+class SharedInFlightCount:
+    """Generations in flight over all of a pod's workers: one int64 slot per worker in a file every
+    worker maps. Each worker writes only its own slot (an aligned 8-byte store, never torn), so no
+    lock is needed; `total` sums the slots, a read of a few bytes, cheap enough for every request.
+    The file is new with each pod start (the workers' folder is), and when a worker dies the
+    supervisor stops them all, so no slot outlives its writer."""
+
+    def __init__(self, role: WorkerRole) -> None:
+        path = role.state_dir / IN_FLIGHT_FILE
+        size = 8 * role.count
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(descriptor, size)  # every worker asks for the same size: nothing written is lost
+            self._map = mmap.mmap(descriptor, size)
+        finally:
+            os.close(descriptor)
+        self._slots = memoryview(self._map).cast("q")
+        self._index = role.index
+
+    def add(self, delta: int) -> None:
+        self._slots[self._index] += delta
+
+    def total(self) -> int:
+        return sum(self._slots)
 
 
 def refusals(settings: Settings) -> list[str]:

@@ -5,11 +5,15 @@ worker a connection reaches (stored /v1/responses conversations) shared between 
 The TGI fake admits 10 at once (and answers 429 past that, as TGI): two workers admit 5 each,
 so 10 running at once shows that both workers serve, and never more than 10 that their shares
 add up to the backend's limit.
+
+The load wake (`--scale_up_in_flight`) counts the pod's generations over its workers, not each
+worker's share: 40 streams on two replicas pass a target of 16 per replica only summed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -160,3 +164,35 @@ def test_combinations_that_several_processes_cannot_serve_are_refused_at_start(
     )
     assert result.returncode != 0
     assert reason in result.stderr + result.stdout
+
+
+def test_the_load_wake_counts_the_generations_of_every_worker(
+    api_server_factory: ApiServerFactory, tmp_path: Path
+) -> None:
+    """Two workers, two replicas, a target of 16 in flight per replica: 40 streams at once ask for 3
+    replicas, which the kernel's spreading of connections over the workers (about 20 each; one worker
+    holding 33 or more of 40 has odds near 1 in 100000) would hide from a worker counting alone. The
+    renewal itself goes to an apiserver that is not there (its failure is counted and logged)."""
+    replicas = [RunningFake(TgiFake(token_delay=0.1, repeat=True)).start() for _ in range(2)]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))  # fmt: skip
+    try:
+        servers = ",".join(replica.url for replica in replicas)
+        wake = ["--demand_lease", "team-a/demo-demand", "--scale_up_in_flight", "16",
+                "--scale_up_max_replicas", "4"]  # fmt: skip
+        server = api_server_factory(
+            [*llm_only_args(servers, MODEL), "--workers", "2", *wake], {"KUBECONFIG": str(kubeconfig)}
+        )
+        tokens = asyncio.run(concurrent_streams(server.openai_url or "", MODEL, STREAMS, TOKENS))
+        assert tokens == [TOKENS] * STREAMS
+        text = httpx.get(server.base_url + "/metrics").text
+        assert _sample(text, "h2ogpt_api_demand_renewals_total", {"cause": "load", "result": "failed"}) >= 1
+        assert "renewing the demand Lease team-a/demo-demand failed" in server.log()
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from h2ogpt_api.backends.base import Backend, BackendError
 
 if TYPE_CHECKING:
+    from h2ogpt_api.backends.routed import InFlight
     from h2ogpt_api.settings import Settings
 
 __all__ = ["Backend", "BackendError", "create_backend", "create_server_backend", "replica_follower"]
@@ -17,12 +18,14 @@ def create_backend(
     settings: Settings,
     on_hold: Callable[[], object] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    in_flight: InFlight | None = None,
 ) -> Backend:
     """The backend `--inference_server` names (several comma-separated servers are replicas behind
     one `RoutedBackend`), holding requests while it has no ready replica when `--hold_seconds` is
     set (the embedded model is always there: never held); `on_hold` is called as a request starts
-    being held, `on_start` as a routed generation starts on a replica (`RoutedBackend`)."""
-    backend = _routed_or_single_backend(settings, on_start)
+    being held, `on_start` as a routed generation starts on a replica (`RoutedBackend`), with the
+    count of generations in flight `in_flight` keeps (this process's when None)."""
+    backend = _routed_or_single_backend(settings, on_start, in_flight)
     if settings.hold_seconds > 0 and settings.inference_server:
         from h2ogpt_api.backends.holding import HoldingBackend  # noqa: PLC0415
 
@@ -56,7 +59,9 @@ def replica_follower(backend: Backend) -> Callable[[list[str]], None]:
     return follow
 
 
-def _routed_or_single_backend(settings: Settings, on_start: Callable[[int, int], None] | None) -> Backend:
+def _routed_or_single_backend(
+    settings: Settings, on_start: Callable[[int, int], None] | None, in_flight: InFlight | None
+) -> Backend:
     """Heavy imports happen only for the kind chosen."""
     servers = settings.inference_servers
     if settings.routes_across_replicas:
@@ -72,6 +77,7 @@ def _routed_or_single_backend(settings: Settings, on_start: Callable[[int, int],
             router=router,
             prefix_chars=settings.routing_prefix_chars,
             on_start=on_start,
+            in_flight=in_flight,
         )
     return create_server_backend(servers[0] if servers else "", settings)
 

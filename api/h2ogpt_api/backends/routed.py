@@ -11,8 +11,9 @@ request's fault, not the replica's: it is passed on and the replica stays in.
 
 Replicas are named `host:port` in metrics and logs (never a URL, which may carry credentials).
 
-`on_start(in_flight, ready)` is told of every generation that starts on a replica: this backend's
-generations in flight (it included) and the replicas it routes to (demand.ScaleUpWake).
+`on_start(in_flight, ready)` is told of every generation that starts on a replica: the generations
+in flight (it included; with `--workers`, the pod's, summed over its processes by an `in_flight`
+count they share) and the replicas it routes to (demand.ScaleUpWake).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from h2ogpt_api import metrics
@@ -48,6 +50,27 @@ def replica_name(server: str) -> str:
     return f"{parts.hostname}:{port}"
 
 
+class InFlight(Protocol):
+    """A count of generations in flight: `add` as one starts (+1) or ends (-1), `total` to read it."""
+
+    def add(self, delta: int) -> None: ...
+
+    def total(self) -> int: ...
+
+
+class InFlightCount:
+    """This process's count (workers.SharedInFlightCount sums a pod's worker processes instead)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def add(self, delta: int) -> None:
+        self._count += delta
+
+    def total(self) -> int:
+        return self._count
+
+
 class RoutedBackend:
     """Replicas of one kind of server behind a `Router`. `set_servers` follows membership changes
     (EndpointSlices); a replica that leaves is closed once its last request has ended."""
@@ -60,10 +83,11 @@ class RoutedBackend:
         router: Router,
         prefix_chars: int,
         on_start: Callable[[int, int], None] | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.router = router
         self._on_start = on_start
-        self._in_flight = 0
+        self._in_flight = in_flight if in_flight is not None else InFlightCount()
         self._make_backend = make_backend
         self._prefix_chars = prefix_chars
         self._backends: dict[str, Backend] = {}
@@ -165,12 +189,12 @@ class RoutedBackend:
             backend = self._backends[name]
             self.router.started(name)
             self._streams[name] = self._streams.get(name, 0) + 1
-            self._in_flight += 1
+            self._in_flight.add(1)
             metrics.REPLICA_IN_FLIGHT.labels(replica=name).inc()
             streaming = False
             try:
                 if self._on_start is not None:
-                    self._on_start(self._in_flight, len(self.router.replicas))
+                    self._on_start(self._in_flight.total(), len(self.router.replicas))
                 async with contextlib.aclosing(backend.stream(request)) as events:
                     async for event in events:
                         streaming = True
@@ -191,7 +215,7 @@ class RoutedBackend:
             finally:
                 self.router.finished(name)
                 self._streams[name] -= 1
-                self._in_flight -= 1
+                self._in_flight.add(-1)
                 metrics.REPLICA_IN_FLIGHT.labels(replica=name).dec()
                 self._retire_if_idle(name)
         if failure is not None:

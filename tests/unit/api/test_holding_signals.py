@@ -25,6 +25,7 @@ from h2ogpt_api.backends.holding import HoldingBackend
 from h2ogpt_api.backends.routed import RoutedBackend
 from h2ogpt_api.demand import RENEW_EVERY_S, DemandSignal, ScaleUpWake, parse_lease, renewal
 from h2ogpt_api.routing import Router
+from h2ogpt_api.workers import SharedInFlightCount, WorkerRole
 
 
 def test_the_lease_is_named_namespace_slash_name() -> None:
@@ -242,3 +243,16 @@ def test_the_routed_backend_tells_each_start_its_in_flight_and_ready_replicas() 
         return seen
 
     assert asyncio.run(scenario()) == [(1, 2), (2, 2), (3, 2), (1, 2)]
+
+
+def test_workers_share_one_count_of_generations_in_flight(tmp_path: Path) -> None:
+    """Each worker maps the same file and writes its own slot: every worker reads the pod's total."""
+    first, second = (SharedInFlightCount(WorkerRole(index, 2, tmp_path, None)) for index in (0, 1))
+    first.add(1)
+    second.add(1)
+    second.add(1)
+    assert (first.total(), second.total()) == (3, 3)
+    second.add(-2)
+    assert first.total() == 1
+    # A worker started later maps the same slots, the counts so far kept.
+    assert SharedInFlightCount(WorkerRole(1, 2, tmp_path, None)).total() == 1
