@@ -12,6 +12,7 @@ the apiserver's own admission decides that every pod the operator makes passes i
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import datetime
 import functools
 import json
@@ -31,6 +32,7 @@ import yaml
 from gradio_client import Client
 from h2ogpt_client import GradioClient
 from h2ogpt_operator.models import API_DRAIN_S
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.cluster import Cluster, answers_ok, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
@@ -535,9 +537,12 @@ def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack:
     llama.cpp server to zero; the first request is held by the API pod (its held-requests gauge is the
     operator's signal), a replica really starts, and the request is answered; idle again, it goes
     back to zero. Nothing is lost on the way. The API pod renews the stack's demand Lease as it holds
-    the request, so the operator decides within seconds, not at its next 15 s poll."""
+    the request, so the operator decides within seconds, not at its next 15 s poll; and again when
+    two requests at once pass targetInFlight 1 on the one replica (the load wake: the openai pod's
+    two workers counted together), so the operator asks for a second replica within seconds too."""
     selector = f"app.kubernetes.io/instance={stack.name},app.kubernetes.io/component=inference"
-    autoscaling = {"minReplicas": 0, "maxReplicas": 1, "scaleDownDelaySeconds": 20, "holdSeconds": 240}
+    autoscaling = {"minReplicas": 0, "maxReplicas": 2, "targetInFlight": 1, "scaleDownDelaySeconds": 20,
+                   "holdSeconds": 240}  # fmt: skip
 
     def inference_pods() -> list[dict[str, Any]]:
         return list(must_get_json(stack.cluster, "pods", "-n", stack.namespace, "-l", selector)["items"])
@@ -576,6 +581,34 @@ def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack:
         # and once for a connect dropped without a reply (CONNECT_TIMEOUT_S): 4.3 and 6.5 s measured.
         after_ready = first_answer_s - steps["inference pod Ready"]
         assert after_ready <= AFTER_READY_S, f"answered {after_ready:.1f} s after the pod was Ready"
+
+        # Two at once on the one replica: past targetInFlight 1, the api pod renews the Lease again
+        # (cause "load") and the operator asks for a second replica (the node's two cores may leave it
+        # Pending: the decision is what is measured). Both answers are whole.
+        asked_at = time.time()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            answers = list(pool.map(lambda i: client.chat.completions.create(
+                model=stack.model, messages=[{"role": "user", "content": f"Count to {i + 20}."}],
+                max_tokens=64), range(2)))  # fmt: skip
+        assert all(a.choices[0].finish_reason in ("stop", "length") and a.choices[0].message.content
+                   for a in answers), answers  # fmt: skip
+        # The api pod asked (the wake), not the operator's poll happening to fall in these seconds.
+        page = httpx.get(stack.service_url("openai", 5000) + "/metrics", timeout=10).text
+        samples = [sample for family in text_string_to_metric_families(page) for sample in family.samples]
+        sent = sum(sample.value for sample in samples if sample.name == "h2ogpt_api_demand_renewals_total"
+                   and sample.labels == {"result": "sent", "cause": "load"})  # fmt: skip
+        assert sent >= 1, [line for line in page.splitlines() if "demand_renewals" in line]
+
+        def scaled_to_two() -> Manifest | None:
+            found = must_get_json(stack.cluster, "events", "-n", stack.namespace, "--field-selector",
+                                  f"involvedObject.name={stack.name},reason=ScaledUp")["items"]  # fmt: skip
+            return next((e for e in found if "scale up 1 -> 2" in e.get("message", "")), None)
+
+        scaled_up = wait_for(scaled_to_two, 30, "the operator to scale 1 -> 2 on the load")
+        stamp = datetime.datetime.fromisoformat(_event_time(scaled_up).replace("Z", "+00:00")).timestamp()
+        load_decided = stamp - asked_at
+        record_timing("two requests past targetInFlight -> operator scaled 1 -> 2 (ScaledUp)", load_decided)
+        assert load_decided <= DEMAND_DECISION_S, f"scaled 1 -> 2 {load_decided:.1f} s after the two requests"
 
         started = time.monotonic()
         wait_for(scaled_to_zero, 240, "the stack back at zero once idle", interval=2)
