@@ -16,7 +16,7 @@
    down after the load did, streams cut (target 0).
    With `wake` (what the operator sets up for an autoscaled stack), the API's own `ScaleUpWake` sees
    each arrival's in-flight count and the ready replicas, and when it asks for more replicas than
-   are ready it renews the demand Lease (at most once per RENEW_EVERY_S, as `DemandSignal` does); the
+   are ready it renews the demand Lease (at most once per LOAD_RENEW_EVERY_S, as `DemandSignal` does); the
    operator then looks at once, as at a poll. The API in the model is one pod seeing all the load.
 3. Scale-in under load that never idles (the same simulation): after the step the load stays at
    3x the baseline, so some stream is in flight at almost every poll. Side by side, the same seeds:
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
-from h2ogpt_api.demand import RENEW_EVERY_S, ScaleUpWake
+from h2ogpt_api.demand import LOAD_RENEW_EVERY_S, ScaleUpWake
 from h2ogpt_operator.autoscale import Load, Memory, PodLoad, decide
 from h2ogpt_operator.cli import AUTOSCALE_INTERVAL_S
 from h2ogpt_operator.models import AutoscalingSpec
@@ -233,7 +233,7 @@ def scale_in(replicas: list[Replica], desired: int, now: float, per_replica: boo
 
 
 class VirtualLease:
-    """The demand Lease in virtual time: `signal` renews it at most once per RENEW_EVERY_S (as
+    """The demand Lease in virtual time: `signal` renews it at most once per LOAD_RENEW_EVERY_S (as
     `DemandSignal.signal` does) and leaves `renewed` set for the modelled operator's watch."""
 
     def __init__(self) -> None:
@@ -242,7 +242,7 @@ class VirtualLease:
         self.renewed = False
 
     def signal(self) -> bool:
-        if self.now - self.last < RENEW_EVERY_S:
+        if self.now - self.last < LOAD_RENEW_EVERY_S:
             return False
         self.last, self.renewed = self.now, True
         return True
@@ -439,12 +439,12 @@ def run(quick: bool = False) -> str:
         f"in {_cell(_measured(min, after_load))} to "
         f"{_cell(_measured(max, after_load))} s: the wake or the next poll asks at once, then the "
         f"{MODELLED_START_S:.0f} s start; longer when the count dips below the need before the last "
-        f"replicas are asked for (a larger ask renews the Lease at most every {RENEW_EVERY_S:.0f} s, and a "
-        "poll reads the count at its instant).",
+        "replicas are asked for (a larger ask renews the Lease at most every "
+        f"{LOAD_RENEW_EVERY_S:.0f} s, and a poll reads the count at its instant).",
         f"- With polls only (the operator before the load wake) the same seeds followed in "
-        f"{_cell(_measured(min, polled_follows))} to {_cell(_measured(max, polled_follows))} s: at a "
-        f"{POLL_S:.0f} s interval the polls already see the load within seconds, and the wake changes "
-        "little.",
+        f"{_cell(_measured(min, polled_follows))} to {_cell(_measured(max, polled_follows))} s, against "
+        f"{_cell(_measured(min, follows))} to {_cell(_measured(max, follows))} s with it: the polls' "
+        "share of the wait is gone, what is left is the load's arrival and the start.",
         f"- At the operator's default `--autoscale-interval-seconds` ({AUTOSCALE_INTERVAL_S:.0f} s, not the "
         f"{POLL_S:.0f} s modelled above) the same seeds follow in "
         f"{_cell(_measured(min, default_follows[True]))} to "
@@ -455,7 +455,7 @@ def run(quick: bool = False) -> str:
         f"{_cell(_measured(max, default_follows[False]))} s. "
         "What makes the difference is the load wake (`h2ogpt_api.demand.ScaleUpWake`, run here as built): "
         "when one API pod alone has more than targetInFlight per ready replica in flight, it renews the "
-        f"demand Lease (at most every {RENEW_EVERY_S:.0f} s) and the operator looks at once.",
+        f"demand Lease (at most every {LOAD_RENEW_EVERY_S:.0f} s) and the operator looks at once.",
         f"- What the wake costs at the default interval: {default_settled[True]:.2f} replicas at the "
         f"baseline after, against {default_settled[False]:.2f} with polls only (and "
         f"{sum(s.settled_replicas for s in steps) / len(seeds):.2f} at the {POLL_S:.0f} s interval). The "
@@ -482,8 +482,8 @@ def run(quick: bool = False) -> str:
         f"ask for: at the baseline's {BASE_RATE * SERVICE_S:g} streams in flight (Poisson), a poll that "
         f"sees more than targetInFlight ({STEP_POLICY.target_in_flight}) keeps a second replica. A "
         "targetInFlight further above the quiet hours' peaks, or a shorter delay, brings it closer "
-        "to the need (this model over 20 seeds, with the load wake: 2.98 replicas at target 2, 2.17 at 3, "
-        "1.85 at 4; with polls only 2.78, 2.08, 1.72).",
+        "to the need (this model over 20 seeds, with the load wake: 3.00 replicas at target 2, 2.17 at 3, "
+        "1.87 at 4; with polls only 2.78, 2.08, 1.72).",
         f"- Streams cut by a scale-in: {sum(s.cut for s in steps)} (target 0): "
         f"{'met' if cut_ok else 'MISSED'}. A scale-in removes only replicas no stream runs on: all "
         "of them when nothing is in flight, else those the API pods' per-replica figures show idle, "

@@ -16,8 +16,9 @@ the poll as well.
 
 Why a Lease: it is the object Kubernetes has for small, frequent writes by many holders (node
 heartbeats, leader election), and RBAC can grant `patch` on that one name and nothing else (the
-stack's api Role does). At most one renewal per `RENEW_EVERY_S` per process; a failed one is logged
-and the operator's poll still sees the load.
+stack's api Role does). Per process, held requests renew it at most once per `RENEW_EVERY_S`, load
+at most once per `LOAD_RENEW_EVERY_S`; a failed renewal is logged and the operator's poll still sees
+the load.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import math
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from h2ogpt_api import metrics
 from h2ogpt_api.endpointslices import kube_config
@@ -40,6 +41,13 @@ log = logging.getLogger("h2ogpt_api.demand")
 # A held request renews at most this often: a burst of 200 held requests is one write, and while
 # requests keep arriving at zero replicas (the operator restarting, say) it is renewed again.
 RENEW_EVERY_S = 5.0
+# Load renews only for a larger ask than the last (ScaleUpWake), so a ramp writes at most maxReplicas
+# times per process whatever this is; it only joins the asks of one second into one write, where a
+# 5 s wait would hold each step of a ramp back (bench/autoscale.py: a 5x step followed in up to 31 s
+# at the default interval with 5 s, 20 s with 1 s).
+LOAD_RENEW_EVERY_S = 1.0
+Cause = Literal["held", "load"]
+EVERY_S: dict[Cause, float] = {"held": RENEW_EVERY_S, "load": LOAD_RENEW_EVERY_S}
 
 
 def parse_lease(target: str) -> tuple[str, str]:
@@ -58,7 +66,8 @@ def renewal(identity: str, now: float) -> dict[str, Any]:
 
 class DemandSignal:
     """`signal()` (on the event loop, cheap, never raises) renews the Lease in the background; it
-    returns whether it did (False within `RENEW_EVERY_S` of the last renewal, or while one is sent)."""
+    returns whether it did (False within `EVERY_S[cause]` of the last renewal for that cause, or while
+    one is being sent)."""
 
     def __init__(
         self,
@@ -72,22 +81,23 @@ class DemandSignal:
         self.identity = identity or socket.gethostname()  # the pod's name in a pod
         self._config = kube_config("--demand_lease", kubeconfig)
         self._clock = clock
-        self._last: float | None = None
+        self._last: dict[Cause, float] = {}  # the last renewal, by cause
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
 
-    def signal(self, cause: str = "held") -> bool:
+    def signal(self, cause: Cause = "held") -> bool:
         """`cause`: what asks (`held`, `load`), for the renewals metric."""
         now = self._clock()
-        if self._last is not None and now - self._last < RENEW_EVERY_S:
+        last = self._last.get(cause)
+        if last is not None and now - last < EVERY_S[cause]:
             return False
         if self._task is not None and not self._task.done():
             return False
-        self._last = now
+        self._last[cause] = now
         self._task = asyncio.create_task(self._renew(cause), name="demand-lease-renewal")
         return True
 
-    async def _renew(self, cause: str) -> None:
+    async def _renew(self, cause: Cause) -> None:
         # lightkube, as for the EndpointSlice watch (endpointslices.py); imported only in the cluster.
         from lightkube import AsyncClient  # noqa: PLC0415
         from lightkube.resources.coordination_v1 import Lease  # noqa: PLC0415

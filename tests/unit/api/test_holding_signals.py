@@ -23,7 +23,15 @@ from h2ogpt_api.backends.base import (
 )
 from h2ogpt_api.backends.holding import HoldingBackend
 from h2ogpt_api.backends.routed import RoutedBackend
-from h2ogpt_api.demand import RENEW_EVERY_S, DemandSignal, ScaleUpWake, parse_lease, renewal
+from h2ogpt_api.demand import (
+    LOAD_RENEW_EVERY_S,
+    RENEW_EVERY_S,
+    Cause,
+    DemandSignal,
+    ScaleUpWake,
+    parse_lease,
+    renewal,
+)
 from h2ogpt_api.routing import Router
 from h2ogpt_api.workers import SharedInFlightCount, WorkerRole
 
@@ -50,7 +58,7 @@ class _Counted(DemandSignal):
         )
         self.sent = 0
 
-    async def _renew(self, cause: str) -> None:
+    async def _renew(self, cause: Cause) -> None:
         self.sent += 1
 
 
@@ -92,6 +100,29 @@ def test_a_burst_renews_once_and_a_later_hold_again(tmp_path: Path) -> None:
         return sent
 
     assert asyncio.run(scenario()) == [1, 1, 2]
+
+
+def test_load_renews_a_second_after_the_last_load_renewal_and_apart_from_held_ones(tmp_path: Path) -> None:
+    async def scenario() -> list[bool]:
+        clock = [100.0]
+        signal = _Counted(clock, kubeconfig_file(tmp_path))
+        sent = [signal.signal("held")]
+        await asyncio.sleep(0)
+        clock[0] += 0.1
+        sent.append(signal.signal("load"))  # a held renewal does not hold the load's back
+        await asyncio.sleep(0)
+        clock[0] += LOAD_RENEW_EVERY_S - 0.05
+        sent.append(signal.signal("load"))  # within a second of the last
+        await asyncio.sleep(0)
+        clock[0] += 0.1
+        sent.append(signal.signal("load"))  # a second on: the next step of a ramp
+        await asyncio.sleep(0)
+        sent.append(signal.signal("held"))  # still within RENEW_EVERY_S of the held one
+        await signal.aclose()
+        return sent
+
+    assert RENEW_EVERY_S > 2 * LOAD_RENEW_EVERY_S
+    assert asyncio.run(scenario()) == [True, True, False, True, False]
 
 
 class _StartsLate:
