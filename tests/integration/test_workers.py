@@ -13,7 +13,6 @@ worker's share: 40 streams on two replicas pass a target of 16 per replica only 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from tests.support.api_server import (
     llm_only_args,
 )
 from tests.support.cluster import wait_for
+from tests.support.kubeconfig import unreachable_kubeconfig
 from tests.support.tgi_fake import RunningFake, TgiFake, free_port
 
 MODEL = "fake/tgi-echo"
@@ -174,13 +174,7 @@ def test_the_load_wake_counts_the_generations_of_every_worker(
     holding 33 or more of 40 has odds near 1 in 100000) would hide from a worker counting alone. The
     renewal itself goes to an apiserver that is not there (its failure is counted and logged)."""
     replicas = [RunningFake(TgiFake(token_delay=0.1, repeat=True)).start() for _ in range(2)]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-    }))  # fmt: skip
+    kubeconfig = unreachable_kubeconfig(tmp_path)
     try:
         servers = ",".join(replica.url for replica in replicas)
         wake = ["--demand_lease", "team-a/demo-demand", "--scale_up_in_flight", "16",

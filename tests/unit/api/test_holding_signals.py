@@ -6,7 +6,6 @@ The renewal against a real apiserver, with the api pods' RBAC, is tests/cluster/
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -35,6 +34,8 @@ from h2ogpt_api.demand import (
 from h2ogpt_api.routing import Router
 from h2ogpt_api.workers import SharedInFlightCount, WorkerRole
 
+from tests.support.kubeconfig import unreachable_kubeconfig
+
 
 def test_the_lease_is_named_namespace_slash_name() -> None:
     assert parse_lease("team-a/demo-demand") == ("team-a", "demo-demand")
@@ -62,18 +63,6 @@ class _Counted(DemandSignal):
         self.sent += 1
 
 
-def kubeconfig_file(directory: Path) -> Path:
-    """A kubeconfig naming an apiserver nothing here talks to (the renewal itself is not sent)."""
-    path = directory / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-    }))  # fmt: skip
-    return path
-
-
 def test_without_credentials_the_signal_is_refused_at_once(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--demand_lease needs Kubernetes credentials"):
         DemandSignal("team-a/demo-demand", kubeconfig=str(tmp_path / "none"))
@@ -82,7 +71,7 @@ def test_without_credentials_the_signal_is_refused_at_once(tmp_path: Path) -> No
 def test_a_burst_renews_once_and_a_later_hold_again(tmp_path: Path) -> None:
     async def scenario() -> list[int]:
         clock = [100.0]
-        signal = _Counted(clock, kubeconfig_file(tmp_path))
+        signal = _Counted(clock, unreachable_kubeconfig(tmp_path))
         sent = []
         for _ in range(200):  # a burst of held requests
             signal.signal()
@@ -105,7 +94,7 @@ def test_a_burst_renews_once_and_a_later_hold_again(tmp_path: Path) -> None:
 def test_load_renews_a_second_after_the_last_load_renewal_and_apart_from_held_ones(tmp_path: Path) -> None:
     async def scenario() -> list[bool]:
         clock = [100.0]
-        signal = _Counted(clock, kubeconfig_file(tmp_path))
+        signal = _Counted(clock, unreachable_kubeconfig(tmp_path))
         sent = [signal.signal("held")]
         await asyncio.sleep(0)
         clock[0] += 0.1
