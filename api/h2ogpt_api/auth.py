@@ -22,7 +22,6 @@ import hmac
 import json
 import logging
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from h2ogpt_api.retrieval.base import Identity
 from h2ogpt_api.settings import Settings
+from h2ogpt_api.workers import open_state_db
 
 log = logging.getLogger("h2ogpt_api.auth")
 
@@ -264,8 +264,7 @@ class SharedLogins:
     one, Weaviate holds them). One short statement on a local file per call, on the event loop."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state_db(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS logins (name TEXT PRIMARY KEY, hash TEXT NOT NULL)")
 
     async def password_hash(self, name: str) -> str | None:

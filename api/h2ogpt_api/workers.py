@@ -15,7 +15,10 @@ What one process used to hold alone, and how it stays correct with N:
   the target.
 - admission: each worker admits its share of the limit, rounded up (h2ogpt_api.concurrency).
 - /v1/responses' stored conversations and open-access registrations (without a document
-  store): a SQLite file every worker opens, so a continuation or a login may reach any worker.
+  store): a SQLite file every worker opens (`open_state_db`), so a continuation or a login may reach
+  any worker. The supervisor puts it in WAL mode before the workers start: two connections switching
+  a new file to WAL at once can get "database is locked" without waiting (seen: a worker failing
+  its start about one time in three when two started together).
 - Gradio: its sessions live in one process, so the Gradio app runs in the first worker only.
 - the anonymous-MyData sweeper runs in the first worker only.
 Refused, with the reason, where N processes cannot be right: the embedded model (each worker
@@ -34,6 +37,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -95,6 +99,17 @@ class WorkerRole:
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"r")
             os.close(self.ready_fd)
+
+
+def open_state_db(path: Path) -> sqlite3.Connection:
+    """The workers' shared SQLite file: autocommit, a 5 s busy wait, usable from any thread, in WAL
+    mode (readers go on while one worker writes). The mode is stored in the file, so once the
+    supervisor has set it (`supervise`) a worker only reads it: no worker takes the exclusive lock a
+    switch needs, which SQLite may refuse at once, without the busy wait, to two switching together."""
+    db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.execute("PRAGMA journal_mode=WAL")
+    return db
 
 
 class SharedInFlightCount:
@@ -194,6 +209,7 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
         state_dir = Path(tempfile.mkdtemp(prefix="h2ogpt-api-workers-"))
         stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
         (state_dir / METRICS_SUBDIR).mkdir()
+        open_state_db(state_dir / STATE_FILE).close()  # WAL set once, before any worker opens it
         reserved = stack.enter_context(_reserve_port(settings.server_name, settings.openai_port))
         port = int(reserved.getsockname()[1])
         read_end, write_end = os.pipe()

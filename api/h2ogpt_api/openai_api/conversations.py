@@ -7,7 +7,6 @@ them). Behind several replicas a continuation must still reach the same one.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Protocol
 
 from h2ogpt_api.errors import ApiError
 from h2ogpt_api.openai_api.protocol import MessageIn
+from h2ogpt_api.workers import open_state_db
 
 RESPONSES_KEPT = 1024
 RESPONSES_TTL_S = 3600.0
@@ -75,9 +75,7 @@ class SharedConversations:
     def __init__(self, path: Path, capacity: int = RESPONSES_KEPT, ttl_s: float = RESPONSES_TTL_S) -> None:
         self.capacity = capacity
         self.ttl_s = ttl_s
-        # autocommit; WAL lets readers go on while one worker writes
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state_db(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS conversations "
             "(id TEXT PRIMARY KEY, owner TEXT NOT NULL, messages TEXT NOT NULL, stored_at REAL NOT NULL)"
