@@ -116,8 +116,8 @@ class DemandSignal:
         except Exception as exc:
             metrics.DEMAND_RENEWALS.labels(result="failed", cause=cause).inc()
             log.warning(
-                "renewing the demand Lease %s/%s failed (%s: %s); the operator's poll will see the "
-                "held requests instead", self.namespace, self.name, type(exc).__name__, exc,
+                "renewing the demand Lease %s/%s (%s) failed (%s: %s); the operator's poll will read the "
+                "same figures instead", self.namespace, self.name, cause, type(exc).__name__, exc,
             )  # fmt: skip
 
     async def aclose(self) -> None:
@@ -130,8 +130,9 @@ class DemandSignal:
 
 
 class ScaleUpWake:
-    """Wakes the operator (`signal`, a `DemandSignal.signal`) when this process alone asks for more
-    inference replicas than are ready: ceil(in flight / target_in_flight), at most `max_replicas`.
+    """Wakes the operator (`signal`, a `DemandSignal.signal`) when this server alone (its `--workers`
+    together) asks for more inference replicas than are ready: ceil(in flight / target_in_flight), at
+    most `max_replicas`. Each worker process has its own, so two may send the same ask once each.
 
     The operator's decision sums every API pod's in-flight figure, so what one pod asks for is a floor
     of what it will decide: a wake never asks for more than the poll would. Each larger ask wakes it
@@ -150,8 +151,8 @@ class ScaleUpWake:
         self._asked = 0  # the ask last sent and not yet met by ready replicas
 
     def started(self, in_flight: int, ready: int) -> None:
-        """A generation started: `in_flight` this process's generations now (it included), `ready`
-        the replicas it routes to."""
+        """A generation started: `in_flight` the server's generations now (it included), `ready` the
+        replicas it routes to."""
         ask = min(math.ceil(in_flight / self.target_in_flight), self.max_replicas)
         if ask <= ready:
             self._asked = 0

@@ -186,7 +186,7 @@ def test_the_load_wake_counts_the_generations_of_every_worker(
         assert tokens == [TOKENS] * STREAMS
         text = httpx.get(server.base_url + "/metrics").text
         assert _sample(text, "h2ogpt_api_demand_renewals_total", {"cause": "load", "result": "failed"}) >= 1
-        assert "renewing the demand Lease team-a/demo-demand failed" in server.log()
+        assert "renewing the demand Lease team-a/demo-demand (load) failed" in server.log()
     finally:
         for replica in replicas:
             replica.stop()
