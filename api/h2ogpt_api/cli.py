@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import uvicorn
 
@@ -24,6 +24,9 @@ from h2ogpt_api.core import Core
 from h2ogpt_api.draining import Drain
 from h2ogpt_api.retrieval.base import DocumentError, DocumentStore, Identity
 from h2ogpt_api.settings import Settings, SettingsError, help_text, parse_settings_and_warnings
+
+if TYPE_CHECKING:
+    from h2ogpt_api.backends.routed import InFlight
 
 log = logging.getLogger("h2ogpt_api")
 # How many allocations (less deallocations) start a young-generation collection once serving:
@@ -115,6 +118,38 @@ async def _add_user_path(settings: Settings, documents: DocumentStore | None) ->
     log.info("--user_path %s: %d files, %d new chunks in %s", folder, len(files), added, USER_DATA)
 
 
+class DemandHooks(NamedTuple):
+    """What `create_backend` calls to renew the demand Lease (h2ogpt_api.demand), all None without it."""
+
+    on_hold: Callable[[], object] | None = None  # a request starts being held at zero replicas
+    on_start: Callable[[int, int], None] | None = None  # a routed generation starts (the load wake)
+    in_flight: InFlight | None = None  # the load wake's count: the pod's, over its --workers
+
+
+def _demand_hooks(
+    settings: Settings, worker: workers.WorkerRole | None, stack: contextlib.AsyncExitStack
+) -> DemandHooks:
+    """With --demand_lease: renew it as a request is held, and with --scale_up_in_flight as load passes
+    the target (counted over all the pod's workers); `stack` closes the Lease's client."""
+    if not (settings.demand_lease and settings.inference_server):
+        return DemandHooks()
+    from h2ogpt_api.demand import DemandSignal, ScaleUpWake  # noqa: PLC0415
+
+    try:
+        demand = DemandSignal(settings.demand_lease)
+    except ValueError as exc:
+        raise SystemExit(f"h2ogpt-api: {exc}") from None
+    stack.push_async_callback(demand.aclose)
+    if not settings.scale_up_in_flight:
+        return DemandHooks(on_hold=demand.signal)
+    wake = ScaleUpWake(
+        settings.scale_up_in_flight, settings.scale_up_max_replicas, lambda: demand.signal("load")
+    )
+    # The pod's generations, not this worker's share, against the target.
+    in_flight = workers.SharedInFlightCount(worker) if worker is not None else None
+    return DemandHooks(demand.signal, wake.started, in_flight)
+
+
 async def serve(settings: Settings, worker: workers.WorkerRole | None = None) -> None:  # noqa: PLR0912, PLR0915
     """Build the core and the apps, serve until SIGINT/SIGTERM, then shut everything down.
     `worker`: this process is one of --workers N (the supervisor checked the ports)."""
@@ -128,24 +163,7 @@ async def serve(settings: Settings, worker: workers.WorkerRole | None = None) ->
     except ValueError as exc:
         raise SystemExit(f"h2ogpt-api: {exc}") from None
     async with contextlib.AsyncExitStack() as stack:
-        on_hold = on_start = in_flight = None
-        if settings.demand_lease and settings.inference_server:
-            from h2ogpt_api.demand import DemandSignal, ScaleUpWake  # noqa: PLC0415
-
-            try:
-                demand = DemandSignal(settings.demand_lease)
-            except ValueError as exc:
-                raise SystemExit(f"h2ogpt-api: {exc}") from None
-            stack.push_async_callback(demand.aclose)
-            on_hold = demand.signal
-            if settings.scale_up_in_flight:
-                wake = ScaleUpWake(
-                    settings.scale_up_in_flight, settings.scale_up_max_replicas, lambda: demand.signal("load")
-                )
-                on_start = wake.started
-                if worker is not None:  # the pod's generations, not this worker's share, against the target
-                    in_flight = workers.SharedInFlightCount(worker)
-        backend = create_backend(settings, on_hold, on_start, in_flight)
+        backend = create_backend(settings, *_demand_hooks(settings, worker, stack))
         stack.push_async_callback(backend.aclose)
         if settings.inference_endpointslices:
             from h2ogpt_api.endpointslices import EndpointSliceWatcher  # noqa: PLC0415
