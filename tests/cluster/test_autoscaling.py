@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from h2ogpt_operator.autoscaler import Autoscaler
+from h2ogpt_operator.autoscaler import Autoscaler, MetricsReader
 from h2ogpt_operator.kube import Kube, load_api_client
 from h2ogpt_operator.watchcache import StackView, WatchCache
 from openai import OpenAI
@@ -87,6 +87,16 @@ def llamacpp_stack(**inference: Any) -> dict[str, Any]:
     return llamacpp_cr(NAME, inference, frontend={"enabled": False})
 
 
+def pages_of(api: ApiServer) -> MetricsReader:
+    """The Autoscaler's reader of an API pod's pages, answered by the real h2ogpt-api started here
+    (the apiserver cannot proxy to it: see the module's docstring)."""
+
+    def read(_namespace: str, _pod: str, _port: int, path: str) -> str:
+        return httpx.get(f"{api.base_url}/{path}").text
+
+    return read
+
+
 def lease_spec(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict((get_json_or_none(cluster, "lease", name, "-n", namespace) or {}).get("spec") or {})
 
@@ -139,9 +149,7 @@ def test_decisions_scale_the_inference_to_zero_and_back_for_held_requests(
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     kube = Kube(load_api_client())
     with run_api_server(api_args, {"KUBECONFIG": str(api_kubeconfig)}) as api:
-        autoscaler = Autoscaler(
-            kube, WatchCache(), read=lambda _ns, _pod, _port, path: httpx.get(f"{api.base_url}/{path}").text
-        )
+        autoscaler = Autoscaler(kube, WatchCache(), read=pages_of(api))
         # 1. Idle, no delay: the one replica goes.
         assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
         record = status_autoscaling(cluster, namespace)
@@ -277,10 +285,7 @@ def test_a_scale_in_under_load_removes_the_idle_replicas_not_the_streaming_one(
             busy_host = next(name for name, n in replica_in_flight(api).items() if n == 1).split(":")[0]
             busy_pod = next(pod for pod, host in stand_in.items() if host == busy_host)
 
-            def read(_namespace: str, _pod: str, _port: int, path: str) -> str:
-                return httpx.get(f"{api.base_url}/{path}").text
-
-            autoscaler = Autoscaler(kube, WatchCache(), read=read)
+            autoscaler = Autoscaler(kube, WatchCache(), read=pages_of(api))
             assert autoscaler.step(view_with_stand_ins(), namespace, NAME) is True
             record = status_autoscaling(cluster, namespace)
             assert record["desiredReplicas"] == 1
@@ -365,11 +370,7 @@ def test_api_pods_past_the_target_in_flight_wake_the_operator_to_scale_up(
                      "the operator's autoscaler to look at once")  # fmt: skip
             assert operator.metric_sum(f'{looks}{{trigger="poll"}}') == 0
             # What that look decides, from this API's figures while the three stream.
-            autoscaler = Autoscaler(
-                kube,
-                WatchCache(),
-                read=lambda _ns, _pod, _port, path: httpx.get(f"{api.base_url}/{path}").text,
-            )
+            autoscaler = Autoscaler(kube, WatchCache(), read=pages_of(api))
             assert autoscaler.step(view_of(cluster, namespace), namespace, NAME) is True
             assert status_autoscaling(cluster, namespace)["reason"] == (
                 "scale up 2 -> 3: 3 in flight, target 1 per replica"

@@ -32,8 +32,8 @@ import yaml
 from gradio_client import Client
 from h2ogpt_client import GradioClient
 from h2ogpt_operator.models import API_DRAIN_S
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.api_server import metric_at
 from tests.support.cluster import Cluster, answers_ok, condition, must_get_json, wait_for
 from tests.support.e2e import CHART, create_e2e_namespace, diagnose, fetch_from_pod, helm, port_forward
 from tests.support.leak_sweep import SWEEP
@@ -593,11 +593,9 @@ def test_scales_from_zero_on_the_first_request_and_back_to_zero_when_idle(stack:
         assert all(a.choices[0].finish_reason in ("stop", "length") and a.choices[0].message.content
                    for a in answers), answers  # fmt: skip
         # The api pod asked (the wake), not the operator's poll happening to fall in these seconds.
-        page = httpx.get(stack.service_url("openai", 5000) + "/metrics", timeout=10).text
-        samples = [sample for family in text_string_to_metric_families(page) for sample in family.samples]
-        sent = sum(sample.value for sample in samples if sample.name == "h2ogpt_api_demand_renewals_total"
-                   and sample.labels == {"result": "sent", "cause": "load"})  # fmt: skip
-        assert sent >= 1, [line for line in page.splitlines() if "demand_renewals" in line]
+        sent = metric_at(stack.service_url("openai", 5000), "h2ogpt_api_demand_renewals_total",
+                         result="sent", cause="load")  # fmt: skip
+        assert sent >= 1
 
         def scaled_to_two() -> Manifest | None:
             found = must_get_json(stack.cluster, "events", "-n", stack.namespace, "--field-selector",

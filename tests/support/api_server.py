@@ -55,14 +55,20 @@ class ApiServer:
         return self.log_path.read_text(errors="replace")
 
     def metric(self, name: str, **labels: str) -> float:
-        """The sum of the /metrics samples named `name` whose labels include `labels` (0 when none)."""
-        text = httpx.get(self.base_url + "/metrics", timeout=5).text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
+        """The sum of this server's /metrics samples named `name` whose labels include `labels`."""
+        return metric_at(self.base_url, name, **labels)
+
+
+def metric_at(root_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` whose labels include `labels` on `<root_url>/metrics` of an
+    h2ogpt-api (here or in a pod, through its Service); 0 when none."""
+    text = httpx.get(root_url + "/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> ApiServer:
