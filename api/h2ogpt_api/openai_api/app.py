@@ -89,9 +89,6 @@ def create_app(core: Core, settings: Settings, conversations: Conversations | No
         return as_api_error(exc).response()
 
     routes.add_to(app)
-    # h2oGPT's internal model routes (its own clients and UIs read them).
-    app.add_api_route("/v1/internal/model/info", routes.internal_model_info, methods=["GET"])
-    app.add_api_route("/v1/internal/model/list", routes.internal_model_list, methods=["GET"])
     # Route by route, not with include_router: FastAPI (0.165) keeps an included router as one nested
     # route without a path, and MetricsMiddleware labels requests by their route's path (else every
     # probe and scrape would count as route "unmatched", which the dashboard showed).
