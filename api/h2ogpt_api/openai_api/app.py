@@ -131,18 +131,47 @@ class SessionAffinityMiddleware:
 
 
 class MetricsMiddleware:
-    """Requests by route template and status, their duration (streams to the end) and in-flight count."""
+    """Requests by route template and status, their duration (streams to the end) and in-flight count.
+
+    Each request used to scan the routes for its template and look up three metric children by
+    label, about 10 us of the ~180 us a streamed request spends here before its first token. A
+    request to a route without path parameters now finds its template and children in two dicts
+    after the first; both stay as small as the app's routes (times methods and statuses), since
+    other paths (parameters, unknown ones) are scanned each time and not kept."""
 
     def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
         self.app = app
         self.routes = routes
+        self._fixed_routes: dict[tuple[str, str], str] = {}  # (method, path) -> template
+        self._per_route: dict[str, tuple[Any, Any]] = {}  # template -> (in-flight gauge, duration)
+        self._per_status: dict[tuple[str, int], Any] = {}  # (template, status) -> request counter
 
     def route_of(self, scope: Scope) -> str:
+        key = (scope["method"], scope["path"])
+        if (known := self._fixed_routes.get(key)) is not None:
+            return known
         for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                return str(getattr(route, "path", "unmatched"))
+                template = str(getattr(route, "path", "unmatched"))
+                if not getattr(route, "param_convertors", True):
+                    self._fixed_routes[key] = template
+                return template
         return "unmatched"
+
+    def _metrics_of(self, route: str) -> tuple[Any, Any]:
+        if (known := self._per_route.get(route)) is None:
+            known = self._per_route[route] = (
+                metrics.IN_FLIGHT.labels(route=route),
+                metrics.REQUEST_DURATION.labels(route=route),
+            )
+        return known
+
+    def _requests_of(self, route: str, status: int) -> Any:
+        if (known := self._per_status.get((route, status))) is None:
+            known = metrics.REQUESTS.labels(route=route, status=str(status))
+            self._per_status[(route, status)] = known
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,11 +187,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        in_flight = metrics.IN_FLIGHT.labels(route=route)
+        in_flight, duration = self._metrics_of(route)
         in_flight.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
             in_flight.dec()
-            metrics.REQUESTS.labels(route=route, status=str(status)).inc()
-            metrics.REQUEST_DURATION.labels(route=route).observe(time.perf_counter() - started)
+            self._requests_of(route, status).inc()
+            duration.observe(time.perf_counter() - started)
