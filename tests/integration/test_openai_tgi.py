@@ -135,6 +135,22 @@ def test_streaming_wire_format(server: ApiServer) -> None:
     assert text == "user: one two three"
 
 
+def test_any_text_streams_through_unchanged(server: ApiServer, client: OpenAI) -> None:
+    # Accents, CJK, an emoji (outside the BMP), quotes, a backslash and a tab: the chunks' JSON
+    # carries them as UTF-8 (not \u escapes, as OpenAI's own streams), and both readers get them back.
+    words = 'café 日本語 🚀 "quoted" back\\slash tab\there'
+    stream = client.chat.completions.create(
+        model=MODEL, stream=True, messages=[{"role": "user", "content": words}]
+    )
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == "user: " + " ".join(words.split())
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "日本語"}], "stream": True}
+    with httpx.stream("POST", f"{server.openai_url}/chat/completions", json=body, timeout=10) as response:
+        raw = response.read()
+    assert "日本語".encode() in raw
+    assert b"\\u" not in raw
+
+
 def test_curl_completions_example_with_bearer_and_h2ogpt_key(server: ApiServer) -> None:
     # The body is exactly h2oGPT's curl example (the shell does not expand "$OPENAI_API_KEY" there).
     response = httpx.post(

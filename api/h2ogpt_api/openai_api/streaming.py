@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
+import orjson
 from starlette.responses import StreamingResponse
 
 from h2ogpt_api.backends.base import Held, TokenLogprob, ToolCallDelta
@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 
 def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    # orjson: compact like json.dumps with tight separators, in a fraction of its time, and UTF-8 as
+    # is rather than \\u-escaped (as OpenAI's own streams send it; both are the same JSON).
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 DONE = b"data: [DONE]\n\n"
@@ -66,14 +68,12 @@ class ChunkWriter:
         choice: dict[str, Any] = {"index": index, choice_key: marker, "logprobs": None, "finish_reason": None}
         if choice_key == "delta":
             choice["delta"] = {"content": marker}
-        text = json.dumps({**envelope, "choices": [choice]}, separators=(",", ":"))
-        quoted_marker = json.dumps(marker)
-        self._head, self._tail = text.split(quoted_marker)
-        self._head = "data: " + self._head
-        self._tail += "\n\n"
+        head, tail = orjson.dumps({**envelope, "choices": [choice]}).split(orjson.dumps(marker))
+        self._head = b"data: " + head
+        self._tail = tail + b"\n\n"
 
     def text(self, piece: str) -> bytes:
-        return (self._head + json.dumps(piece) + self._tail).encode()
+        return self._head + orjson.dumps(piece) + self._tail
 
     def _chunk(self, content: dict[str, Any] | str, logprobs: dict[str, Any] | None) -> bytes:
         choice = {
@@ -114,11 +114,9 @@ class ResponseEvents:
         self.item_id = item_id
 
     def event(self, kind: str, **fields: Any) -> bytes:
-        payload = json.dumps(
-            {"type": kind, "sequence_number": self.sequence, **fields}, separators=(",", ":")
-        )
+        payload = orjson.dumps({"type": kind, "sequence_number": self.sequence, **fields})
         self.sequence += 1
-        return f"event: {kind}\ndata: {payload}\n\n".encode()
+        return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
 
     def opening(self, response: dict[str, Any]) -> bytes:
         item = {
