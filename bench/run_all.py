@@ -26,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 QUICK_OUTPUT = Path(tempfile.gettempdir()) / "h2ogpt-benchmarks-quick.md"
 # Preferred order; any other bench module found in bench/ runs after these, alphabetically.
-ORDER = ["openai_proxy", "summarize", "rag", "embeddings", "operator_scale"]
+ORDER = ["openai_proxy", "openai_inprocess", "summarize", "rag", "embeddings", "operator_scale"]
 NOT_BENCHES = {"common", "run_all", "floor_relay"}  # floor_relay: a server bench.openai_proxy starts
 DEFAULT_TIMEOUT_S = 600
 STOP_GRACE_S = 30

@@ -173,3 +173,28 @@ def test_the_cpu_target_is_judged_only_against_the_filed_code_measured_in_the_sa
     # Another baseline (a change's before and after) is compared, not judged.
     other = cpu_verdict({**cells, (BEFORE_OPENAI, 64): _cell(6.0)}, names, "/tmp/before/api")
     assert "0.50 of it (not judged" in other
+
+
+def test_the_in_process_section_compares_within_its_run() -> None:
+    from bench import openai_inprocess  # noqa: PLC0415
+
+    def rounds(first: float, idle: float, cpu: float) -> list[dict[str, float]]:
+        figures = {"first_byte_ms": first, "first_byte_after_idle_ms": idle, "cpu_per_answer_ms": cpu,
+                   "cpu_per_write_us": cpu * 1000 / 64, "writes_per_answer": 64.0}  # fmt: skip
+        return [figures, {key: value * 2 for key, value in figures.items()}, figures]  # median: figures
+
+    section = openai_inprocess.report(
+        {
+            openai_inprocess.FLOOR: rounds(0.2, 1.0, 2.0),
+            openai_inprocess.THIS: rounds(0.5, 2.0, 4.0),
+            openai_inprocess.BEFORE: rounds(0.625, 2.5, 5.0),
+            "at-abc1234": rounds(1.0, 4.0, 8.0),
+        },
+        requests=10, idle_requests=5, rounds=3, notes=["a note"],
+    )  # fmt: skip
+    assert "| h2ogpt-openai | 0.500 | 2.000 | 4.00 | 62.5 | 64.0 | 4.0x |" in section
+    assert "own work above the bare relay: 2.000 ms CPU per answer; 1.000 ms more" in section
+    assert "(0.300 ms back to back)" in section
+    assert "Against d16a700, the code issue 16 was filed on: CPU per answer 0.80 of it" in section
+    assert "Against abc1234: CPU per answer 0.50 of it, first byte after idle 0.50 of it" in section
+    assert "- a note" in section
