@@ -75,6 +75,9 @@ def test_documents_and_logins_survive_losing_the_node_they_were_written_through(
             assert await store.logins.password_hash("alice") == "argon2-hash-of-alice"
             # Two of three replicas answer: writes reach quorum while node 0 is away.
             await store.add_text(DESERTS, collection="Shared", identity=ALICE, source="deserts")
+            # A registration too (not on every replica, as while all are up: on the two that answer).
+            assert await store.logins.register("bob", "argon2-hash-of-bob") == "argon2-hash-of-bob"
+            assert await store.logins.password_hash("bob") == "argon2-hash-of-bob"
 
     async def node0_has_what_it_missed() -> float:
         """Seconds until node 0 lists and finds the document written while it was away. Searches and

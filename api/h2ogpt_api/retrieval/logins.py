@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import weaviate
-from weaviate.classes.config import Configure, DataType, Property, Tokenization
+from weaviate.classes.config import Configure, ConsistencyLevel, DataType, Property, Tokenization
 from weaviate.exceptions import WeaviateBaseError
 from weaviate.util import generate_uuid5
 
@@ -76,10 +76,9 @@ class WeaviateLogins:
         refuse_while_restarting(self.local)
         try:
             collection = await self._collection()
+            properties = {"username": name, "password_hash": password_hash}
             try:
-                await collection.data.insert(
-                    properties={"username": name, "password_hash": password_hash}, uuid=login_uuid(name)
-                )
+                await _insert_on_every_replica(collection, properties, login_uuid(name))
                 return password_hash
             except WeaviateBaseError:
                 stored = await self.password_hash(name)
@@ -88,6 +87,25 @@ class WeaviateLogins:
                 return stored  # registered first elsewhere
         except WeaviateBaseError as exc:
             raise _unavailable(exc) from exc
+
+
+async def _insert_on_every_replica(collection: Any, properties: dict[str, str], uuid: str) -> None:
+    """Insert on every replica of a replicated store (consistency ALL) while all are up, else on a
+    quorum. A login written on a quorum only can be missing from the replica that was not in it,
+    until Weaviate's async replication copies it over: a node lost just after the registration left
+    the login unreadable through the other node for that while (tests/integration/
+    test_store_replication.py, once in a fresh-clone `make test`). Registrations are rare; the one
+    extra round trip when a replica is down is worth a login that any replica can answer at once."""
+    try:
+        await collection.with_consistency_level(ConsistencyLevel.ALL).data.insert(
+            properties=properties, uuid=uuid
+        )
+    except WeaviateBaseError as exc:
+        # A replica down (or the name taken: then this insert fails too, and the caller reads it back).
+        log.info("login not written on every replica (%s); writing it on a quorum", type(exc).__name__)
+        await collection.with_consistency_level(ConsistencyLevel.QUORUM).data.insert(
+            properties=properties, uuid=uuid
+        )
 
 
 def _unavailable(exc: WeaviateBaseError) -> DocumentStoreUnavailableError:
