@@ -42,12 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, bench_main, machine_info, markdown_table, median, tgi_fake_server
-from bench.openai_proxy import FILED_COMMIT, archived_api
+from bench.openai_proxy import FILED_COMMIT, MAX_TOKENS, MODEL, TOKEN_DELAY_S, archived_api, chat_body
 
-MODEL = "bench/echo"
-MAX_TOKENS = 64
 IDLE_S = 0.010  # the gap between a 1-stream server's wake-ups (the end-to-end bench's 10 ms per token)
-TOKEN_DELAY_S = 0.010  # the CPU phase's fake: bench/openai_proxy.py's pace
 STREAMS = 32
 WARM_REQUESTS = 200  # sent first, not measured: imports, pools, caches
 REQUESTS = 400  # each of: back to back, and CPU phase answers
@@ -72,17 +69,6 @@ ASGIApp = Callable[
 # ---------------------------------------------------------------------------------------------
 
 
-def chat_body() -> bytes:
-    return json.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "Why is the sky blue? Answer in one paragraph."}],
-            "max_tokens": MAX_TOKENS,
-            "stream": True,
-        }
-    ).encode()
-
-
 def http_scope(body: bytes) -> Message:
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
@@ -98,7 +84,7 @@ class Driver:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.body = chat_body()
+        self.body = chat_body().encode()  # the end-to-end bench's request
         self.writes = 0  # body messages sent, over all requests
 
     async def request(self) -> float:
